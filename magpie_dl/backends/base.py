@@ -1,0 +1,168 @@
+"""The generation seam: a distilabel `LLM` that completes token-id prompts.
+
+Magpie needs things chat-style LLM APIs hide: the exact prompt tokens (one BOS, no
+template applied), per-request seeds, stop token ids, a first-token ban, and per
+completion the finish reason and token count. Every backend (transformers, vLLM,
+OpenAI-compatible servers) implements :meth:`CompletionLLM.complete`; our steps only
+call that. Each backend is still a regular distilabel ``LLM`` (``generate`` works on
+chat messages), so it serialises into ``pipeline.yaml`` and can drive stock tasks.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from distilabel.models.llms.base import LLM
+from pydantic import Field, PrivateAttr
+
+if TYPE_CHECKING:
+    from distilabel.typing import FormattedInput, GenerateOutput
+    from transformers import PreTrainedTokenizerBase
+
+FinishReason = Literal["stop", "length", "error"]
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    """How to sample one prompt. Mirrors the subset of vLLM's ``SamplingParams`` we use.
+
+    ``seed`` seeds the prompt's first completion; completion ``i`` uses ``seed + i``
+    (vLLM's convention), so results do not depend on batch composition.
+    """
+
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 256
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    # Token ids forbidden at the first generated position only (Magpie's markdown ban).
+    first_token_ban_ids: tuple[int, ...] = ()
+    # A JSON schema the completion must follow (structured outputs), or None.
+    json_schema: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError(f"n must be >= 1, got {self.n}")
+        if not (0.0 <= self.temperature <= 5.0) or math.isnan(self.temperature):
+            raise ValueError(f"temperature must be in [0, 5], got {self.temperature}")
+        if not (0.0 < self.top_p <= 1.0):
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+
+    def as_config(self) -> dict[str, Any]:
+        """The provenance record of these parameters (JSON-able)."""
+        return {
+            "n": self.n,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "max_tokens": self.max_tokens,
+            "seed": self.seed,
+            "stop": list(self.stop),
+            "stop_token_ids": list(self.stop_token_ids),
+            "first_token_ban_ids": list(self.first_token_ban_ids),
+        }
+
+
+@dataclass(frozen=True)
+class PromptInput:
+    """One prompt: the exact token ids to condition on.
+
+    ``messages`` is the same prompt as chat messages when it has that form; backends
+    that can only take chat messages (a chat-completions endpoint) use it.
+    """
+
+    token_ids: tuple[int, ...]
+    messages: tuple[dict[str, str], ...] | None = None
+
+
+@dataclass
+class Completion:
+    """One sampled continuation."""
+
+    text: str
+    token_ids: list[int] = field(default_factory=list)
+    finish_reason: FinishReason = "stop"
+    # Why the backend failed this completion, when finish_reason == "error".
+    error: str | None = None
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+
+class CompletionLLM(LLM):
+    """A distilabel LLM that completes raw token-id prompts.
+
+    Attributes:
+        model: path or hub id of the model.
+        tokenizer_path: tokenizer path or hub id; defaults to ``model``.
+        trust_remote_code: explicit opt-in to run code shipped with the model.
+    """
+
+    model: str
+    tokenizer_path: str | None = Field(default=None, description="Tokenizer; defaults to `model`.")
+    trust_remote_code: bool = Field(default=False, description="Run model code from the hub (opt-in).")
+
+    _tokenizer: PreTrainedTokenizerBase | None = PrivateAttr(default=None)
+
+    @property
+    def model_name(self) -> str:
+        return self.model
+
+    def load(self) -> None:
+        super().load()
+        from transformers import AutoTokenizer
+
+        self._tokenizer = AutoTokenizer.from_pretrained(
+            self.tokenizer_path or self.model, trust_remote_code=self.trust_remote_code
+        )
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        if self._tokenizer is None:
+            raise RuntimeError(f"{type(self).__name__} is not loaded: call load() first")
+        return self._tokenizer
+
+    @abstractmethod
+    def complete(
+        self, prompts: list[PromptInput], sampling: list[SamplingSpec]
+    ) -> list[list[Completion]]:
+        """Sample ``sampling[i].n`` completions for ``prompts[i]``, in order.
+
+        A failure confined to one prompt is returned as completions with
+        ``finish_reason="error"``; only failures of the whole backend raise.
+        """
+
+    def generate(
+        self, inputs: list[FormattedInput], num_generations: int = 1, **kwargs: Any
+    ) -> list[GenerateOutput]:
+        """distilabel's chat interface, over :meth:`complete` with the model's chat template."""
+        spec = SamplingSpec(n=num_generations, **kwargs)
+        prompts = [
+            PromptInput(
+                token_ids=tuple(
+                    self.tokenizer.apply_chat_template(
+                        list(messages), add_generation_prompt=True, tokenize=True, return_dict=True
+                    )["input_ids"]
+                ),
+                messages=tuple(messages),
+            )
+            for messages in inputs
+        ]
+        results = self.complete(prompts, [spec] * len(prompts))
+        return [
+            {
+                "generations": [c.text if c.finish_reason != "error" else None for c in comps],
+                "statistics": {
+                    "input_tokens": [len(p.token_ids)] * len(comps),
+                    "output_tokens": [c.num_tokens for c in comps],
+                },
+            }
+            for p, comps in zip(prompts, results)
+        ]

@@ -1,0 +1,1 @@
+"""Reusable distilabel steps for Magpie preference data."""
