@@ -1,0 +1,195 @@
+"""Transformers backend: batched sampling with a per-completion seed.
+
+``model.generate`` draws every row from one global RNG, so a row's tokens depend on
+which batch it landed in, and a resumed run could not reproduce an uninterrupted one.
+This backend runs its own decoding loop (KV cache, left padding) and samples each
+completion from its own ``torch.Generator`` seeded like vLLM (``seed + index``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from distilabel.mixins.runtime_parameters import RuntimeParameter
+from pydantic import Field, PrivateAttr
+
+from magpie_dl.backends.base import Completion, CompletionLLM, PromptInput, SamplingSpec
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass
+class _Job:
+    """One completion to sample: which prompt, which child, its own generator."""
+
+    prompt_index: int
+    child: int
+    token_ids: tuple[int, ...]
+    spec: SamplingSpec
+    generator: torch.Generator
+
+
+class TransformersBackend(CompletionLLM):
+    """Completes token-id prompts with a Hugging Face causal LM, in real batches.
+
+    Attributes:
+        model: path or hub id of the causal LM.
+        device: torch device (``cpu``, ``cuda``, ``cuda:1``).
+        dtype: ``auto``, ``float32``, ``bfloat16`` or ``float16``.
+        batch_size: completions decoded together in one forward pass.
+    """
+
+    device: str = Field(default="cpu", description="Torch device.")
+    dtype: str = Field(default="auto", description="auto | float32 | bfloat16 | float16")
+    batch_size: RuntimeParameter[int] = Field(
+        default=64, description="Completions decoded together in one forward pass."
+    )
+
+    _model: Any = PrivateAttr(default=None)
+
+    def load(self) -> None:
+        super().load()
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        dtype = "auto" if self.dtype == "auto" else getattr(torch, self.dtype)
+        self._model = AutoModelForCausalLM.from_pretrained(
+            self.model, dtype=dtype, trust_remote_code=self.trust_remote_code
+        ).to(self.device)
+        self._model.eval()
+
+    def unload(self) -> None:
+        self._model = None
+        super().unload()
+
+    def complete(self, prompts: list[PromptInput], sampling: list[SamplingSpec]) -> list[list[Completion]]:
+        import torch
+
+        if len(prompts) != len(sampling):
+            raise ValueError(f"{len(prompts)} prompts but {len(sampling)} sampling specs")
+        jobs = [
+            _Job(i, child, prompt.token_ids, spec, _generator(spec.seed, child))
+            for i, (prompt, spec) in enumerate(zip(prompts, sampling))
+            for child in range(spec.n)
+        ]
+        # Similar lengths together keep padding (wasted compute) small.
+        jobs.sort(key=lambda job: len(job.token_ids))
+        results: list[list[Completion | None]] = [[None] * spec.n for spec in sampling]
+        size = max(1, int(self.batch_size))
+        with torch.inference_mode():
+            for start in range(0, len(jobs), size):
+                chunk = jobs[start : start + size]
+                for job, completion in zip(chunk, self._sample(chunk)):
+                    results[job.prompt_index][job.child] = completion
+        return results  # type: ignore[return-value]
+
+    def _sample(self, jobs: list[_Job]) -> list[Completion]:
+        import torch
+
+        model, tokenizer = self._model, self.tokenizer
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        width = max(len(job.token_ids) for job in jobs)
+        batch = len(jobs)
+        ids = torch.full((batch, width), pad_id, dtype=torch.long)
+        mask = torch.zeros((batch, width), dtype=torch.long)
+        for row, job in enumerate(jobs):  # left padding: the next token is always at the end
+            ids[row, width - len(job.token_ids) :] = torch.tensor(job.token_ids)
+            mask[row, width - len(job.token_ids) :] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+
+        temperature = torch.tensor([job.spec.temperature for job in jobs], dtype=torch.float32)
+        top_p = torch.tensor([job.spec.top_p for job in jobs], dtype=torch.float32)
+        stop_ids = [set(job.spec.stop_token_ids) for job in jobs]
+        generated: list[list[int]] = [[] for _ in jobs]
+        finish: list[str | None] = [None] * batch
+        texts: list[str | None] = [None] * batch
+        max_steps = max(job.spec.max_tokens for job in jobs)
+
+        past = None
+        step_ids, step_positions = ids, positions
+        for step in range(max_steps):
+            out = model(
+                input_ids=step_ids,
+                attention_mask=mask,
+                position_ids=step_positions,
+                past_key_values=past,
+                use_cache=True,
+            )
+            past = out.past_key_values
+            logits = out.logits[:, -1, :].float().cpu()
+            if step == 0:
+                for row, job in enumerate(jobs):
+                    if job.spec.first_token_ban_ids:
+                        logits[row, list(job.spec.first_token_ban_ids)] = float("-inf")
+            next_ids = _sample_rows(logits, temperature, top_p, [job.generator for job in jobs])
+            for row, job in enumerate(jobs):
+                if finish[row] is not None:
+                    continue
+                token = int(next_ids[row])
+                generated[row].append(token)
+                if token in stop_ids[row]:
+                    finish[row] = "stop"
+                elif job.spec.stop and (cut := _stop_string_cut(tokenizer, generated[row], job.spec.stop)):
+                    finish[row], texts[row] = "stop", cut
+                elif len(generated[row]) >= job.spec.max_tokens:
+                    finish[row] = "length"
+            if all(reason is not None for reason in finish):
+                break
+            step_ids = next_ids.view(-1, 1).to(self.device)
+            step_positions = step_positions[:, -1:] + 1
+            mask = torch.cat([mask, torch.ones((batch, 1), dtype=mask.dtype, device=mask.device)], dim=1)
+
+        completions = []
+        for row in range(batch):
+            text = texts[row]
+            if text is None:
+                body = generated[row]
+                if finish[row] == "stop" and body and body[-1] in stop_ids[row]:
+                    body = body[:-1]  # the stop token is in token_ids, not in the text (vLLM's way)
+                text = tokenizer.decode(body, skip_special_tokens=True)
+            completions.append(Completion(text=text, token_ids=generated[row], finish_reason=finish[row] or "length"))
+        return completions
+
+
+def _generator(seed: int | None, child: int) -> torch.Generator:
+    import torch
+
+    generator = torch.Generator()
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed + child)
+    return generator
+
+
+def _sample_rows(
+    logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor, generators: list[torch.Generator]
+) -> torch.Tensor:
+    """One token per row: greedy at temperature 0, else nucleus sampling with the row's generator."""
+    import torch
+
+    greedy = logits.argmax(dim=-1)
+    scaled = logits / temperature.clamp(min=1e-6).unsqueeze(1)
+    probs = torch.softmax(scaled, dim=-1)
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    # Keep the smallest prefix whose mass reaches top_p (always at least one token).
+    outside = (sorted_probs.cumsum(dim=-1) - sorted_probs) >= top_p.unsqueeze(1)
+    sorted_probs = sorted_probs.masked_fill(outside, 0.0)
+    picks = torch.empty(len(generators), dtype=torch.long)
+    for row, generator in enumerate(generators):
+        if temperature[row] == 0:
+            picks[row] = greedy[row]
+        else:
+            choice = torch.multinomial(sorted_probs[row], 1, generator=generator)
+            picks[row] = order[row, choice]
+    return picks
+
+
+def _stop_string_cut(tokenizer: Any, token_ids: list[int], stops: tuple[str, ...]) -> str | None:
+    """The text before the first stop string, or None if no stop string occurred yet."""
+    text = tokenizer.decode(token_ids, skip_special_tokens=True)
+    cuts = [text.index(stop) for stop in stops if stop in text]
+    return text[: min(cuts)] if cuts else None

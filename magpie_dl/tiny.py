@@ -1,0 +1,262 @@
+"""Tiny local models, built deterministically offline: the embedded default.
+
+``python -m magpie_dl.tiny --out models/tiny`` writes
+
+* ``generator/``: a Llama-3.1-style byte-level BPE tokenizer (the real special tokens
+  and a Llama-3.1-style chat template), and a tiny ``LlamaForCausalLM`` briefly trained
+  on a synthetic chat corpus so that it writes query-like text and ends its turns;
+* ``reward/``: a tiny ``LlamaForSequenceClassification`` (one label) on the same
+  tokenizer, its backbone taken from the generator and its score head random.
+
+Real tokenizer machinery, real chat templates, real model classes: the pipeline runs
+the same code paths it runs on Llama-3.1-70B-Instruct and ArmoRM, only smaller.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from pathlib import Path
+
+SPECIAL_TOKENS = [
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+    "<|finetune_right_pad_id|>",
+]
+
+# A Llama-3.1-style chat template, written for these models: BOS, a system block that
+# always carries the knowledge-cutoff lines (as Llama-3.1's does), then the turns.
+CHAT_TEMPLATE = (
+    "{{- bos_token }}"
+    "{%- if messages[0]['role'] == 'system' %}"
+    "{%- set system_message = messages[0]['content'] | trim %}"
+    "{%- set messages = messages[1:] %}"
+    "{%- else %}{%- set system_message = '' %}{%- endif %}"
+    "{{- '<|start_header_id|>system<|end_header_id|>\\n\\n' }}"
+    "{{- 'Cutting Knowledge Date: December 2023\\nToday Date: 26 Jul 2024\\n\\n' }}"
+    "{{- system_message }}{{- '<|eot_id|>' }}"
+    "{%- for message in messages %}"
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
+)
+
+_TOPICS = [
+    "python lists", "a sourdough starter", "compound interest", "binary search", "a job interview",
+    "the French revolution", "photosynthesis", "a marathon training plan", "SQL joins", "a wedding toast",
+    "climate change", "a small vegetable garden", "machine learning", "the stock market", "a cover letter",
+    "black holes", "a budget spreadsheet", "JavaScript promises", "a birthday party", "the water cycle",
+    "a rust borrow checker error", "meditation", "a short story", "quantum computing", "a road trip",
+    "linear regression", "a noisy neighbour", "Git branches", "healthy breakfasts", "a chess opening",
+    "the Roman empire", "a podcast", "unit tests", "time management", "a React component", "probability",
+]
+_VERBS = ["learn", "improve", "explain", "start", "plan", "fix", "understand", "write", "organize", "compare"]
+_QUESTIONS = [
+    "How do I {verb} {topic}?",
+    "What is the best way to {verb} {topic}?",
+    "Can you explain {topic} to a beginner?",
+    "I want to {verb} {topic}. Where should I begin?",
+    "What are the pros and cons of {topic}?",
+    "Write a short poem about {topic}.",
+    "Give me three tips to {verb} {topic}.",
+    "Why is {topic} so hard to {verb}?",
+    "I'm struggling with {topic}. Can you help me {verb} it step by step?",
+    "Compare two ways to {verb} {topic} and tell me which one you prefer.",
+]
+_ANSWERS = [
+    "Sure! To {verb} {topic}, start small. First, read a short guide. Then practise a little every day. "
+    "Finally, ask for feedback and adjust.",
+    "Great question. {Topic} becomes easier when you break it into parts: the basics, the common "
+    "mistakes, and a few worked examples.",
+    "## Overview\n{Topic} is a broad subject. Here are the key steps:\n1. Set a clear goal.\n"
+    "2. Gather what you need.\n3. Review your progress each week.",
+    "There are pros and cons. On the plus side, {topic} teaches patience. On the other hand, it "
+    "takes time to {verb} it well.",
+    "Here is a simple plan to {verb} {topic}: spend ten minutes a day, keep notes, and celebrate "
+    "small wins.",
+]
+_MATH = [
+    ("Solve for x: {a}x + {b} = {c}.", "Subtract {b} from both sides to get {a}x = {cb}, so x = {cb}/{a}."),
+    ("What is {a} times {b}?", "{a} times {b} is {ab}."),
+    ("A train travels {a} km in {b} hours. What is its average speed?", "Its speed is {a}/{b} km per hour."),
+]
+
+
+def synthetic_conversations(n: int, seed: int = 0) -> list[tuple[str | None, str, str]]:
+    """``n`` (system, user, assistant) conversations from fixed templates, seeded."""
+    rng = random.Random(seed)
+    out: list[tuple[str | None, str, str]] = []
+    for _ in range(n):
+        if rng.random() < 0.15:
+            a, b, c = rng.randint(2, 9), rng.randint(1, 30), rng.randint(31, 99)
+            q, ans = rng.choice(_MATH)
+            slots = dict(a=a, b=b, c=c, cb=c - b, ab=a * b)
+            out.append(("You are a helpful math tutor.", q.format(**slots), ans.format(**slots)))
+            continue
+        topic, verb = rng.choice(_TOPICS), rng.choice(_VERBS)
+        slots = dict(topic=topic, Topic=topic[0].upper() + topic[1:], verb=verb)
+        system = None if rng.random() < 0.8 else "You are a helpful assistant."
+        out.append((system, rng.choice(_QUESTIONS).format(**slots), rng.choice(_ANSWERS).format(**slots)))
+    return out
+
+
+def build_tokenizer(texts: list[str], vocab_size: int = 2048):
+    """A byte-level BPE with the Llama-3 special tokens and chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    core.train_from_iterator(texts, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        bos_token="<|begin_of_text|>",
+        eos_token="<|eot_id|>",
+        pad_token="<|finetune_right_pad_id|>",
+        additional_special_tokens=["<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>"],
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def _conversation_messages(system: str | None, user: str, assistant: str) -> list[dict[str, str]]:
+    messages = [{"role": "system", "content": system}] if system else []
+    return messages + [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+
+
+def _training_ids(tokenizer, conversations, rng: random.Random) -> list[list[int]]:
+    """Token ids of training sequences: chat-template conversations and Magpie-style ones.
+
+    Half the conversations use the bare Magpie form (no system block), so the model also
+    learns to write a query right after the pre-query template and to end it.
+    """
+    from magpie_dl.families import FAMILIES
+
+    family = FAMILIES["llama-3.1"]
+    seqs = []
+    for system, user, assistant in conversations:
+        if rng.random() < 0.5:
+            text = family.pre_query_prompt(system) + user + family.assistant_header + assistant + "<|eot_id|>"
+            seqs.append(tokenizer.encode(text, add_special_tokens=False))
+        else:
+            seqs.append(
+                tokenizer.apply_chat_template(
+                    _conversation_messages(system, user, assistant), tokenize=True, return_dict=True
+                )["input_ids"]
+            )
+    return seqs
+
+
+def build(out: Path, seed: int = 0, steps: int = 150, log: bool = True) -> dict[str, str]:
+    """Build the tiny generator and reward models under ``out``; returns their paths."""
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+
+    started = time.perf_counter()
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    conversations = synthetic_conversations(4000, seed=seed)
+    tokenizer = build_tokenizer([f"{s or ''}\n{u}\n{a}" for s, u, a in conversations])
+    vocab = tokenizer.get_vocab()
+    eos_ids = [vocab["<|eot_id|>"], vocab["<|end_of_text|>"]]
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        head_dim=64,  # vLLM's CPU attention needs a supported head size; 64 works.
+        max_position_embeddings=2048,
+        bos_token_id=vocab["<|begin_of_text|>"],
+        eos_token_id=eos_ids,
+        pad_token_id=vocab["<|finetune_right_pad_id|>"],
+        tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config)
+    seqs = [s[:160] for s in _training_ids(tokenizer, conversations, rng)]
+    pad = config.pad_token_id
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    model.train()
+    batch_size = 16
+    for step in range(steps):
+        batch = rng.sample(seqs, batch_size)
+        width = max(map(len, batch))
+        ids = torch.full((batch_size, width), pad, dtype=torch.long)
+        mask = torch.zeros((batch_size, width), dtype=torch.long)
+        for i, s in enumerate(batch):
+            ids[i, : len(s)] = torch.tensor(s)
+            mask[i, : len(s)] = 1
+        labels = ids.masked_fill(mask == 0, -100)
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        if log and (step % 100 == 0 or step == steps - 1):
+            print(f"  tiny generator step {step + 1}/{steps} loss {loss.item():.3f}", flush=True)
+    model.eval()
+
+    gen_dir, rm_dir = out / "generator", out / "reward"
+    model.generation_config = GenerationConfig(
+        bos_token_id=config.bos_token_id, eos_token_id=eos_ids, pad_token_id=pad
+    )
+    model.save_pretrained(gen_dir)
+    tokenizer.save_pretrained(gen_dir)
+
+    rm_config = LlamaConfig.from_dict(
+        {**config.to_dict(), "num_labels": 1, "id2label": {0: "score"}, "label2id": {"score": 0}}
+    )
+    reward = LlamaForSequenceClassification(rm_config)
+    missing = reward.model.load_state_dict(model.model.state_dict())
+    assert not missing.missing_keys and not missing.unexpected_keys
+    reward.eval()
+    reward.save_pretrained(rm_dir)
+    tokenizer.save_pretrained(rm_dir)
+
+    manifest = {
+        "seed": seed,
+        "steps": steps,
+        "final_loss": round(float(loss.item()), 4),
+        "vocab_size": len(tokenizer),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return {"generator": str(gen_dir), "reward": str(rm_dir)}
+
+
+def ensure(out: Path, seed: int = 0) -> dict[str, str]:
+    """Build the tiny models unless a complete build already exists under ``out``."""
+    if (out / "manifest.json").exists() and (out / "reward" / "config.json").exists():
+        return {"generator": str(out / "generator"), "reward": str(out / "reward")}
+    return build(out, seed=seed)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Build the tiny local models (offline, deterministic).")
+    parser.add_argument("--out", type=Path, default=Path("models/tiny"), help="output directory")
+    parser.add_argument("--seed", type=int, default=0, help="seed for data, tokenizer and weights")
+    parser.add_argument("--steps", type=int, default=150, help="training steps for the generator")
+    parser.add_argument("--force", action="store_true", help="rebuild even if a build exists")
+    args = parser.parse_args(argv)
+    if args.force or not (args.out / "manifest.json").exists():
+        paths = build(args.out, seed=args.seed, steps=args.steps)
+    else:
+        paths = ensure(args.out, seed=args.seed)
+    print(json.dumps(paths))
+
+
+if __name__ == "__main__":
+    main()
