@@ -226,17 +226,27 @@ def connect(
 # --- dataset --------------------------------------------------------------------------------
 
 
-def _find_dataset(client: "rg.Argilla", name: str, workspace: Optional[str]) -> Optional["rg.Dataset"]:
+def resolve_workspace(client: "rg.Argilla", workspace: Optional[str]) -> str:
+    """``workspace`` if it exists, else (when None) the user's first workspace, by name."""
+    with warnings.catch_warnings():
+        # The SDK warns when a workspace is not found; we raise our own error instead.
+        warnings.simplefilter("ignore")
+        if workspace is None:
+            return client.workspaces.default.name
+        if client.workspaces(name=workspace) is None:
+            raise ReviewError(f"Argilla workspace {workspace!r} does not exist")
+    return workspace
+
+
+def _find_dataset(client: "rg.Argilla", name: str, workspace: str) -> Optional["rg.Dataset"]:
     with warnings.catch_warnings():
         # The SDK warns when a dataset is not found; here that is an expected answer.
         warnings.simplefilter("ignore")
-        if workspace is not None and client.workspaces(name=workspace) is None:
-            raise ReviewError(f"Argilla workspace {workspace!r} does not exist")
         return client.datasets(name=name, workspace=workspace)
 
 
-def _check_settings(dataset: "rg.Dataset", name: str) -> None:
-    expected = rd.settings_signature(rd.build_settings())
+def _check_settings(client: "rg.Argilla", dataset: "rg.Dataset", name: str) -> None:
+    expected = rd.settings_signature(rd.build_settings(client))
     found = rd.settings_signature(dataset.settings)
     if expected != found:
         raise ReviewError(
@@ -255,14 +265,15 @@ def get_or_create_dataset(
     """The review dataset ``name``: reused when its settings match ours, created when absent."""
     import argilla as rg
 
+    workspace = _call(lambda: resolve_workspace(client, workspace), "workspace lookup", credentials, retry)
     existing = _call(lambda: _find_dataset(client, name, workspace), "dataset lookup", credentials, retry)
     if existing is not None:
-        _check_settings(existing, name)
+        _check_settings(client, existing, name)
         logger.info("Reusing Argilla dataset %r", name)
         return existing
 
     def create() -> "rg.Dataset":
-        dataset = rg.Dataset(name=name, workspace=workspace, settings=rd.build_settings(), client=client)
+        dataset = rg.Dataset(name=name, workspace=workspace, settings=rd.build_settings(client), client=client)
         return dataset.create()
 
     try:
@@ -272,7 +283,7 @@ def get_or_create_dataset(
         existing = _call(lambda: _find_dataset(client, name, workspace), "dataset lookup", credentials, retry)
         if existing is None:
             raise
-        _check_settings(existing, name)
+        _check_settings(client, existing, name)
         return existing
     logger.info("Created Argilla dataset %r", name)
     return created
@@ -328,6 +339,56 @@ def to_record(payload: rd.RecordPayload, dataset: "rg.Dataset") -> "rg.Record":
     return record
 
 
+class ReviewDatasetWriter:
+    """An authenticated handle on one review dataset; ``write(rows)`` upserts them in batches.
+
+    Construction connects and creates/reuses the dataset, so configuration mistakes (no server,
+    wrong key, a dataset with other settings) surface before any row is processed.
+    Upserts are keyed by the row uuid, which is what makes retrying a batch (and rerunning a whole
+    push) safe: records are updated in place and reviewers' answers are untouched.
+    """
+
+    def __init__(
+        self,
+        dataset_name: str,
+        workspace: Optional[str] = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        api_url: Optional[str] = None,
+        api_key: Optional[str] = None,
+        reward_agent: str = rd.DEFAULT_REWARD_AGENT,
+        retry: RetryPolicy = RetryPolicy(),
+    ) -> None:
+        if not 1 <= batch_size <= MAX_BATCH_SIZE:
+            raise ValueError(f"batch_size must be in 1..{MAX_BATCH_SIZE}, got {batch_size}")
+        self.batch_size = batch_size
+        self.reward_agent = reward_agent
+        self.retry = retry
+        self.client, self.credentials = connect(api_url, api_key, retry=retry)
+        self.dataset = get_or_create_dataset(self.client, self.credentials, dataset_name, workspace, retry)
+        self.report = PushReport(
+            dataset_name=dataset_name, workspace=self.dataset.workspace.name, url=self.credentials.safe_url
+        )
+
+    def write(self, rows: Iterable[Mapping[str, Any]]) -> int:
+        """Upserts one record per row; returns how many were sent. Raises ``ReviewError``."""
+        sent = 0
+        for batch in _batches(rows, self.batch_size):
+            models = [to_record(rd.record_payload(row, self.reward_agent), self.dataset).api_model() for row in batch]
+            # The bulk endpoint directly (not `dataset.records.log`): one HTTP call per batch that
+            # `_call` can retry as a unit, and no progress bar per batch.
+            _call(
+                lambda: self.client.api.records.bulk_upsert(dataset_id=self.dataset.id, records=models),
+                f"upsert of batch {self.report.batches + 1}",
+                self.credentials,
+                self.retry,
+            )
+            sent += len(models)
+            self.report.records += len(models)
+            self.report.batches += 1
+            logger.info("Argilla: %d records sent", self.report.records)
+        return sent
+
+
 def push_rows(
     rows: Iterable[Mapping[str, Any]],
     dataset_name: str,
@@ -338,30 +399,10 @@ def push_rows(
     reward_agent: str = rd.DEFAULT_REWARD_AGENT,
     retry: RetryPolicy = RetryPolicy(),
 ) -> PushReport:
-    """Creates/reuses the review dataset and upserts one record per row, batch by batch.
-
-    Upserts are keyed by the row uuid, which is what makes retrying a batch (and rerunning the
-    whole push) safe: records are updated in place, reviewers' answers are untouched.
-    """
-    if not 1 <= batch_size <= MAX_BATCH_SIZE:
-        raise ValueError(f"batch_size must be in 1..{MAX_BATCH_SIZE}, got {batch_size}")
-    client, credentials = connect(api_url, api_key, retry=retry)
-    dataset = get_or_create_dataset(client, credentials, dataset_name, workspace, retry)
-    report = PushReport(dataset_name=dataset_name, workspace=workspace, url=credentials.safe_url)
-    for batch in _batches(rows, batch_size):
-        models = [to_record(rd.record_payload(row, reward_agent), dataset).api_model() for row in batch]
-        # The bulk endpoint directly (not `dataset.records.log`): one HTTP call per batch that
-        # `_call` can retry as a unit, and no progress bar per batch.
-        _call(
-            lambda: client.api.records.bulk_upsert(dataset_id=dataset.id, records=models),
-            f"upsert of batch {report.batches + 1}",
-            credentials,
-            retry,
-        )
-        report.records += len(models)
-        report.batches += 1
-        logger.info("Argilla: %d records sent", report.records)
-    return report
+    """Creates/reuses the review dataset ``dataset_name`` and upserts one record per row."""
+    writer = ReviewDatasetWriter(dataset_name, workspace, batch_size, api_url, api_key, reward_agent, retry)
+    writer.write(rows)
+    return writer.report
 
 
 def _load_local(dataset: Union[str, Path, "Dataset", "DatasetDict"]) -> "DatasetDict":
@@ -535,10 +576,11 @@ def fetch_verdicts(
 ) -> Dict[str, Verdict]:
     """Verdict per record id (= row uuid) for every record of the review dataset."""
     client, credentials = connect(api_url, api_key, retry=retry)
+    workspace = _call(lambda: resolve_workspace(client, workspace), "workspace lookup", credentials, retry)
     dataset = _call(lambda: _find_dataset(client, dataset_name, workspace), "dataset lookup", credentials, retry)
     if dataset is None:
         raise ReviewError(f"Argilla dataset {dataset_name!r} does not exist at {credentials.safe_url}")
-    _check_settings(dataset, dataset_name)
+    _check_settings(client, dataset, dataset_name)
 
     def read_all() -> Dict[str, Verdict]:
         # Re-read from the start on a retry: a half-read page set is not worth resuming.
@@ -659,8 +701,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    # httpx logs every request at INFO; keep the output to our own progress lines.
+    # httpx and the SDK log every request at INFO; keep the output to our own progress lines.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("argilla.sdk").setLevel(logging.WARNING)
     try:
         if args.command == "push":
             print(push_to_argilla(args.input, args.dataset_name, args.workspace, args.batch_size))

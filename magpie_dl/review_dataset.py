@@ -81,18 +81,24 @@ response and the worse of the two originals becomes rejected, whatever you picke
 """
 
 
-def build_settings(guidelines: str = GUIDELINES) -> "rg.Settings":
-    """The ``rg.Settings`` of the review dataset (imports the Argilla SDK)."""
+def build_settings(client: "rg.Argilla", guidelines: str = GUIDELINES) -> "rg.Settings":
+    """The ``rg.Settings`` of the review dataset (imports the Argilla SDK).
+
+    ``client`` is required because the SDK binds every field/question/metadata object to a client
+    at construction and would otherwise build (and log in with) a default one from the environment.
+    """
     try:
         import argilla as rg
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError("Argilla review needs the SDK: pip install -e '.[argilla]'") from exc
 
     fields = [
-        rg.TextField(name=FIELD_INSTRUCTION, title="Instruction", use_markdown=True),
-        rg.TextField(name=FIELD_CHOSEN, title="Chosen (highest reward)", use_markdown=True),
-        rg.TextField(name=FIELD_REJECTED, title="Rejected (lowest reward)", use_markdown=True),
-        rg.TextField(name=FIELD_ALL_RESPONSES, title="All responses with reward scores", use_markdown=True),
+        rg.TextField(name=FIELD_INSTRUCTION, title="Instruction", use_markdown=True, client=client),
+        rg.TextField(name=FIELD_CHOSEN, title="Chosen (highest reward)", use_markdown=True, client=client),
+        rg.TextField(name=FIELD_REJECTED, title="Rejected (lowest reward)", use_markdown=True, client=client),
+        rg.TextField(
+            name=FIELD_ALL_RESPONSES, title="All responses with reward scores", use_markdown=True, client=client
+        ),
     ]
     questions = [
         rg.LabelQuestion(
@@ -100,6 +106,7 @@ def build_settings(guidelines: str = GUIDELINES) -> "rg.Settings":
             title="Which response is better?",
             labels=PREFERENCE_LABELS,
             required=True,
+            client=client,
         ),
         rg.TextQuestion(
             name=QUESTION_CORRECTION,
@@ -107,11 +114,12 @@ def build_settings(guidelines: str = GUIDELINES) -> "rg.Settings":
             description="A good answer; it replaces the chosen response.",
             required=False,
             use_markdown=True,
+            client=client,
         ),
-        rg.TextQuestion(name=QUESTION_NOTE, title="Note (optional)", required=False),
+        rg.TextQuestion(name=QUESTION_NOTE, title="Note (optional)", required=False, client=client),
     ]
-    metadata = [rg.FloatMetadataProperty(name=name) for name in FLOAT_METADATA]
-    metadata += [rg.TermsMetadataProperty(name=name) for name in TERMS_METADATA]
+    metadata = [rg.FloatMetadataProperty(name=name, client=client) for name in FLOAT_METADATA]
+    metadata += [rg.TermsMetadataProperty(name=name, client=client) for name in TERMS_METADATA]
     return rg.Settings(fields=fields, questions=questions, metadata=metadata, guidelines=guidelines)
 
 
