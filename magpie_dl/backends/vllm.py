@@ -1,0 +1,260 @@
+"""vLLM backend: offline generation on the current engine (vLLM 0.32 / 0.33).
+
+distilabel's own ``vLLM`` class targets the engine before V1 (per-request logits
+processors, ``llm_engine.model_executor`` on unload) and crashes or hangs on today's
+vLLM. This backend talks to the current API only:
+
+* prompts go in as ``TokensPrompt(prompt_token_ids=...)``: a string prompt would get a
+  second BOS in front of a pre-query template that already has one;
+* one ``LLM.generate`` call per batch with one ``SamplingParams`` per prompt, so the
+  engine schedules everything at once (``n`` samples share the prompt's prefix cache);
+* the first-token markdown ban is an engine-level logits processor
+  (:mod:`magpie_dl.backends.vllm_logits`), chosen for the engine's model runner;
+* JSON-schema constrained decoding through ``StructuredOutputsParams``.
+
+vLLM is imported in :meth:`VLLMBackend.load` only, so this module imports anywhere.
+"""
+
+from __future__ import annotations
+
+import gc
+from typing import TYPE_CHECKING, Any
+
+from distilabel.mixins.runtime_parameters import RuntimeParameter
+from distilabel.models.mixins.cuda_device_placement import CudaDevicePlacementMixin
+from pydantic import Field, PrivateAttr
+
+from magpie_dl.backends.base import Completion, CompletionLLM, PromptInput, SamplingSpec
+from magpie_dl.backends.first_token_ban import first_token_ban_args, first_token_ban_fqcn
+
+if TYPE_CHECKING:
+    from vllm import LLM, SamplingParams
+    from vllm.outputs import RequestOutput
+
+_INSTALL_HINT = (
+    "vLLM is not installed in this environment. GPU: `pip install vllm`; CPU: run "
+    "scripts/setup_vllm_env.sh and use .venv-vllm/bin/python."
+)
+
+
+class VLLMBackend(CompletionLLM, CudaDevicePlacementMixin):
+    """Completes token-id prompts with an in-process vLLM engine.
+
+    Attributes:
+        model: path or hub id of the model.
+        tensor_parallel_size: GPUs per engine. Reserve as many through the step's
+            ``resources=StepResources(gpus=...)``; the CUDA placement mixin then pins them.
+        max_model_len: context length (prompt + completion); None takes the model's.
+        gpu_memory_utilization: fraction of each GPU the engine may take.
+        dtype: weights / activations dtype ("auto", "bfloat16", "float32", ...).
+        enable_prefix_caching: reuse the KV cache of shared prefixes (Magpie samples one
+            pre-query template many times, so this matters).
+        enable_chunked_prefill: None = vLLM's default on GPU and False on CPU, where a
+            per-request seed with chunked prefill kills the engine (FIELD_NOTES §3).
+        seed: engine seed (requests carry their own seeds as well).
+        install_first_token_ban: load the first-token ban processor into the engine.
+        engine_kwargs: further ``vllm.LLM`` keyword arguments, e.g.
+            ``{"structured_outputs_config": {"backend": "xgrammar"}, "enforce_eager": True}``.
+
+    Examples:
+        >>> llm = VLLMBackend(model="models/tiny/generator", dtype="float32", max_model_len=1024)
+        >>> llm.load()
+        >>> ids = tuple(llm.tokenizer("<|begin_of_text|>...", add_special_tokens=False)["input_ids"])
+        >>> [[c.text for c in cs]] = llm.complete([PromptInput(ids)], [SamplingSpec(n=1)])
+        >>> llm.unload()
+    """
+
+    tensor_parallel_size: RuntimeParameter[int] = Field(default=1, description="GPUs per engine.")
+    max_model_len: RuntimeParameter[int] | None = Field(
+        default=None, description="Context length; None takes the model's."
+    )
+    gpu_memory_utilization: RuntimeParameter[float] = Field(
+        default=0.9, description="Fraction of each GPU's memory the engine may use."
+    )
+    dtype: RuntimeParameter[str] = Field(default="auto", description="Model dtype.")
+    enable_prefix_caching: RuntimeParameter[bool] = Field(
+        default=True, description="Reuse KV cache across requests sharing a prefix."
+    )
+    enable_chunked_prefill: RuntimeParameter[bool] | None = Field(
+        default=None, description="None: vLLM's default on GPU, off on CPU (seeded requests crash it)."
+    )
+    seed: RuntimeParameter[int] = Field(default=0, description="Engine seed.")
+    install_first_token_ban: bool = Field(
+        default=True, description="Load the first-token ban logits processor into the engine."
+    )
+    engine_kwargs: RuntimeParameter[dict[str, Any]] | None = Field(
+        default_factory=dict, description="Further `vllm.LLM` keyword arguments."
+    )
+
+    _llm: LLM | None = PrivateAttr(default=None)
+    _on_gpu: bool = PrivateAttr(default=False)
+    _ban_processor: str | None = PrivateAttr(default=None)
+
+    def load(self) -> None:
+        """Start the engine (model load and warm-up take most of the time)."""
+        CompletionLLM.load(self)
+        try:
+            from vllm import LLM
+            from vllm.engine.arg_utils import EngineArgs
+            from vllm.platforms import current_platform
+        except ImportError as e:
+            raise ImportError(_INSTALL_HINT) from e
+
+        self._on_gpu = not current_platform.is_cpu()
+        if self._on_gpu and not self.disable_cuda_device_placement:
+            if self.tensor_parallel_size > self._desired_num_gpus:
+                raise ValueError(
+                    f"tensor_parallel_size={self.tensor_parallel_size} but the step reserves "
+                    f"{self._desired_num_gpus} GPU(s): set resources=StepResources("
+                    f"gpus={self.tensor_parallel_size}) on the step"
+                )
+            CudaDevicePlacementMixin.load(self)
+
+        kwargs = self._engine_args()
+        if self.install_first_token_ban:
+            # Which processor interface applies is the engine's decision (Triton, env,
+            # model features); ask its config rather than re-deriving the rules here.
+            uses_v2 = EngineArgs(**kwargs).create_engine_config().use_v2_model_runner
+            self._ban_processor = first_token_ban_fqcn(uses_v2)
+            kwargs["logits_processors"] = [self._ban_processor]
+        self._logger.info(
+            f"Starting vLLM for {self.model} (first-token ban: {self._ban_processor or 'off'})"
+        )
+        self._llm = LLM(**kwargs)
+
+    def _engine_args(self) -> dict[str, Any]:
+        """The ``vllm.LLM`` / ``EngineArgs`` keyword arguments from this config."""
+        chunked = self.enable_chunked_prefill
+        if chunked is None and not self._on_gpu:
+            chunked = False
+        kwargs: dict[str, Any] = {
+            "model": self.model,
+            "tokenizer": self.tokenizer_path or self.model,
+            "trust_remote_code": self.trust_remote_code,
+            "tensor_parallel_size": self.tensor_parallel_size,
+            "max_model_len": self.max_model_len,
+            "gpu_memory_utilization": self.gpu_memory_utilization,
+            "dtype": self.dtype,
+            "enable_prefix_caching": self.enable_prefix_caching,
+            "seed": self.seed,
+        }
+        if chunked is not None:
+            kwargs["enable_chunked_prefill"] = chunked
+        kwargs.update(self.engine_kwargs or {})
+        return kwargs
+
+    def unload(self) -> None:
+        """Stop the engine's processes and free their memory; safe to call twice.
+
+        ``LLM`` has no public close in 0.32, so shut the engine-core client down
+        explicitly rather than relying on garbage collection at interpreter exit, which is
+        where distilabel runs hang.
+        """
+        llm, self._llm = self._llm, None
+        if llm is not None:
+            if callable(getattr(llm, "shutdown", None)):  # newer vLLM
+                llm.shutdown()
+            else:
+                core = getattr(llm.llm_engine, "engine_core", None)
+                if core is not None:
+                    core.shutdown()
+            del llm
+            gc.collect()
+            if self._on_gpu:
+                import torch
+
+                torch.cuda.empty_cache()
+        if self._on_gpu and not self.disable_cuda_device_placement:
+            CudaDevicePlacementMixin.unload(self)
+        super().unload()
+
+    @property
+    def engine(self) -> LLM:
+        """The running ``vllm.LLM`` (for benchmarks and tests)."""
+        if self._llm is None:
+            raise RuntimeError("VLLMBackend is not loaded: call load() first")
+        return self._llm
+
+    @property
+    def first_token_ban_processor(self) -> str | None:
+        """The ``module:Class`` of the installed ban processor, or None."""
+        return self._ban_processor
+
+    def sampling_params(self, spec: SamplingSpec) -> SamplingParams:
+        """The vLLM ``SamplingParams`` for one :class:`SamplingSpec`."""
+        from vllm import SamplingParams
+        from vllm.sampling_params import StructuredOutputsParams
+
+        if spec.first_token_ban_ids:
+            if self._ban_processor is None:
+                raise ValueError(
+                    "first_token_ban_ids requested but the engine was started without the "
+                    "ban processor (install_first_token_ban=False)"
+                )
+            vocab = len(self.tokenizer)
+            bad = [i for i in spec.first_token_ban_ids if not 0 <= i < vocab]
+            if bad:
+                raise ValueError(f"first_token_ban_ids {bad} are outside the vocabulary (size {vocab})")
+        return SamplingParams(
+            n=spec.n,
+            temperature=spec.temperature,
+            top_p=spec.top_p,
+            max_tokens=spec.max_tokens,
+            seed=spec.seed,
+            stop=list(spec.stop) or None,
+            stop_token_ids=list(spec.stop_token_ids) or None,
+            skip_special_tokens=True,
+            extra_args=first_token_ban_args(spec.first_token_ban_ids) or None,
+            structured_outputs=(
+                StructuredOutputsParams(json=spec.json_schema) if spec.json_schema is not None else None
+            ),
+        )
+
+    def complete(
+        self, prompts: list[PromptInput], sampling: list[SamplingSpec]
+    ) -> list[list[Completion]]:
+        """All prompts in one ``LLM.generate`` call; prompts the engine would refuse
+        (empty, or longer than the context) come back as errors instead of failing the batch."""
+        from vllm.inputs import TokensPrompt
+
+        if len(prompts) != len(sampling):
+            raise ValueError(f"{len(prompts)} prompts but {len(sampling)} sampling specs")
+        llm = self.engine
+        max_len = llm.llm_engine.model_config.max_model_len
+        results: list[list[Completion] | None] = [None] * len(prompts)
+        batch: list[int] = []
+        for i, (prompt, spec) in enumerate(zip(prompts, sampling)):
+            reason = None
+            if not prompt.token_ids:
+                reason = "empty prompt"
+            elif len(prompt.token_ids) >= max_len:
+                reason = f"prompt has {len(prompt.token_ids)} tokens; max_model_len is {max_len}"
+            if reason is None:
+                batch.append(i)
+            else:
+                results[i] = [Completion("", [], "error", reason) for _ in range(spec.n)]
+
+        if batch:
+            outputs = llm.generate(
+                [TokensPrompt(prompt_token_ids=list(prompts[i].token_ids)) for i in batch],
+                [self.sampling_params(sampling[i]) for i in batch],
+                use_tqdm=False,
+            )
+            for i, output in zip(batch, outputs):
+                results[i] = _completions(output)
+        return [r for r in results if r is not None]
+
+
+def _completions(output: RequestOutput) -> list[Completion]:
+    """Our completions from one vLLM ``RequestOutput`` (in sample order)."""
+    completions = []
+    for sample in sorted(output.outputs, key=lambda o: o.index):
+        reason = sample.finish_reason
+        if reason in ("stop", "length"):
+            completions.append(Completion(sample.text, list(sample.token_ids), reason))
+        else:  # "abort" and anything newer: not a usable completion
+            completions.append(
+                Completion(sample.text, list(sample.token_ids), "error", f"vLLM finish_reason={reason!r}")
+            )
+    return completions
+
