@@ -56,7 +56,7 @@ def pre_query_token_ids(
 def response_prompt_template(
     tokenizer: PreTrainedTokenizerBase, family: ModelFamily, style: ResponsePromptStyle
 ) -> str:
-    """The response prompt as a string with ``{instruction}`` where the query goes.
+    """The response prompt as a string with ``{instruction}`` (one slot) where the query goes.
 
     ``chat_template`` is the model's own template (Llama-3.1's adds a "Cutting Knowledge
     Date" system block); ``magpie`` is the reference's bare prompt: the pre-query
@@ -70,11 +70,17 @@ def response_prompt_template(
         )
     else:
         raise ValueError(f"unknown response prompt style {style!r}; use 'chat_template' or 'magpie'")
-    # Escape braces so the template can be shown with str.format-style placeholders.
-    return rendered.replace("{", "{{").replace("}", "}}").replace(_SENTINEL, "{instruction}")
+    return rendered.replace(_SENTINEL, INSTRUCTION_SLOT)
+
+
+INSTRUCTION_SLOT = "{instruction}"
+
+
+def render_response_prompt(template: str, instruction: str) -> str:
+    """The response prompt as text (its provenance record), the instruction in its slot."""
+    return template.replace(INSTRUCTION_SLOT, instruction, 1)
 
 
 def response_token_ids(tokenizer: PreTrainedTokenizerBase, template: str, instruction: str) -> list[int]:
     """Token ids of a response prompt from :func:`response_prompt_template`."""
-    rendered = template.replace("{instruction}", _SENTINEL).replace("{{", "{").replace("}}", "}")
-    return _encode_around(tokenizer, rendered, instruction)
+    return _encode_around(tokenizer, template.replace(INSTRUCTION_SLOT, _SENTINEL, 1), instruction)

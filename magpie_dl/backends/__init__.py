@@ -1,5 +1,39 @@
 """Generation backends: distilabel LLMs that complete token-id prompts."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from magpie_dl.backends.base import Completion, CompletionLLM, PromptInput, SamplingSpec
 
-__all__ = ["Completion", "CompletionLLM", "PromptInput", "SamplingSpec"]
+if TYPE_CHECKING:
+    from magpie_dl.config import BackendConfig
+
+__all__ = ["Completion", "CompletionLLM", "PromptInput", "SamplingSpec", "make_backend"]
+
+
+def make_backend(config: BackendConfig, model: str, seed: int = 0) -> CompletionLLM:
+    """The backend ``config.kind`` for ``model``; engine modules import lazily."""
+    if config.kind == "transformers":
+        from magpie_dl.backends.transformers import TransformersBackend
+
+        return TransformersBackend(
+            model=model, device=config.device, dtype=config.dtype, batch_size=config.transformers_batch_size
+        )
+    if config.kind == "vllm":
+        from magpie_dl.backends.vllm import VLLMBackend
+
+        return VLLMBackend(
+            model=model,
+            dtype=config.dtype,
+            tensor_parallel_size=config.tensor_parallel_size,
+            max_model_len=config.max_model_len,
+            gpu_memory_utilization=config.gpu_memory_utilization,
+            enable_prefix_caching=config.enable_prefix_caching,
+            seed=seed,
+        )
+    if config.kind == "openai":
+        from magpie_dl.backends.openai import OpenAIBackend
+
+        return OpenAIBackend(model=model, base_urls=list(config.base_urls))
+    raise ValueError(f"unknown backend {config.kind!r}; use transformers, vllm or openai")

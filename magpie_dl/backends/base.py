@@ -140,10 +140,22 @@ class CompletionLLM(LLM):
         """
 
     def generate(
-        self, inputs: list[FormattedInput], num_generations: int = 1, **kwargs: Any
+        self,
+        inputs: list[FormattedInput],
+        num_generations: int = 1,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        max_new_tokens: int = 256,
+        seed: int | None = None,
     ) -> list[GenerateOutput]:
-        """distilabel's chat interface, over :meth:`complete` with the model's chat template."""
-        spec = SamplingSpec(n=num_generations, **kwargs)
+        """distilabel's chat interface, over :meth:`complete` with the model's chat template.
+
+        Explicit keyword parameters (no ``**kwargs``): distilabel turns this signature
+        into the LLM's ``generation_kwargs`` runtime parameters.
+        """
+        spec = SamplingSpec(
+            n=num_generations, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, seed=seed
+        )
         prompts = [
             PromptInput(
                 token_ids=tuple(

@@ -1,0 +1,330 @@
+"""The recipe's configuration: validated, layered (preset < YAML file < flags), documented.
+
+Every knob is a field with a description; the command line is generated from the
+fields (``--responses.temperature 0.7``), with short aliases for the common ones.
+Validation happens here, before any model loads, and each failure is one line that
+says what to change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from magpie_dl.families import FAMILIES
+from magpie_dl.magpie import CONTROL_TASKS
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TINY_DIR = REPO_ROOT / "models" / "tiny"
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased as what to change."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _check_model_ref(value: str) -> str:
+    """A model is a local directory that exists, or a hub id ``org/name``."""
+    if not value or not value.strip():
+        raise ValueError("model must not be empty")
+    path = Path(value).expanduser()
+    looks_local = value.startswith((".", "/", "~")) or value.count("/") != 1
+    if looks_local and not path.exists():
+        raise ValueError(f"model path {value!r} does not exist (build tiny models with `make models`)")
+    return value
+
+
+def _check_family(value: str) -> str:
+    if value != "auto" and value not in FAMILIES:
+        raise ValueError(f"unknown family {value!r}; use auto or one of: {', '.join(FAMILIES)}")
+    return value
+
+
+class GeneratorConfig(_Section):
+    """Magpie query synthesis."""
+
+    model: str = Field("meta-llama/Llama-3.1-70B-Instruct", description="Aligned chat model that writes the queries.")
+    family: str = Field("auto", description=f"Chat-template family: auto or one of {', '.join(FAMILIES)}.")
+    num_instructions: int = Field(100_000, ge=1, description="How many queries to write.")
+    temperature: float = Field(0.9, ge=0.0, le=2.0, description="Query sampling temperature.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Query nucleus sampling mass.")
+    max_tokens: int = Field(1024, ge=1, description="Maximum tokens per query.")
+    system_prompt: str | None = Field(None, description="One fixed system prompt for every query.")
+    control_task: str | None = Field(None, description=f"Built-in system prompt: {', '.join(CONTROL_TASKS)}.")
+    ban_first_token_markdown: bool = Field(True, description="Ban markdown tokens at a query's first position.")
+    batch_size: int = Field(1000, ge=1, description="Queries per batch sent to the engine.")
+
+    @field_validator("model")
+    @classmethod
+    def _model_ref(cls, value: str) -> str:
+        return _check_model_ref(value)
+
+    @field_validator("family")
+    @classmethod
+    def _known_family(cls, value: str) -> str:
+        return _check_family(value)
+
+    @field_validator("control_task")
+    @classmethod
+    def _known_task(cls, value: str | None) -> str | None:
+        if value is not None and value not in CONTROL_TASKS:
+            raise ValueError(f"unknown control task {value!r}; use one of: {', '.join(CONTROL_TASKS)}")
+        return value
+
+
+class ResponsesConfig(_Section):
+    """Multi-generation of responses."""
+
+    model: str | None = Field(None, description="Response model; defaults to the generator's model.")
+    num_generations: int = Field(5, ge=2, description="Responses per instruction (at least 2 to make a pair).")
+    temperature: float = Field(0.8, ge=0.0, le=2.0, description="Response sampling temperature.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Response nucleus sampling mass.")
+    max_tokens: int = Field(4096, ge=1, description="Maximum tokens per response.")
+    prompt_style: Literal["chat_template", "magpie"] = Field(
+        "chat_template", description="chat_template (model's own) or magpie (the reference's bare prompt)."
+    )
+    batch_size: int = Field(500, ge=1, description="Instructions per batch sent to the engine.")
+
+    @field_validator("model")
+    @classmethod
+    def _model_ref(cls, value: str | None) -> str | None:
+        return None if value is None else _check_model_ref(value)
+
+
+class RewardConfig(_Section):
+    """Reward scoring."""
+
+    model: str = Field("RLHFlow/ArmoRM-Llama3-8B-v0.1", description="Reward model (ArmoRM in the recipe).")
+    max_length: int = Field(4096, ge=8, description="Inputs are cut to this many tokens.")
+    batch_size: int = Field(16, ge=1, description="Sequences per forward pass.")
+    dtype: str = Field("bfloat16", description="auto | float32 | bfloat16 | float16")
+    device: str = Field("cuda", description="Torch device for the reward model.")
+    trust_remote_code: bool = Field(
+        False, description="Opt in to running the reward model's own code (ArmoRM needs it)."
+    )
+    input_batch_size: int = Field(500, ge=1, description="Rows per batch handed to the scoring step.")
+
+    @field_validator("model")
+    @classmethod
+    def _model_ref(cls, value: str) -> str:
+        return _check_model_ref(value)
+
+
+class BackendConfig(_Section):
+    """Where generation runs."""
+
+    kind: Literal["transformers", "vllm", "openai"] = Field("vllm", description="transformers | vllm | openai")
+    base_urls: list[str] = Field(default_factory=list, description="vLLM server URLs for --backend openai.")
+    device: str = Field("cuda", description="Torch device for the transformers backend.")
+    dtype: str = Field("bfloat16", description="Model dtype: auto | float32 | bfloat16 | float16")
+    tensor_parallel_size: int = Field(8, ge=1, description="vLLM: GPUs per engine.")
+    max_model_len: int | None = Field(8192, description="vLLM: context length.")
+    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0, description="vLLM: fraction of GPU memory.")
+    enable_prefix_caching: bool = Field(True, description="vLLM: reuse the shared pre-query prefix.")
+    transformers_batch_size: int = Field(64, ge=1, description="transformers: completions per forward pass.")
+
+    @model_validator(mode="after")
+    def _urls_for_openai(self) -> BackendConfig:
+        if self.kind == "openai" and not self.base_urls:
+            raise ValueError("backend openai needs --base-url URL[,URL...]")
+        return self
+
+
+class PairingConfig(_Section):
+    """Best/worst pairing."""
+
+    min_margin: float = Field(0.0, ge=0.0, description="Pairs with a smaller chosen - rejected margin are left out.")
+
+
+class OutputConfig(_Section):
+    """Where results go."""
+
+    dir: Path = Field(Path("out/dpo_100k"), description="Output directory (dataset, pipeline.yaml, summary).")
+    test_fraction: float = Field(0.02, gt=0.0, lt=1.0, description="Fraction of pairs in the test split.")
+    push_to_hub: str | None = Field(None, description="Hub dataset repo to push to (needs HF_TOKEN).")
+    private: bool = Field(False, description="Push as a private dataset.")
+
+
+class RecipeConfig(_Section):
+    """The whole Magpie DPO recipe."""
+
+    seed: int = Field(42, description="Run seed: every row's sampling seed and the split derive from it.")
+    generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
+    responses: ResponsesConfig = Field(default_factory=ResponsesConfig)
+    reward: RewardConfig = Field(default_factory=RewardConfig)
+    backend: BackendConfig = Field(default_factory=BackendConfig)
+    pairing: PairingConfig = Field(default_factory=PairingConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @property
+    def response_model(self) -> str:
+        return self.responses.model or self.generator.model
+
+    def public_dict(self) -> dict[str, Any]:
+        """The resolved config as plain JSON-able data (it holds no secrets by design)."""
+        return json.loads(self.model_dump_json())
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "full": {},
+    "smoke": {
+        "generator": {
+            "model": str(TINY_DIR / "generator"),
+            "num_instructions": 96,
+            "temperature": 1.0,
+            "max_tokens": 48,
+            "batch_size": 96,
+        },
+        "responses": {"max_tokens": 64, "batch_size": 96},
+        "reward": {
+            "model": str(TINY_DIR / "reward"),
+            "max_length": 512,
+            "dtype": "float32",
+            "device": "cpu",
+            "input_batch_size": 96,
+        },
+        "backend": {
+            "kind": "transformers",
+            "device": "cpu",
+            "dtype": "float32",
+            "tensor_parallel_size": 1,
+            "max_model_len": 1024,
+            "transformers_batch_size": 160,
+        },
+        "output": {"dir": "out/smoke", "test_fraction": 0.02},
+    },
+}
+
+# Short flags for the knobs people touch most: alias -> dotted field path.
+ALIASES: dict[str, str] = {
+    "--output-dir": "output.dir",
+    "--backend": "backend.kind",
+    "--base-url": "backend.base_urls",
+    "--push-to-hub": "output.push_to_hub",
+    "--num-instructions": "generator.num_instructions",
+    "--family": "generator.family",
+    "--trust-remote-code": "reward.trust_remote_code",
+}
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        data = data.setdefault(key, {})
+    data[leaf] = value
+
+
+def _fields(model: type[BaseModel], prefix: str = ""):
+    """(dotted path, field info) for every leaf field of the config tree."""
+    for name, info in model.model_fields.items():
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            yield from _fields(annotation, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}", info
+
+
+def _parse_value(raw: str) -> Any:
+    """Flag values are YAML scalars (``0.8``, ``true``, ``null``); lists are comma-separated."""
+    return yaml.safe_load(raw) if raw != "" else ""
+
+
+def build_parser(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="full", help="Starting point for the config.")
+    parser.add_argument("--config", type=Path, help="YAML file with overrides (same structure as --print-config).")
+    parser.add_argument("--print-config", action="store_true", help="Print the resolved config and exit.")
+    parser.add_argument("--fresh", action="store_true", help="Ignore stored results from earlier runs.")
+    reverse = {path: alias for alias, path in ALIASES.items()}
+    for path, info in _fields(RecipeConfig):
+        flags = [f"--{path}"] + ([reverse[path]] if path in reverse else [])
+        if info.annotation is bool:
+            parser.add_argument(*flags, dest=path, action="store_const", const=True, default=None,
+                                help=f"{info.description} (default: {info.default})")
+            parser.add_argument(f"--no-{path}", dest=path, action="store_const", const=False,
+                                help=argparse.SUPPRESS)
+            continue
+        default = info.default if info.default_factory is None else info.default_factory()
+        parser.add_argument(*flags, dest=path, default=None, metavar="VALUE",
+                            help=f"{info.description} (default: {default})")
+    return parser
+
+
+def resolve(args: argparse.Namespace) -> RecipeConfig:
+    """preset < YAML file < flags, validated; raises ConfigError with a one-line message."""
+    data: dict[str, Any] = json.loads(json.dumps(PRESETS[args.preset]))
+    if args.config is not None:
+        data = _deep_merge(data, load_yaml(args.config))
+    for path, _ in _fields(RecipeConfig):
+        raw = getattr(args, path, None)
+        if raw is None:
+            continue
+        if path == "backend.base_urls":
+            value: Any = [u.strip() for u in str(raw).split(",") if u.strip()]
+        elif isinstance(raw, bool):
+            value = raw
+        elif path.endswith(("model", "dir", "system_prompt", "push_to_hub")):
+            value = raw  # strings stay strings ("null" is not None here)
+        else:
+            value = _parse_value(raw)
+        _set_path(data, path, value)
+    return validate(data)
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    try:
+        content = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.__class__.__name__}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config file {path} is not valid YAML{where}") from None
+    if content is None:
+        return {}
+    if not isinstance(content, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(content).__name__}")
+    return content
+
+
+def validate(data: dict[str, Any]) -> RecipeConfig:
+    try:
+        return RecipeConfig.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "config"
+        message = first["msg"].removeprefix("Value error, ")
+        extra = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise ConfigError(f"--{where}: {message}{extra}") from None
+
+
+def secret_env_names() -> tuple[str, ...]:
+    """Environment variables that hold secrets; their values must never be written out."""
+    return ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "ARGILLA_API_KEY", "OPENAI_API_KEY", "VLLM_API_KEY")
+
+
+def secret_values() -> list[str]:
+    return [v for name in secret_env_names() if (v := os.environ.get(name)) and len(v) >= 4]

@@ -1,0 +1,373 @@
+"""Near-duplicate detection over normalised sentence embeddings.
+
+Recipe (Magpie, FIELD_NOTES §1): instructions are embedded, vectors are L2-normalised,
+and two instructions are near-duplicates when their squared L2 distance is below
+``threshold`` (0.05, about cosine 0.975). Every row gets the released columns:
+
+- ``min_neighbor_distance``: squared L2 distance to the nearest *other* row
+  (``None`` when the set has a single row);
+- ``repeat_count``: how many other rows lie within the threshold (at most ``k`` found per
+  row by the search, then made symmetric: if either row found the other, both count it);
+- ``min_similar_uuid``: ``None`` when the row has no near-duplicate, else the uuid of the
+  surviving row that represents it (its own uuid when it survives itself). Downstream
+  filters keep a row iff ``min_similar_uuid in (None, uuid)``, the convention of the
+  released data.
+
+Which copy survives does not depend on input order. The reference keeps "the earliest
+copy" by position, so shuffling the input changes the output, and it drops a row whose
+only similar row was itself dropped. Here rows are first put in canonical order (sorted
+by uuid) and survivors are chosen greedily in that order: a row survives unless a
+smaller-uuid row within the threshold already survived. That guarantees every dropped
+row has a survivor within the threshold and no two survivors are within it (for the
+neighbour pairs the search found), and it is a function of the *set* of (uuid, vector)
+pairs only. Running the search itself in canonical order also makes the ANN index
+(training sample, list layout) independent of input order.
+
+Search: exact blocked matrix products with numpy for small sets; an IVF index (FAISS)
+above ``index_min_rows``, which trades a measured sliver of recall (BENCHMARKS.md) for
+running 1M rows in minutes on two cores instead of hours.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+SearchMethod = Literal["auto", "exact", "index"]
+
+
+@dataclass(frozen=True)
+class DedupConfig:
+    """Knobs of the near-duplicate search.
+
+    Attributes:
+        threshold: squared L2 distance between unit vectors below which two rows are
+            near-duplicates (reference: 0.05).
+        k: neighbours examined per row (reference: 500). Caps ``repeat_count`` per
+            search direction and bounds memory.
+        method: ``exact``, ``index`` (FAISS IVF), or ``auto`` (index from
+            ``index_min_rows`` rows up).
+        index_min_rows: size from which ``auto`` uses the index.
+        nlist: IVF cells; default ``4 * sqrt(n)`` (FAISS's usual guidance).
+        nprobe: IVF cells visited per query; more = better recall, slower.
+        train_size: vectors used to train the IVF quantiser; default ``64 * nlist``.
+        block_size: query rows per block; default keeps one distance block near 256 MiB.
+        seed: seed of the training sample and of k-means.
+        num_threads: OpenMP threads for FAISS (None: FAISS's default).
+    """
+
+    threshold: float = 0.05
+    k: int = 500
+    method: SearchMethod = "auto"
+    index_min_rows: int = 100_000
+    nlist: int | None = None
+    nprobe: int = 16
+    train_size: int | None = None
+    block_size: int | None = None
+    seed: int = 0
+    num_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.threshold > 0:
+            raise ValueError(f"threshold must be > 0, got {self.threshold}")
+        if self.k < 1:
+            raise ValueError(f"k must be >= 1, got {self.k}")
+        if self.method not in ("auto", "exact", "index"):
+            raise ValueError(f"method must be auto, exact or index, got {self.method!r}")
+        if self.nprobe < 1:
+            raise ValueError(f"nprobe must be >= 1, got {self.nprobe}")
+
+    def resolve_method(self, n: int) -> Literal["exact", "index"]:
+        if self.method == "auto":
+            return "index" if n >= self.index_min_rows else "exact"
+        return self.method
+
+
+@dataclass
+class NeighborGraph:
+    """What a search found, in the row order it was given.
+
+    ``min_distance[i]`` is the distance to the nearest other row found (``inf`` if none);
+    ``(src, dst, dist)`` lists, per row, the other rows within the threshold (at most
+    ``k`` per row, nearest first). Not yet symmetric.
+    """
+
+    min_distance: np.ndarray
+    src: np.ndarray
+    dst: np.ndarray
+    dist: np.ndarray
+
+
+@dataclass
+class DedupResult:
+    """Per-row near-duplicate columns, in the caller's input order."""
+
+    min_neighbor_distance: list[float | None]
+    repeat_count: np.ndarray
+    min_similar_uuid: list[str | None]
+    keep: np.ndarray
+    method: str
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def row(self, i: int) -> dict[str, Any]:
+        """The three released columns for row ``i``."""
+        return {
+            "min_neighbor_distance": self.min_neighbor_distance[i],
+            "repeat_count": int(self.repeat_count[i]),
+            "min_similar_uuid": self.min_similar_uuid[i],
+        }
+
+
+def normalize_rows(x: np.ndarray, copy: bool = True) -> np.ndarray:
+    """Float32 ``x`` with unit-L2 rows (zero rows stay zero); in place when ``copy=False``
+    and ``x`` is already float32."""
+    x = np.array(x, dtype=np.float32, copy=copy) if copy else np.asarray(x, dtype=np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"embeddings must be 2-D, got shape {x.shape}")
+    # einsum avoids materialising x * x (another n x dim array) to get the norms.
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x))
+    x /= np.maximum(norms, 1e-12)[:, None]
+    return x
+
+
+def _default_block_size(n: int) -> int:
+    # One (block, n) float32 distance matrix of ~256 MiB: large enough for BLAS to be
+    # efficient, small enough to leave memory for the rest of the pipeline.
+    return int(max(16, min(8192, (1 << 26) // max(n, 1))))
+
+
+def _collect(
+    d: np.ndarray, ids: np.ndarray, qids: np.ndarray, threshold: float, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Reduce one block of sorted candidate lists to (min distance, edges).
+
+    ``d`` / ``ids`` are ``(b, m)`` candidate distances and row ids, nearest first, where
+    an id of -1 means "no candidate" and the query itself may appear anywhere (ties).
+    """
+    valid = (ids >= 0) & (ids != qids[:, None])
+    d = np.where(valid, d, np.inf)
+    # First valid candidate = nearest other row (lists are sorted ascending).
+    first = np.argmax(valid, axis=1)
+    min_d = d[np.arange(len(d)), first]
+    rank = np.cumsum(valid, axis=1)
+    within = valid & (d < threshold) & (rank <= k)
+    r, c = np.nonzero(within)
+    return min_d, qids[r], ids[r, c], d[r, c]
+
+
+def exact_neighbors(x: np.ndarray, config: DedupConfig) -> NeighborGraph:
+    """All pairs within the threshold by blocked ``x @ x.T`` (``x`` has unit rows).
+
+    For unit vectors ``|a - b|^2 = 2 - 2 a.b``, so one matrix product gives a block
+    of distances. Only pairs below the threshold are kept, so memory stays O(n + pairs).
+    """
+    n = len(x)
+    block = config.block_size or _default_block_size(n)
+    # Work in similarity space (s > 1 - threshold / 2 <=> d < threshold): it saves two
+    # passes over every block, which dominate at small dimensions.
+    s_min = 1.0 - config.threshold / 2.0
+    min_d = np.full(n, np.inf, dtype=np.float32)
+    src, dst, dist = [], [], []
+    # Reused buffers: fresh (block, n) allocations cost page faults on every block.
+    sim_buf = np.empty((block, n), dtype=np.float32)
+    hit_buf = np.empty((block, n), dtype=bool)
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        b = stop - start
+        qids = np.arange(start, stop)
+        s = np.matmul(x[start:stop], x.T, out=sim_buf[:b])
+        s[np.arange(b), qids] = -np.inf  # never your own neighbour
+        if n > 1:
+            min_d[start:stop] = np.maximum(2.0 - 2.0 * s.max(axis=1), 0.0)
+        hits = np.greater(s, s_min, out=hit_buf[:b])
+        rows = np.nonzero(hits.any(axis=1))[0]  # few rows have near-duplicates
+        r, c = np.nonzero(hits[rows])
+        r = rows[r]
+        if len(r):
+            # Rounding can give tiny negatives for identical rows.
+            dv = np.maximum(2.0 - 2.0 * s[r, c], 0.0).astype(np.float32)
+            # Rows with more than k near-duplicates keep their k nearest, as the index does.
+            if np.bincount(r).max() > config.k:
+                r, c, dv = _cap_per_row(r, c, dv, config.k)
+            src.append(qids[r])
+            dst.append(c.astype(np.int64))
+            dist.append(dv)
+    return _graph(min_d, src, dst, dist)
+
+
+def _cap_per_row(
+    r: np.ndarray, c: np.ndarray, dv: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Keep each row's ``k`` nearest pairs (ties broken by neighbour id)."""
+    order = np.lexsort((c, dv, r))
+    r, c, dv = r[order], c[order], dv[order]
+    rank = np.arange(len(r)) - np.searchsorted(r, r, side="left")
+    keep = rank < k
+    return r[keep], c[keep], dv[keep]
+
+
+def index_neighbors(x: np.ndarray, config: DedupConfig) -> NeighborGraph:
+    """Approximate neighbours with a FAISS IVF-Flat index (exact distances, pruned search).
+
+    The quantiser is trained on a seeded sample; ``nprobe`` cells are scanned per query.
+    Distances of the candidates found are exact, so ``min_distance`` can only be
+    over-estimated (a closer row missed), never under-estimated.
+    """
+    try:
+        import faiss
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("index search needs faiss-cpu: pip install -e '.[curation]'") from exc
+
+    n, dim = x.shape
+    if config.num_threads:
+        faiss.omp_set_num_threads(config.num_threads)
+    nlist = config.nlist or int(max(1, min(4 * math.sqrt(n), n // 39 or 1)))
+    train_size = min(n, config.train_size or 64 * nlist)
+    rng = np.random.default_rng(config.seed)
+    sample = np.sort(rng.choice(n, size=train_size, replace=False))
+    quantizer = faiss.IndexFlatL2(dim)
+    index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_L2)
+    index.cp.seed = config.seed
+    index.train(np.ascontiguousarray(x[sample]))
+    index.add(x)
+    index.nprobe = min(config.nprobe, nlist)
+
+    # +1: the query itself is normally among its own results.
+    m = min(config.k + 1, n)
+    block = config.block_size or 16384
+    min_d = np.full(n, np.inf, dtype=np.float32)
+    src, dst, dist = [], [], []
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        d, ids = index.search(x[start:stop], m)
+        np.maximum(d, 0.0, out=d)
+        mind, s, t, dv = _collect(d, ids, np.arange(start, stop), config.threshold, config.k)
+        min_d[start:stop] = mind
+        src.append(s)
+        dst.append(t)
+        dist.append(dv)
+    return _graph(min_d, src, dst, dist)
+
+
+def _graph(
+    min_d: np.ndarray, src: list[np.ndarray], dst: list[np.ndarray], dist: list[np.ndarray]
+) -> NeighborGraph:
+    def cat(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
+        return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype)
+
+    return NeighborGraph(
+        min_distance=min_d,
+        src=cat(src, np.int64),
+        dst=cat(dst, np.int64),
+        dist=cat(dist, np.float32),
+    )
+
+
+def _symmetric_csr(
+    n: int, graph: NeighborGraph
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Union of found pairs in both directions, as CSR (indptr, neighbour ids, distances).
+
+    A row found by another counts as that row's neighbour too, so an ANN miss in one
+    direction does not make the pair's outcome depend on which row was the query.
+    """
+    s = np.concatenate([graph.src, graph.dst])
+    t = np.concatenate([graph.dst, graph.src])
+    dv = np.concatenate([graph.dist, graph.dist])
+    key = s * n + t
+    key, first = np.unique(key, return_index=True)
+    s, t, dv = s[first], t[first], dv[first]
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(s, minlength=n), out=indptr[1:])
+    return indptr, t, dv
+
+
+def greedy_survivors(indptr: np.ndarray, nbrs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Choose survivors in canonical order; return (keep mask, representative index).
+
+    Row ``i`` survives unless a smaller-index neighbour survived. A survivor represents
+    itself; a dropped row is represented by its smallest-index surviving neighbour.
+    Rows are already in canonical (uuid) order, so "smaller index" = "smaller uuid".
+    """
+    n = len(indptr) - 1
+    keep = np.ones(n, dtype=bool)
+    rep = np.arange(n)
+    src = np.repeat(np.arange(n), np.diff(indptr))
+    # Only rows with a smaller neighbour can be dropped; the loop visits just those.
+    candidates = np.unique(src[nbrs < src])
+    for i in candidates:
+        nb = nbrs[indptr[i] : indptr[i + 1]]
+        alive = nb[(nb < i) & keep[nb]]
+        if len(alive):
+            keep[i] = False
+            rep[i] = alive.min()
+    return keep, rep
+
+
+def find_near_duplicates(
+    embeddings: np.ndarray, uuids: Sequence[str], config: DedupConfig | None = None
+) -> DedupResult:
+    """Tag every row with the near-duplicate columns; see the module docstring.
+
+    Args:
+        embeddings: ``(n, dim)`` vectors (normalised here).
+        uuids: unique row ids; they define the canonical order.
+        config: search settings.
+
+    Returns:
+        Columns in the input order, the survivor mask and timing stats.
+    """
+    config = config or DedupConfig()
+    n = len(uuids)
+    if len(embeddings) != n:
+        raise ValueError(f"{len(embeddings)} embeddings for {n} uuids")
+    uuid_arr = np.asarray([str(u) for u in uuids], dtype=object)
+    if n == 0:
+        return DedupResult([], np.zeros(0, np.int64), [], np.zeros(0, bool), "none")
+    order = np.argsort(uuid_arr, kind="stable")
+    sorted_uuids = uuid_arr[order]
+    dup = np.nonzero(sorted_uuids[1:] == sorted_uuids[:-1])[0]
+    if len(dup):
+        raise ValueError(f"uuids must be unique; {sorted_uuids[dup[0]]!r} repeats")
+
+    t0 = time.perf_counter()
+    # One canonical-order copy, normalised in place: at 1M x 768 each copy is 3 GB.
+    x = normalize_rows(np.asarray(embeddings)[order], copy=False)
+    method = config.resolve_method(n)
+    graph = exact_neighbors(x, config) if method == "exact" else index_neighbors(x, config)
+    t_search = time.perf_counter() - t0
+
+    indptr, nbrs, ndist = _symmetric_csr(n, graph)
+    keep_c, rep_c = greedy_survivors(indptr, nbrs)
+    degree_c = np.diff(indptr)
+    min_c = graph.min_distance.copy()
+    if len(nbrs):  # a pair found only from the other side may be closer than our own best
+        np.minimum.at(min_c, np.repeat(np.arange(n), degree_c), ndist)
+
+    # Back to input order.
+    keep = np.empty(n, dtype=bool)
+    keep[order] = keep_c
+    repeat = np.empty(n, dtype=np.int64)
+    repeat[order] = degree_c
+    min_dist: list[float | None] = [None] * n
+    sim_uuid: list[str | None] = [None] * n
+    for c, i in enumerate(order):
+        if np.isfinite(min_c[c]):
+            min_dist[i] = float(min_c[c])
+        if degree_c[c]:
+            sim_uuid[i] = str(sorted_uuids[rep_c[c]])
+    stats = {
+        "rows": n,
+        "method": method,
+        "search_seconds": round(t_search, 3),
+        "total_seconds": round(time.perf_counter() - t0, 3),
+        "pairs_within_threshold": int(len(nbrs) // 2),
+        "rows_with_duplicates": int((degree_c > 0).sum()),
+        "dropped": int((~keep).sum()),
+    }
+    return DedupResult(min_dist, repeat, sim_uuid, keep, method, stats)

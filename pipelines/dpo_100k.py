@@ -1,0 +1,72 @@
+"""Magpie-Llama-3.1-Pro-DPO-100K: Magpie queries, 5 responses each, reward-scored best/worst pairs.
+
+With no preset this is the real recipe (Llama-3.1-70B-Instruct on vLLM, ArmoRM-Llama3-8B
+scores, 100K instructions); `--preset smoke` runs the same pipeline on tiny local models.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
+
+from distilabel.pipeline import Pipeline  # noqa: E402
+
+from magpie_dl.backends import make_backend  # noqa: E402
+from magpie_dl.config import RecipeConfig  # noqa: E402
+from magpie_dl.runner import main_for  # noqa: E402
+from steps.magpie import MagpieGenerator  # noqa: E402
+from steps.pairing import BestWorstPairing  # noqa: E402
+from steps.responses import MultiResponseGeneration  # noqa: E402
+from steps.reward import RewardScoring  # noqa: E402
+
+
+def build_pipeline(cfg: RecipeConfig) -> Pipeline:
+    """Magpie generator >> multi-generation >> reward scoring >> best/worst pairing."""
+    gen, resp, rm = cfg.generator, cfg.responses, cfg.reward
+    with Pipeline(name="magpie-dpo-100k", description=__doc__) as pipeline:
+        queries = MagpieGenerator(
+            name="magpie_generator",
+            llm=make_backend(cfg.backend, gen.model, cfg.seed),
+            family=gen.family,
+            num_rows=gen.num_instructions,
+            batch_size=gen.batch_size,
+            system_prompt=gen.system_prompt,
+            control_task=gen.control_task,
+            ban_first_token_markdown=gen.ban_first_token_markdown,
+            temperature=gen.temperature,
+            top_p=gen.top_p,
+            max_tokens=gen.max_tokens,
+            seed=cfg.seed,
+        )
+        responses = MultiResponseGeneration(
+            name="responses",
+            llm=make_backend(cfg.backend, cfg.response_model, cfg.seed),
+            engine=cfg.backend.kind,
+            family=gen.family,
+            num_generations=resp.num_generations,
+            prompt_style=resp.prompt_style,
+            input_batch_size=resp.batch_size,
+            temperature=resp.temperature,
+            top_p=resp.top_p,
+            max_tokens=resp.max_tokens,
+            seed=cfg.seed,
+        )
+        scores = RewardScoring(
+            name="reward",
+            model=rm.model,
+            trust_remote_code=rm.trust_remote_code,
+            dtype=rm.dtype,
+            device=rm.device,
+            max_length=rm.max_length,
+            scoring_batch_size=rm.batch_size,
+            input_batch_size=rm.input_batch_size,
+        )
+        pairs = BestWorstPairing(name="pairing", min_margin=cfg.pairing.min_margin, input_batch_size=rm.input_batch_size)
+        queries >> responses >> scores >> pairs
+    return pipeline
+
+
+if __name__ == "__main__":
+    sys.exit(main_for(build_pipeline, __doc__))

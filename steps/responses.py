@@ -1,0 +1,123 @@
+"""MultiResponseGeneration: N responses per instruction from one prompt (not N calls)."""
+
+from typing import Any, Literal, Optional, TYPE_CHECKING
+
+from distilabel.mixins.runtime_parameters import RuntimeParameter
+from distilabel.steps import Step, StepInput
+from pydantic import Field, PrivateAttr
+
+from magpie_dl.backends.base import CompletionLLM, PromptInput, SamplingSpec
+from magpie_dl.families import ModelFamily, resolve_family, resolve_stops
+from magpie_dl.magpie import derive_seed
+from magpie_dl.prompts import render_response_prompt, response_prompt_template, response_token_ids
+
+if TYPE_CHECKING:
+    from distilabel.typing import StepColumns, StepOutput
+
+
+class MultiResponseGeneration(Step):
+    """Samples ``num_generations`` responses per instruction in one request.
+
+    The prompt is the model's chat template (``prompt_style="chat_template"``) or the
+    Magpie reference's bare prompt (``"magpie"``); either way the instruction is
+    tokenised as text, so it cannot inject turns. The row's seed derives from
+    (``seed``, uuid): a rerun, or a resumed run, reproduces every response. Rows whose
+    ``instruction_status`` is not ``ok`` are passed through with no responses.
+
+    Attributes:
+        llm: a ``CompletionLLM`` backend.
+        num_generations: responses per instruction (5 in the recipe).
+        family: model family, or ``auto``.
+        prompt_style: ``chat_template`` or ``magpie``.
+
+    Runtime parameters:
+        - `temperature`, `top_p`, `max_tokens`, `seed`, `repetition_penalty`.
+
+    Input columns:
+        - instruction (str), uuid (str); optional instruction_status (str).
+
+    Output columns:
+        - generations (list[str]), finish_reasons (list[str]), generation_tokens (list[int]),
+          gen_response_configs (dict: the exact prompt and sampling parameters).
+    """
+
+    llm: CompletionLLM
+    num_generations: int = Field(default=5, ge=1)
+    family: str = "auto"
+    prompt_style: Literal["chat_template", "magpie"] = "chat_template"
+    engine: str = Field(default="transformers", description="Recorded as gen_response_configs.engine.")
+
+    temperature: RuntimeParameter[float] = Field(default=0.8, description="Sampling temperature.")
+    top_p: RuntimeParameter[float] = Field(default=1.0, description="Nucleus sampling mass.")
+    max_tokens: RuntimeParameter[int] = Field(default=4096, description="Maximum response tokens.")
+    seed: RuntimeParameter[int] = Field(default=0, description="Run seed; row seeds derive from it.")
+
+    _family: Optional[ModelFamily] = PrivateAttr(default=None)
+    _template: Optional[str] = PrivateAttr(default=None)
+
+    def load(self) -> None:
+        super().load()
+        self.llm.load()
+        self._family = resolve_family(self.family, self.llm.tokenizer)
+        self._template = response_prompt_template(self.llm.tokenizer, self._family, self.prompt_style)
+
+    def unload(self) -> None:
+        self.llm.unload()
+        super().unload()
+
+    @property
+    def inputs(self) -> "StepColumns":
+        return ["instruction", "uuid"]
+
+    @property
+    def outputs(self) -> "StepColumns":
+        return ["generations", "finish_reasons", "generation_tokens", "gen_response_configs"]
+
+    def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
+        tokenizer = self.llm.tokenizer
+        stops = resolve_stops(tokenizer, self._family.response_stop)
+        todo = [row for row in inputs if row.get("instruction_status", "ok") == "ok"]
+        prompts = [
+            PromptInput(
+                tuple(response_token_ids(tokenizer, self._template, row["instruction"])),
+                ({"role": "user", "content": row["instruction"]},),
+            )
+            for row in todo
+        ]
+        specs = [
+            SamplingSpec(
+                n=self.num_generations,
+                temperature=self.temperature,
+                top_p=self.top_p,
+                max_tokens=self.max_tokens,
+                seed=derive_seed("responses", self.seed, row["uuid"]),
+                stop=stops.strings,
+                stop_token_ids=stops.token_ids,
+            )
+            for row in todo
+        ]
+        by_uuid = dict(zip((row["uuid"] for row in todo), zip(specs, self.llm.complete(prompts, specs))))
+        for row in inputs:
+            spec, completions = by_uuid.get(row["uuid"], (None, []))
+            row["generations"] = [c.text for c in completions]
+            row["finish_reasons"] = [c.finish_reason for c in completions]
+            row["generation_tokens"] = [c.num_tokens for c in completions]
+            row["gen_response_configs"] = self._provenance(row, spec, stops.strings + tuple(
+                tokenizer.convert_ids_to_tokens(list(stops.token_ids))
+            ))
+        yield inputs
+
+    def _provenance(self, row: dict[str, Any], spec: SamplingSpec | None, stop_tokens: tuple[str, ...]) -> dict[str, Any]:
+        """The released schema's gen_response_configs, plus the row seed and prompt style."""
+        return {
+            "prompt": render_response_prompt(self._template, row["instruction"]),
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "repetition_penalty": 1.0,
+            "max_tokens": self.max_tokens,
+            "stop_tokens": list(stop_tokens),
+            "output_generator": self.llm.model_name,
+            "engine": self.engine,
+            "seed": spec.seed if spec else None,
+            "prompt_style": self.prompt_style,
+        }

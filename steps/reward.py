@@ -1,0 +1,100 @@
+"""RewardScoring: every response scored by a reward model (ArmoRM in the recipe)."""
+
+from typing import Optional, TYPE_CHECKING
+
+from distilabel.mixins.runtime_parameters import RuntimeParameter
+from distilabel.steps import Step, StepInput
+from pydantic import Field, PrivateAttr
+
+from magpie_dl.scoring import RewardScorer
+
+if TYPE_CHECKING:
+    from distilabel.typing import StepColumns, StepOutput
+
+
+class RewardScoring(Step):
+    """Scores each (instruction, response) with a reward model, batch-invariantly.
+
+    Uses the model output's ``score`` when it has one (ArmoRM), else the single logit
+    of a sequence classifier. Inputs are the reward model's chat template over
+    [user, assistant], cut at ``max_length`` tokens; batches are grouped by length.
+    Empty or failed responses get no score (``None``) rather than a made-up one;
+    non-finite scores become ``None`` with the reason in ``rating_errors``.
+
+    Attributes:
+        model: reward model path or hub id.
+        trust_remote_code: explicit opt-in (ArmoRM needs it).
+        dtype, device: where and how the model runs.
+
+    Runtime parameters:
+        - `max_length`: truncation length in tokens (4096 in the recipe).
+        - `scoring_batch_size`: sequences per forward pass.
+
+    Input columns:
+        - instruction (str), generations (list[str]); optional finish_reasons (list[str]).
+
+    Output columns:
+        - ratings (list[float | None]), rating_truncated (list[bool]), rating_errors (list[str | None]).
+    """
+
+    model: str
+    trust_remote_code: bool = False
+    dtype: str = "auto"
+    device: str = "cpu"
+    max_length: RuntimeParameter[int] = Field(default=4096, description="Truncation length in tokens.")
+    scoring_batch_size: RuntimeParameter[int] = Field(default=16, description="Sequences per forward pass.")
+
+    _scorer: Optional[RewardScorer] = PrivateAttr(default=None)
+
+    def load(self) -> None:
+        super().load()
+        self._scorer = RewardScorer(
+            self.model,
+            max_length=self.max_length,
+            batch_size=self.scoring_batch_size,
+            dtype=self.dtype,
+            device=self.device,
+            trust_remote_code=self.trust_remote_code,
+        )
+        self._scorer.load()
+
+    def unload(self) -> None:
+        if self._scorer is not None:
+            self._scorer.unload()
+        super().unload()
+
+    @property
+    def inputs(self) -> "StepColumns":
+        return ["instruction", "generations"]
+
+    @property
+    def outputs(self) -> "StepColumns":
+        return ["ratings", "rating_truncated", "rating_errors"]
+
+    def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
+        wanted = [
+            (r, j)
+            for r, row in enumerate(inputs)
+            for j, text in enumerate(row["generations"] or [])
+            if text and text.strip() and _finish(row, j) != "error"
+        ]
+        scored = self._scorer.score_pairs([(inputs[r]["instruction"], inputs[r]["generations"][j]) for r, j in wanted])
+        for row in inputs:
+            size = len(row["generations"] or [])
+            row["ratings"], row["rating_truncated"] = [None] * size, [False] * size
+            row["rating_errors"] = [None if _has_text(row, j) else "empty_response" for j in range(size)]
+        for (r, j), result in zip(wanted, scored):
+            inputs[r]["ratings"][j] = result.score
+            inputs[r]["rating_truncated"][j] = result.truncated
+            inputs[r]["rating_errors"][j] = result.error
+        yield inputs
+
+
+def _finish(row: dict, j: int) -> str | None:
+    reasons = row.get("finish_reasons") or []
+    return reasons[j] if j < len(reasons) else None
+
+
+def _has_text(row: dict, j: int) -> bool:
+    text = row["generations"][j]
+    return bool(text and text.strip())
