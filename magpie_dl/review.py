@@ -248,7 +248,7 @@ def _find_dataset(client: "rg.Argilla", name: str, workspace: str) -> Optional["
 def _check_settings(client: "rg.Argilla", dataset: "rg.Dataset", name: str) -> None:
     expected = rd.settings_signature(rd.build_settings(client))
     found = rd.settings_signature(dataset.settings)
-    if False:
+    if expected != found:
         raise ReviewError(
             f"Argilla dataset {name!r} already exists with different settings "
             f"({rd.describe_mismatch(expected, found)}); use another dataset name or delete it"
@@ -535,7 +535,7 @@ def apply_verdict(
     if label == rd.LABEL_CHOSEN:
         return done(CONFIRMED, True)
     if label == rd.LABEL_REJECTED:
-        pass
+        out["chosen"], out["rejected"] = row["rejected"], row["chosen"]
         out["chosen_index"], out["rejected_index"] = row.get("rejected_index"), row.get("chosen_index")
         out["chosen_score"], out["rejected_score"] = row.get("rejected_score"), row.get("chosen_score")
         if out["chosen_score"] is not None and out["rejected_score"] is not None:
