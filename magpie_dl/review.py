@@ -90,7 +90,15 @@ T = TypeVar("T")
 
 
 class ReviewError(RuntimeError):
-    """A push/pull failure, as one line that never contains the API key."""
+    """A push/pull failure, as one line that never contains the API key.
+
+    ``transient`` says whether the underlying failure (network, timeout, 5xx, 429) might pass
+    on a later attempt.
+    """
+
+    def __init__(self, message: str, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 # --- connection -----------------------------------------------------------------------------
@@ -138,20 +146,32 @@ class RetryPolicy:
     backoff_s: float = 0.5
     max_backoff_s: float = 8.0
 
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        return min(self.backoff_s * 2 ** (attempt - 1), self.max_backoff_s)
+
 
 def _status_code(exc: BaseException) -> Optional[int]:
     code = getattr(exc, "status_code", None)
     return int(code) if isinstance(code, int) else None
 
 
-def _is_transient(exc: BaseException) -> bool:
-    """Network trouble, timeouts, 5xx and 429 may pass on retry; 4xx and bad data will not."""
+def _is_transient(exc: Optional[BaseException]) -> bool:
+    """Network trouble, timeouts, 5xx and 429 may pass on retry; 4xx and bad data will not.
+
+    The SDK wraps HTTP errors of multi-request operations (``SettingsError from ...``), so the
+    explicit cause chain is searched too.
+    """
     import httpx
 
-    if isinstance(exc, httpx.TransportError):
-        return True
-    code = _status_code(exc)
-    return code is not None and (code >= 500 or code in (408, 429))
+    while exc is not None:
+        if isinstance(exc, httpx.TransportError):
+            return True
+        code = _status_code(exc)
+        if code is not None:
+            return code >= 500 or code in (408, 429)
+        exc = exc.__cause__
+    return False
 
 
 def _review_error(exc: BaseException, what: str, credentials: ArgillaCredentials) -> ReviewError:
@@ -171,7 +191,8 @@ def _review_error(exc: BaseException, what: str, credentials: ArgillaCredentials
     else:
         detail = " ".join(str(exc).split())[:300]
         reason = f"{type(exc).__name__}{f' {code}' if code else ''}: {detail}"
-    return ReviewError(credentials.scrub(f"Argilla {what} failed at {credentials.safe_url}: {reason}"))
+    message = credentials.scrub(f"Argilla {what} failed at {credentials.safe_url}: {reason}")
+    return ReviewError(message, transient=_is_transient(exc))
 
 
 def _call(
@@ -187,7 +208,7 @@ def _call(
             if not _is_transient(exc) or attempt == retry.attempts:
                 # `from None`: the chained SDK exception would repeat unsanitised text in tracebacks.
                 raise _review_error(exc, what, credentials) from None
-            delay = min(retry.backoff_s * 2 ** (attempt - 1), retry.max_backoff_s)
+            delay = retry.delay(attempt)
             logger.warning(
                 "Argilla %s failed (%s), retry %d/%d in %.1fs",
                 what,
@@ -266,27 +287,49 @@ def get_or_create_dataset(
     import argilla as rg
 
     workspace = _call(lambda: resolve_workspace(client, workspace), "workspace lookup", credentials, retry)
-    existing = _call(lambda: _find_dataset(client, name, workspace), "dataset lookup", credentials, retry)
-    if existing is not None:
+    def lookup() -> Optional["rg.Dataset"]:
+        return _call(lambda: _find_dataset(client, name, workspace), "dataset lookup", credentials, retry)
+
+    def drop_unpublished(dataset: "rg.Dataset") -> None:
+        # An unpublished leftover of an interrupted creation (a killed run, or a failed attempt
+        # whose SDK rollback did not run). Drafts cannot hold records, so deleting loses nothing.
+        logger.warning("Deleting unpublished leftover Argilla dataset %r before creating it again", name)
+        _call(dataset.delete, "cleanup of an unpublished dataset", credentials, retry)
+
+    existing = lookup()
+    if existing is not None and existing.api_model().status == "ready":
         _check_settings(client, existing, name)
-        logger.info("Reusing Argilla dataset %r", name)
+        logger.info("Reusing Argilla dataset %r in workspace %r", name, workspace)
         return existing
+    if existing is not None:
+        drop_unpublished(existing)
 
     def create() -> "rg.Dataset":
         dataset = rg.Dataset(name=name, workspace=workspace, settings=rd.build_settings(client), client=client)
         return dataset.create()
 
-    try:
-        created = _call(create, "dataset creation", credentials, retry)
-    except ReviewError:
-        # Another process may have created it meanwhile; reuse that one if its settings match.
-        existing = _call(lambda: _find_dataset(client, name, workspace), "dataset lookup", credentials, retry)
-        if existing is None:
-            raise
-        _check_settings(client, existing, name)
-        return existing
-    logger.info("Created Argilla dataset %r", name)
-    return created
+    # Creation is several requests (dataset, each field/question/metadata property, publish), so
+    # it is not retried blindly: after a failure, look at what the server has.
+    for attempt in range(1, retry.attempts + 1):
+        try:
+            created = _call(create, "dataset creation", credentials, RetryPolicy(attempts=1))
+            logger.info("Created Argilla dataset %r in workspace %r", name, workspace)
+            return created
+        except ReviewError as error:
+            existing = lookup()
+            if existing is not None and existing.api_model().status == "ready":
+                # Published meanwhile: by a concurrent push, or by our attempt whose reply was lost.
+                _check_settings(client, existing, name)
+                return existing
+            if existing is not None:
+                drop_unpublished(existing)
+            if not error.transient or attempt == retry.attempts:
+                raise
+            logger.warning(
+                "Argilla dataset creation failed, retry %d/%d in %.1fs", attempt, retry.attempts - 1, retry.delay(attempt)
+            )
+            time.sleep(retry.delay(attempt))
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 # --- push -----------------------------------------------------------------------------------

@@ -7,9 +7,11 @@ Run it with the server's own venv (see ``setup_env.sh``)::
 
 What it adds around the server, and nothing else:
 
-* Redis: an in-process ``fakeredis`` TCP server on an ephemeral loopback port. The server only
-  pings Redis at start-up and enqueues background jobs (hub import/export, webhooks) that no
-  review flow uses, so no worker is started.
+* Redis: Debian's ``redis-server`` on a Unix socket under ``--home``, owned by this process. The
+  server pings Redis at start-up and enqueues background jobs (dataset distribution updates,
+  hub import/export, webhooks); no review flow needs their results, so no rq worker is started.
+  (fakeredis was tried first: its TCP server drops the connection after any command it does not
+  implement, such as the INFO that rq sends, and the next enqueue then fails at random.)
 * Search: ``memory_search_engine`` registered in the server's search-engine registry and selected
   with ``ARGILLA_SEARCH_ENGINE=memory``.
 * Database: SQLite under ``--home``, migrated to head, plus the default owner user with the API key
@@ -25,25 +27,51 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+import shutil
 import socket
+import subprocess
 import sys
-import threading
+import time
 from pathlib import Path
 
 API_KEY_ENV = "MAGPIE_ARGILLA_SERVER_API_KEY"
 LOOPBACK = "127.0.0.1"
 
 
-def start_fake_redis() -> str:
-    """Starts fakeredis on an ephemeral loopback port in a daemon thread; returns its URL."""
-    from fakeredis import TcpFakeServer
+def start_redis(home: Path) -> tuple[subprocess.Popen, str]:
+    """Starts Debian's ``redis-server`` on a Unix socket under ``home``; returns it and its URL.
 
-    server = TcpFakeServer((LOOPBACK, 0))
-    # Per-connection threads must not keep the process alive after uvicorn exits.
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="fakeredis", daemon=True).start()
-    host, port = server.server_address[:2]
-    return f"redis://{host}:{port}/0"
+    A Unix socket instead of a TCP port: nothing listens on the network and two servers can never
+    collide on a port. Nothing is persisted. The process is told to die with us (PDEATHSIG), so a
+    killed launcher does not leave Redis behind.
+    """
+    binary = shutil.which("redis-server")
+    if binary is None:
+        sys.exit("redis-server not found: run argilla/server/setup_env.sh (apt-get install redis-server)")
+    sock_path = home / "redis.sock"
+    if len(str(sock_path)) > 100:  # the kernel limit on socket paths is 107 bytes
+        sys.exit(f"--home path too long for a Unix socket: {sock_path}")
+    sock_path.unlink(missing_ok=True)
+    args = [binary, "--port", "0", "--unixsocket", str(sock_path), "--unixsocketperm", "700"]
+    args += ["--save", "", "--appendonly", "no", "--dir", str(home), "--logfile", str(home / "redis.log")]
+    process = subprocess.Popen(args, preexec_fn=_die_with_parent, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while not sock_path.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            sys.exit(f"redis-server did not start; see {home / 'redis.log'}")
+        time.sleep(0.05)
+    return process, f"unix://{sock_path}?db=0"
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: ask Linux to SIGTERM it when the launcher dies."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except OSError:
+        pass  # not Linux/glibc: the finally block in main() still stops Redis on a normal exit
 
 
 def configure_environment(home: Path, redis_url: str) -> None:
@@ -69,7 +97,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"set {API_KEY_ENV} to the API key the default user should get")
 
     args.home.mkdir(parents=True, exist_ok=True)
-    configure_environment(args.home.resolve(), start_fake_redis())
+    home = args.home.resolve()
+    redis_process, redis_url = start_redis(home)
+    try:
+        return serve(home, redis_url, api_key, args.port, args.port_file, args.log_level)
+    finally:
+        redis_process.terminate()
+        redis_process.wait(timeout=10)
+
+
+def serve(home: Path, redis_url: str, api_key: str, port: int, port_file: Path | None, log_level: str) -> int:
+    """Migrates the database, creates the default user and runs uvicorn until SIGTERM/SIGINT."""
+    configure_environment(home, redis_url)
 
     # Imported only now: these modules read the environment configured above at import time.
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -84,16 +123,20 @@ def main(argv: list[str] | None = None) -> int:
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((LOOPBACK, args.port))
+    sock.bind((LOOPBACK, port))
     sock.listen(128)
     port = sock.getsockname()[1]
-    if args.port_file:
-        tmp = args.port_file.with_suffix(".tmp")
+    if port_file:
+        tmp = port_file.with_suffix(".tmp")
         tmp.write_text(str(port))
-        tmp.replace(args.port_file)  # atomic: a reader never sees a half-written number
+        tmp.replace(port_file)  # atomic: a reader never sees a half-written number
     print(f"argilla-server listening on http://{LOOPBACK}:{port}", flush=True)
 
-    config = uvicorn.Config("argilla_server._app:app", log_level=args.log_level, access_log=False)
+    # A keep-alive longer than uvicorn's 5 s default: a client that reuses an idle connection just
+    # as the server closes it gets a ReadError, and clients here often idle a few seconds.
+    config = uvicorn.Config(
+        "argilla_server._app:app", log_level=log_level, access_log=False, timeout_keep_alive=75
+    )
     uvicorn.Server(config).run(sockets=[sock])
     return 0
 

@@ -2,7 +2,7 @@
 
 The server is the unmodified argilla-server 2.8.0 from ``.venv-argilla-server`` (created on first
 use by ``argilla/server/setup_env.sh``, which is a no-op once the venv works), started through
-``argilla/server/serve.py`` on 127.0.0.1 with SQLite, in-process fakeredis and the in-memory search
+``argilla/server/serve.py`` on 127.0.0.1 with SQLite, Debian's redis-server on a Unix socket and the in-memory search
 engine. A server that cannot be set up or started fails the tests that need it; nothing is skipped.
 """
 
