@@ -289,3 +289,71 @@ def test_distilabel_step_pushes_and_marks_rows_without_serialising_secrets(argil
 def test_pull_from_missing_dataset_is_a_clear_error(argilla_env, tmp_path, make_dpo_row):
     with pytest.raises(review.ReviewError, match="'no-such-dataset' does not exist"):
         review.fetch_verdicts("no-such-dataset")
+
+
+def test_search_engine_plugin_serves_the_queries_the_review_ui_sends(argilla_env, dataset_name, make_dpo_row):
+    """The in-memory engine behind the UI's search box, filters, sort, paging and progress bars."""
+    rows = []
+    for i in range(12):
+        # Distinct margins 0.001 * (i + 1); row 11 is a tie; row 5 has a searchable word.
+        scores = [0.1, 0.1 + 0.001 * (i + 1), 0.1, 0.1, 0.1] if i != 11 else [0.1] * 5
+        rows.append(make_dpo_row(i, scores=scores))
+    rows[5]["instruction"] = "Why do zebras sleep standing up?"
+    review.push_rows(rows, dataset_name)
+
+    client = _owner_client(argilla_env)
+    dataset = client.datasets(name=dataset_name)
+    reviewed = {rows[0]["uuid"], rows[1]["uuid"], rows[2]["uuid"]}
+    _submit(client, dataset_name, {uid: [{"user": client.me.id, "preference": "chosen"}] for uid in reviewed})
+
+    def search(body: Dict[str, Any], **params: Any) -> tuple[List[str], int]:
+        response = client.http_client.post(
+            f"/api/v1/me/datasets/{dataset.id}/records/search", json=body, params={"limit": 50, **params}
+        )
+        assert response.status_code == 200, response.text
+        payload = response.json()
+        return [item["record"]["external_id"] for item in payload["items"]], payload["total"]
+
+    def metadata(name: str) -> Dict[str, str]:
+        return {"entity": "metadata", "metadata_property": name}
+
+    uuids = [row["uuid"] for row in rows]
+    assert search({"query": {"text": {"q": "zebras"}}}) == ([uuids[5]], 1)
+    assert search({"query": {"text": {"q": "zebras", "field": "rejected"}}}) == ([], 0)
+
+    margin_at_least = {"type": "range", "scope": metadata("score_margin"), "ge": 0.0055}
+    in_categories = {"type": "terms", "scope": metadata("task_category"), "values": ["Math", "Reasoning"]}
+    found, total = search({"filters": {"and": [margin_at_least, in_categories]}})
+    expected = {
+        row["uuid"] for row in rows if row["score_margin"] >= 0.0055 and row["task_category"] in ("Math", "Reasoning")
+    }
+    assert set(found) == expected and total == len(expected) > 0
+
+    tie = {"type": "terms", "scope": {"entity": "suggestion", "question": "preference", "property": "value"}, "values": ["tie"]}
+    assert search({"filters": {"and": [tie]}}) == ([uuids[11]], 1)
+
+    def by_status(status: str) -> set:
+        scope = {"entity": "response", "property": "status"}
+        return set(search({"filters": {"and": [{"type": "terms", "scope": scope, "values": [status]}]}})[0])
+
+    assert by_status("submitted") == reviewed
+    assert by_status("pending") == set(uuids) - reviewed
+
+    ascending, _ = search({"sort": [{"scope": metadata("score_margin"), "order": "asc"}]})
+    assert ascending == [uuids[11]] + uuids[:11]
+    descending, _ = search({"sort": [{"scope": metadata("score_margin"), "order": "desc"}]})
+    assert descending == list(reversed(uuids[:11])) + [uuids[11]]
+    page, total = search({"sort": [{"scope": metadata("score_margin"), "order": "asc"}]}, limit=5, offset=5)
+    assert page == ascending[5:10] and total == 12
+
+    progress = client.http_client.get(f"/api/v1/datasets/{dataset.id}/progress").json()
+    assert (progress["total"], progress["completed"], progress["pending"]) == (12, 3, 9)
+    mine = client.http_client.get(f"/api/v1/me/datasets/{dataset.id}/metrics").json()
+    assert mine["responses"]["submitted"] == 3 and mine["responses"]["pending"] == 9
+
+    properties = {prop.name: prop.id for prop in dataset.settings.metadata}
+    margins = client.http_client.get(f"/api/v1/metadata-properties/{properties['score_margin']}/metrics").json()
+    assert margins["min"] == pytest.approx(0.0) and margins["max"] == pytest.approx(0.011)
+    categories = client.http_client.get(f"/api/v1/metadata-properties/{properties['task_category']}/metrics").json()
+    counts = {entry["term"]: entry["count"] for entry in categories["values"]}
+    assert counts == {c: sum(row["task_category"] == c for row in rows) for c in {row["task_category"] for row in rows}}
