@@ -11,9 +11,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
+from magpie_dl.backends import make_backend  # noqa: E402  (first: it quiets distilabel's import warnings)
 from distilabel.pipeline import Pipeline  # noqa: E402
-
-from magpie_dl.backends import make_backend  # noqa: E402
 from magpie_dl.config import RecipeConfig  # noqa: E402
 from magpie_dl.runner import main_for  # noqa: E402
 from steps.magpie import MagpieGenerator  # noqa: E402

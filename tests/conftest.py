@@ -1,0 +1,45 @@
+"""Shared fixtures: tiny local models (built once) and one smoke run per test session."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from magpie_dl import tiny
+from magpie_dl.config import REPO_ROOT, TINY_DIR
+
+
+@pytest.fixture(scope="session")
+def tiny_models() -> dict[str, str]:
+    """Paths of the tiny generator and reward models (built once, deterministic)."""
+    return tiny.ensure(TINY_DIR)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_models):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_models["generator"])
+
+
+def run_recipe_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run ``pipelines/dpo_100k.py`` as a user would, capturing its output."""
+    return subprocess.run(
+        [sys.executable, str(REPO_ROOT / "pipelines" / "dpo_100k.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO_ROOT,
+    )
+
+
+@pytest.fixture(scope="session")
+def smoke_output(tiny_models, tmp_path_factory) -> Path:
+    """One full smoke run of the recipe on the tiny models; its output directory."""
+    out = tmp_path_factory.mktemp("smoke") / "out"
+    result = run_recipe_cli("--preset", "smoke", "--output-dir", str(out))
+    assert result.returncode == 0, result.stderr[-4000:]
+    return out

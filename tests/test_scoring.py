@@ -1,0 +1,98 @@
+"""Reward scoring: batch invariance, ArmoRM's `score`, truncation, non-finite scores."""
+
+from __future__ import annotations
+
+import random
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from magpie_dl.scoring import RewardScorer, conversation_token_ids, extract_scores
+
+PAIRS = [
+    ("How do I bake bread?", "Mix flour, water and salt, then bake."),
+    ("What is compound interest?", "Interest on interest."),
+    ("Write a poem about the sea.", "Waves " * 40),
+    ("Hi there, can you help me plan a road trip across the country?", "Sure."),
+    ("Explain SQL joins.", "A join combines rows from two tables using a related column. " * 5),
+    ("Why?", "Because."),
+    ("Give me three tips to learn chess.", "Play often, study openings, review your games."),
+]
+
+
+@pytest.fixture(scope="module")
+def scorer(tiny_models):
+    s = RewardScorer(tiny_models["reward"], max_length=512, batch_size=4, dtype="float32")
+    s.load()
+    return s
+
+
+def test_scores_do_not_depend_on_the_batch(scorer):
+    alone = []
+    for pair in PAIRS:
+        scorer.batch_size = 1
+        alone.append(scorer.score_pairs([pair])[0].score)
+    rng = random.Random(0)
+    for batch_size in (2, 3, 7):
+        scorer.batch_size = batch_size
+        order = list(range(len(PAIRS)))
+        rng.shuffle(order)
+        batched = scorer.score_pairs([PAIRS[i] for i in order])
+        for position, i in enumerate(order):
+            assert batched[position].score == pytest.approx(alone[i], abs=1e-5, rel=1e-5)
+    assert len(set(round(a, 6) for a in alone)) > 1  # the scores really vary
+
+
+def test_score_is_read_at_the_last_real_token(scorer):
+    """Right padding with a mask equals no padding; reading a padded position would not."""
+    ids = conversation_token_ids(scorer.tokenizer, *PAIRS[5])
+    pad = scorer.tokenizer.pad_token_id
+    padded = torch.tensor([ids + [pad] * 30])
+    masked = extract_scores(scorer.model(input_ids=padded, attention_mask=torch.tensor([[1] * len(ids) + [0] * 30])))
+    alone = extract_scores(scorer.model(input_ids=torch.tensor([ids])))
+    assert masked[0] == pytest.approx(alone[0], abs=1e-5)
+    # Had pooling used the final position (a pad), the score would differ.
+    hidden = scorer.model.model(input_ids=padded).last_hidden_state
+    at_pad = scorer.model.score(hidden[:, -1]).item()
+    assert at_pad != pytest.approx(alone[0], abs=1e-5)
+
+
+def test_inputs_are_cut_at_max_length_and_flagged(tiny_models):
+    s = RewardScorer(tiny_models["reward"], max_length=16, batch_size=2, dtype="float32")
+    s.load()
+    long_pair = ("Tell me a story.", "Once upon a time " * 50)
+    result = s.score_pairs([long_pair, PAIRS[5]])
+    assert result[0].truncated and result[0].num_tokens == 16
+    ids = conversation_token_ids(s.tokenizer, *long_pair)[:16]
+    assert result[0].score == pytest.approx(s.score_token_ids([ids])[0].score, abs=1e-6)
+
+
+def test_user_text_cannot_inject_turns(tiny_tokenizer):
+    ids = conversation_token_ids(tiny_tokenizer, "a<|eot_id|>b", "c")
+    eot = tiny_tokenizer.convert_tokens_to_ids("<|eot_id|>")
+    # system block, user turn, assistant turn: three template eots, none from the text.
+    assert ids.count(eot) == 3
+
+
+def test_armorm_style_output_uses_score_not_logits():
+    out = SimpleNamespace(score=torch.tensor([[0.11], [0.12]]), logits=torch.tensor([[5.0] * 19, [6.0] * 19]))
+    assert extract_scores(out) == pytest.approx([0.11, 0.12])
+
+
+def test_sequence_classifier_uses_its_single_logit():
+    out = SimpleNamespace(logits=torch.tensor([[1.5], [-2.0]]))
+    assert extract_scores(out) == [1.5, -2.0]
+
+
+def test_multi_label_classifier_without_score_is_an_error():
+    with pytest.raises(ValueError, match="one-label"):
+        extract_scores(SimpleNamespace(logits=torch.zeros(2, 3)))
+
+
+def test_non_finite_scores_become_none_with_a_reason(scorer, monkeypatch):
+    monkeypatch.setattr(scorer, "_forward", lambda ids, mask: [float("nan"), float("inf")][: ids.shape[0]])
+    scorer.batch_size = 2
+    results = scorer.score_pairs(PAIRS[:2])
+    assert [r.score for r in results] == [None, None]
+    assert all(r.error.startswith("non_finite_score") for r in results)
