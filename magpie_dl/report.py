@@ -145,7 +145,7 @@ def load_output(
     summary: Summary | Mapping[str, Any] | None = None,
 ) -> RunOutput:
     """Read an output directory; ``cfg_dict`` / ``summary`` override the files when given."""
-    from datasets import load_from_disk
+    from datasets import DatasetDict
 
     out = Path(out_dir)
     if not (out / "dataset").exists():
@@ -158,8 +158,25 @@ def load_output(
         summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     elif not isinstance(summary, Mapping):
         summary = dict(summary.__dict__)
-    left_out = load_from_disk(str(out / "left_out")) if (out / "left_out").exists() else None
-    return RunOutput(out, dict(cfg_dict), dict(summary), load_from_disk(str(out / "dataset")), left_out)
+    left_out = _load_split(out / "left_out") if (out / "left_out").exists() else None
+    splits = json.loads((out / "dataset" / "dataset_dict.json").read_text())["splits"]
+    pairs = DatasetDict({name: _load_split(out / "dataset" / name) for name in splits})
+    return RunOutput(out, dict(cfg_dict), dict(summary), pairs, left_out)
+
+
+def _load_split(path: Path) -> Dataset:
+    """One saved split; an empty one saved without columns reads as an empty dataset.
+
+    ``datasets`` writes a zero-row, zero-column dataset (no pairs kept, or nothing left
+    out) with no data files and then cannot load it back (IndexError); such a split is
+    legitimately empty, so it is read as empty instead of failing the report.
+    """
+    from datasets import Dataset
+
+    state = json.loads((path / "state.json").read_text())
+    if not state.get("_data_files"):
+        return Dataset.from_dict({})
+    return Dataset.load_from_disk(str(path))
 
 
 def _column(ds: Dataset | None, name: str) -> list[Any] | None:

@@ -1,0 +1,567 @@
+"""The dataset card and the run report.
+
+Inputs are real output directories: rows built here go through the real pairing step
+and the real ``write_dataset``; one test regenerates the card and report of a real smoke
+run (``smoke_output``, marked slow). Rendering is checked in Debian's headless chromium
+over the DevTools protocol (no extra Python packages): console messages, exceptions,
+CSP violations and failed loads are collected, every plot must be decoded by the
+browser, and the pixels the browser painted for each plot must not be blank.
+
+Metadata validation is offline: the Hub's own check (``DatasetCard.validate()``) posts
+the card to huggingface.co, so it only runs when the Hub answers (skipped otherwise,
+never passed silently). Offline, the card is parsed by ``huggingface_hub.DatasetCard``
+and checked against the vocabularies ``datasets`` ships (size categories, languages,
+creators, multilinguality), the Hub's documented license ids, a duplicate-key YAML
+loader, and ``datasets``' own parsers of ``configs`` and ``dataset_info``.
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import io
+import json
+import os
+import random
+import re
+import select
+import shutil
+import subprocess
+import sys
+import time
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from magpie_dl import report
+from magpie_dl.config import REPO_ROOT, RecipeConfig
+from magpie_dl.export import write_dataset
+
+SECRET = "hf_report_test_secret_4f9a"
+ADVERSARIAL = 'Explain <script>console.error("injected")</script> & </pre> in ``` fences | pipes'
+TASKS = ("Information seeking", "Math", "Coding & Debugging", "Creative writing", "Advice seeking")
+HUB_LICENSES = {"apache-2.0", "mit", "cc-by-4.0", "cc-by-nc-4.0", "llama3", "llama3.1", "llama3.2", "llama3.3",
+                "gemma", "other", "unknown"}  # subset of https://huggingface.co/docs/hub/repositories-licenses
+
+
+# --------------------------------------------------------------------------- building outputs
+
+
+def _rows(n: int, tagged: bool, seed: int = 0) -> list[dict[str, Any]]:
+    """Pipeline rows as they reach the exporter, paired by the real BestWorstPairing step."""
+    from steps.pairing import BestWorstPairing
+
+    rng = random.Random(seed)
+    rows: list[dict[str, Any]] = []
+    for i in range(n):
+        instruction = ADVERSARIAL if i == 1 else f"Question {i}: how do I {rng.choice(['sort', 'plan', 'write'])} {i}?"
+        status = "ok"
+        if i % 17 == 5:
+            status = "duplicate"
+        elif i % 23 == 7:
+            status, instruction = "too_short", "Hi"
+        texts = [" ".join(["word"] * rng.randint(5, 120)) + f" <b>{j}</b>" for j in range(5)]
+        scores = [round(rng.gauss(0.0, 1.0), 3) for _ in range(5)]
+        finish = ["stop"] * 5
+        if i == 3:
+            scores = [0.5] * 5  # all tied: left out
+        if i == 4:
+            finish = ["length"] * 4 + ["stop"]  # one usable response: left out
+        if i == 1:
+            texts[0] = ADVERSARIAL
+            scores[0] = 9.0  # the adversarial text is chosen and shown as an example
+        row: dict[str, Any] = {
+            "uuid": f"00000000-0000-0000-0000-{i:012d}",
+            "instruction": instruction,
+            "raw_instruction": f"1. {instruction}",
+            "instruction_status": status,
+            "gen_input_configs": {"input_generator": "meta-llama/Llama-3.1-70B-Instruct", "temperature": 0.9, "top_p": 1.0},
+            "generations": texts if status == "ok" else [],
+            "ratings": scores if status == "ok" else [],
+            "finish_reasons": finish if status == "ok" else [],
+            "gen_response_configs": {"engine": "vllm", "temperature": 0.8, "top_p": 1.0, "max_tokens": 4096},
+        }
+        if tagged:
+            row.update(
+                task_category=rng.choice(TASKS),
+                difficulty=rng.choice(report.DIFFICULTY_ORDER),
+                input_quality=rng.choice(report.QUALITY_ORDER),
+                language="EN",
+            )
+        rows.append(row)
+    step = BestWorstPairing(name="pairing", min_margin=0.0)
+    step.load()
+    return next(step.process(rows))
+
+
+def _write_output(out: Path, rows: list[dict[str, Any]]) -> Path:
+    cfg = RecipeConfig.model_validate({"output": {"dir": str(out), "push_to_hub": "someone/magpie-dpo-test", "test_fraction": 0.1}}).public_dict()
+    # A secret where none should ever be: the writer must scrub it anyway.
+    cfg["generator"]["system_prompt"] = f"token is {SECRET}"
+    cfg["output"]["hub_token"] = "value-under-a-secret-looking-key"
+    write_dataset(rows, out, test_fraction=0.1, seed=7)
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_TOKEN", SECRET)
+        report.write_card_and_report(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tagged_output(tmp_path_factory) -> Path:
+    """60 instructions with task/difficulty/quality/language tags and every kind of left-out row."""
+    return _write_output(tmp_path_factory.mktemp("tagged"), _rows(60, tagged=True))
+
+
+@pytest.fixture(scope="module")
+def untagged_output(tmp_path_factory) -> Path:
+    """The smoke shape: no tag columns."""
+    return _write_output(tmp_path_factory.mktemp("untagged"), _rows(30, tagged=False, seed=1))
+
+
+@pytest.fixture(scope="module")
+def empty_output(tmp_path_factory) -> Path:
+    """Every row left out: no pairs at all."""
+    rows = [dict(r, instruction_status="too_short") for r in _rows(4, tagged=False)]
+    for row in rows:
+        row["pair_status"] = "instruction_too_short"
+    return _write_output(tmp_path_factory.mktemp("empty"), rows)
+
+
+# --------------------------------------------------------------------------- card
+
+
+def _datasets_vocabulary(name: str) -> Any:
+    import datasets
+
+    return json.loads((Path(datasets.__file__).parent / "utils" / "resources" / name).read_text())
+
+
+def assert_card_valid(out_dir: Path) -> Any:
+    """Everything that can be checked about the card's metadata without the network."""
+    from datasets.info import DatasetInfosDict
+    from datasets.utils.metadata import MetadataConfigs, _NoDuplicateSafeLoader, _split_yaml_from_readme
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    text = (out_dir / "README.md").read_text()
+    yaml_block, body = _split_yaml_from_readme(text)
+    assert yaml_block is not None, "no YAML metadata block"
+    yaml.load(yaml_block, Loader=_NoDuplicateSafeLoader)  # raises on duplicate keys
+    assert body.strip(), "empty card body"
+
+    card = DatasetCard.load(out_dir / "README.md")
+    data = card.data
+    assert isinstance(data, DatasetCardData)
+    assert DatasetCard(str(card)).data.to_dict() == data.to_dict(), "metadata does not round-trip"
+
+    assert data.license in HUB_LICENSES
+    assert data.task_categories == ["text-generation"]
+    assert data.size_categories and set(data.size_categories) <= set(_datasets_vocabulary("size_categories.json"))
+    assert data.language and set(data.language) <= set(_datasets_vocabulary("languages.json"))
+    creators = _datasets_vocabulary("creators.json")
+    assert set(data.annotations_creators) <= set(creators["annotations"])
+    assert set(data.language_creators) <= set(creators["language"])
+    assert data.multilinguality in _datasets_vocabulary("multilingualities.json")
+    assert {"synthetic", "dpo"} <= set(data.tags)
+
+    dataset = report.load_output(out_dir).pairs  # load_from_disk cannot read a split saved empty
+    n_rows = sum(len(split) for split in dataset.values())
+    assert data.size_categories == [report.size_category(n_rows)]
+    configs = MetadataConfigs.from_dataset_card_data(data)
+    assert list(configs) == ["default"]
+    MetadataConfigs._raise_if_data_files_field_not_valid(configs["default"])
+    assert {f["split"] for f in configs["default"]["data_files"]} == set(dataset)
+    if n_rows:
+        info = DatasetInfosDict.from_dataset_card_data(data)["default"]
+        assert info.features == dataset["train"].features
+        assert {name: s.num_examples for name, s in info.splits.items()} == {k: len(v) for k, v in dataset.items()}
+    return card
+
+
+def test_card_parses_and_metadata_validates(tagged_output: Path) -> None:
+    card = assert_card_valid(tagged_output)
+    # The generator is a Llama-3.1 hub model, so its license applies to the data.
+    assert card.data.license == "llama3.1"
+    assert card.data.language == ["en"]
+    assert 'load_dataset("someone/magpie-dpo-test")' in card.text
+
+
+def test_card_states_counts_reasons_and_examples(tagged_output: Path) -> None:
+    from datasets import load_from_disk
+
+    text = (tagged_output / "README.md").read_text()
+    summary = json.loads((tagged_output / "summary.json").read_text())
+    left = load_from_disk(str(tagged_output / "left_out"))
+    reasons = {r: left["pair_status"].count(r) for r in set(left["pair_status"])}
+    assert reasons == summary["left_out"]
+    assert {"instruction_duplicate", "instruction_too_short", "all_scores_tied", "fewer_than_two_usable"} <= set(reasons)
+    for reason, count in reasons.items():
+        assert re.search(rf"\| `{reason}` \| {count} \| [^|]*[a-z]", text), f"reason {reason} missing from the card"
+    assert f"| pairs kept | {summary['pairs_kept']} |" in text
+    assert f"| instructions generated | {summary['instructions']} |" in text
+    assert len(re.findall(r"^### Example \d", text, flags=re.M)) == 3
+    # Content holding ``` is fenced with a longer fence, so it cannot end its block early.
+    assert "````text\n" + ADVERSARIAL in text
+    assert "meta-llama/Llama-3.1-70B-Instruct" in text and "RLHFlow/ArmoRM-Llama3-8B-v0.1" in text
+
+
+def test_untagged_and_empty_cards_validate(untagged_output: Path, empty_output: Path) -> None:
+    assert assert_card_valid(untagged_output).data.size_categories == ["n<1K"]
+    card = assert_card_valid(empty_output)
+    assert "No pairs were kept." in card.text
+    assert "| `instruction_too_short` | 4 |" in card.text
+
+
+@pytest.mark.parametrize("name", ["README.md", "report.html"])
+@pytest.mark.parametrize("which", ["tagged_output", "untagged_output"])
+def test_no_secrets_written(name: str, which: str, request) -> None:
+    text = (request.getfixturevalue(which) / name).read_text()
+    assert SECRET not in text
+    assert "value-under-a-secret-looking-key" not in text
+    assert report.REDACTED in text or "&lt;redacted&gt;" in text
+
+
+@pytest.mark.parametrize(
+    ("rows", "bucket"),
+    [(0, "n<1K"), (999, "n<1K"), (1000, "1K<n<10K"), (9_999, "1K<n<10K"), (100_000, "100K<n<1M"), (10**13, "n>1T")],
+)
+def test_size_category(rows: int, bucket: str) -> None:
+    assert report.size_category(rows) == bucket
+    assert bucket in _datasets_vocabulary("size_categories.json")
+
+
+def test_license_follows_the_generating_models() -> None:
+    assert report.license_for(["meta-llama/Llama-3.1-70B-Instruct"] * 2) == ("llama3.1", None)
+    assert report.license_for(["google/gemma-2-9b-it"]) == ("gemma", None)
+    lic, note = report.license_for(["/models/tiny/generator"])
+    assert lic == "other" and "/models/tiny/generator" in note
+    lic, note = report.license_for(["meta-llama/Llama-3.1-8B-Instruct", "google/gemma-2-9b-it"])
+    assert lic == "other" and "llama3.1" in note and "gemma" in note
+
+
+def test_card_passes_hub_validation_when_online(tagged_output: Path) -> None:
+    """The Hub's own YAML validation; it needs huggingface.co, so it is skipped offline."""
+    import requests
+    from huggingface_hub import DatasetCard
+
+    try:
+        requests.head("https://huggingface.co", timeout=3)
+    except requests.RequestException as exc:
+        pytest.skip(f"huggingface.co unreachable, Hub-side validation not run ({exc.__class__.__name__})")
+    DatasetCard.load(tagged_output / "README.md").validate()  # ValueError on a rejected card
+
+
+# --------------------------------------------------------------------------- report (static)
+
+
+class _Page(HTMLParser):
+    """Tags, image sources and text of a page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+def _parse(path: Path) -> _Page:
+    page = _Page()
+    page.feed(path.read_text())
+    return page
+
+
+def blank_reason(png: bytes) -> str | None:
+    """Why a PNG is not a real plot (None when it is): too small, one colour, almost empty."""
+    from PIL import Image, ImageStat
+
+    image = Image.open(io.BytesIO(png)).convert("RGB")
+    if image.width < 100 or image.height < 100:
+        return f"tiny image {image.size}"
+    colors = image.getcolors(maxcolors=1 << 16)
+    if colors is not None and len(colors) < 8:
+        return f"only {len(colors)} colours"
+    if max(ImageStat.Stat(image).stddev) < 10:
+        return "almost no pixel variance"
+    background = max(colors)[0] if colors else 0
+    drawn = 1 - background / (image.width * image.height)
+    if drawn < 0.02:
+        return f"only {drawn:.1%} of pixels drawn"
+    # Axes, ticks, grid and labels are grey; the data (bars) is coloured. Empty axes are blank.
+    pixels = image.getdata()
+    coloured = sum(max(p) - min(p) > 30 for p in pixels) / (image.width * image.height)
+    return None if coloured >= 0.01 else f"only {coloured:.2%} coloured (data) pixels: empty axes?"
+
+
+def _embedded_plots(page: _Page) -> dict[str, bytes]:
+    plots = {}
+    for tag, attrs in page.tags:
+        if tag == "img":
+            src = attrs.get("src") or ""
+            assert src.startswith("data:image/png;base64,"), f"image not embedded: {src[:60]}"
+            plots[attrs.get("data-plot") or ""] = base64.b64decode(src.split(",", 1)[1], validate=True)
+    return plots
+
+
+def test_report_is_self_contained_with_real_plots(tagged_output: Path) -> None:
+    page = _parse(tagged_output / "report.html")
+    assert not [t for t, _ in page.tags if t in ("script", "iframe", "object", "embed")]
+    for tag, attrs in page.tags:
+        for attr in ("src", "href"):
+            value = attrs.get(attr)
+            assert value is None or value.startswith("data:"), f"<{tag} {attr}={value!r}> would leave the file"
+    plots = _embedded_plots(page)
+    assert set(plots) == {"scores", "margin", "lengths", "task_category", "difficulty", "input_quality"}
+    for key, png in plots.items():
+        assert blank_reason(png) is None, f"plot {key}: {blank_reason(png)}"
+    assert len(set(plots.values())) == len(plots), "two plots are the same image"
+
+
+def test_report_notes_missing_columns_instead_of_plotting(untagged_output: Path) -> None:
+    page = _parse(untagged_output / "report.html")
+    assert set(_embedded_plots(page)) == {"scores", "margin", "lengths"}
+    text = re.sub(r"\s+", " ", " ".join(page.text))
+    for column in ("task_category", "difficulty", "input_quality"):
+        assert f"no {column} column" in text
+
+
+def test_report_escapes_example_text(tagged_output: Path) -> None:
+    html_text = (tagged_output / "report.html").read_text()
+    assert "<script>" not in html_text
+    assert "&lt;script&gt;console.error(&quot;injected&quot;)&lt;/script&gt;" in html_text
+    assert ADVERSARIAL in " ".join(_parse(tagged_output / "report.html").text)
+
+
+def test_report_counts_match_summary(tagged_output: Path) -> None:
+    summary = json.loads((tagged_output / "summary.json").read_text())
+    text = re.sub(r"\s+", " ", " ".join(_parse(tagged_output / "report.html").text))
+    for reason, count in summary["left_out"].items():
+        assert f"{reason} {count} " in text
+    assert f"pairs kept {summary['pairs_kept']} " in text
+
+
+def test_blank_detector_rejects_blank_images() -> None:
+    """The plot check must be able to fail: a white and a two-colour image are not plots."""
+    from PIL import Image, ImageDraw
+
+    def png_of(image: Any) -> bytes:
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        return buf.getvalue()
+
+    assert blank_reason(png_of(Image.new("RGB", (400, 300), "white"))) is not None
+    sparse = Image.new("RGB", (400, 300), "white")
+    ImageDraw.Draw(sparse).line([(0, 0), (399, 0)], fill="black")
+    assert blank_reason(png_of(sparse)) is not None
+    # Empty axes: frame, grid and labels in greys, no data.
+    axes = Image.new("RGB", (400, 300), "white")
+    draw = ImageDraw.Draw(axes)
+    draw.rectangle([40, 20, 380, 260], outline="black", width=2)
+    for x in range(60, 380, 20):
+        draw.line([(x, 20), (x, 260)], fill=(200, 200, 200))
+        draw.text((x - 5, 265), str(x), fill=(60, 60, 60))
+    assert "empty axes" in (blank_reason(png_of(axes)) or "")
+    bars = axes.copy()
+    ImageDraw.Draw(bars).rectangle([100, 120, 140, 259], fill=report.CHOSEN_COLOR)
+    assert blank_reason(png_of(bars)) is None
+
+
+# --------------------------------------------------------------------------- report in chromium
+
+
+def _chromium_path() -> str | None:
+    return next((p for name in ("chromium", "chromium-browser", "google-chrome") if (p := shutil.which(name))), None)
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's chromium, installed by scripts/setup_chromium.sh when missing (fresh CI machines)."""
+    path = _chromium_path()
+    if path is None:
+        script = REPO_ROOT / "scripts" / "setup_chromium.sh"
+        result = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=900)
+        path = _chromium_path()
+        if result.returncode != 0 or path is None:
+            pytest.fail(f"chromium is needed and {script} could not install it:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
+    return path
+
+
+class DevTools:
+    """Chromium driven over ``--remote-debugging-pipe`` (fd 3 in, fd 4 out, NUL-separated JSON)."""
+
+    def __init__(self, binary: str, profile: Path) -> None:
+        to_browser_r, self._to_browser = os.pipe()
+        self._from_browser, from_browser_w = os.pipe()
+        # Park the child's ends above fd 10 so dup2 onto 3/4 cannot clobber one with the other.
+        child_in = fcntl.fcntl(to_browser_r, fcntl.F_DUPFD_CLOEXEC, 10)
+        child_out = fcntl.fcntl(from_browser_w, fcntl.F_DUPFD_CLOEXEC, 10)
+        os.close(to_browser_r)
+        os.close(from_browser_w)
+
+        def wire_pipe() -> None:
+            os.dup2(child_in, 3)
+            os.dup2(child_out, 4)
+
+        self.proc = subprocess.Popen(
+            [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-extensions", "--disable-sync", "--disable-component-update", "--no-first-run",
+             "--no-default-browser-check", "--mute-audio", f"--user-data-dir={profile}",
+             "--remote-debugging-pipe", "about:blank"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            preexec_fn=wire_pipe, close_fds=False,  # our own fds are non-inheritable (PEP 446)
+        )
+        os.close(child_in)
+        os.close(child_out)
+        self._buffer = b""
+        self._next_id = 0
+        self.events: list[dict[str, Any]] = []
+
+    def _receive(self, deadline: float) -> dict[str, Any]:
+        while b"\0" not in self._buffer:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("chromium did not answer in time")
+            if select.select([self._from_browser], [], [], left)[0]:
+                chunk = os.read(self._from_browser, 1 << 20)
+                if not chunk:
+                    raise EOFError("chromium closed the DevTools pipe")
+                self._buffer += chunk
+        message, self._buffer = self._buffer.split(b"\0", 1)
+        return json.loads(message)
+
+    def call(self, method: str, params: dict[str, Any] | None = None, session: str | None = None, timeout: float = 30) -> dict:
+        self._next_id += 1
+        message: dict[str, Any] = {"id": self._next_id, "method": method, "params": params or {}}
+        if session:
+            message["sessionId"] = session
+        os.write(self._to_browser, json.dumps(message).encode() + b"\0")
+        deadline = time.monotonic() + timeout
+        while True:
+            answer = self._receive(deadline)
+            if answer.get("id") == self._next_id:
+                if "error" in answer:
+                    raise RuntimeError(f"{method}: {answer['error']}")
+                return answer["result"]
+            self.events.append(answer)
+
+    def wait_for(self, method: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(e.get("method") == method for e in self.events):
+            self.events.append(self._receive(deadline))
+
+    def close(self) -> None:
+        try:
+            self.call("Browser.close", timeout=5)
+        except (OSError, EOFError, TimeoutError, RuntimeError):
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        os.close(self._to_browser)
+        os.close(self._from_browser)
+
+
+def render_in_chromium(binary: str, page: Path, profile: Path) -> dict[str, Any]:
+    """Load ``page``; return its errors, its images as the browser decoded and painted them, and its text."""
+    browser = DevTools(binary, profile)
+    try:
+        target = browser.call("Target.createTarget", {"url": "about:blank"})["targetId"]
+        session = browser.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        for domain in ("Page", "Runtime", "Log"):
+            browser.call(f"{domain}.enable", session=session)
+        browser.call("Emulation.setDeviceMetricsOverride",
+                     {"width": 1280, "height": 900, "deviceScaleFactor": 1, "mobile": False}, session=session)
+        browser.call("Page.navigate", {"url": page.resolve().as_uri()}, session=session)
+        browser.wait_for("Page.loadEventFired")
+        probe = """JSON.stringify({
+            images: [...document.images].map(i => { const r = i.getBoundingClientRect();
+                return {key: i.dataset.plot, complete: i.complete, width: i.naturalWidth, height: i.naturalHeight,
+                        x: r.left + scrollX, y: r.top + scrollY, w: r.width, h: r.height}; }),
+            text: document.body.innerText})"""
+        result = browser.call("Runtime.evaluate", {"expression": probe, "returnByValue": True}, session=session)
+        state = json.loads(result["result"]["value"])
+        for image in state["images"]:
+            if image["w"] and image["h"]:
+                clip = {"x": image["x"], "y": image["y"], "width": image["w"], "height": image["h"], "scale": 1}
+                shot = browser.call("Page.captureScreenshot", {"format": "png", "clip": clip, "captureBeyondViewport": True}, session=session)
+                image["painted"] = base64.b64decode(shot["data"])
+        errors = []
+        for event in browser.events:
+            method, params = event.get("method"), event.get("params", {})
+            if method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert", "warning"):
+                errors.append(f"console.{params['type']}: {[a.get('value') for a in params.get('args', [])]}")
+            elif method == "Runtime.exceptionThrown":
+                errors.append(f"exception: {params['exceptionDetails'].get('text')}")
+            elif method == "Log.entryAdded" and params["entry"]["level"] in ("error", "warning"):
+                errors.append(f"{params['entry']['source']}: {params['entry']['text']}")
+        return {"errors": errors, "images": state["images"], "text": state["text"]}
+    finally:
+        browser.close()
+
+
+def assert_renders(binary: str, page: Path, profile: Path, expected_plots: set[str]) -> dict[str, Any]:
+    rendered = render_in_chromium(binary, page, profile)
+    assert rendered["errors"] == [], rendered["errors"]
+    assert {image["key"] for image in rendered["images"]} == expected_plots
+    for image in rendered["images"]:
+        assert image["complete"] and image["width"] > 100 and image["height"] > 100, f"plot {image['key']} not decoded: {image}"
+        assert blank_reason(image["painted"]) is None, f"plot {image['key']} painted blank: {blank_reason(image['painted'])}"
+    assert "Counts at each stage" in rendered["text"] and "Rows left out" in rendered["text"]
+    return rendered
+
+
+def test_report_renders_in_chromium(chromium: str, tagged_output: Path, untagged_output: Path, empty_output: Path, tmp_path: Path) -> None:
+    rendered = assert_renders(chromium, tagged_output / "report.html", tmp_path / "p1",
+                              {"scores", "margin", "lengths", "task_category", "difficulty", "input_quality"})
+    assert 'console.error("injected")' in rendered["text"]  # shown as text, not run
+    assert_renders(chromium, untagged_output / "report.html", tmp_path / "p2", {"scores", "margin", "lengths"})
+    rendered = assert_renders(chromium, empty_output / "report.html", tmp_path / "p3", set())
+    assert "No kept pairs" in rendered["text"]
+
+
+def test_chromium_harness_catches_broken_pages(chromium: str, tmp_path: Path) -> None:
+    """The rendering check must be able to fail: errors, blocked loads and undecodable images show up."""
+    bad = tmp_path / "bad.html"
+    bad.write_text(
+        "<!DOCTYPE html><html><head><meta http-equiv='Content-Security-Policy' "
+        "content=\"default-src 'none'; img-src data:; style-src 'unsafe-inline'\"></head><body>"
+        "<script>console.error('x')</script><img data-plot='remote' src='http://127.0.0.1:9/x.png'>"
+        "<img data-plot='broken' src='data:image/png;base64,AAAA'></body></html>"
+    )
+    rendered = render_in_chromium(chromium, bad, tmp_path / "profile")
+    assert any("inline script" in e for e in rendered["errors"]), rendered["errors"]
+    assert any("127.0.0.1:9" in e for e in rendered["errors"]), rendered["errors"]
+    assert all(image["width"] == 0 for image in rendered["images"])
+    scripted = tmp_path / "scripted.html"
+    scripted.write_text("<!DOCTYPE html><html><body><script>console.error('boom'); null.x</script></body></html>")
+    errors = render_in_chromium(chromium, scripted, tmp_path / "profile2")["errors"]
+    assert any("boom" in e for e in errors) and any(e.startswith("exception") for e in errors), errors
+
+
+# --------------------------------------------------------------------------- a real run
+
+
+@pytest.mark.slow
+def test_smoke_run_card_and_report(smoke_output: Path, chromium: str, tmp_path: Path) -> None:
+    """A real smoke run: the CLI regenerates both files quickly, and both pass the checks above."""
+    out = tmp_path / "smoke"
+    shutil.copytree(smoke_output, out, ignore=shutil.ignore_patterns(".lock", "README.md", "report.html"))
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "magpie_dl.report", str(out)], capture_output=True, text=True,
+                            timeout=120, cwd=REPO_ROOT)
+    elapsed = time.perf_counter() - started
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert elapsed < 30, f"report CLI took {elapsed:.1f}s"  # ~3-5 s here, generous for a shared CI box
+    card = assert_card_valid(out)
+    summary = json.loads((out / "summary.json").read_text())
+    assert f"| pairs kept | {summary['pairs_kept']} |" in card.text
+    assert_renders(chromium, out / "report.html", tmp_path / "profile", {"scores", "margin", "lengths"})
