@@ -1,0 +1,274 @@
+"""Select a high-quality, category-balanced instruction set from tagged rows.
+
+The recipe (FIELD_NOTES §1): keep instructions with difficulty >= medium, input quality
+>= good and instruct reward >= -5, drop near-duplicates, then sample per task category so
+that information seeking and advice seeking (what aligned models mostly ask themselves)
+do not dominate.
+
+Every row that is not selected carries one reason (the first failed check, in the fixed
+order of :data:`CHECKS`, then ``category_quota`` for rows sampled out), and the report
+counts both first reasons and every failed check, so thresholds can be tuned from it.
+
+Sampling is seeded and depends only on the *set* of rows: candidates are sorted by uuid
+before sampling, and each category draws from its own generator seeded from
+``(seed, category)``, so reordering the input or adding a category leaves the others'
+draws unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from magpie_dl.tagging import DIFFICULTY_LEVELS, QUALITY_LEVELS
+
+CategoryMix = Literal["uniform", "natural"] | Mapping[str, float]
+
+# Checks in the order a row's drop reason is chosen.
+CHECKS: tuple[str, ...] = (
+    "difficulty_missing",
+    "difficulty_below_min",
+    "input_quality_missing",
+    "input_quality_below_min",
+    "instruct_reward_missing",
+    "instruct_reward_below_min",
+    "language_not_allowed",
+    "near_duplicate",
+    "task_category_missing",
+    "category_not_in_mix",
+)
+QUOTA_REASON = "category_quota"
+
+
+@dataclass(frozen=True)
+class SelectionConfig:
+    """What to keep and how many.
+
+    Attributes:
+        min_difficulty: lowest difficulty kept (None: no difficulty check).
+        min_input_quality: lowest input quality kept (None: no check).
+        min_instruct_reward: lowest instruct reward kept (None: no check).
+        remove_duplicates: drop rows whose ``min_similar_uuid`` names another row.
+        languages: allowed language codes (``EN``...), None for any.
+        target_size: rows to select; None keeps every eligible row.
+        category_mix: ``uniform`` (equal share per category present), ``natural``
+            (proportional to what is eligible, i.e. a plain random sample), or weights
+            per category (categories absent or at weight 0 are not selected).
+        seed: sampling seed.
+    """
+
+    min_difficulty: str | None = "medium"
+    min_input_quality: str | None = "good"
+    min_instruct_reward: float | None = -5.0
+    remove_duplicates: bool = True
+    languages: tuple[str, ...] | None = None
+    target_size: int | None = None
+    category_mix: CategoryMix = "uniform"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.min_difficulty is not None and self.min_difficulty not in DIFFICULTY_LEVELS:
+            raise ValueError(f"min_difficulty must be one of {DIFFICULTY_LEVELS}")
+        if self.min_input_quality is not None and self.min_input_quality not in QUALITY_LEVELS:
+            raise ValueError(f"min_input_quality must be one of {QUALITY_LEVELS}")
+        if self.target_size is not None and self.target_size < 0:
+            raise ValueError("target_size must be >= 0")
+        mix = self.category_mix
+        if isinstance(mix, str):
+            if mix not in ("uniform", "natural"):
+                raise ValueError(f"category_mix must be 'uniform', 'natural' or a mapping, got {mix!r}")
+        elif any(not (w >= 0 and math.isfinite(w)) for w in mix.values()) or not any(mix.values()):
+            raise ValueError("category_mix weights must be finite, >= 0, and not all 0")
+
+
+@dataclass
+class SelectionReport:
+    """What selection did; JSON-able through :meth:`to_dict`."""
+
+    input_rows: int
+    selected_rows: int
+    target_size: int | None
+    dropped: dict[str, int] = field(default_factory=dict)
+    failed_checks: dict[str, int] = field(default_factory=dict)
+    category_mix_before: dict[str, int] = field(default_factory=dict)
+    category_mix_eligible: dict[str, int] = field(default_factory=dict)
+    category_mix_after: dict[str, int] = field(default_factory=dict)
+    quotas: dict[str, int] = field(default_factory=dict)
+    shortfall: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def format(self) -> str:
+        """A plain-text summary for logs."""
+        lines = [
+            f"selected {self.selected_rows} of {self.input_rows} rows"
+            + (f" (target {self.target_size}, short by {self.shortfall})" if self.target_size is not None else "")
+        ]
+        for reason, count in self.dropped.items():
+            lines.append(f"  dropped {reason}: {count}")
+        lines.append(f"  {'category':<22}{'before':>8}{'eligible':>10}{'after':>8}{'after %':>9}")
+        cats = sorted(set(self.category_mix_before) | set(self.category_mix_after), key=str)
+        for cat in cats:
+            after = self.category_mix_after.get(cat, 0)
+            share = 100 * after / self.selected_rows if self.selected_rows else 0.0
+            lines.append(
+                f"  {cat:<22}{self.category_mix_before.get(cat, 0):>8}"
+                f"{self.category_mix_eligible.get(cat, 0):>10}{after:>8}{share:>8.1f}%"
+            )
+        return "\n".join(lines)
+
+
+def _rank(value: Any, levels: Sequence[str]) -> int | None:
+    return levels.index(value) if isinstance(value, str) and value in levels else None
+
+
+def _category(row: Mapping[str, Any]) -> str | None:
+    cat = row.get("task_category")
+    return cat if isinstance(cat, str) and cat else None
+
+
+def failed_checks(row: Mapping[str, Any], config: SelectionConfig) -> list[str]:
+    """Every check ``row`` fails, in :data:`CHECKS` order (empty: eligible)."""
+    failed: list[str] = []
+    if config.min_difficulty is not None:
+        rank = _rank(row.get("difficulty"), DIFFICULTY_LEVELS)
+        if rank is None:
+            failed.append("difficulty_missing")
+        elif rank < DIFFICULTY_LEVELS.index(config.min_difficulty):
+            failed.append("difficulty_below_min")
+    if config.min_input_quality is not None:
+        rank = _rank(row.get("input_quality"), QUALITY_LEVELS)
+        if rank is None:
+            failed.append("input_quality_missing")
+        elif rank < QUALITY_LEVELS.index(config.min_input_quality):
+            failed.append("input_quality_below_min")
+    if config.min_instruct_reward is not None:
+        reward = row.get("instruct_reward")
+        if not isinstance(reward, (int, float)) or isinstance(reward, bool) or not math.isfinite(reward):
+            failed.append("instruct_reward_missing")
+        elif reward < config.min_instruct_reward:
+            failed.append("instruct_reward_below_min")
+    if config.languages is not None:
+        allowed = {code.upper() for code in config.languages}
+        if str(row.get("language") or "").upper() not in allowed:
+            failed.append("language_not_allowed")
+    if config.remove_duplicates:
+        rep = row.get("min_similar_uuid")
+        if rep is not None and rep != row.get("uuid"):
+            failed.append("near_duplicate")
+    cat = _category(row)
+    if cat is None:
+        failed.append("task_category_missing")
+    elif isinstance(config.category_mix, Mapping) and not config.category_mix.get(cat, 0):
+        failed.append("category_not_in_mix")
+    return failed
+
+
+def allocate_quotas(
+    available: Mapping[str, int], weights: Mapping[str, float], target: int
+) -> dict[str, int]:
+    """Split ``target`` rows across categories in proportion to ``weights``.
+
+    Water-filling: a category with fewer rows than its share gives all it has and its
+    unused share is spread over the others by weight, so the total reaches
+    ``min(target, rows available)``. Integer rounding uses largest remainders, ties by
+    category name, so quotas are deterministic.
+    """
+    quotas = dict.fromkeys(available, 0)
+    active = {c for c, n in available.items() if n > 0 and weights.get(c, 0) > 0}
+    remaining = min(target, sum(available[c] for c in active))
+    while remaining > 0 and active:
+        total_w = sum(weights[c] for c in active)
+        share = {c: remaining * weights[c] / total_w for c in active}
+        full = {c for c in active if available[c] - quotas[c] <= share[c]}
+        if full:
+            for c in full:
+                remaining -= available[c] - quotas[c]
+                quotas[c] = available[c]
+            active -= full
+            continue
+        floors = {c: math.floor(share[c]) for c in active}
+        extra = remaining - sum(floors.values())
+        for c in sorted(active, key=lambda c: (floors[c] - share[c], c))[:extra]:
+            floors[c] += 1
+        for c, q in floors.items():
+            quotas[c] += q
+        remaining = 0
+    return quotas
+
+
+def _category_rng(seed: int, category: str) -> np.random.Generator:
+    return np.random.default_rng([seed, zlib.crc32(category.encode("utf-8"))])
+
+
+def select_rows(
+    rows: Sequence[Mapping[str, Any]], config: SelectionConfig | None = None
+) -> tuple[list[str | None], SelectionReport]:
+    """Decide every row: ``reasons[i]`` is None when row ``i`` is selected.
+
+    Rows need ``uuid`` (unique) and the tag columns the enabled checks read
+    (``difficulty``, ``input_quality``, ``instruct_reward``, ``language``,
+    ``min_similar_uuid``, ``task_category``).
+    """
+    config = config or SelectionConfig()
+    reasons: list[str | None] = [None] * len(rows)
+    failures: Counter[str] = Counter()
+    eligible: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        failed = failed_checks(row, config)
+        failures.update(failed)
+        if failed:
+            reasons[i] = failed[0]
+        else:
+            eligible.setdefault(_category(row) or "", []).append(i)
+
+    available = {c: len(idx) for c, idx in eligible.items()}
+    if config.target_size is None:
+        quotas = dict(available)
+    else:
+        mix = config.category_mix
+        if mix == "uniform":
+            weights: Mapping[str, float] = dict.fromkeys(available, 1.0)
+        elif mix == "natural":
+            weights = {c: float(n) for c, n in available.items()}
+        else:
+            weights = mix  # type: ignore[assignment]
+        quotas = allocate_quotas(available, weights, config.target_size)
+
+    for cat, idx in eligible.items():
+        quota = quotas.get(cat, 0)
+        if quota >= len(idx):
+            continue
+        # Canonical (uuid) order first, so the draw does not depend on input order.
+        idx = sorted(idx, key=lambda i: str(rows[i].get("uuid")))
+        chosen = set(_category_rng(config.seed, cat).choice(len(idx), size=quota, replace=False).tolist())
+        for pos, i in enumerate(idx):
+            if pos not in chosen:
+                reasons[i] = QUOTA_REASON
+
+    selected = sum(r is None for r in reasons)
+    report = SelectionReport(
+        input_rows=len(rows),
+        selected_rows=selected,
+        target_size=config.target_size,
+        dropped=dict(Counter(r for r in reasons if r is not None).most_common()),
+        failed_checks=dict(failures.most_common()),
+        category_mix_before=_mix(rows, range(len(rows))),
+        category_mix_eligible=dict(sorted(available.items())),
+        category_mix_after=_mix(rows, [i for i, r in enumerate(reasons) if r is None]),
+        quotas=dict(sorted(quotas.items())),
+        shortfall=max(0, (config.target_size or 0) - selected) if config.target_size is not None else 0,
+    )
+    return reasons, report
+
+
+def _mix(rows: Sequence[Mapping[str, Any]], idx: Sequence[int] | range) -> dict[str, int]:
+    counts = Counter(_category(rows[i]) or "(missing)" for i in idx)
+    return dict(sorted(counts.items()))

@@ -1,0 +1,107 @@
+"""Judge prompts, schemas and the lenient-then-strict answer parser."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from magpie_dl.tagging import (
+    CLASSIFICATION_SCHEMA,
+    DIFFICULTY_SCHEMA,
+    QUALITY_SCHEMA,
+    TAG_TASKS,
+    TASK_CATEGORIES,
+    extract_json_object,
+    parse_judge_output,
+)
+
+
+def test_prompts_render_instruction_and_expected_keys() -> None:
+    for name, task in TAG_TASKS.items():
+        prompt = task.render("Sort {this} list")  # braces in the instruction must survive
+        assert "Sort {this} list" in prompt, name
+        for key in task.schema["required"]:
+            assert f'"{key}"' in prompt, (name, key)
+    tags = TAG_TASKS["classification"].render("x")
+    assert all(f"- {cat}:" in tags for cat in TASK_CATEGORIES)
+
+
+def test_schemas_list_reasoning_before_verdict() -> None:
+    assert list(DIFFICULTY_SCHEMA["properties"])[-1] == "difficulty"
+    assert list(QUALITY_SCHEMA["properties"]) == ["explanation", "input_quality"]
+    assert len(CLASSIFICATION_SCHEMA["properties"]["primary_tag"]["enum"]) == 12
+
+
+def test_strict_json_maps_to_released_columns() -> None:
+    text = json.dumps({"intent": "The user wants to sort", "knowledge": "lists", "difficulty": "easy"})
+    assert TAG_TASKS["difficulty"].parse(text) == (
+        {"intent": "The user wants to sort", "knowledge": "lists", "difficulty": "easy"},
+        None,
+    )
+    value, error = TAG_TASKS["quality"].parse('{"explanation": "clear", "input_quality": "good"}')
+    assert error is None and value == {"quality_explanation": "clear", "input_quality": "good"}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '```json\n{"explanation": "ok", "input_quality": "good"}\n```',
+        'Sure! Here is my rating:\n{"explanation": "ok", "input_quality": "good"}\nHope it helps.',
+        '{"explanation": "line one\nline two\ttabbed", "input_quality": "good"}',  # raw controls
+        '"explanation": "ok", "input_quality": "good"}',  # continues a prefilled "{"
+        "{'explanation': 'ok', 'input_quality': 'good'}",  # python literal
+        '{"Explanation": "ok", "Input_Quality": " Good "}',  # key and label case
+        '{"explanation": "ok", "input_quality": "good"}{"explanation": "again"}',  # trailing junk
+    ],
+)
+def test_lenient_extraction(text: str) -> None:
+    value, error = TAG_TASKS["quality"].parse(text)
+    assert error is None, error
+    assert value is not None and value["input_quality"] == "good"
+    assert value["quality_explanation"].startswith(("ok", "line one"))
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("", "empty output"),
+        ("I cannot rate this.", "no JSON object found"),
+        ('{"explanation": "the query is cle', "truncated"),
+        ('{"explanation": "ok"}', "missing key 'input_quality'"),
+        ('{"explanation": "ok", "input_quality": "superb"}', "not one of"),
+        ('{"explanation": 3, "input_quality": "good"}', "expected a string"),
+    ],
+)
+def test_failures_return_a_reason_not_an_exception(text: str, reason: str) -> None:
+    value, error = TAG_TASKS["quality"].parse(text)
+    assert value is None
+    assert error is not None and reason in error
+
+
+def test_category_spellings_are_canonicalised_and_other_tags_cleaned() -> None:
+    text = json.dumps(
+        {
+            "primary_tag": "coding and debugging",
+            "other_tags": ["Reasoning", "made-up tag", "Coding & Debugging", "math", "reasoning"],
+        }
+    )
+    value, error = TAG_TASKS["classification"].parse(text)
+    assert error is None
+    # Unknown secondary tags dropped, primary removed from the others, duplicates folded.
+    assert value == {"task_category": "Coding & Debugging", "other_task_category": ["Reasoning", "Math"]}
+
+
+def test_other_tags_as_a_comma_string() -> None:
+    value, _ = parse_judge_output('{"primary_tag": "Math", "other_tags": "Reasoning, Data analysis"}', CLASSIFICATION_SCHEMA)
+    assert value == {"primary_tag": "Math", "other_tags": ["Reasoning", "Data analysis"]}
+
+
+def test_invalid_primary_tag_fails() -> None:
+    value, error = parse_judge_output('{"primary_tag": "Gardening", "other_tags": []}', CLASSIFICATION_SCHEMA)
+    assert value is None and "primary_tag" in (error or "")
+
+
+def test_extract_skips_non_object_json() -> None:
+    assert extract_json_object("[1, 2]") == (None, "no JSON object found")
+    assert extract_json_object('noise {"a": 1} more')[0] == {"a": 1}
