@@ -166,6 +166,11 @@ class RecipeConfig(_Section):
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     @property
+    def cache_dir(self) -> Path:
+        """Where durable results of this output directory live."""
+        return Path(self.output.dir) / "cache"
+
+    @property
     def response_model(self) -> str:
         return self.responses.model or self.generator.model
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +22,8 @@ import yaml
 
 from magpie_dl.config import PRESETS, TINY_DIR, ConfigError, RecipeConfig, build_parser, resolve
 from magpie_dl.export import Summary, write_dataset
+from magpie_dl.store import ResultStore
+from magpie_dl.report import CARD_FILENAME, write_card_and_report
 
 if TYPE_CHECKING:
     from distilabel.pipeline import Pipeline
@@ -34,14 +37,16 @@ class OutputLockedError(RuntimeError):
 def output_lock(out_dir: Path) -> Iterator[None]:
     """Hold ``out_dir/.lock`` for the run; a second run on the same directory fails fast.
 
-    An advisory ``flock`` is released by the kernel when the process dies, so a killed
-    run never leaves a stale lock behind.
+    A POSIX record lock (``lockf``) belongs to this process alone: the kernel drops it
+    when the process dies (no stale lock after a kill), and unlike ``flock`` it is not
+    shared with the step workers distilabel forks, which may outlive a killed parent
+    for a moment.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     handle = open(out_dir / ".lock", "a+")
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+        fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
         handle.close()
         raise OutputLockedError(
             f"another run is writing to {out_dir}; wait for it or choose another --output-dir"
@@ -53,30 +58,54 @@ def output_lock(out_dir: Path) -> Iterator[None]:
         handle.flush()
         yield
     finally:
-        fcntl.flock(handle, fcntl.LOCK_UN)
+        fcntl.lockf(handle, fcntl.LOCK_UN)
         handle.close()
 
 
-def run_recipe(build: Callable[[RecipeConfig], Pipeline], cfg: RecipeConfig) -> Summary:
-    """Build and run the pipeline, write the dataset, return the summary."""
+def run_recipe(
+    build: Callable[[RecipeConfig], Pipeline], cfg: RecipeConfig, fresh: bool = False
+) -> tuple[Summary, dict[str, dict[str, int]]]:
+    """Build and run the pipeline, write the dataset; returns the summary and store usage.
+
+    Stored results under ``DIR/cache`` are reused (``fresh`` deletes them first); the
+    usage says, per step, how many results were read back and how many computed.
+    """
     out_dir = Path(cfg.output.dir)
     with output_lock(out_dir):
+        if fresh:
+            shutil.rmtree(cfg.cache_dir, ignore_errors=True)
+        store = ResultStore(cfg.cache_dir)
+        store.reset_usage()
         pipeline = build(cfg)
         (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.public_dict(), sort_keys=False))
         pipeline.save(out_dir / "pipeline.yaml", format="yaml")
         distiset = pipeline.run(use_cache=False)
         rows = distiset["default"]["train"].to_list()
         summary = write_dataset(rows, out_dir, cfg.output.test_fraction, cfg.seed)
+        write_card_and_report(out_dir, cfg.public_dict(), summary)
+        usage = store.usage()
     if cfg.output.push_to_hub:
         push_to_hub(out_dir, cfg.output.push_to_hub, cfg.output.private)
-    return summary
+    return summary, usage
 
 
 def push_to_hub(out_dir: Path, repo_id: str, private: bool) -> None:
-    """Push ``out_dir/dataset`` to the Hub; the token comes from HF_TOKEN, never from flags."""
+    """Push the dataset card, then ``out_dir/dataset``; the token comes from HF_TOKEN, never from flags.
+
+    The card goes first because ``DatasetDict.push_to_hub`` reads the repo's README.md
+    and only refreshes its ``configs`` / ``dataset_info`` (byte sizes), keeping the rest;
+    uploading the card afterwards would overwrite those with the local estimates.
+    """
     from datasets import load_from_disk
+    from huggingface_hub import HfApi
 
     token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
+    card = out_dir / CARD_FILENAME
+    if card.exists():
+        api = HfApi(token=token)
+        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+        api.upload_file(path_or_fileobj=str(card), path_in_repo=CARD_FILENAME, repo_id=repo_id,
+                        repo_type="dataset", commit_message="Dataset card")
     load_from_disk(str(out_dir / "dataset")).push_to_hub(repo_id, private=private, token=token)
 
 
@@ -95,14 +124,16 @@ def main_for(build: Callable[[RecipeConfig], Pipeline], description: str, argv: 
         return 0
     started = time.perf_counter()
     try:
-        summary = run_recipe(build, cfg)
+        summary, usage = run_recipe(build, cfg, fresh=args.fresh)
     except OutputLockedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
     out_dir = Path(cfg.output.dir)
-    print(f"\ndataset: {out_dir / 'dataset'}  (pipeline.yaml, left_out/, summary.json beside it)")
+    print(f"\ndataset: {out_dir / 'dataset'}  (pipeline.yaml, left_out/, summary.json, README.md, report.html beside it)")
     for line in summary.lines():
         print(f"  {line}")
+    reused = ", ".join(f"{step} {u['reused']}/{u['reused'] + u['computed']}" for step, u in usage.items())
+    print(f"  stored results reused: {reused or 'none'}")
     print(f"  wall time: {time.perf_counter() - started:.1f}s")
     return 0
 

@@ -24,6 +24,7 @@ from steps.reward import RewardScoring  # noqa: E402
 def build_pipeline(cfg: RecipeConfig) -> Pipeline:
     """Magpie generator >> multi-generation >> reward scoring >> best/worst pairing."""
     gen, resp, rm = cfg.generator, cfg.responses, cfg.reward
+    stored = {"cache_dir": str(cfg.cache_dir)}
     with Pipeline(name="magpie-dpo-100k", description=__doc__) as pipeline:
         queries = MagpieGenerator(
             name="magpie_generator",
@@ -38,6 +39,7 @@ def build_pipeline(cfg: RecipeConfig) -> Pipeline:
             top_p=gen.top_p,
             max_tokens=gen.max_tokens,
             seed=cfg.seed,
+            **stored,
         )
         responses = MultiResponseGeneration(
             name="responses",
@@ -51,6 +53,7 @@ def build_pipeline(cfg: RecipeConfig) -> Pipeline:
             top_p=resp.top_p,
             max_tokens=resp.max_tokens,
             seed=cfg.seed,
+            **stored,
         )
         scores = RewardScoring(
             name="reward",
@@ -61,6 +64,7 @@ def build_pipeline(cfg: RecipeConfig) -> Pipeline:
             max_length=rm.max_length,
             scoring_batch_size=rm.batch_size,
             input_batch_size=rm.input_batch_size,
+            **stored,
         )
         pairs = BestWorstPairing(name="pairing", min_margin=cfg.pairing.min_margin, input_batch_size=rm.input_batch_size)
         queries >> responses >> scores >> pairs

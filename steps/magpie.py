@@ -11,12 +11,14 @@ from magpie_dl.cleaning import CleaningRules, clean_query
 from magpie_dl.families import ModelFamily, resolve_family, resolve_single_token_ids, resolve_stops
 from magpie_dl.magpie import SystemPromptPlan, derive_seed, row_uuid
 from magpie_dl.prompts import pre_query_token_ids
+from magpie_dl.store import cached_complete
+from steps.base import StoredResults
 
 if TYPE_CHECKING:
     from distilabel.typing import GeneratorStepOutput, StepColumns
 
 
-class MagpieGenerator(GeneratorStep):
+class MagpieGenerator(GeneratorStep, StoredResults):
     """Synthesises user queries with Magpie: the model sees only its pre-query template.
 
     Emits exactly ``num_rows`` rows whatever the ``batch_size``. Each row's system prompt
@@ -66,6 +68,7 @@ class MagpieGenerator(GeneratorStep):
 
     def load(self) -> None:
         super().load()
+        self.open_store()
         self._plan = SystemPromptPlan.build(self.system_prompt, self.system_prompts, self.control_task)
         self.llm.load()
         self._family = resolve_family(self.family, self.llm.tokenizer)
@@ -113,7 +116,7 @@ class MagpieGenerator(GeneratorStep):
         for i, (_, system) in zip(indices, picks):
             prompts.append(PromptInput(tuple(pre_query_token_ids(tokenizer, family, system))))
             specs.append(self.sampling_spec(derive_seed("query", self.seed, i)))
-        completions = self.llm.complete(prompts, specs)
+        completions = cached_complete(self.store, self.name, self.CACHE_VERSION, self.llm, prompts, specs)
         rows = []
         for i, (category, system), spec, [completion] in zip(indices, picks, specs, completions):
             cleaned = clean_query(completion.text, rules)

@@ -10,12 +10,14 @@ from magpie_dl.backends.base import CompletionLLM, PromptInput, SamplingSpec
 from magpie_dl.families import ModelFamily, resolve_family, resolve_stops
 from magpie_dl.magpie import derive_seed
 from magpie_dl.prompts import render_response_prompt, response_prompt_template, response_token_ids
+from magpie_dl.store import cached_complete
+from steps.base import StoredResults
 
 if TYPE_CHECKING:
     from distilabel.typing import StepColumns, StepOutput
 
 
-class MultiResponseGeneration(Step):
+class MultiResponseGeneration(Step, StoredResults):
     """Samples ``num_generations`` responses per instruction in one request.
 
     The prompt is the model's chat template (``prompt_style="chat_template"``) or the
@@ -57,6 +59,7 @@ class MultiResponseGeneration(Step):
 
     def load(self) -> None:
         super().load()
+        self.open_store()
         self.llm.load()
         self._family = resolve_family(self.family, self.llm.tokenizer)
         self._template = response_prompt_template(self.llm.tokenizer, self._family, self.prompt_style)
@@ -96,7 +99,8 @@ class MultiResponseGeneration(Step):
             )
             for row in todo
         ]
-        by_uuid = dict(zip((row["uuid"] for row in todo), zip(specs, self.llm.complete(prompts, specs))))
+        results = cached_complete(self.store, self.name, self.CACHE_VERSION, self.llm, prompts, specs)
+        by_uuid = {row["uuid"]: (spec, done) for row, spec, done in zip(todo, specs, results)}
         for row in inputs:
             spec, completions = by_uuid.get(row["uuid"], (None, []))
             row["generations"] = [c.text for c in completions]

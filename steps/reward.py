@@ -1,18 +1,21 @@
 """RewardScoring: every response scored by a reward model (ArmoRM in the recipe)."""
 
+from dataclasses import asdict
 from typing import Optional, TYPE_CHECKING
 
 from distilabel.mixins.runtime_parameters import RuntimeParameter
 from distilabel.steps import Step, StepInput
 from pydantic import Field, PrivateAttr
 
-from magpie_dl.scoring import RewardScorer
+from magpie_dl.scoring import RewardScorer, Scored, conversation_token_ids
+from magpie_dl.store import cached_map, result_key
+from steps.base import StoredResults
 
 if TYPE_CHECKING:
     from distilabel.typing import StepColumns, StepOutput
 
 
-class RewardScoring(Step):
+class RewardScoring(Step, StoredResults):
     """Scores each (instruction, response) with a reward model, batch-invariantly.
 
     Uses the model output's ``score`` when it has one (ArmoRM), else the single logit
@@ -48,6 +51,7 @@ class RewardScoring(Step):
 
     def load(self) -> None:
         super().load()
+        self.open_store()
         self._scorer = RewardScorer(
             self.model,
             max_length=self.max_length,
@@ -78,7 +82,7 @@ class RewardScoring(Step):
             for j, text in enumerate(row["generations"] or [])
             if text and text.strip() and _finish(row, j) != "error"
         ]
-        scored = self._scorer.score_pairs([(inputs[r]["instruction"], inputs[r]["generations"][j]) for r, j in wanted])
+        scored = self.score([(inputs[r]["instruction"], inputs[r]["generations"][j]) for r, j in wanted])
         for row in inputs:
             size = len(row["generations"] or [])
             row["ratings"], row["rating_truncated"] = [None] * size, [False] * size
@@ -88,6 +92,20 @@ class RewardScoring(Step):
             inputs[r]["rating_truncated"][j] = result.truncated
             inputs[r]["rating_errors"][j] = result.error
         yield inputs
+
+
+    def score(self, pairs: list[tuple[str, str]]) -> list[Scored]:
+        """Scores through the durable store, keyed by model, exact tokens and max length."""
+        tokenizer = self._scorer.tokenizer
+        sequences = [conversation_token_ids(tokenizer, user, assistant) for user, assistant in pairs]
+        keys = [result_key("score", self.CACHE_VERSION, self.model, self.max_length, ids) for ids in sequences]
+        values = cached_map(
+            self.store,
+            self.name,
+            keys,
+            lambda missing: [asdict(s) for s in self._scorer.score_token_ids([sequences[i] for i in missing])],
+        )
+        return [Scored(**value) for value in values]
 
 
 def _finish(row: dict, j: int) -> str | None:

@@ -1,0 +1,145 @@
+"""Durable results: every expensive call is stored as it finishes, keyed by what decides it.
+
+A full run is days of GPU time, and distilabel's own resume hangs after a hard kill, so
+a rerun simply runs the pipeline again and every generation or score already stored is
+read back instead of recomputed. Keys hash everything that determines a result (the
+model, the exact prompt tokens, the sampling parameters including the seed, the
+step's code version): change one and only what it affects is recomputed.
+
+The store is one SQLite file in WAL mode: each step process has its own connection,
+each batch is one transaction, so a process killed mid-write loses at most that batch
+and never corrupts what is stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from magpie_dl.backends.base import Completion, CompletionLLM, PromptInput, SamplingSpec
+
+STORE_FILE = "results.sqlite"
+
+
+def result_key(*parts: Any) -> str:
+    """A stable key over JSON-able parts."""
+    blob = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class ResultStore:
+    """Key -> JSON value, shared by the step processes of one output directory."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.path = Path(directory) / STORE_FILE
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        with self._connect() as db:
+            db.execute("CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS usage (step TEXT PRIMARY KEY, reused INTEGER NOT NULL, computed INTEGER NOT NULL)"
+            )
+
+    def _connect(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable against process kills
+            self._local.db = db
+        return db
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        db = self._connect()
+        for start in range(0, len(keys), 500):
+            chunk = list(keys[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            for key, value in db.execute(f"SELECT key, value FROM results WHERE key IN ({marks})", chunk):
+                found[key] = json.loads(value)
+        return found
+
+    def put_many(self, items: Iterable[tuple[str, Any]]) -> None:
+        rows = [(key, json.dumps(value)) for key, value in items]
+        if not rows:
+            return
+        db = self._connect()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany("INSERT OR REPLACE INTO results (key, value) VALUES (?, ?)", rows)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def count_usage(self, step: str, reused: int, computed: int) -> None:
+        self._connect().execute(
+            "INSERT INTO usage (step, reused, computed) VALUES (?, ?, ?) ON CONFLICT(step) DO UPDATE SET "
+            "reused = reused + excluded.reused, computed = computed + excluded.computed",
+            (step, reused, computed),
+        )
+
+    def reset_usage(self) -> None:
+        self._connect().execute("DELETE FROM usage")
+
+    def usage(self) -> dict[str, dict[str, int]]:
+        rows = self._connect().execute("SELECT step, reused, computed FROM usage ORDER BY step")
+        return {step: {"reused": reused, "computed": computed} for step, reused, computed in rows}
+
+    def __len__(self) -> int:
+        return self._connect().execute("SELECT COUNT(*) FROM results").fetchone()[0]
+
+
+def cached_map(
+    store: ResultStore | None,
+    step: str,
+    keys: Sequence[str],
+    compute: Callable[[list[int]], list[Any]],
+    storable: Callable[[Any], bool] = lambda _: True,
+) -> list[Any]:
+    """Values for ``keys``: stored ones read back, the rest computed (by index) and stored.
+
+    ``compute`` receives the indices of the missing keys and returns their values in
+    that order. Values ``storable`` rejects (transient failures) are returned but not
+    stored, so a rerun tries them again.
+    """
+    if store is None:
+        return compute(list(range(len(keys))))
+    found = store.get_many(keys)
+    missing = [i for i, key in enumerate(keys) if key not in found]
+    values = compute(missing) if missing else []
+    store.put_many((keys[i], value) for i, value in zip(missing, values) if storable(value))
+    store.count_usage(step, reused=len(keys) - len(missing), computed=len(missing))
+    by_index = dict(zip(missing, values))
+    return [by_index[i] if i in by_index else found[key] for i, key in enumerate(keys)]
+
+
+def cached_complete(
+    store: ResultStore | None,
+    step: str,
+    version: str,
+    llm: CompletionLLM,
+    prompts: list[PromptInput],
+    specs: list[SamplingSpec],
+) -> list[list[Completion]]:
+    """``llm.complete`` through the store; failed completions are not stored."""
+    keys = [
+        result_key("complete", version, llm.model_name, list(p.token_ids), spec.as_config(), spec.json_schema)
+        for p, spec in zip(prompts, specs)
+    ]
+
+    def compute(indices: list[int]) -> list[list[dict[str, Any]]]:
+        done = llm.complete([prompts[i] for i in indices], [specs[i] for i in indices])
+        return [[asdict(c) for c in completions] for completions in done]
+
+    def storable(value: list[dict[str, Any]]) -> bool:
+        return all(c["finish_reason"] != "error" for c in value)
+
+    values = cached_map(store, step, keys, compute, storable)
+    return [[Completion(**c) for c in completions] for completions in values]
