@@ -40,7 +40,7 @@ class PushToArgillaReview(Step):
         - instruction (`str`), chosen / rejected (`list[dict]`): the pair.
         - responses (`list[str]`), rewards_armorm (`list[dict]`), chosen_index / rejected_index
           (`int`), chosen_score / rejected_score / score_margin (`float`): shown to reviewers.
-        - optional tags: task_category, difficulty, input_quality, language, instruct_reward,
+        - optional tags: task_category, difficulty, input_quality, language,
           gen_input_configs, gen_response_configs (become metadata when present).
 
     Output columns:
@@ -71,7 +71,7 @@ class PushToArgillaReview(Step):
     def inputs(self) -> "StepColumns":
         required = ["uuid", "instruction", "chosen", "rejected", "responses", "rewards_armorm"]
         required += ["chosen_index", "rejected_index", "chosen_score", "rejected_score", "score_margin"]
-        optional = ["task_category", "difficulty", "input_quality", "language", "instruct_reward"]
+        optional = ["task_category", "difficulty", "input_quality", "language"]
         optional += ["gen_input_configs", "gen_response_configs"]
         return {**{name: True for name in required}, **{name: False for name in optional}}
 

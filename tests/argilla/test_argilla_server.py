@@ -76,7 +76,7 @@ def test_create_dataset_with_review_settings_and_suggestions(argilla_env, datase
     assert all(text in first.fields["all_responses"] for text in rows[0]["responses"])
     assert first.metadata["score_margin"] == pytest.approx(rows[0]["score_margin"])
     assert first.metadata["task_category"] == rows[0]["task_category"]
-    assert first.metadata["response_generator"] == "tiny/llama-3.1-70b-instruct"
+    assert first.metadata["generator_model"] == "tiny/llama-3.1-70b-instruct"
     suggestion = first.suggestions["preference"]
     assert suggestion.value == "chosen" and suggestion.agent == rd.DEFAULT_REWARD_AGENT
     assert records[rows[4]["uuid"]].suggestions["preference"].value == "tie"

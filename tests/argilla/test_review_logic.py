@@ -27,8 +27,7 @@ def test_record_payload_maps_row_to_fields_metadata_and_suggestion(make_dpo_row)
     assert payload.metadata["chosen_score"] == 0.125
     assert payload.metadata["score_margin"] == pytest.approx(0.035)
     assert payload.metadata["task_category"] == row["task_category"]
-    assert payload.metadata["response_generator"] == "tiny/llama-3.1-70b-instruct"
-    assert payload.metadata["instruction_generator"] == "tiny/llama-3.1-instruct"
+    assert payload.metadata["generator_model"] == "tiny/llama-3.1-70b-instruct"
     assert payload.suggested_preference == "chosen"
     assert payload.suggestion_agent == rd.DEFAULT_REWARD_AGENT
 
@@ -37,14 +36,14 @@ def test_equal_scores_suggest_a_tie_and_missing_tags_are_left_out(make_dpo_row):
     row = make_dpo_row(0, scores=[0.1] * 5)
     for tag in ("task_category", "difficulty", "input_quality", "language", "instruct_reward"):
         del row[tag]
+    del row["gen_response_configs"]["output_generator"]
     payload = rd.record_payload(row)
     assert payload.suggested_preference == "tie"
-    assert set(payload.metadata) == {
-        "chosen_score",
-        "rejected_score",
-        "score_margin",
-        "response_generator",
-        "instruction_generator",
+    assert payload.metadata == {
+        "chosen_score": 0.1,
+        "rejected_score": 0.1,
+        "score_margin": 0.0,
+        "generator_model": "tiny/llama-3.1-instruct",
     }
 
 
