@@ -14,8 +14,9 @@ What it adds around the server, and nothing else:
   implement, such as the INFO that rq sends, and the next enqueue then fails at random.)
 * Search: ``memory_search_engine`` registered in the server's search-engine registry and selected
   with ``ARGILLA_SEARCH_ENGINE=memory``.
-* Database: SQLite under ``--home``, migrated to head, plus the default owner user with the API key
-  taken from the environment (never from argv, so it does not show up in ``ps``).
+* Database: SQLite under ``--home``, migrated to head, plus the default owner user ``argilla`` with
+  the API key (and optionally the UI password) taken from the environment, never from argv, so
+  they do not show up in ``ps``. On start-up the in-memory index is rebuilt from the database.
 
 ``--port 0`` lets the OS pick a free port; the socket is bound here and handed to uvicorn, so there
 is no window in which another process can take it. The chosen port is written to ``--port-file``
@@ -35,6 +36,7 @@ import time
 from pathlib import Path
 
 API_KEY_ENV = "MAGPIE_ARGILLA_SERVER_API_KEY"
+PASSWORD_ENV = "MAGPIE_ARGILLA_SERVER_PASSWORD"
 LOOPBACK = "127.0.0.1"
 
 
@@ -116,10 +118,16 @@ def serve(home: Path, redis_url: str, api_key: str, port: int, port_file: Path |
     import uvicorn
     from argilla_server.cli.database.migrate import migrate_db
     from argilla_server.cli.database.users.create_default import create_default
+    from argilla_server.cli.search_engine.reindex import reindex
 
     migrate_db(revision="head")
-    # A random password: nobody logs in through the UI with it, and the server warns about defaults.
-    create_default(api_key=api_key, password=secrets.token_urlsafe(16), quiet=True)
+    # Tests get a random password (nobody logs in to the UI, and the server warns about defaults);
+    # a person reviewing in the browser sets MAGPIE_ARGILLA_SERVER_PASSWORD (user "argilla").
+    password = os.environ.get(PASSWORD_ENV) or secrets.token_urlsafe(16)
+    create_default(api_key=api_key, password=password, quiet=True)
+    # The in-memory index starts empty while SQLite keeps datasets across restarts: rebuild it
+    # with the server's own reindex command so a restarted server searches what it stores.
+    reindex(dataset_id=None)
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
