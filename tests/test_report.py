@@ -242,6 +242,38 @@ def test_license_follows_the_generating_models() -> None:
     assert lic == "other" and "llama3.1" in note and "gemma" in note
 
 
+def test_push_keeps_card_metadata_and_body(tagged_output: Path, tmp_path: Path) -> None:
+    """``push_to_hub`` uploads the card first; datasets' push then updates it in place.
+
+    Runs the function ``DatasetDict.push_to_hub`` uses to rewrite the repo's README.md
+    against a local copy of the repo: our license, tags and body must survive, and only
+    ``configs`` / ``dataset_info`` may change.
+    """
+    from datasets.arrow_dataset import _get_updated_dataset_card
+    from datasets.splits import SplitInfo
+    from fsspec.implementations.dirfs import DirFileSystem
+    from fsspec.implementations.local import LocalFileSystem
+    from huggingface_hub import DatasetCard
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    shutil.copy(tagged_output / "README.md", repo / "README.md")
+    pairs = report.load_output(tagged_output).pairs
+    new_card, _ = _get_updated_dataset_card(
+        fs=DirFileSystem(path=str(repo), fs=LocalFileSystem()), config_name="default",
+        splits_info=[SplitInfo(name=name, num_bytes=1000, num_examples=len(split)) for name, split in pairs.items()],
+        features=pairs["train"].features, data_dir="data", set_default=None,
+        uploaded_sizes=[500] * len(pairs), deleted_sizes=[], remove_other_splits=True,
+    )
+    ours = DatasetCard.load(tagged_output / "README.md")
+    assert new_card.text == ours.text
+    before, after = ours.data.to_dict(), new_card.data.to_dict()
+    changed = {key for key in before.keys() | after.keys() if before.get(key) != after.get(key)}
+    assert changed <= {"dataset_info"}, changed
+    assert after["configs"] == before["configs"]
+    assert after["dataset_info"]["features"] == before["dataset_info"]["features"]
+
+
 def test_card_passes_hub_validation_when_online(tagged_output: Path) -> None:
     """The Hub's own YAML validation; it needs huggingface.co, so it is skipped offline."""
     import requests
@@ -252,6 +284,21 @@ def test_card_passes_hub_validation_when_online(tagged_output: Path) -> None:
     except requests.RequestException as exc:
         pytest.skip(f"huggingface.co unreachable, Hub-side validation not run ({exc.__class__.__name__})")
     DatasetCard.load(tagged_output / "README.md").validate()  # ValueError on a rejected card
+
+
+def test_assistant_lengths_match_python_on_chunked_sliced_data() -> None:
+    """Response lengths are read from Arrow chunks; they must equal the plain-Python count."""
+    from datasets import Dataset, concatenate_datasets
+
+    def convo(i: int) -> list[dict[str, str]]:
+        return [{"role": "user", "content": "q" * i}, {"role": "assistant", "content": "é" * (3 * i + 1)}]
+
+    parts = [Dataset.from_list([{"chosen": convo(i)} for i in range(k, k + 7)]) for k in (0, 10, 20)]
+    # A contiguous select slices the Arrow table: chunks that start and end mid-way.
+    ds = concatenate_datasets(parts).select(range(2, 19))
+    assert ds._indices is None and len(ds.data.column("chosen").chunks) == 3
+    assert report._assistant_lengths(ds, "chosen") == [len(row[-1]["content"]) for row in ds["chosen"]]
+    assert report._assistant_lengths(ds, "rejected") is None
 
 
 # --------------------------------------------------------------------------- report (static)
@@ -548,6 +595,12 @@ def test_chromium_harness_catches_broken_pages(chromium: str, tmp_path: Path) ->
 
 
 # --------------------------------------------------------------------------- a real run
+
+
+@pytest.mark.slow
+def test_run_writes_card_and_report(smoke_output: Path) -> None:
+    """``run_recipe`` writes both files at the end of a run."""
+    assert (smoke_output / "README.md").is_file() and (smoke_output / "report.html").is_file()
 
 
 @pytest.mark.slow
