@@ -79,10 +79,11 @@ def clean_query(raw: str | None, rules: CleaningRules = CleaningRules()) -> Clea
         actions.append("strip_quotes")
         text = text[1:-1].strip()
 
-    return CleanResult(text, tuple(actions), _unusable_reason(text, rules))
+    return CleanResult(text, tuple(actions), unusable_reason(text, rules))
 
 
-def _unusable_reason(text: str, rules: CleaningRules) -> str | None:
+def unusable_reason(text: str, rules: CleaningRules = CleaningRules()) -> str | None:
+    """Why a (cleaned) query cannot be used, or None."""
     if not text:
         return "empty"
     if len(text) < rules.min_chars:

@@ -158,6 +158,10 @@ class RecipeConfig(_Section):
     """The whole Magpie DPO recipe."""
 
     seed: int = Field(42, description="Run seed: every row's sampling seed and the split derive from it.")
+    instructions: str | None = Field(
+        None, description="Start from this instruction set (dataset dir, .jsonl/.json/.parquet/.csv, hub id) "
+        "instead of generating queries."
+    )
     generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
     responses: ResponsesConfig = Field(default_factory=ResponsesConfig)
     reward: RewardConfig = Field(default_factory=RewardConfig)
@@ -212,6 +216,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 # Short flags for the knobs people touch most: alias -> dotted field path.
 ALIASES: dict[str, str] = {
     "--output-dir": "output.dir",
+    "--instructions": "instructions",
     "--backend": "backend.kind",
     "--base-url": "backend.base_urls",
     "--push-to-hub": "output.push_to_hub",
@@ -289,7 +294,7 @@ def resolve(args: argparse.Namespace) -> RecipeConfig:
             value: Any = [u.strip() for u in str(raw).split(",") if u.strip()]
         elif isinstance(raw, bool):
             value = raw
-        elif path.endswith(("model", "dir", "system_prompt", "push_to_hub")):
+        elif path.endswith(("model", "dir", "system_prompt", "push_to_hub", "instructions")):
             value = raw  # strings stay strings ("null" is not None here)
         else:
             value = _parse_value(raw)

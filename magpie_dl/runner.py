@@ -116,6 +116,8 @@ def main_for(build: Callable[[RecipeConfig], Pipeline], description: str, argv: 
         if args.preset == "smoke":
             _ensure_tiny_models()
         cfg = resolve(args)
+        if cfg.instructions:
+            _check_instructions(cfg.instructions)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -136,6 +138,16 @@ def main_for(build: Callable[[RecipeConfig], Pipeline], description: str, argv: 
     print(f"  stored results reused: {reused or 'none'}")
     print(f"  wall time: {time.perf_counter() - started:.1f}s")
     return 0
+
+
+def _check_instructions(source: str) -> None:
+    """Read the instruction set once up front, so a bad source fails before models load."""
+    from magpie_dl.inputs import InstructionSourceError, load_instructions
+
+    try:
+        load_instructions(source)
+    except InstructionSourceError as exc:
+        raise ConfigError(f"--instructions: {exc}") from None
 
 
 def _ensure_tiny_models() -> None:

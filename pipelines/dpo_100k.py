@@ -15,37 +15,46 @@ from magpie_dl.backends import make_backend  # noqa: E402  (first: it quiets dis
 from distilabel.pipeline import Pipeline  # noqa: E402
 from magpie_dl.config import RecipeConfig  # noqa: E402
 from magpie_dl.runner import main_for  # noqa: E402
+from steps.instructions import LoadInstructions  # noqa: E402
 from steps.magpie import MagpieGenerator  # noqa: E402
 from steps.pairing import BestWorstPairing  # noqa: E402
 from steps.responses import MultiResponseGeneration  # noqa: E402
 from steps.reward import RewardScoring  # noqa: E402
 
 
+def query_source(cfg: RecipeConfig, stored: dict) -> MagpieGenerator | LoadInstructions:
+    """Magpie queries from the generator model, or an existing (curated) instruction set."""
+    gen = cfg.generator
+    if cfg.instructions:
+        return LoadInstructions(name="instructions", source=cfg.instructions, batch_size=gen.batch_size)
+    return MagpieGenerator(
+        name="magpie_generator",
+        llm=make_backend(cfg.backend, gen.model, cfg.seed),
+        family=gen.family,
+        num_rows=gen.num_instructions,
+        batch_size=gen.batch_size,
+        system_prompt=gen.system_prompt,
+        control_task=gen.control_task,
+        ban_first_token_markdown=gen.ban_first_token_markdown,
+        temperature=gen.temperature,
+        top_p=gen.top_p,
+        max_tokens=gen.max_tokens,
+        seed=cfg.seed,
+        **stored,
+    )
+
+
 def build_pipeline(cfg: RecipeConfig) -> Pipeline:
-    """Magpie generator >> multi-generation >> reward scoring >> best/worst pairing."""
-    gen, resp, rm = cfg.generator, cfg.responses, cfg.reward
+    """Magpie queries >> multi-generation >> reward scoring >> best/worst pairing."""
+    resp, rm = cfg.responses, cfg.reward
     stored = {"cache_dir": str(cfg.cache_dir)}
     with Pipeline(name="magpie-dpo-100k", description=__doc__) as pipeline:
-        queries = MagpieGenerator(
-            name="magpie_generator",
-            llm=make_backend(cfg.backend, gen.model, cfg.seed),
-            family=gen.family,
-            num_rows=gen.num_instructions,
-            batch_size=gen.batch_size,
-            system_prompt=gen.system_prompt,
-            control_task=gen.control_task,
-            ban_first_token_markdown=gen.ban_first_token_markdown,
-            temperature=gen.temperature,
-            top_p=gen.top_p,
-            max_tokens=gen.max_tokens,
-            seed=cfg.seed,
-            **stored,
-        )
+        queries = query_source(cfg, stored)
         responses = MultiResponseGeneration(
             name="responses",
             llm=make_backend(cfg.backend, cfg.response_model, cfg.seed),
             engine=cfg.backend.kind,
-            family=gen.family,
+            family=cfg.generator.family,
             num_generations=resp.num_generations,
             prompt_style=resp.prompt_style,
             input_batch_size=resp.batch_size,
