@@ -241,6 +241,10 @@ class VLLMBackend(CompletionLLM, CudaDevicePlacementMixin):
                 use_tqdm=False,
             )
             for i, output in zip(batch, outputs):
+                # The engine reports the ids it conditioned on; any rewrite (an added BOS)
+                # would silently change every sample, so it is a hard error.
+                if list(output.prompt_token_ids or ()) != list(prompts[i].token_ids):
+                    raise RuntimeError(f"vLLM changed prompt {i}'s token ids (a template or BOS was added)")
                 results[i] = _completions(output)
         return [r for r in results if r is not None]
 

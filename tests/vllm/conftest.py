@@ -1,0 +1,104 @@
+"""Fixtures of the vllm tier: one real CPU engine and one real `vllm serve` per session.
+
+Run with ``.venv-vllm/bin/python -m pytest tests/vllm`` (``scripts/setup_vllm_env.sh``
+builds that venv). From an interpreter without vLLM the tier is skipped only when
+``.venv-vllm`` does not exist; if it exists the tests fail with the command to use.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+VENV_VLLM = REPO / ".venv-vllm"
+HAS_VLLM = importlib.util.find_spec("vllm") is not None
+
+# A small KV cache keeps each engine near 3 GB on a shared 2-core machine.
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
+from serving_helpers import (
+    API_KEY,
+    MAX_MODEL_LEN,
+    STRUCTURED_OUTPUTS_CONFIG,
+    free_port,
+    server_command,
+    stop_process,
+    wait_for_http,
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if here not in Path(str(item.fspath)).parents:
+            continue
+        item.add_marker(pytest.mark.vllm)
+        if HAS_VLLM:
+            continue
+        if not VENV_VLLM.exists():
+            item.add_marker(pytest.mark.skip(reason="no .venv-vllm: run scripts/setup_vllm_env.sh"))
+
+
+@pytest.fixture(autouse=True)
+def _needs_vllm() -> None:
+    """With .venv-vllm present, running this tier from another interpreter is a mistake."""
+    if not HAS_VLLM:
+        pytest.fail(f"vLLM is not importable here: run {VENV_VLLM}/bin/python -m pytest tests/vllm")
+
+
+@pytest.fixture(scope="session")
+def tiny_generator(tiny_models: dict[str, str]) -> Path:
+    """The tiny Llama-3.1-style generator (built by the root conftest if absent)."""
+    return Path(tiny_models["generator"])
+
+
+@pytest.fixture(scope="session")
+def engine(tiny_generator: Path) -> Iterator:
+    """One real vLLM engine (CPU build, V1 model runner) for the whole session."""
+    from magpie_dl.backends.vllm import VLLMBackend
+
+    backend = VLLMBackend(
+        model=str(tiny_generator),
+        dtype="float32",
+        max_model_len=MAX_MODEL_LEN,
+        engine_kwargs={"structured_outputs_config": STRUCTURED_OUTPUTS_CONFIG},
+    )
+    backend.load()
+    yield backend
+    backend.unload()
+
+
+@pytest.fixture(scope="session")
+def server(tiny_generator: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real `vllm serve` on 127.0.0.1 (its root URL), with the ban processor and an API key."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("server") / "vllm_serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            server_command(tiny_generator, port),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            start_new_session=True,  # its own process group, so teardown stops its children too
+            env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ["VLLM_CPU_KVCACHE_SPACE"]},
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{url}/v1/models", proc, timeout=300, log=log)
+        yield url
+    finally:
+        stop_process(proc)
+
+
+@pytest.fixture()
+def api_key(monkeypatch: pytest.MonkeyPatch) -> str:
+    """The server's key in the env var the OpenAI backend reads."""
+    monkeypatch.setenv("MAGPIE_DL_API_KEY", API_KEY)
+    return API_KEY

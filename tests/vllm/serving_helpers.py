@@ -1,0 +1,165 @@
+"""Helpers of the vllm tier: starting / stopping `vllm serve`, and a test proxy.
+
+The proxy: a counting, fault-injecting HTTP server on 127.0.0.1 in front of a real `vllm serve`.
+
+Two proxies make two distinct endpoints for one server (spreading is then observable per
+endpoint), and scripted faults (HTTP 503, a dropped connection) exercise the client's
+retries against real traffic. Test-only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Literal
+
+import httpx
+
+Fault = Literal["503", "drop"]
+
+MAX_MODEL_LEN = 1024
+# A tiny model pads JSON with whitespace until max_tokens without disable_any_whitespace.
+STRUCTURED_OUTPUTS_CONFIG = {"backend": "xgrammar", "disable_any_whitespace": True}
+API_KEY = "magpie-dl-test-key"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_http(url: str, proc: subprocess.Popen | None, timeout: float, log: Path | None = None) -> None:
+    """Poll ``url`` until it answers 200 (the process dying or the timeout is a failure)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text()[-3000:] if log else ""
+            raise RuntimeError(f"server exited with {proc.returncode} before answering:\n{tail}")
+        try:
+            if httpx.get(url, timeout=2.0, headers={"Authorization": f"Bearer {API_KEY}"}).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1.0)
+    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
+
+
+def stop_process(proc: subprocess.Popen, grace: float = 30.0) -> None:
+    """SIGTERM the process group we started, SIGKILL it if it lingers."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+def server_command(model: Path, port: int) -> list[str]:
+    """`vllm serve` as this CPU build runs it (its console script is broken: FIELD_NOTES §3)."""
+    from magpie_dl.backends.first_token_ban import FIRST_TOKEN_BAN_V1_FQCN
+
+    return [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", str(model),
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--dtype", "float32",
+        "--max-model-len", str(MAX_MODEL_LEN),
+        "--seed", "0",
+        "--no-enable-chunked-prefill",
+        "--logits-processors", FIRST_TOKEN_BAN_V1_FQCN,
+        "--structured-outputs-config", json.dumps(STRUCTURED_OUTPUTS_CONFIG),
+        "--api-key", API_KEY,
+    ]  # fmt: skip
+
+
+class Proxy:
+    """Forwards every request to ``upstream``; ``faults`` are consumed one per request first."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream.rstrip("/")
+        self.counts: Counter[str] = Counter()  # path -> requests seen (faulted ones included)
+        self.faults: list[Fault] = []
+        self.faults_served = 0
+        self._lock = threading.Lock()
+        self._client = httpx.Client(timeout=600)
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def __enter__(self) -> Proxy:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._client.close()
+
+    def completions_seen(self) -> int:
+        return self.counts["/v1/completions"] + self.counts["/v1/chat/completions"]
+
+    def _next_fault(self, path: str) -> Fault | None:
+        with self._lock:
+            self.counts[path] += 1
+            if self.faults and path != "/v1/models":
+                self.faults_served += 1
+                return self.faults.pop(0)
+            return None
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:  # keep test output quiet
+                pass
+
+            def _forward(self, method: str) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                fault = proxy._next_fault(self.path)
+                if fault == "drop":
+                    # Close without a response: the client sees a dropped connection.
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                    return
+                if fault == "503":
+                    self._reply(503, b'{"error": "injected by the test proxy"}')
+                    return
+                headers = {k: v for k, v in self.headers.items() if k.lower() in ("authorization", "content-type")}
+                upstream = proxy._client.request(method, proxy.upstream + self.path, content=body, headers=headers)
+                self._reply(upstream.status_code, upstream.content)
+
+            def _reply(self, status: int, content: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(content)))
+                self.end_headers()
+                self.wfile.write(content)
+
+            def do_GET(self) -> None:
+                self._forward("GET")
+
+            def do_POST(self) -> None:
+                self._forward("POST")
+
+        return Handler
