@@ -326,7 +326,10 @@ def get_or_create_dataset(
             if not error.transient or attempt == retry.attempts:
                 raise
             logger.warning(
-                "Argilla dataset creation failed, retry %d/%d in %.1fs", attempt, retry.attempts - 1, retry.delay(attempt)
+                "Argilla dataset creation failed, retry %d/%d in %.1fs",
+                attempt,
+                retry.attempts - 1,
+                retry.delay(attempt),
             )
             time.sleep(retry.delay(attempt))
     raise AssertionError("unreachable")  # pragma: no cover
@@ -656,7 +659,9 @@ class PullReport:
             detail = ", ".join(f"{action} {n}" for action, n in sorted(counts.items()))
             lines.append(f"{split}: {kept} kept of {sum(counts.values())} ({detail})")
         if self.conflicting_corrections:
-            lines.append(f"records whose reviewers wrote different corrections (ignored): {self.conflicting_corrections}")
+            lines.append(
+                f"records whose reviewers wrote different corrections (ignored): {self.conflicting_corrections}"
+            )
         if self.unmatched_records:
             lines.append(f"Argilla records with no row in the local dataset: {self.unmatched_records}")
         return "\n".join(lines)
@@ -734,7 +739,9 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--input", required=True, type=Path, help="DPO dataset saved with save_to_disk")
         sub.add_argument("--dataset-name", required=True, help="Argilla dataset name")
         sub.add_argument("--workspace", default=None, help="Argilla workspace (default: the user's first)")
-    push.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help=f"records per request (max {MAX_BATCH_SIZE})")
+    push.add_argument(
+        "--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help=f"records per request (max {MAX_BATCH_SIZE})"
+    )
     pull.add_argument("--output", required=True, type=Path, help="where to save the reviewed DatasetDict")
     pull.add_argument("--ties", choices=("drop", "keep"), default="drop", help="what to do with pairs judged a tie")
     pull.add_argument("--drop-unreviewed", action="store_true", help="keep only pairs someone reviewed")

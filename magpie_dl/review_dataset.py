@@ -184,7 +184,8 @@ def _score(value: Any) -> Optional[float]:
 
 def reward_scores(row: Mapping[str, Any]) -> List[Optional[float]]:
     """Per-response reward scores from ``rewards_armorm`` ([{"score": x}, ...])."""
-    return [_score(entry.get("score") if isinstance(entry, Mapping) else entry) for entry in row.get("rewards_armorm") or []]
+    entries = row.get("rewards_armorm") or []
+    return [_score(entry.get("score") if isinstance(entry, Mapping) else entry) for entry in entries]
 
 
 def render_all_responses(row: Mapping[str, Any]) -> str:
@@ -194,7 +195,7 @@ def render_all_responses(row: Mapping[str, Any]) -> str:
     blocks = []
     for index, text in enumerate(row.get("responses") or []):
         score = scores[index] if index < len(scores) else None
-        header = f"**Response {index + 1}** · score {score:.4g}" if score is not None else f"**Response {index + 1}** · no score"
+        header = f"**Response {index + 1}** · " + (f"score {score:.4g}" if score is not None else "no score")
         if index == chosen_index:
             header += " · **chosen**"
         if index == rejected_index:

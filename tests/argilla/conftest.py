@@ -112,9 +112,6 @@ class ArgillaServer:
     log_path: Path
     startup_s: float
 
-    def log_tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
 
 def _ensure_server_venv() -> Path:
     python = SERVER_VENV / "bin" / "python"
@@ -128,7 +125,8 @@ def _wait_ready(process: subprocess.Popen, port_file: Path, log_path: Path) -> s
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            pytest.fail(f"argilla server exited with {process.returncode}:\n{log_path.read_text()[-4000:]}", pytrace=False)
+            log_tail = log_path.read_text()[-4000:]
+            pytest.fail(f"argilla server exited with {process.returncode}:\n{log_tail}", pytrace=False)
         if port_file.exists():
             url = f"http://127.0.0.1:{port_file.read_text().strip()}"
             try:

@@ -151,7 +151,9 @@ def test_unreachable_server_fails_fast_with_a_clean_error(caplog, make_dpo_row):
     assert caplog.text.count("retry") == FAST_RETRY.attempts - 1
 
 
-def test_wrong_api_key_is_rejected_without_leaking_it(argilla_server, dataset_name, caplog, capsys, monkeypatch, tmp_path, make_dpo_row):
+def test_wrong_api_key_is_rejected_without_leaking_it(
+    argilla_server, dataset_name, caplog, capsys, monkeypatch, tmp_path, make_dpo_row
+):
     wrong = "wrong-key-0123456789abcdef"
     caplog.set_level(logging.DEBUG)
     with pytest.raises(review.ReviewError) as caught:
@@ -187,7 +189,10 @@ def _reviewers(client, names: List[str]):
     users = []
     for name in names:
         user = rg.User(
-            username=f"{name}-{secrets.token_hex(3)}", password=secrets.token_urlsafe(12), role="annotator", client=client
+            username=f"{name}-{secrets.token_hex(3)}",
+            password=secrets.token_urlsafe(12),
+            role="annotator",
+            client=client,
         ).create()
         user.add_to_workspace(workspace)
         users.append(user)
@@ -283,6 +288,13 @@ def test_distilabel_step_pushes_and_marks_rows_without_serialising_secrets(argil
     dumped = repr(step.dump())
     assert argilla_env.api_key not in dumped and argilla_env.url not in dumped
     assert "records_batch_size" in dumped and dataset_name in dumped
+
+    # A push that fails after load (here: the dataset was deleted meanwhile) marks the rows
+    # instead of crashing the batch, and the rows pass on unchanged.
+    _owner_client(argilla_env).datasets(name=dataset_name).delete()
+    out = next(step.process([dict(row) for row in rows]))
+    assert [row["argilla_pushed"] for row in out] == [False, False, False]
+    assert {k: out[0][k] for k in rows[0]} == rows[0]
     step.unload()
 
 
@@ -329,7 +341,8 @@ def test_search_engine_plugin_serves_the_queries_the_review_ui_sends(argilla_env
     }
     assert set(found) == expected and total == len(expected) > 0
 
-    tie = {"type": "terms", "scope": {"entity": "suggestion", "question": "preference", "property": "value"}, "values": ["tie"]}
+    suggested = {"entity": "suggestion", "question": "preference", "property": "value"}
+    tie = {"type": "terms", "scope": suggested, "values": ["tie"]}
     assert search({"filters": {"and": [tie]}}) == ([uuids[11]], 1)
 
     def by_status(status: str) -> set:
