@@ -252,7 +252,8 @@ def license_for(models: Iterable[str]) -> tuple[str, str | None]:
     unknown = sorted(m for m, lic in found.items() if not lic)
     if unknown:
         return "other", f"the license of the text written by {', '.join(unknown)} is not known to this tool; set it by hand"
-    return "other", "the generating models have different licenses: " + ", ".join(f"{m} ({lic})" for m, lic in sorted(found.items()))
+    listed = ", ".join(f"{m} ({lic})" for m, lic in sorted(found.items()))
+    return "other", f"the generating models have different licenses: {listed}"
 
 
 def languages_of(run: RunOutput) -> tuple[list[str], str | None]:
@@ -326,7 +327,7 @@ def chosen_longer_share(run: RunOutput) -> float | None:
     chosen, rejected = run.assistant_lengths("chosen"), run.assistant_lengths("rejected")
     if not chosen or len(chosen) != len(rejected):
         return None
-    return sum(c > r for c, r in zip(chosen, rejected)) / len(chosen)
+    return sum(c > r for c, r in zip(chosen, rejected, strict=True)) / len(chosen)
 
 
 def stage_counts(summary: Mapping[str, Any]) -> list[tuple[str, int, str]]:
@@ -412,7 +413,8 @@ def card_metadata(run: RunOutput, license: str | None = None, pretty_name: str |
         split_dict = SplitDict()
         for name, split in run.pairs.items():
             split_dict.add(SplitInfo(name=name, num_bytes=int(split.data.nbytes), num_examples=len(split)))
-        info = DatasetInfo(features=first.features, splits=split_dict, dataset_size=sum(int(s.data.nbytes) for s in run.pairs.values()))
+        size = sum(int(s.data.nbytes) for s in run.pairs.values())
+        info = DatasetInfo(features=first.features, splits=split_dict, dataset_size=size)
         DatasetInfosDict({"default": info}).to_dataset_card_data(data)
     return data.to_dict()
 
@@ -529,13 +531,15 @@ def recipe_steps(cfg: Mapping[str, Any]) -> list[str]:
     )
     ban = ", markdown heading tokens banned at the first position" if gen.get("ban_first_token_markdown") else ""
     return [
-        f"**Instructions**: `{models['instructions']}` continues its own pre-query template (family `{gen.get('family', 'auto')}`, "
-        f"{system}) {gen.get('num_instructions', '?')} times at temperature {gen.get('temperature')}, top_p {gen.get('top_p')}, "
-        f"max_tokens {gen.get('max_tokens')}{ban}; each query is cleaned (`raw_instruction` keeps the original) and exact duplicates are marked.",
+        f"**Instructions**: `{models['instructions']}` continues its own pre-query template "
+        f"(family `{gen.get('family', 'auto')}`, {system}) {gen.get('num_instructions', '?')} times at temperature "
+        f"{gen.get('temperature')}, top_p {gen.get('top_p')}, max_tokens {gen.get('max_tokens')}{ban}; each query is "
+        "cleaned (`raw_instruction` keeps the original) and exact duplicates are marked.",
         f"**Responses**: `{models['responses']}` answers each usable query {resp.get('num_generations')} times "
         f"(temperature {resp.get('temperature')}, top_p {resp.get('top_p')}, max_tokens {resp.get('max_tokens')}, "
         f"prompt style `{resp.get('prompt_style')}`) on the `{backend.get('kind')}` backend.",
-        f"**Scores**: `{models['reward']}` scores every (instruction, response) pair, inputs cut at {rew.get('max_length')} tokens.",
+        f"**Scores**: `{models['reward']}` scores every (instruction, response) pair, "
+        f"inputs cut at {rew.get('max_length')} tokens.",
         "**Pairs**: among usable responses (non-empty, finished, scored) the highest score is `chosen` and the lowest "
         f"`rejected`; rows with fewer than two usable responses, all scores tied, or a margin below "
         f"{(cfg.get('pairing') or {}).get('min_margin', 0.0)} are left out with the reason.",
@@ -649,7 +653,8 @@ def _before_after(key: str, title: str, caption: str, column: str, run: RunOutpu
 
     after_values = run.pair_column(column)
     if after_values is None:
-        return Plot(key, title, caption, note=f"The dataset has no `{column}` column (the run did not tag it), so there is nothing to plot.")
+        note = f"The dataset has no `{column}` column (the run did not tag it), so there is nothing to plot."
+        return Plot(key, title, caption, note=note)
     before = Counter(MISSING if v is None else str(v) for v in run.all_column(column) or [])
     after = Counter(MISSING if v is None else str(v) for v in after_values)
     if not before:
@@ -659,8 +664,10 @@ def _before_after(key: str, title: str, caption: str, column: str, run: RunOutpu
     n_before, n_after = sum(before.values()), sum(after.values())
     y = np.arange(len(labels))
     fig, ax = _figure(6.4, max(2.4, 0.45 * len(labels) + 1.2))
-    ax.barh(y - 0.2, [100 * before[v] / n_before for v in labels], 0.4, color=BEFORE_COLOR, label=f"all instructions (n={n_before})")
-    ax.barh(y + 0.2, [100 * after[v] / n_after if n_after else 0 for v in labels], 0.4, color=AFTER_COLOR, label=f"kept pairs (n={n_after})")
+    before_pct = [100 * before[v] / n_before for v in labels]
+    after_pct = [100 * after[v] / n_after if n_after else 0 for v in labels]
+    ax.barh(y - 0.2, before_pct, 0.4, color=BEFORE_COLOR, label=f"all instructions (n={n_before})")
+    ax.barh(y + 0.2, after_pct, 0.4, color=AFTER_COLOR, label=f"kept pairs (n={n_after})")
     ax.set_yticks(y, labels)
     ax.invert_yaxis()
     ax.set_xlabel("% of rows")
@@ -674,16 +681,22 @@ def make_plots(run: RunOutput) -> list[Plot]:
     chosen = [float(v) for v in run.pair_column("chosen_score") or [] if v is not None]
     rejected = [float(v) for v in run.pair_column("rejected_score") or [] if v is not None]
     margins = [float(v) for v in run.pair_column("score_margin") or [] if v is not None]
+    chosen_chars = [float(n) for n in run.assistant_lengths("chosen")]
+    rejected_chars = [float(n) for n in run.assistant_lengths("rejected")]
     return [
-        _overlaid_histogram("scores", "Chosen vs rejected scores", "Reward of the chosen and of the rejected answer of each kept pair.",
+        _overlaid_histogram("scores", "Chosen vs rejected scores",
+                            "Reward of the chosen and of the rejected answer of each kept pair.",
                             "reward score", chosen, rejected),
         _histogram("margin", "Score margin", "chosen - rejected score of each kept pair.", "margin", margins),
         _overlaid_histogram("lengths", "Response length, chosen vs rejected", "Characters in the assistant turn.",
-                            "characters", [float(n) for n in run.assistant_lengths("chosen")], [float(n) for n in run.assistant_lengths("rejected")]),
-        _before_after("task_category", "Task category mix", "Share of each task category among every instruction that reached "
-                      "the output (kept and left out) and among the kept pairs.", "task_category", run),
-        _before_after("difficulty", "Difficulty", "Judged difficulty of the query, before and after pairing.", "difficulty", run, DIFFICULTY_ORDER),
-        _before_after("input_quality", "Input quality", "Judged quality of the query, before and after pairing.", "input_quality", run, QUALITY_ORDER),
+                            "characters", chosen_chars, rejected_chars),
+        _before_after("task_category", "Task category mix",
+                      "Share of each task category among every instruction that reached the output "
+                      "(kept and left out) and among the kept pairs.", "task_category", run),
+        _before_after("difficulty", "Difficulty", "Judged difficulty of the query, before and after pairing.",
+                      "difficulty", run, DIFFICULTY_ORDER),
+        _before_after("input_quality", "Input quality", "Judged quality of the query, before and after pairing.",
+                      "input_quality", run, QUALITY_ORDER),
     ]
 
 
@@ -767,8 +780,9 @@ def render_report(run: RunOutput) -> str:
         add(f"<h3>Example {i}: margin {e(_num(row.get('score_margin')))}</h3>")
         add(f"<pre class='instruction'>{e(_short(str(row.get('instruction') or ''), 4000))}</pre><div class='pair'>")
         for side in ("chosen", "rejected"):
+            text = _short(_assistant_text(row.get(side)), 4000)
             add(f"<div class='{side}'><h4>{side}: response {e(str(row.get(f'{side}_index')))}, "
-                f"score {e(_num(row.get(f'{side}_score')))}</h4><pre>{e(_short(_assistant_text(row.get(side)), 4000))}</pre></div>")
+                f"score {e(_num(row.get(f'{side}_score')))}</h4><pre>{e(text)}</pre></div>")
         add("</div>")
 
     add("<h2>Models</h2><table><tr><th>role</th><th>model</th></tr>")
@@ -797,7 +811,7 @@ def _left_out_examples(run: RunOutput) -> dict[str, str]:
     texts = _column(run.left_out, "instruction") or [""] * len(reasons)
     raws = _column(run.left_out, "raw_instruction") or [None] * len(reasons)
     found: dict[str, str] = {}
-    for reason, text, raw in zip(reasons, texts, raws):
+    for reason, text, raw in zip(reasons, texts, raws, strict=True):
         # An empty cleaned query says nothing; show what the model wrote instead.
         found.setdefault(reason, text or (f"raw: {raw}" if raw else ""))
     return found

@@ -98,7 +98,8 @@ def _rows(n: int, tagged: bool, seed: int = 0) -> list[dict[str, Any]]:
 
 
 def _write_output(out: Path, rows: list[dict[str, Any]]) -> Path:
-    cfg = RecipeConfig.model_validate({"output": {"dir": str(out), "push_to_hub": "someone/magpie-dpo-test", "test_fraction": 0.1}}).public_dict()
+    output = {"dir": str(out), "push_to_hub": "someone/magpie-dpo-test", "test_fraction": 0.1}
+    cfg = RecipeConfig.model_validate({"output": output}).public_dict()
     # A secret where none should ever be: the writer must scrub it anyway.
     cfg["generator"]["system_prompt"] = f"token is {SECRET}"
     cfg["output"]["hub_token"] = "value-under-a-secret-looking-key"
@@ -129,6 +130,13 @@ def empty_output(tmp_path_factory) -> Path:
     for row in rows:
         row["pair_status"] = "instruction_too_short"
     return _write_output(tmp_path_factory.mktemp("empty"), rows)
+
+
+@pytest.fixture(scope="module")
+def all_kept_output(tmp_path_factory) -> Path:
+    """Nothing left out: ``left_out`` is saved empty."""
+    rows = [r for r in _rows(12, tagged=False, seed=2) if r["pair_status"] == "kept"]
+    return _write_output(tmp_path_factory.mktemp("all_kept"), rows)
 
 
 # --------------------------------------------------------------------------- card
@@ -208,8 +216,10 @@ def test_card_states_counts_reasons_and_examples(tagged_output: Path) -> None:
     assert "meta-llama/Llama-3.1-70B-Instruct" in text and "RLHFlow/ArmoRM-Llama3-8B-v0.1" in text
 
 
-def test_untagged_and_empty_cards_validate(untagged_output: Path, empty_output: Path) -> None:
+def test_untagged_and_empty_cards_validate(untagged_output: Path, empty_output: Path, all_kept_output: Path) -> None:
     assert assert_card_valid(untagged_output).data.size_categories == ["n<1K"]
+    assert "Every instruction produced a pair." in assert_card_valid(all_kept_output).text
+    assert "Every instruction produced a pair." in (all_kept_output / "report.html").read_text()
     card = assert_card_valid(empty_output)
     assert "No pairs were kept." in card.text
     assert "| `instruction_too_short` | 4 |" in card.text
@@ -539,7 +549,8 @@ def render_in_chromium(binary: str, page: Path, profile: Path) -> dict[str, Any]
         for image in state["images"]:
             if image["w"] and image["h"]:
                 clip = {"x": image["x"], "y": image["y"], "width": image["w"], "height": image["h"], "scale": 1}
-                shot = browser.call("Page.captureScreenshot", {"format": "png", "clip": clip, "captureBeyondViewport": True}, session=session)
+                shot = browser.call("Page.captureScreenshot", {"format": "png", "clip": clip, "captureBeyondViewport": True},
+                                    session=session)
                 image["painted"] = base64.b64decode(shot["data"])
         errors = []
         for event in browser.events:
@@ -566,7 +577,9 @@ def assert_renders(binary: str, page: Path, profile: Path, expected_plots: set[s
     return rendered
 
 
-def test_report_renders_in_chromium(chromium: str, tagged_output: Path, untagged_output: Path, empty_output: Path, tmp_path: Path) -> None:
+def test_report_renders_in_chromium(
+    chromium: str, tagged_output: Path, untagged_output: Path, empty_output: Path, tmp_path: Path
+) -> None:
     rendered = assert_renders(chromium, tagged_output / "report.html", tmp_path / "p1",
                               {"scores", "margin", "lengths", "task_category", "difficulty", "input_quality"})
     assert 'console.error("injected")' in rendered["text"]  # shown as text, not run
