@@ -1,6 +1,8 @@
-"""A distilabel step that sends DPO pairs to the Argilla review dataset (``magpie_dl.review``)."""
+"""A distilabel step that sends DPO pairs to the Argilla review dataset (``magpie_dl.review``).
 
-from __future__ import annotations
+No ``from __future__ import annotations`` here: distilabel finds the input parameter of
+``process`` by its evaluated ``StepInput`` annotation, and a string annotation hides it.
+"""
 
 from typing import TYPE_CHECKING, Optional
 

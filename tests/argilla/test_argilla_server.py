@@ -370,3 +370,27 @@ def test_search_engine_plugin_serves_the_queries_the_review_ui_sends(argilla_env
     categories = client.http_client.get(f"/api/v1/metadata-properties/{properties['task_category']}/metrics").json()
     counts = {entry["term"]: entry["count"] for entry in categories["values"]}
     assert counts == {c: sum(row["task_category"] == c for row in rows) for c in {row["task_category"] for row in rows}}
+
+
+def test_step_runs_inside_a_distilabel_pipeline(argilla_env, dataset_name, make_dpo_row, tmp_path):
+    """The step in a real pipeline run: rows reach Argilla, and pipeline.yaml holds no URL or key."""
+    from distilabel.pipeline import Pipeline
+    from distilabel.steps import LoadDataFromDicts
+
+    from steps.argilla import PushToArgillaReview
+
+    rows = [make_dpo_row(i) for i in range(7)]
+    with Pipeline(name="argilla-push-test", cache_dir=str(tmp_path / "cache")) as pipeline:
+        load = LoadDataFromDicts(data=rows, batch_size=4)
+        push = PushToArgillaReview(name="push_to_argilla", input_batch_size=4)
+        load >> push
+    distiset = pipeline.run(
+        parameters={push.name: {"dataset_name": dataset_name, "records_batch_size": 3}}, use_cache=False
+    )
+
+    out = distiset["default"]["train"]
+    assert out.num_rows == 7 and all(out["argilla_pushed"])
+    assert len(_records_by_id(_owner_client(argilla_env), dataset_name)) == 7
+    written = [path.read_text() for path in (tmp_path / "cache").rglob("pipeline.yaml")]
+    assert written and all(argilla_env.api_key not in text and argilla_env.url not in text for text in written)
+    assert any(dataset_name in text for text in written)
