@@ -117,6 +117,8 @@ class RunOutput:
     summary: dict[str, Any]
     pairs: DatasetDict
     left_out: Dataset | None
+    # What instruction selection did (SelectionReport.to_dict()), when the run selected.
+    selection: dict[str, Any] | None = None
 
     @property
     def num_pairs(self) -> int:
@@ -161,7 +163,10 @@ def load_output(
     left_out = _load_split(out / "left_out") if (out / "left_out").exists() else None
     splits = json.loads((out / "dataset" / "dataset_dict.json").read_text())["splits"]
     pairs = DatasetDict({name: _load_split(out / "dataset" / name) for name in splits})
-    return RunOutput(out, dict(cfg_dict), dict(summary), pairs, left_out)
+    selection = summary.get("selection")
+    if selection is None and (out / "selection.json").exists():
+        selection = json.loads((out / "selection.json").read_text())
+    return RunOutput(out, dict(cfg_dict), dict(summary), pairs, left_out, selection or None)
 
 
 def _load_split(path: Path) -> Dataset:
@@ -330,13 +335,20 @@ def chosen_longer_share(run: RunOutput) -> float | None:
     return sum(c > r for c, r in zip(chosen, rejected, strict=True)) / len(chosen)
 
 
-def stage_counts(summary: Mapping[str, Any]) -> list[tuple[str, int, str]]:
-    """(stage, count, detail) from the run summary, in pipeline order."""
+def stage_counts(summary: Mapping[str, Any], selection: Mapping[str, Any] | None = None) -> list[tuple[str, int, str]]:
+    """(stage, count, detail) from the run summary (and selection, when it ran), in pipeline order."""
     splits = summary.get("splits") or {}
     statuses = summary.get("response_status") or {}
     left = summary.get("left_out") or {}
-    return [
-        ("instructions generated", int(summary.get("instructions", 0)), ""),
+    selected: list[tuple[str, int, str]] = []
+    if selection:
+        dropped = ", ".join(f"{k}: {v}" for k, v in (selection.get("dropped") or {}).items())
+        selected = [
+            ("tagged instructions (selection input)", int(selection.get("input_rows", 0)), ""),
+            ("selected instructions", int(selection.get("selected_rows", 0)), f"dropped: {dropped}" if dropped else ""),
+        ]
+    return selected + [
+        ("instructions generated" if not selection else "instructions paired", int(summary.get("instructions", 0)), ""),
         ("usable instructions", int(summary.get("usable_instructions", 0)), "after cleaning and exact-duplicate removal"),
         ("responses", int(summary.get("responses", 0)), ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items()))),
         ("pairs kept", int(summary.get("pairs_kept", 0)), ", ".join(f"{k}: {v}" for k, v in sorted(splits.items()))),
@@ -454,7 +466,7 @@ def render_card(run: RunOutput, license: str | None = None, pretty_name: str | N
     lines += [f"| {role} | `{_md_cell(model)}` |" for role, model in models.items()] + [""]
 
     lines += ["## Counts at each stage", "", "| stage | rows | detail |", "|---|---:|---|"]
-    lines += [f"| {stage} | {n} | {_md_cell(detail)} |" for stage, n, detail in stage_counts(run.summary)] + [""]
+    lines += [f"| {stage} | {n} | {_md_cell(detail)} |" for stage, n, detail in stage_counts(run.summary, run.selection)] + [""]
     lines += ["## Rows left out", ""]
     reasons = left_out_reasons(run.summary)
     if reasons:
@@ -602,7 +614,7 @@ class Plot:
     note: str | None = None
 
 
-CHOSEN_COLOR, REJECTED_COLOR, BEFORE_COLOR, AFTER_COLOR = "#2a9d8f", "#e76f51", "#8d99ae", "#264653"
+CHOSEN_COLOR, REJECTED_COLOR, BEFORE_COLOR, SELECTED_COLOR, AFTER_COLOR = "#2a9d8f", "#e76f51", "#8d99ae", "#e9c46a", "#264653"
 
 
 def _png(fig: Any) -> str:
@@ -647,33 +659,68 @@ def _histogram(key: str, title: str, caption: str, xlabel: str, values: list[flo
     return Plot(key, title, caption, _png(fig))
 
 
-def _before_after(key: str, title: str, caption: str, column: str, run: RunOutput, order: Sequence[str] = ()) -> Plot:
-    """Share of each value among all instructions (before) and among kept pairs (after)."""
+def _value_counts(values: Iterable[Any]) -> Counter[str]:
+    return Counter(MISSING if v is None else str(v) for v in values)
+
+
+def _mix_plot(key: str, title: str, caption: str, series: Sequence[tuple[str, Mapping[str, int]]],
+              order: Sequence[str] = ()) -> Plot:
+    """Grouped horizontal bars: the share of each value in each series (e.g. before / after)."""
     import numpy as np
 
-    after_values = run.pair_column(column)
-    if after_values is None:
-        note = f"The dataset has no `{column}` column (the run did not tag it), so there is nothing to plot."
-        return Plot(key, title, caption, note=note)
-    before = Counter(MISSING if v is None else str(v) for v in run.all_column(column) or [])
-    after = Counter(MISSING if v is None else str(v) for v in after_values)
-    if not before:
+    series = [(label, counts) for label, counts in series if sum(counts.values())]
+    if not series:
         return Plot(key, title, caption, note="No rows: nothing to plot.")
-    known = [v for v in order if v in before]
-    labels = known + sorted((v for v in before if v not in known), key=lambda v: (-before[v], v))
-    n_before, n_after = sum(before.values()), sum(after.values())
+    first = series[0][1]
+    seen = {v for _, counts in series for v in counts}
+    known = [v for v in order if v in seen]
+    labels = known + sorted((v for v in seen if v not in known), key=lambda v: (-first.get(v, 0), v))
     y = np.arange(len(labels))
-    fig, ax = _figure(6.4, max(2.4, 0.45 * len(labels) + 1.2))
-    before_pct = [100 * before[v] / n_before for v in labels]
-    after_pct = [100 * after[v] / n_after if n_after else 0 for v in labels]
-    ax.barh(y - 0.2, before_pct, 0.4, color=BEFORE_COLOR, label=f"all instructions (n={n_before})")
-    ax.barh(y + 0.2, after_pct, 0.4, color=AFTER_COLOR, label=f"kept pairs (n={n_after})")
+    height = 0.8 / len(series)
+    palettes = {1: [AFTER_COLOR], 2: [BEFORE_COLOR, AFTER_COLOR], 3: [BEFORE_COLOR, SELECTED_COLOR, AFTER_COLOR]}
+    colors = palettes.get(len(series), [None] * len(series))
+    fig, ax = _figure(6.4, max(2.4, 0.2 * len(series) * len(labels) + 1.4))
+    for k, ((label, counts), color) in enumerate(zip(series, colors, strict=True)):
+        total = sum(counts.values())
+        offset = (k - (len(series) - 1) / 2) * height
+        ax.barh(y + offset, [100 * counts.get(v, 0) / total for v in labels], height, color=color,
+                label=f"{label} (n={total})")
     ax.set_yticks(y, labels)
     ax.invert_yaxis()
     ax.set_xlabel("% of rows")
     # Below the axes: inside, the legend would hide the longest bars.
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2, frameon=False)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=min(3, len(series)), frameon=False)
     return Plot(key, title, caption, _png(fig))
+
+
+def _before_after(key: str, title: str, caption: str, column: str, run: RunOutput, order: Sequence[str] = ()) -> Plot:
+    """Share of each value among every instruction that reached the output and among kept pairs."""
+    after_values = run.pair_column(column)
+    if after_values is None:
+        note = f"The dataset has no `{column}` column (the run did not tag it), so there is nothing to plot."
+        return Plot(key, title, caption, note=note)
+    return _mix_plot(key, title, caption, [
+        ("all instructions", _value_counts(run.all_column(column) or [])),
+        ("kept pairs", _value_counts(after_values)),
+    ], order)
+
+
+def _category_mix(run: RunOutput) -> Plot:
+    """Task categories through the run: tagged pool, selected set (when selection ran), kept pairs."""
+    title = "Task category mix"
+    selection = run.selection or {}
+    if selection.get("category_mix_before") and selection.get("category_mix_after"):
+        after = run.pair_column("task_category")
+        caption = ("Share of each task category in the tagged pool before selection, in the selected set, "
+                   "and among the kept pairs.")
+        series = [("before selection", selection["category_mix_before"]),
+                  ("selected", selection["category_mix_after"])]
+        if after is not None:
+            series.append(("kept pairs", _value_counts(after)))
+        return _mix_plot("task_category", title, caption, series)
+    caption = ("Share of each task category among every instruction that reached the output "
+               "(kept and left out) and among the kept pairs.")
+    return _before_after("task_category", title, caption, "task_category", run)
 
 
 def make_plots(run: RunOutput) -> list[Plot]:
@@ -690,9 +737,7 @@ def make_plots(run: RunOutput) -> list[Plot]:
         _histogram("margin", "Score margin", "chosen - rejected score of each kept pair.", "margin", margins),
         _overlaid_histogram("lengths", "Response length, chosen vs rejected", "Characters in the assistant turn.",
                             "characters", chosen_chars, rejected_chars),
-        _before_after("task_category", "Task category mix",
-                      "Share of each task category among every instruction that reached the output "
-                      "(kept and left out) and among the kept pairs.", "task_category", run),
+        _category_mix(run),
         _before_after("difficulty", "Difficulty", "Judged difficulty of the query, before and after pairing.",
                       "difficulty", run, DIFFICULTY_ORDER),
         _before_after("input_quality", "Input quality", "Judged quality of the query, before and after pairing.",
@@ -729,7 +774,7 @@ def render_report(run: RunOutput) -> str:
         f"report written {e(time.strftime('%Y-%m-%d %H:%M:%S %Z'))}.</p>")
 
     add("<h2>Counts at each stage</h2><table><tr><th>stage</th><th>rows</th><th>detail</th></tr>")
-    for stage, n, detail in stage_counts(run.summary):
+    for stage, n, detail in stage_counts(run.summary, run.selection):
         add(f"<tr><td>{e(stage)}</td><td class='n'>{n}</td><td>{e(detail)}</td></tr>")
     add("</table>")
 

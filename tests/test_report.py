@@ -430,6 +430,26 @@ def test_blank_detector_rejects_blank_images() -> None:
     assert blank_reason(png_of(bars)) is None
 
 
+def test_selection_stage_is_reported_when_the_run_selected(tagged_output: Path, tmp_path: Path) -> None:
+    """A run that selected instructions (selection.json, SelectionReport.to_dict()) shows that stage too."""
+    out = tmp_path / "selected"
+    shutil.copytree(tagged_output, out)
+    selection = {
+        "input_rows": 200, "selected_rows": 60, "target_size": 60,
+        "dropped": {"difficulty_below_min": 90, "category_quota": 50},
+        "category_mix_before": {"Information seeking": 120, "Math": 50, "Creative writing": 30},
+        "category_mix_after": {"Information seeking": 20, "Math": 20, "Creative writing": 20},
+    }
+    (out / "selection.json").write_text(json.dumps(selection))
+    report.write_card_and_report(out)
+    card = (out / "README.md").read_text()
+    assert "| tagged instructions (selection input) | 200 |" in card
+    assert "| selected instructions | 60 | dropped: difficulty_below_min: 90, category_quota: 50 |" in card
+    with_selection = _embedded_plots(_parse(out / "report.html"))["task_category"]
+    without = _embedded_plots(_parse(tagged_output / "report.html"))["task_category"]
+    assert blank_reason(with_selection) is None and with_selection != without
+
+
 # --------------------------------------------------------------------------- report in chromium
 
 
