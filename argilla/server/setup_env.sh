@@ -22,7 +22,13 @@ if ! command -v redis-server >/dev/null; then
     fi
 fi
 
-check() { "$VENV/bin/python" -c 'import argilla_server, uvicorn' 2>/dev/null; }
+# Cheap check by package metadata: importing argilla_server builds the whole app (seconds).
+check() {
+    "$VENV/bin/python" - <<'PY' 2>/dev/null
+import importlib.metadata as md, importlib.util as iu
+assert md.version("argilla-server") == "2.8.0" and iu.find_spec("uvicorn")
+PY
+}
 
 # pip warns once per package about this machine's missing local index folders; drop that noise only.
 pip_quiet() { "$VENV/bin/pip" install -q "$@" 2>&1 | { grep -v "is ignored: it is neither" || true; }; }
@@ -31,6 +37,6 @@ if ! { [ -x "$VENV/bin/python" ] && check; }; then
     "$PY" -m venv "$VENV"
     pip_quiet --upgrade pip
     pip_quiet "argilla-server==2.8.0" "typer<0.10" "click<8.2" "huggingface-hub<1.0" "datasets<4" "uvicorn"
-    check || { echo "argilla server env is broken: $VENV" >&2; exit 1; }
+    "$VENV/bin/python" -c 'import argilla_server, uvicorn' || { echo "argilla server env is broken: $VENV" >&2; exit 1; }
 fi
 echo "argilla server env ready: $VENV ($(redis-server --version | cut -d' ' -f1-3))"
