@@ -53,9 +53,13 @@ class DedupConfig:
         method: ``exact``, ``index`` (FAISS IVF), or ``auto`` (index from
             ``index_min_rows`` rows up).
         index_min_rows: size from which ``auto`` uses the index.
-        nlist: IVF cells; default ``4 * sqrt(n)`` (FAISS's usual guidance).
+        nlist: IVF cells; default ``sqrt(nprobe * n)``, which balances the two search
+            costs (``nlist`` centroid distances vs ``nprobe * n / nlist`` row distances).
         nprobe: IVF cells visited per query; more = better recall, slower.
-        train_size: vectors used to train the IVF quantiser; default ``64 * nlist``.
+        max_codes_factor: caps the rows scanned per query at this many average cells'
+            worth, so a few oversized "hub" cells cannot blow up the search time.
+        train_size: vectors used to train the IVF quantiser; default ``25 * nlist``.
+        train_iterations: k-means iterations of the quantiser.
         block_size: query rows per block; default keeps one distance block near 256 MiB.
         seed: seed of the training sample and of k-means.
         num_threads: OpenMP threads for FAISS (None: FAISS's default).
@@ -66,8 +70,10 @@ class DedupConfig:
     method: SearchMethod = "auto"
     index_min_rows: int = 100_000
     nlist: int | None = None
-    nprobe: int = 16
+    nprobe: int = 8
+    max_codes_factor: float | None = 2.0
     train_size: int | None = None
+    train_iterations: int = 10
     block_size: int | None = None
     seed: int = 0
     num_threads: int | None = None
@@ -226,16 +232,21 @@ def index_neighbors(x: np.ndarray, config: DedupConfig) -> NeighborGraph:
     n, dim = x.shape
     if config.num_threads:
         faiss.omp_set_num_threads(config.num_threads)
-    nlist = config.nlist or int(max(1, min(4 * math.sqrt(n), n // 39 or 1)))
-    train_size = min(n, config.train_size or 64 * nlist)
+    nlist = config.nlist or int(max(1, min(math.sqrt(config.nprobe * n), n // 25 or 1)))
+    train_size = min(n, config.train_size or 25 * nlist)
     rng = np.random.default_rng(config.seed)
     sample = np.sort(rng.choice(n, size=train_size, replace=False))
     quantizer = faiss.IndexFlatL2(dim)
     index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_L2)
     index.cp.seed = config.seed
+    index.cp.niter = config.train_iterations
+    index.cp.max_points_per_centroid = max(1, -(-train_size // nlist))  # no resampling
     index.train(np.ascontiguousarray(x[sample]))
     index.add(x)
-    index.nprobe = min(config.nprobe, nlist)
+    nprobe = min(config.nprobe, nlist)
+    params = faiss.SearchParametersIVF(nprobe=nprobe)
+    if config.max_codes_factor:
+        params.max_codes = int(config.max_codes_factor * nprobe * n / nlist) + 1
 
     # +1: the query itself is normally among its own results.
     m = min(config.k + 1, n)
@@ -244,7 +255,7 @@ def index_neighbors(x: np.ndarray, config: DedupConfig) -> NeighborGraph:
     src, dst, dist = [], [], []
     for start in range(0, n, block):
         stop = min(start + block, n)
-        d, ids = index.search(x[start:stop], m)
+        d, ids = index.search(x[start:stop], m, params=params)
         np.maximum(d, 0.0, out=d)
         mind, s, t, dv = _collect(d, ids, np.arange(start, stop), config.threshold, config.k)
         min_d[start:stop] = mind

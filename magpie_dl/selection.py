@@ -32,6 +32,7 @@ CategoryMix = Literal["uniform", "natural"] | Mapping[str, float]
 
 # Checks in the order a row's drop reason is chosen.
 CHECKS: tuple[str, ...] = (
+    "instruction_unusable",
     "difficulty_missing",
     "difficulty_below_min",
     "input_quality_missing",
@@ -101,6 +102,8 @@ class SelectionReport:
     category_mix_after: dict[str, int] = field(default_factory=dict)
     quotas: dict[str, int] = field(default_factory=dict)
     shortfall: int = 0
+    # Judge answers that could not be parsed, per tag task (from ``tagging_errors``).
+    tagging_failures: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -113,6 +116,8 @@ class SelectionReport:
         ]
         for reason, count in self.dropped.items():
             lines.append(f"  dropped {reason}: {count}")
+        for task, count in self.tagging_failures.items():
+            lines.append(f"  unparsed judge answers ({task}): {count}")
         lines.append(f"  {'category':<22}{'before':>8}{'eligible':>10}{'after':>8}{'after %':>9}")
         cats = sorted(set(self.category_mix_before) | set(self.category_mix_after), key=str)
         for cat in cats:
@@ -137,6 +142,9 @@ def _category(row: Mapping[str, Any]) -> str | None:
 def failed_checks(row: Mapping[str, Any], config: SelectionConfig) -> list[str]:
     """Every check ``row`` fails, in :data:`CHECKS` order (empty: eligible)."""
     failed: list[str] = []
+    # The generator marks unusable queries (empty, truncated, exact repeats) and keeps them.
+    if row.get("instruction_status", "ok") != "ok":
+        failed.append("instruction_unusable")
     if config.min_difficulty is not None:
         rank = _rank(row.get("difficulty"), DIFFICULTY_LEVELS)
         if rank is None:
@@ -265,6 +273,9 @@ def select_rows(
         category_mix_after=_mix(rows, [i for i, r in enumerate(reasons) if r is None]),
         quotas=dict(sorted(quotas.items())),
         shortfall=max(0, (config.target_size or 0) - selected) if config.target_size is not None else 0,
+        tagging_failures=dict(
+            sorted(Counter(e.get("task", "?") for r in rows for e in (r.get("tagging_errors") or [])).items())
+        ),
     )
     return reasons, report
 

