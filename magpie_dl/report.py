@@ -163,10 +163,26 @@ def load_output(
     left_out = _load_split(out / "left_out") if (out / "left_out").exists() else None
     splits = json.loads((out / "dataset" / "dataset_dict.json").read_text())["splits"]
     pairs = DatasetDict({name: _load_split(out / "dataset" / name) for name in splits})
-    selection = summary.get("selection")
-    if selection is None and (out / "selection.json").exists():
-        selection = json.loads((out / "selection.json").read_text())
-    return RunOutput(out, dict(cfg_dict), dict(summary), pairs, left_out, selection or None)
+    return RunOutput(out, dict(cfg_dict), dict(summary), pairs, left_out, _find_selection(out, cfg_dict, summary))
+
+
+def _find_selection(out: Path, cfg: Mapping[str, Any], summary: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The selection report of the instructions this run paired, if there is one.
+
+    The curation recipe writes ``selection.json`` beside the ``dataset/`` that
+    ``--instructions`` points at; a copy in the output directory or a ``selection`` entry
+    in the summary wins.
+    """
+    if summary.get("selection"):
+        return dict(summary["selection"])
+    candidates = [out / "selection.json"]
+    source = cfg.get("instructions")
+    if isinstance(source, str) and source and Path(source).exists():
+        candidates += [Path(source) / "selection.json", Path(source).parent / "selection.json"]
+    for path in candidates:
+        if path.is_file():
+            return json.loads(path.read_text())
+    return None
 
 
 def _load_split(path: Path) -> Dataset:
@@ -230,14 +246,30 @@ def size_category(num_rows: int) -> str:
     return "n>1T"
 
 
-def models_of(cfg: Mapping[str, Any]) -> dict[str, str]:
-    """Role -> model reference, as configured."""
+def models_of(cfg: Mapping[str, Any], instruction_models: Sequence[str] = ()) -> dict[str, str]:
+    """Role -> model reference, as configured.
+
+    With ``instructions`` set the run paired a given instruction set, so the query writer
+    is whatever the rows record (``instruction_models``), not the configured generator.
+    """
     generator = (cfg.get("generator") or {}).get("model") or "unknown"
+    writers = generator
+    if cfg.get("instructions"):
+        writers = ", ".join(instruction_models) or f"unknown (instructions given: {cfg['instructions']})"
     return {
-        "instructions": generator,
+        "instructions": writers,
         "responses": (cfg.get("responses") or {}).get("model") or generator,
         "reward": (cfg.get("reward") or {}).get("model") or "unknown",
     }
+
+
+def run_models(run: RunOutput) -> dict[str, str]:
+    """``models_of`` for a run, with the query writers recorded in its rows."""
+    writers: Counter[str] = Counter()
+    for split in run.pairs.values():
+        configs = _column(split, "gen_input_configs") or []
+        writers.update(str(c["input_generator"]) for c in configs if c and c.get("input_generator"))
+    return models_of(run.config, [name for name, _ in writers.most_common()])
 
 
 def license_for(models: Iterable[str]) -> tuple[str, str | None]:
@@ -402,7 +434,7 @@ def card_metadata(run: RunOutput, license: str | None = None, pretty_name: str |
     from huggingface_hub import DatasetCardData
 
     languages, _ = languages_of(run)
-    models = models_of(run.config)
+    models = run_models(run)
     lic = license or license_for([models["instructions"], models["responses"]])[0]
     data = DatasetCardData(
         license=lic,
@@ -432,7 +464,7 @@ def card_metadata(run: RunOutput, license: str | None = None, pretty_name: str |
 
 
 def default_pretty_name(run: RunOutput) -> str:
-    model = models_of(run.config)["responses"].rstrip("/").split("/")[-1]
+    model = models_of(run.config)["responses"].rstrip("/").split("/")[-1]  # config only: cheap
     return f"Magpie DPO pairs ({model})"
 
 
@@ -440,7 +472,7 @@ def render_card(run: RunOutput, license: str | None = None, pretty_name: str | N
     """The full README.md text: YAML metadata, then the card body."""
     meta = scrub(card_metadata(run, license, pretty_name))
     cfg = scrub(run.config)
-    models = models_of(cfg)
+    models = scrub(run_models(run))
     _, license_note = (meta["license"], None) if license else license_for([models["instructions"], models["responses"]])
     _, language_note = languages_of(run)
     repo = repo_id or (cfg.get("output") or {}).get("push_to_hub") or "path/to/this/dataset"
@@ -461,7 +493,7 @@ def render_card(run: RunOutput, license: str | None = None, pretty_name: str | N
     if notes:
         lines += ["> **Notes:** " + "; ".join(notes) + ".", ""]
 
-    lines += ["## Recipe", ""] + [f"{i}. {step}" for i, step in enumerate(recipe_steps(cfg), 1)] + [""]
+    lines += ["## Recipe", ""] + [f"{i}. {step}" for i, step in enumerate(recipe_steps(cfg, models), 1)] + [""]
     lines += ["## Models", "", "| role | model |", "|---|---|"]
     lines += [f"| {role} | `{_md_cell(model)}` |" for role, model in models.items()] + [""]
 
@@ -530,23 +562,29 @@ def render_card(run: RunOutput, license: str | None = None, pretty_name: str | N
     return f"---\n{yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).rstrip()}\n---\n\n{body}"
 
 
-def recipe_steps(cfg: Mapping[str, Any]) -> list[str]:
-    """The recipe in words, with this run's parameters."""
+def recipe_steps(cfg: Mapping[str, Any], models: Mapping[str, str] | None = None) -> list[str]:
+    """The recipe in words, with this run's parameters (``models``: role -> model, see ``run_models``)."""
     gen = cfg.get("generator") or {}
     resp = cfg.get("responses") or {}
     rew = cfg.get("reward") or {}
     backend = cfg.get("backend") or {}
     out = cfg.get("output") or {}
-    models = models_of(cfg)
+    models = models or models_of(cfg)
     system = "a fixed system prompt" if gen.get("system_prompt") else (
         f"the `{gen['control_task']}` control system prompt" if gen.get("control_task") else "no system prompt"
     )
     ban = ", markdown heading tokens banned at the first position" if gen.get("ban_first_token_markdown") else ""
+    if cfg.get("instructions"):
+        # A given (usually curated) set: the queries were written and selected elsewhere.
+        first = (f"**Instructions**: read from `{cfg['instructions']}` (written by `{models['instructions']}`); "
+                 "rows the source marks unusable are left out with the reason.")
+    else:
+        first = (f"**Instructions**: `{models['instructions']}` continues its own pre-query template "
+                 f"(family `{gen.get('family', 'auto')}`, {system}) {gen.get('num_instructions', '?')} times at "
+                 f"temperature {gen.get('temperature')}, top_p {gen.get('top_p')}, max_tokens {gen.get('max_tokens')}"
+                 f"{ban}; each query is cleaned (`raw_instruction` keeps the original) and exact duplicates are marked.")
     return [
-        f"**Instructions**: `{models['instructions']}` continues its own pre-query template "
-        f"(family `{gen.get('family', 'auto')}`, {system}) {gen.get('num_instructions', '?')} times at temperature "
-        f"{gen.get('temperature')}, top_p {gen.get('top_p')}, max_tokens {gen.get('max_tokens')}{ban}; each query is "
-        "cleaned (`raw_instruction` keeps the original) and exact duplicates are marked.",
+        first,
         f"**Responses**: `{models['responses']}` answers each usable query {resp.get('num_generations')} times "
         f"(temperature {resp.get('temperature')}, top_p {resp.get('top_p')}, max_tokens {resp.get('max_tokens')}, "
         f"prompt style `{resp.get('prompt_style')}`) on the `{backend.get('kind')}` backend.",
@@ -764,7 +802,7 @@ figcaption{font-size:.9em;color:#555}.note{background:#fff6e0;border-left:4px so
 def render_report(run: RunOutput) -> str:
     """The report as one self-contained HTML document."""
     cfg = scrub(run.config)
-    models = models_of(cfg)
+    models = scrub(run_models(run))
     e = html.escape
     parts: list[str] = []
     add = parts.append
@@ -833,7 +871,7 @@ def render_report(run: RunOutput) -> str:
     add("<h2>Models</h2><table><tr><th>role</th><th>model</th></tr>")
     add("".join(f"<tr><td>{e(role)}</td><td><code>{e(model)}</code></td></tr>" for role, model in models.items()))
     add("</table><h2>Recipe</h2><ol>")
-    add("".join(f"<li>{_md_inline_to_html(step)}</li>" for step in recipe_steps(cfg)))
+    add("".join(f"<li>{_md_inline_to_html(step)}</li>" for step in recipe_steps(cfg, models)))
     add("</ol><h2>Resolved config</h2>")
     add(f"<pre>{e(yaml.safe_dump(cfg, sort_keys=False))}</pre>")
 

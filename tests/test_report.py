@@ -449,6 +449,23 @@ def test_selection_stage_is_reported_when_the_run_selected(tagged_output: Path, 
     without = _embedded_plots(_parse(tagged_output / "report.html"))["task_category"]
     assert blank_reason(with_selection) is None and with_selection != without
 
+    # The usual layout: the curation recipe's selection.json beside the --instructions dataset.
+    curated = tmp_path / "curated"
+    (curated / "dataset").mkdir(parents=True)
+    (out / "selection.json").rename(curated / "selection.json")
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    cfg["instructions"] = str(curated / "dataset")
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert report.load_output(out).selection == selection
+    # The queries were written elsewhere: the card names the writer the rows record, not the generator config.
+    cfg["generator"]["model"] = "someone/unused-generator"
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg))
+    report.write_card(out)
+    card = (out / "README.md").read_text()
+    assert "| instructions | `meta-llama/Llama-3.1-70B-Instruct` |" in card
+    assert f"**Instructions**: read from `{curated / 'dataset'}`" in card
+    assert "| selected instructions | 60 |" in card
+
 
 # --------------------------------------------------------------------------- report in chromium
 
