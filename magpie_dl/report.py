@@ -40,6 +40,7 @@ import yaml
 from magpie_dl.config import secret_values
 from magpie_dl.export import _atomic_write_text
 from magpie_dl.pairing import ALL_TIED, FEWER_THAN_TWO, LOW_MARGIN
+from magpie_dl.tagging import DIFFICULTY_LEVELS, QUALITY_LEVELS
 
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
@@ -90,8 +91,9 @@ RESPONSE_STATUSES: dict[str, str] = {
     "failed": "the engine reported a failure",
     "no_score": "the reward model gave no finite score",
 }
-DIFFICULTY_ORDER = ("very easy", "easy", "medium", "hard", "very hard")
-QUALITY_ORDER = ("very poor", "poor", "average", "good", "excellent")
+# The judge's scales, easiest / poorest first (the tagging module owns them).
+DIFFICULTY_ORDER = DIFFICULTY_LEVELS
+QUALITY_ORDER = QUALITY_LEVELS
 MISSING = "(none)"
 _SECRET_KEY = re.compile(r"(^|_)(token|hf_token|api_key|apikey|password|secret|access_token)$", re.IGNORECASE)
 
