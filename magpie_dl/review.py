@@ -473,13 +473,12 @@ def push_to_argilla(
     """Pushes every split of a DPO dataset (a path saved with ``save_to_disk`` or the object).
 
     This is what ``--argilla-dataset NAME`` in the recipes calls, after the local dataset is
-    written, so a failed push loses nothing: fix the cause and rerun the push alone.
+    written, so a failed push loses nothing: fix the cause and rerun the push alone. Returns the
+    report (``str()`` is a one-line summary); raises ``ReviewError`` (one line, no key).
     """
     splits = _load_local(dataset)
     rows = (row for split in splits.values() for row in split)
-    report = push_rows(rows, dataset_name, workspace, batch_size, api_url, api_key)
-    logger.info("%s", report)
-    return report
+    return push_rows(rows, dataset_name, workspace, batch_size, api_url, api_key)
 
 
 # --- pull -----------------------------------------------------------------------------------
@@ -754,6 +753,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # httpx and the SDK log every request at INFO; keep the output to our own progress lines.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("argilla.sdk").setLevel(logging.WARNING)
+    from datasets.utils.logging import disable_progress_bar
+
+    disable_progress_bar()  # the CLI prints its own summary lines
     try:
         if args.command == "push":
             print(push_to_argilla(args.input, args.dataset_name, args.workspace, args.batch_size))
