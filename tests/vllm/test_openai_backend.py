@@ -70,15 +70,16 @@ def test_finish_reasons_token_counts_ban_and_schema(client) -> None:
 
     schema = {
         "type": "object",
-        "properties": {"quality": {"type": "string", "enum": ["poor", "good", "excellent"]}, "n": {"type": "integer"}},
-        "required": ["quality", "n"],
+        # Bounded fields only: a tiny model can write an unbounded integer until max_tokens.
+        "properties": {"quality": {"type": "string", "enum": ["poor", "good", "excellent"]}, "safe": {"type": "boolean"}},
+        "required": ["quality", "safe"],
         "additionalProperties": False,
     }
     [tags] = client.complete([prompt], [SamplingSpec(n=3, max_tokens=80, seed=2, json_schema=schema)])
     for c in tags:
-        assert c.finish_reason == "stop"
+        assert c.finish_reason == "stop", repr(c.text)
         value = json.loads(c.text, strict=False)
-        assert value["quality"] in ("poor", "good", "excellent") and isinstance(value["n"], int)
+        assert value["quality"] in ("poor", "good", "excellent") and isinstance(value["safe"], bool)
 
 
 def test_chat_mode_uses_the_servers_chat_template(server, tiny_generator, api_key, engine) -> None:
