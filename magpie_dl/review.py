@@ -666,11 +666,26 @@ class PullReport:
         return "\n".join(lines)
 
 
+_ROWS_PER_CHUNK = 5000
+
+
+def _rows_to_dataset(rows: List[Dict[str, Any]], features: Any) -> "Dataset":
+    """Rows as a Dataset with fixed ``features``, also when there are none (every row dropped),
+    where ``Dataset.from_list`` would lose the columns."""
+    from datasets import Dataset
+
+    return Dataset.from_dict({name: [row[name] for row in rows] for name in features}, features=features)
+
+
 def reviewed_dataset(
     local: "DatasetDict", verdicts: Mapping[str, Verdict], ties: str = "drop", keep_unreviewed: bool = True
 ) -> Tuple["DatasetDict", PullReport]:
-    """Applies verdicts to every split; the schema gains the four ``review_*`` columns."""
-    from datasets import Dataset, DatasetDict, Features, Value
+    """Applies verdicts to every split; the schema gains the four ``review_*`` columns.
+
+    Rows are converted back to Arrow every ``_ROWS_PER_CHUNK`` rows: a 100K-row split with five
+    long responses per row would take several GB as Python dicts.
+    """
+    from datasets import DatasetDict, Features, Value, concatenate_datasets
 
     report = PullReport()
     seen: set = set()
@@ -686,7 +701,8 @@ def reviewed_dataset(
             }
         )
         counts: Counter[str] = collections.Counter()
-        kept_rows = []
+        chunks: List["Dataset"] = []
+        kept_rows: List[Dict[str, Any]] = []
         for row in split:
             uuid = str(row["uuid"])
             verdict = verdicts.get(uuid)
@@ -697,8 +713,12 @@ def reviewed_dataset(
             counts[action] += 1
             if new_row is not None:
                 kept_rows.append(new_row)
+            if len(kept_rows) == _ROWS_PER_CHUNK:
+                chunks.append(_rows_to_dataset(kept_rows, features))
+                kept_rows = []
+        chunks.append(_rows_to_dataset(kept_rows, features))
         report.actions[split_name] = counts
-        out[split_name] = Dataset.from_list(kept_rows, features=features)
+        out[split_name] = concatenate_datasets(chunks) if len(chunks) > 1 else chunks[0]
     report.unmatched_records = len(set(verdicts) - seen)
     return DatasetDict(out), report
 

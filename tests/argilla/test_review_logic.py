@@ -175,3 +175,19 @@ def test_credentials_come_from_the_environment_and_never_show_the_key(monkeypatc
     assert credentials.safe_url == "http://127.0.0.1:6900"
     scrubbed = credentials.scrub("GET http://user:pw@127.0.0.1:6900 with s3cr3t-key")
     assert "s3cr3t-key" not in scrubbed and "pw@" not in scrubbed
+
+
+def test_reviewed_dataset_in_chunks_and_with_every_row_dropped(make_dpo_row, monkeypatch):
+    from datasets import Dataset, DatasetDict
+
+    monkeypatch.setattr(review, "_ROWS_PER_CHUNK", 2)
+    train = [make_dpo_row(i) for i in range(5)]
+    test = [make_dpo_row(i, seed=1) for i in range(2)]
+    local = DatasetDict({"train": Dataset.from_list(train), "test": Dataset.from_list(test)})
+    verdicts = {train[2]["uuid"]: _verdict("rejected"), **{row["uuid"]: _verdict("both_bad") for row in test}}
+    reviewed, report = review.reviewed_dataset(local, verdicts)
+    assert [row["uuid"] for row in reviewed["train"]] == [row["uuid"] for row in train]
+    assert reviewed["train"][2]["chosen"] == train[2]["rejected"]
+    # A split where everything was dropped keeps its columns and types.
+    assert reviewed["test"].num_rows == 0 and reviewed["test"].features == reviewed["train"].features
+    assert report.actions["test"] == {"dropped_both_bad": 2}
