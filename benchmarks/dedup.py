@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -76,6 +77,11 @@ def exact_sample(x: np.ndarray, queries: np.ndarray, threshold: float) -> tuple[
     return counts, nearest
 
 
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_one(n: int, method: str, sample: int, k: int, nprobe: int, seed: int) -> dict:
     from magpie_dl.dedup import DedupConfig, find_near_duplicates, normalize_rows
 
@@ -85,9 +91,12 @@ def run_one(n: int, method: str, sample: int, k: int, nprobe: int, seed: int) ->
     gen_s = time.perf_counter() - t0
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     cfg = DedupConfig(method=method, k=k, nprobe=nprobe)  # type: ignore[arg-type]
+    load_before = os.getloadavg()[0]
+    cpu0 = _cpu_seconds()
     t0 = time.perf_counter()
     res = find_near_duplicates(x, uuids, cfg)
     wall = time.perf_counter() - t0
+    cpu = _cpu_seconds() - cpu0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out = {
         "n": n,
@@ -96,11 +105,16 @@ def run_one(n: int, method: str, sample: int, k: int, nprobe: int, seed: int) ->
         "k": k,
         "nprobe": nprobe if method == "index" else None,
         "wall_s": round(wall, 2),
+        # CPU seconds of all threads: on a shared machine, cpu_s / cores is what the run
+        # would take with the cores to itself.
+        "cpu_s": round(cpu, 1),
+        "load_avg_1m": [round(load_before, 1), round(os.getloadavg()[0], 1)],
         "peak_rss_mib": round(peak),
         "rss_before_mib": round(rss_before),
         "data_gen_s": round(gen_s, 1),
         "rows_with_duplicates": res.stats["rows_with_duplicates"],
         "dropped": res.stats["dropped"],
+        **{key: res.stats[key] for key in ("nlist", "train_rows", "train_s", "add_s", "search_s") if key in res.stats},
     }
     if sample:
         rng = np.random.default_rng(seed + 1)

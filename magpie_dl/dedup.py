@@ -107,6 +107,7 @@ class NeighborGraph:
     src: np.ndarray
     dst: np.ndarray
     dist: np.ndarray
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -241,8 +242,11 @@ def index_neighbors(x: np.ndarray, config: DedupConfig) -> NeighborGraph:
     index.cp.seed = config.seed
     index.cp.niter = config.train_iterations
     index.cp.max_points_per_centroid = max(1, -(-train_size // nlist))  # no resampling
+    t0 = time.perf_counter()
     index.train(np.ascontiguousarray(x[sample]))
+    t1 = time.perf_counter()
     index.add(x)
+    t2 = time.perf_counter()
     nprobe = min(config.nprobe, nlist)
     params = faiss.SearchParametersIVF(nprobe=nprobe)
     if config.max_codes_factor:
@@ -262,7 +266,16 @@ def index_neighbors(x: np.ndarray, config: DedupConfig) -> NeighborGraph:
         src.append(s)
         dst.append(t)
         dist.append(dv)
-    return _graph(min_d, src, dst, dist)
+    graph = _graph(min_d, src, dst, dist)
+    graph.timings = {
+        "nlist": nlist,
+        "nprobe": nprobe,
+        "train_rows": train_size,
+        "train_s": round(t1 - t0, 2),
+        "add_s": round(t2 - t1, 2),
+        "search_s": round(time.perf_counter() - t2, 2),
+    }
+    return graph
 
 
 def _graph(
@@ -376,6 +389,7 @@ def find_near_duplicates(
         "rows": n,
         "method": method,
         "search_seconds": round(t_search, 3),
+        **graph.timings,
         "total_seconds": round(time.perf_counter() - t0, 3),
         "pairs_within_threshold": int(len(nbrs) // 2),
         "rows_with_duplicates": int((degree_c > 0).sum()),

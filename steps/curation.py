@@ -7,8 +7,7 @@ response per instruction, and :class:`InstructReward` lifts its score into the r
 ``instruct_reward`` column.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: distilabel reads the evaluated `StepInput` hint.
 import json
 import logging
 from pathlib import Path
@@ -160,7 +159,7 @@ class LanguageTagging(Step):
         - language (str | None: None when no language is detectable)
     """
 
-    languages: RuntimeParameter[List[str]] = Field(default=None, description="ISO 639-1 codes to choose among.")
+    languages: Optional[RuntimeParameter[List[str]]] = Field(default=None, description="ISO 639-1 codes to choose among.")
     low_accuracy: RuntimeParameter[bool] = Field(default=False, description="lingua's low-accuracy mode.")
 
     _detector: Optional["LanguageDetector"] = PrivateAttr(default=None)
@@ -343,18 +342,18 @@ class CuratedSelection(GlobalStep):
         - selection_reason (str | None: None for selected rows)
     """
 
-    min_difficulty: RuntimeParameter[str] = Field(default="medium", description="Lowest difficulty kept.")
-    min_input_quality: RuntimeParameter[str] = Field(default="good", description="Lowest input quality kept.")
-    min_instruct_reward: RuntimeParameter[float] = Field(default=-5.0, description="Lowest instruct reward kept.")
+    min_difficulty: Optional[RuntimeParameter[str]] = Field(default="medium", description="Lowest difficulty kept.")
+    min_input_quality: Optional[RuntimeParameter[str]] = Field(default="good", description="Lowest input quality kept.")
+    min_instruct_reward: Optional[RuntimeParameter[float]] = Field(default=-5.0, description="Lowest instruct reward kept.")
     remove_duplicates: RuntimeParameter[bool] = Field(default=True, description="Drop near-duplicates.")
-    languages: RuntimeParameter[List[str]] = Field(default=None, description="Allowed languages (None: any).")
-    target_size: RuntimeParameter[int] = Field(default=None, description="Rows to select (None: all eligible).")
+    languages: Optional[RuntimeParameter[List[str]]] = Field(default=None, description="Allowed languages (None: any).")
+    target_size: Optional[RuntimeParameter[int]] = Field(default=None, description="Rows to select (None: all eligible).")
     category_mix: RuntimeParameter[Union[str, Dict[str, float]]] = Field(
         default="uniform", description="uniform, natural, or weights per task category."
     )
     seed: RuntimeParameter[int] = Field(default=0, description="Sampling seed.")
     keep_rejected: RuntimeParameter[bool] = Field(default=False, description="Also output rejected rows.")
-    report_path: RuntimeParameter[str] = Field(default=None, description="Write the selection report here (JSON).")
+    report_path: Optional[RuntimeParameter[str]] = Field(default=None, description="Write the selection report here (JSON).")
 
     @property
     def inputs(self) -> "StepColumns":

@@ -1,0 +1,263 @@
+"""The instruction-curation recipe: config, command line and outputs.
+
+``pipelines/magpie_instructions.py`` generates Magpie queries and curates them (tags,
+language, instruct reward, near-duplicates, balanced selection). This module holds
+what is around the graph: the validated config with its presets, the command line
+(same conventions as the DPO recipe: ``--preset``, ``--config``, dotted flags), and
+writing the curated set where ``pipelines/dpo_100k.py --instructions`` reads it.
+
+Outputs in ``--output-dir``:
+
+- ``dataset/``: the selected instructions (``datasets.save_to_disk``), every tag column;
+- ``instructions.jsonl``: the same rows as JSON lines;
+- ``left_out.jsonl``: every rejected row with its ``selection_reason``;
+- ``selection.json``: the selection report (drops per reason, category mix, parse failures);
+- ``config.yaml``, ``pipeline.yaml``: what ran.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, field_validator
+
+from magpie_dl.config import (
+    TINY_DIR,
+    BackendConfig,
+    ConfigError,
+    GeneratorConfig,
+    RewardConfig,
+    _deep_merge,
+    _fields,
+    _parse_value,
+    _Section,
+    _set_path,
+    load_yaml,
+)
+from magpie_dl.embeddings import PACKAGED_MINILM, REFERENCE_MODEL
+from magpie_dl.selection import SelectionConfig, SelectionReport
+from magpie_dl.tagging import DIFFICULTY_LEVELS, QUALITY_LEVELS, TAG_TASKS
+
+# Columns the curated set carries into the DPO data (names of the released data).
+TAG_COLUMNS: tuple[str, ...] = (
+    "intent", "knowledge", "difficulty", "input_quality", "quality_explanation", "task_category",
+    "other_task_category", "language", "instruct_reward", "min_neighbor_distance", "repeat_count",
+    "min_similar_uuid",
+)
+
+
+class TaggingConfig(_Section):
+    """The LLM judge and the language detector."""
+
+    judge_model: str = Field("meta-llama/Meta-Llama-3-8B-Instruct", description="Judge model for the tags.")
+    tasks: list[str] = Field(default_factory=lambda: list(TAG_TASKS), description="Tag tasks to run.")
+    max_tokens: int = Field(512, ge=16, description="Answer budget per tag task.")
+    batch_size: int = Field(500, ge=1, description="Instructions per tagging batch.")
+    languages: list[str] | None = Field(None, description="Languages the detector chooses among (None: all).")
+
+
+class InstructRewardConfig(_Section):
+    """Instruct reward: one response per instruction, scored by the reward model."""
+
+    enabled: bool = Field(True, description="Score instructions with a response (else instruct_reward is None).")
+    temperature: float = Field(0.0, ge=0.0, le=2.0, description="Sampling temperature of that response.")
+    max_tokens: int = Field(4096, ge=1, description="Maximum tokens of that response.")
+    batch_size: int = Field(500, ge=1, description="Instructions per batch.")
+
+
+class DedupSection(_Section):
+    """Near-duplicate detection (magpie_dl.dedup)."""
+
+    embedding_model: str = Field(REFERENCE_MODEL, description=f"Sentence encoder; {PACKAGED_MINILM} works offline.")
+    embedding_batch_size: int = Field(64, ge=1, description="Texts per encoder forward pass.")
+    device: str = Field("cpu", description="Torch device of the encoder.")
+    threshold: float = Field(0.05, gt=0.0, description="Squared L2 near-duplicate threshold.")
+    k: int = Field(500, ge=1, description="Neighbours searched per row.")
+    method: Literal["auto", "exact", "index"] = Field("auto", description="Exact search, FAISS index, or auto.")
+    index_min_rows: int = Field(100_000, ge=1, description="Rows from which auto uses the index.")
+    nprobe: int = Field(8, ge=1, description="IVF cells visited per query.")
+
+
+class SelectionSection(_Section):
+    """Thresholds and the balanced sample (magpie_dl.selection)."""
+
+    min_difficulty: str | None = Field("medium", description="Lowest difficulty kept (null: no check).")
+    min_input_quality: str | None = Field("good", description="Lowest input quality kept (null: no check).")
+    min_instruct_reward: float | None = Field(-5.0, description="Lowest instruct reward kept (null: no check).")
+    remove_duplicates: bool = Field(True, description="Drop near-duplicates.")
+    languages: list[str] | None = Field(None, description="Allowed languages, e.g. EN (null: any).")
+    target_size: int | None = Field(100_000, ge=0, description="Instructions to select (null: all eligible).")
+    category_mix: str | dict[str, float] = Field("uniform", description="uniform, natural, or weights per category.")
+
+    @field_validator("min_difficulty")
+    @classmethod
+    def _difficulty(cls, value: str | None) -> str | None:
+        if value is not None and value not in DIFFICULTY_LEVELS:
+            raise ValueError(f"must be one of {', '.join(DIFFICULTY_LEVELS)}")
+        return value
+
+    @field_validator("min_input_quality")
+    @classmethod
+    def _quality(cls, value: str | None) -> str | None:
+        if value is not None and value not in QUALITY_LEVELS:
+            raise ValueError(f"must be one of {', '.join(QUALITY_LEVELS)}")
+        return value
+
+    def to_selection_config(self, seed: int) -> SelectionConfig:
+        return SelectionConfig(
+            min_difficulty=self.min_difficulty,
+            min_input_quality=self.min_input_quality,
+            min_instruct_reward=self.min_instruct_reward,
+            remove_duplicates=self.remove_duplicates,
+            languages=tuple(self.languages) if self.languages else None,
+            target_size=self.target_size,
+            category_mix=self.category_mix,
+            seed=seed,
+        )
+
+
+class InstructionsConfig(_Section):
+    """The whole instruction-curation recipe."""
+
+    seed: int = Field(42, description="Run seed: generation seeds and the selection sample derive from it.")
+    output_dir: Path = Field(Path("out/instructions"), description="Output directory.")
+    generator: GeneratorConfig = Field(default_factory=lambda: GeneratorConfig(num_instructions=300_000))
+    backend: BackendConfig = Field(default_factory=BackendConfig)
+    tagging: TaggingConfig = Field(default_factory=TaggingConfig)
+    reward: RewardConfig = Field(default_factory=RewardConfig)
+    instruct_reward: InstructRewardConfig = Field(default_factory=InstructRewardConfig)
+    dedup: DedupSection = Field(default_factory=DedupSection)
+    selection: SelectionSection = Field(default_factory=SelectionSection)
+
+    @property
+    def cache_dir(self) -> Path:
+        return Path(self.output_dir) / "cache"
+
+    def public_dict(self) -> dict[str, Any]:
+        return json.loads(self.model_dump_json())
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "full": {},
+    # Tiny local models end to end on CPU. The tiny judge rarely writes valid JSON over the
+    # transformers backend, so expect most rows to fail tagging (counted in selection.json);
+    # `--backend.kind vllm` constrains it with structured outputs instead.
+    "smoke": {
+        "output_dir": "out/instructions_smoke",
+        "generator": {
+            "model": str(TINY_DIR / "generator"),
+            "num_instructions": 64,
+            "temperature": 1.0,
+            "max_tokens": 48,
+            "batch_size": 64,
+        },
+        "backend": {"kind": "transformers", "device": "cpu", "dtype": "float32", "tensor_parallel_size": 1,
+                    "max_model_len": 1024, "transformers_batch_size": 160},
+        "tagging": {"judge_model": str(TINY_DIR / "generator"), "max_tokens": 64, "batch_size": 64,
+                    "languages": ["en", "de", "fr", "es", "zh"]},
+        "reward": {"model": str(TINY_DIR / "reward"), "max_length": 512, "dtype": "float32", "device": "cpu",
+                   "input_batch_size": 64},
+        "instruct_reward": {"max_tokens": 48, "batch_size": 64},
+        "dedup": {"embedding_model": PACKAGED_MINILM},
+        "selection": {"target_size": 32},
+    },
+}
+
+
+def build_parser(description: str) -> argparse.ArgumentParser:
+    """``--preset``, ``--config FILE``, ``--print-config``, and one flag per config field."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="full", help="Starting point for the config.")
+    parser.add_argument("--config", type=Path, help="YAML file with overrides (same structure as --print-config).")
+    parser.add_argument("--print-config", action="store_true", help="Print the resolved config and exit.")
+    for path, info in _fields(InstructionsConfig):
+        flags = [f"--{path}"] + (["--output-dir"] if path == "output_dir" else [])
+        parser.add_argument(*flags, dest=path, default=None, metavar="VALUE", help=info.description)
+    return parser
+
+
+def resolve(args: argparse.Namespace) -> InstructionsConfig:
+    """preset < YAML file < flags, validated; raises ConfigError with a one-line message."""
+    data: dict[str, Any] = json.loads(json.dumps(PRESETS[args.preset]))
+    if args.config is not None:
+        data = _deep_merge(data, load_yaml(args.config))
+    for path, _ in _fields(InstructionsConfig):
+        raw = getattr(args, path, None)
+        if raw is not None:
+            keep_text = path.endswith(("model", "dir", "system_prompt"))
+            _set_path(data, path, raw if keep_text else _parse_value(raw))
+    try:
+        return InstructionsConfig.model_validate(data)
+    except Exception as exc:  # pydantic ValidationError: one line for the user
+        errors = getattr(exc, "errors", None)
+        if errors is None:
+            raise
+        first = errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "config"
+        raise ConfigError(f"--{where}: {first['msg'].removeprefix('Value error, ')}") from None
+
+
+def split_selected(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(selected, rejected) by ``selection_reason``."""
+    selected = [r for r in rows if r.get("selection_reason") is None]
+    rejected = [r for r in rows if r.get("selection_reason") is not None]
+    return selected, rejected
+
+
+def write_outputs(rows: list[dict[str, Any]], out_dir: Path) -> tuple[int, int]:
+    """Write the curated set (``dataset/`` and ``instructions.jsonl``) and ``left_out.jsonl``."""
+    from datasets import Dataset
+
+    selected, rejected = split_selected(rows)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, part in (("instructions.jsonl", selected), ("left_out.jsonl", rejected)):
+        with (out_dir / name).open("w", encoding="utf-8") as handle:  # "w": a rerun replaces, never appends
+            for row in part:
+                handle.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+    if selected:
+        Dataset.from_list(selected).save_to_disk(str(out_dir / "dataset"))
+    return len(selected), len(rejected)
+
+
+def main_for(build: Any, description: str, argv: list[str] | None = None) -> int:
+    """The command line of the curation recipe; returns the exit code."""
+    from magpie_dl.runner import OutputLockedError, _ensure_tiny_models, output_lock
+
+    args = build_parser(description).parse_args(argv)
+    try:
+        if args.preset == "smoke":
+            _ensure_tiny_models()
+        cfg = resolve(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(yaml.safe_dump(cfg.public_dict(), sort_keys=False), end="")
+        return 0
+    started = time.perf_counter()
+    out_dir = Path(cfg.output_dir)
+    try:
+        with output_lock(out_dir):
+            pipeline = build(cfg)
+            (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.public_dict(), sort_keys=False))
+            pipeline.save(out_dir / "pipeline.yaml", format="yaml")
+            distiset = pipeline.run(use_cache=False)
+            rows = distiset["default"]["train"].to_list()
+            n_selected, n_rejected = write_outputs(rows, out_dir)
+    except OutputLockedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    report_path = out_dir / "selection.json"
+    print(f"\ncurated instructions: {out_dir / 'dataset'} ({n_selected} rows; {n_rejected} in left_out.jsonl)")
+    if report_path.exists():
+        report = SelectionReport(**json.loads(report_path.read_text()))
+        print("  " + report.format().replace("\n", "\n  "))
+    print(f"  next: python pipelines/dpo_100k.py --instructions {out_dir / 'dataset'}")
+    print(f"  wall time: {time.perf_counter() - started:.1f}s")
+    return 0

@@ -1,0 +1,141 @@
+"""Magpie instructions, curated: generate queries, tag them, drop near-duplicates, select a
+category-balanced high-quality set (the "select ~100K instructions" stage of the recipe).
+
+    python pipelines/magpie_instructions.py --preset smoke
+    python pipelines/dpo_100k.py --instructions out/instructions_smoke/dataset
+
+With no preset this is the full recipe: Llama-3.1-70B-Instruct queries, a Llama-3-8B-Instruct
+judge, all-mpnet-base-v2 embeddings, 100K selected. Writes ``dataset/``,
+``instructions.jsonl``, ``left_out.jsonl`` and ``selection.json`` to the output directory.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
+
+from magpie_dl.backends import make_backend  # noqa: E402  (first: it quiets distilabel's import warnings)
+from distilabel.pipeline import Pipeline  # noqa: E402
+from magpie_dl.curation import InstructionsConfig, main_for  # noqa: E402
+from steps.curation import (  # noqa: E402
+    CuratedSelection,
+    InstructionEmbedding,
+    InstructionTagging,
+    InstructReward,
+    LanguageTagging,
+    NearDuplicateTagging,
+)
+from steps.magpie import MagpieGenerator  # noqa: E402
+from steps.responses import MultiResponseGeneration  # noqa: E402
+from steps.reward import RewardScoring  # noqa: E402
+
+# The instruct-reward response and its scores live beside, not in, the DPO columns.
+RESPONSE_COLUMNS = {
+    "generations": "instruct_response",
+    "finish_reasons": "instruct_response_finish_reason",
+    "generation_tokens": "instruct_response_tokens",
+    "gen_response_configs": "instruct_response_configs",
+}
+RATING_COLUMNS = {
+    "ratings": "instruct_ratings",
+    "rating_truncated": "instruct_rating_truncated",
+    "rating_errors": "instruct_rating_errors",
+}
+
+
+def build_pipeline(cfg: InstructionsConfig) -> Pipeline:
+    """generate >> language >> judge tags >> instruct reward >> embed >> near-duplicates >> select."""
+    gen, tag, rm, ir, dd, sel = cfg.generator, cfg.tagging, cfg.reward, cfg.instruct_reward, cfg.dedup, cfg.selection
+    stored = {"cache_dir": str(cfg.cache_dir)}
+    with Pipeline(name="magpie-instructions", description=__doc__) as pipeline:
+        queries = MagpieGenerator(
+            name="magpie_generator",
+            llm=make_backend(cfg.backend, gen.model, cfg.seed),
+            family=gen.family,
+            num_rows=gen.num_instructions,
+            batch_size=gen.batch_size,
+            system_prompt=gen.system_prompt,
+            control_task=gen.control_task,
+            ban_first_token_markdown=gen.ban_first_token_markdown,
+            temperature=gen.temperature,
+            top_p=gen.top_p,
+            max_tokens=gen.max_tokens,
+            seed=cfg.seed,
+            **stored,
+        )
+        language = LanguageTagging(name="language", languages=tag.languages, input_batch_size=tag.batch_size)
+        tags = InstructionTagging(
+            name="judge_tags",
+            llm=make_backend(cfg.backend, tag.judge_model, cfg.seed),
+            tasks=tag.tasks,
+            max_tokens=tag.max_tokens,
+            input_batch_size=tag.batch_size,
+            **stored,
+        )
+        last = queries >> language >> tags
+        if ir.enabled:
+            response = MultiResponseGeneration(
+                name="instruct_response",
+                llm=make_backend(cfg.backend, gen.model, cfg.seed),
+                engine=cfg.backend.kind,
+                family=gen.family,
+                num_generations=1,
+                temperature=ir.temperature,
+                max_tokens=ir.max_tokens,
+                seed=cfg.seed,
+                input_batch_size=ir.batch_size,
+                output_mappings=RESPONSE_COLUMNS,
+                **stored,
+            )
+            score = RewardScoring(
+                name="instruct_reward_model",
+                model=rm.model,
+                trust_remote_code=rm.trust_remote_code,
+                dtype=rm.dtype,
+                device=rm.device,
+                max_length=rm.max_length,
+                scoring_batch_size=rm.batch_size,
+                input_batch_size=rm.input_batch_size,
+                # finish_reasons is not a declared input of RewardScoring, so it cannot be
+                # mapped: a truncated instruct response is scored like the reference does.
+                input_mappings={"generations": "instruct_response"},
+                output_mappings=RATING_COLUMNS,
+                **stored,
+            )
+            last = last >> response >> score >> InstructReward(name="instruct_reward", input_batch_size=ir.batch_size)
+        embed = InstructionEmbedding(
+            name="embedding",
+            model=dd.embedding_model,
+            device=dd.device,
+            embedding_batch_size=dd.embedding_batch_size,
+            input_batch_size=max(dd.embedding_batch_size, 256),
+        )
+        near_dups = NearDuplicateTagging(
+            name="near_duplicates",
+            threshold=dd.threshold,
+            k=dd.k,
+            method=dd.method,
+            index_min_rows=dd.index_min_rows,
+            nprobe=dd.nprobe,
+        )
+        select = CuratedSelection(
+            name="selection",
+            min_difficulty=sel.min_difficulty,
+            min_input_quality=sel.min_input_quality,
+            min_instruct_reward=sel.min_instruct_reward if ir.enabled else None,
+            remove_duplicates=sel.remove_duplicates,
+            languages=sel.languages,
+            target_size=sel.target_size,
+            category_mix=sel.category_mix,
+            seed=cfg.seed,
+            keep_rejected=True,  # written to left_out.jsonl with their reason
+            report_path=str(Path(cfg.output_dir) / "selection.json"),
+        )
+        last >> embed >> near_dups >> select
+    return pipeline
+
+
+if __name__ == "__main__":
+    sys.exit(main_for(build_pipeline, __doc__))
