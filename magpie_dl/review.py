@@ -151,36 +151,40 @@ class RetryPolicy:
         return min(self.backoff_s * 2 ** (attempt - 1), self.max_backoff_s)
 
 
+def _cause_chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and its explicit causes: the SDK wraps HTTP errors (``SettingsError from ...``,
+    ``ArgillaCredentialsError from UnauthorizedError``)."""
+    current: Optional[BaseException] = exc
+    while current is not None:
+        yield current
+        current = current.__cause__
+
+
 def _status_code(exc: BaseException) -> Optional[int]:
-    code = getattr(exc, "status_code", None)
-    return int(code) if isinstance(code, int) else None
+    """The HTTP status behind ``exc``, if any exception in its cause chain carries one."""
+    for link in _cause_chain(exc):
+        code = getattr(link, "status_code", None)
+        if isinstance(code, int):
+            return code
+    return None
 
 
-def _is_transient(exc: Optional[BaseException]) -> bool:
-    """Network trouble, timeouts, 5xx and 429 may pass on retry; 4xx and bad data will not.
-
-    The SDK wraps HTTP errors of multi-request operations (``SettingsError from ...``), so the
-    explicit cause chain is searched too.
-    """
+def _is_transient(exc: BaseException) -> bool:
+    """Network trouble, timeouts, 5xx and 429 may pass on retry; 4xx and bad data will not."""
     import httpx
 
-    while exc is not None:
-        if isinstance(exc, httpx.TransportError):
-            return True
-        code = _status_code(exc)
-        if code is not None:
-            return code >= 500 or code in (408, 429)
-        exc = exc.__cause__
-    return False
+    if any(isinstance(link, httpx.TransportError) for link in _cause_chain(exc)):
+        return True
+    code = _status_code(exc)
+    return code is not None and (code >= 500 or code in (408, 429))
 
 
 def _review_error(exc: BaseException, what: str, credentials: ArgillaCredentials) -> ReviewError:
     """One sanitised line explaining ``exc``; the SDK's text is kept only after scrubbing."""
     import httpx
-    from argilla._exceptions import ArgillaCredentialsError
 
     code = _status_code(exc)
-    if isinstance(exc, ArgillaCredentialsError) or code == 401:
+    if code == 401:
         reason = f"the server rejected the API key (check {ENV_API_KEY})"
     elif code == 403:
         reason = "the API key's user is not allowed to do this (403)"
@@ -212,7 +216,7 @@ def _call(
             logger.warning(
                 "Argilla %s failed (%s), retry %d/%d in %.1fs",
                 what,
-                credentials.scrub(type(exc).__name__),
+                type(exc).__name__,
                 attempt,
                 retry.attempts - 1,
                 delay,
