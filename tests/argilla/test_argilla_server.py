@@ -394,3 +394,84 @@ def test_step_runs_inside_a_distilabel_pipeline(argilla_env, dataset_name, make_
     written = [path.read_text() for path in (tmp_path / "cache").rglob("pipeline.yaml")]
     assert written and all(argilla_env.api_key not in text and argilla_env.url not in text for text in written)
     assert any(dataset_name in text for text in written)
+
+
+class _FlakyProxy:
+    """An HTTP proxy on loopback in front of the real server that answers 503 to the first
+    ``failures`` bulk upserts, so the retry path runs against real requests and responses."""
+
+    def __init__(self, target: str, failures: int) -> None:
+        import http.server
+        import threading
+
+        import httpx
+
+        self.failures_left = failures
+        self.failures_served = 0
+        proxy = self
+        upstream = httpx.Client(base_url=target, timeout=60)
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _forward(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.command == "PUT" and self.path.endswith("/records/bulk") and proxy.failures_left > 0:
+                    proxy.failures_left -= 1
+                    proxy.failures_served += 1
+                    self.send_response(503)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                skip = {"host", "content-length", "accept-encoding", "connection"}
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in skip}
+                reply = upstream.request(self.command, self.path, content=body, headers=headers)
+                self.send_response(reply.status_code)
+                for key, value in reply.headers.items():
+                    if key.lower() not in {"content-length", "content-encoding", "transfer-encoding", "connection"}:
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(reply.content)))
+                self.end_headers()
+                self.wfile.write(reply.content)
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _forward
+
+            def log_message(self, *args: Any) -> None:  # keep test output quiet
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_transient_failure_of_a_batch_is_retried(argilla_server, dataset_name, make_dpo_row, caplog):
+    proxy = _FlakyProxy(argilla_server.url, failures=2)
+    try:
+        rows = [make_dpo_row(i) for i in range(5)]
+        with caplog.at_level(logging.WARNING, logger="magpie_dl.review"):
+            report = review.push_rows(
+                rows, dataset_name, batch_size=2, api_url=proxy.url, api_key=argilla_server.api_key, retry=FAST_RETRY
+            )
+    finally:
+        proxy.close()
+    assert proxy.failures_served == 2
+    assert (report.records, report.batches) == (5, 3)
+    assert caplog.text.count("upsert of batch 1 failed (ArgillaAPIError), retry") == 2
+    assert len(_records_by_id(_owner_client(argilla_server), dataset_name)) == 5
+
+
+def test_batch_that_keeps_failing_stops_the_push_with_a_clean_error(argilla_server, dataset_name, make_dpo_row):
+    proxy = _FlakyProxy(argilla_server.url, failures=100)
+    try:
+        with pytest.raises(review.ReviewError) as caught:
+            review.push_rows(
+                [make_dpo_row(0)], dataset_name, api_url=proxy.url, api_key=argilla_server.api_key, retry=FAST_RETRY
+            )
+    finally:
+        proxy.close()
+    assert proxy.failures_served == FAST_RETRY.attempts
+    message = str(caught.value)
+    assert message.startswith(f"Argilla upsert of batch 1 failed at {proxy.url}: ArgillaAPIError 503")
+    assert caught.value.transient and argilla_server.api_key not in message and "\n" not in message
