@@ -61,8 +61,8 @@ TERMS_METADATA = ("task_category", "difficulty", "input_quality", "language", "g
 DEFAULT_REWARD_AGENT = "RLHFlow/ArmoRM-Llama3-8B-v0.1"
 
 GUIDELINES = """\
-Each record is one DPO pair built from five sampled responses: **chosen** had the highest reward-model
-score, **rejected** the lowest. All five responses and their scores are shown for context.
+Each record is one DPO pair picked from several sampled responses: **chosen** had the highest
+reward-model score, **rejected** the lowest. All responses and their scores are shown for context.
 
 **Which response is better?** (pre-filled with the reward model's verdict; change it if you disagree)
 - *Chosen is better*: the pair is kept as is.
