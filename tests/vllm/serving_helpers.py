@@ -79,6 +79,7 @@ def server_command(model: Path, port: int) -> list[str]:
         "--max-model-len", str(MAX_MODEL_LEN),
         "--seed", "0",
         "--no-enable-chunked-prefill",
+        "--enforce-eager",  # start-up: see VLLMBackend.enforce_eager
         "--logits-processors", FIRST_TOKEN_BAN_V1_FQCN,
         "--structured-outputs-config", json.dumps(STRUCTURED_OUTPUTS_CONFIG),
         "--api-key", API_KEY,
