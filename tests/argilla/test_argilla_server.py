@@ -384,9 +384,17 @@ def test_step_runs_inside_a_distilabel_pipeline(argilla_env, dataset_name, make_
         load = LoadDataFromDicts(data=rows, batch_size=4)
         push = PushToArgillaReview(name="push_to_argilla", input_batch_size=4)
         load >> push
-    distiset = pipeline.run(
-        parameters={push.name: {"dataset_name": dataset_name, "records_batch_size": 3}}, use_cache=False
-    )
+    # distilabel replaces the root logger's handlers with a QueueHandler whose queue it closes
+    # after the run; later log calls in this process would then fail. Put the handlers back.
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    try:
+        distiset = pipeline.run(
+            parameters={push.name: {"dataset_name": dataset_name, "records_batch_size": 3}}, use_cache=False
+        )
+    finally:
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
 
     out = distiset["default"]["train"]
     assert out.num_rows == 7 and all(out["argilla_pushed"])
