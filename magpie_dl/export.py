@@ -108,21 +108,38 @@ def write_dataset(
     from datasets import Dataset, DatasetDict
 
     summary = summarize(rows)
-    kept = [released_row(r) for r in rows if r["pair_status"] == KEPT]
+    released = [{**released_row(r), "pair_status": r["pair_status"]} for r in rows]
+    # One schema inferred from every row, so an empty split still has typed columns
+    # (datasets cannot load back a saved split that has none).
+    features = Dataset.from_list(released).features
+    kept_features = features.copy()
+    del kept_features["pair_status"]
+    kept = [{k: v for k, v in r.items() if k != "pair_status"} for r in released if r["pair_status"] == KEPT]
     splits = split_rows(kept, test_fraction, seed)
     summary.splits = {name: len(split) for name, split in splits.items()}
-    dataset = DatasetDict({name: Dataset.from_list(split) for name, split in splits.items()})
+    dataset = DatasetDict(
+        {name: _typed_dataset(split, kept_features) for name, split in splits.items()}
+    )
     _atomic_save(dataset, out_dir / "dataset")
-    left_rows = [{**released_row(r), "pair_status": r["pair_status"]} for r in rows if r["pair_status"] != KEPT]
-    _atomic_save(Dataset.from_list(sorted(left_rows, key=lambda r: r["uuid"])), out_dir / "left_out")
+    left_rows = sorted((r for r in released if r["pair_status"] != KEPT), key=lambda r: r["uuid"])
+    _atomic_save(_typed_dataset(left_rows, features), out_dir / "left_out")
     _atomic_write_text(out_dir / "summary.json", json.dumps(summary.__dict__, indent=2, sort_keys=True))
     return summary
+
+
+def _typed_dataset(rows: list[dict[str, Any]], features: Any) -> Any:
+    """A dataset with exactly ``features``, also when ``rows`` is empty."""
+    from datasets import Dataset
+
+    return Dataset.from_dict({name: [row.get(name) for row in rows] for name in features}, features=features)
 
 
 def _atomic_save(dataset: Any, target: Path) -> None:
     staging = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
-    dataset.save_to_disk(str(staging))
+    # One shard at least: datasets writes no shard for an empty split, then cannot load it.
+    shards = {name: 1 for name in dataset} if isinstance(dataset, dict) else 1
+    dataset.save_to_disk(str(staging), num_shards=shards)
     old = target.with_name(f".{target.name}.old-{os.getpid()}")
     if target.exists():
         target.rename(old)
