@@ -152,6 +152,10 @@ class OutputConfig(_Section):
     test_fraction: float = Field(0.02, gt=0.0, lt=1.0, description="Fraction of pairs in the test split.")
     push_to_hub: str | None = Field(None, description="Hub dataset repo to push to (needs HF_TOKEN).")
     private: bool = Field(False, description="Push as a private dataset.")
+    argilla_dataset: str | None = Field(
+        None, description="Argilla dataset to push pairs to for review (ARGILLA_API_URL / ARGILLA_API_KEY)."
+    )
+    argilla_workspace: str | None = Field(None, description="Argilla workspace (default: the server's default).")
 
 
 class RecipeConfig(_Section):
@@ -217,6 +221,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 ALIASES: dict[str, str] = {
     "--output-dir": "output.dir",
     "--instructions": "instructions",
+    "--argilla-dataset": "output.argilla_dataset",
     "--backend": "backend.kind",
     "--base-url": "backend.base_urls",
     "--push-to-hub": "output.push_to_hub",
@@ -294,7 +299,7 @@ def resolve(args: argparse.Namespace) -> RecipeConfig:
             value: Any = [u.strip() for u in str(raw).split(",") if u.strip()]
         elif isinstance(raw, bool):
             value = raw
-        elif path.endswith(("model", "dir", "system_prompt", "push_to_hub", "instructions")):
+        elif path.endswith(("model", "dir", "system_prompt", "push_to_hub", "instructions", "argilla_dataset", "argilla_workspace")):
             value = raw  # strings stay strings ("null" is not None here)
         else:
             value = _parse_value(raw)
@@ -338,3 +343,10 @@ def secret_env_names() -> tuple[str, ...]:
 
 def secret_values() -> list[str]:
     return [v for name in secret_env_names() if (v := os.environ.get(name)) and len(v) >= 4]
+
+
+def redact(text: str) -> str:
+    """``text`` with the value of every secret environment variable masked."""
+    for value in secret_values():
+        text = text.replace(value, "***")
+    return text

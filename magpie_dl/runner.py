@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from magpie_dl.config import PRESETS, TINY_DIR, ConfigError, RecipeConfig, build_parser, resolve
+from magpie_dl.config import PRESETS, TINY_DIR, ConfigError, RecipeConfig, build_parser, redact, resolve
 from magpie_dl.export import Summary, write_dataset
+from magpie_dl.procs import die_with_parent
 from magpie_dl.store import ResultStore
 from magpie_dl.report import CARD_FILENAME, write_card_and_report
 
@@ -76,6 +77,8 @@ def run_recipe(
             shutil.rmtree(cfg.cache_dir, ignore_errors=True)
         store = ResultStore(cfg.cache_dir)
         store.reset_usage()
+        # Every process distilabel forks (step workers, its queue manager) dies with us.
+        os.register_at_fork(after_in_child=die_with_parent)
         pipeline = build(cfg)
         (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.public_dict(), sort_keys=False))
         pipeline.save(out_dir / "pipeline.yaml", format="yaml")
@@ -84,8 +87,6 @@ def run_recipe(
         summary = write_dataset(rows, out_dir, cfg.output.test_fraction, cfg.seed)
         write_card_and_report(out_dir, cfg.public_dict(), summary)
         usage = store.usage()
-    if cfg.output.push_to_hub:
-        push_to_hub(out_dir, cfg.output.push_to_hub, cfg.output.private)
     return summary, usage
 
 
@@ -109,8 +110,44 @@ def push_to_hub(out_dir: Path, repo_id: str, private: bool) -> None:
     load_from_disk(str(out_dir / "dataset")).push_to_hub(repo_id, private=private, token=token)
 
 
+def push_for_hub(cfg: RecipeConfig) -> bool:
+    """Push to the Hub; a failure is one line, scrubbed of secrets, and the local data stays."""
+    try:
+        push_to_hub(Path(cfg.output.dir), cfg.output.push_to_hub, cfg.output.private)
+        print(f"  hub: pushed to {cfg.output.push_to_hub}")
+        return True
+    except Exception as exc:  # any client or network error: the user needs one clean line
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        print(
+            f"error: hub push failed: {redact(f'{exc.__class__.__name__}: {first}')}; "
+            f"the local dataset in {cfg.output.dir} is intact",
+            file=sys.stderr,
+        )
+        return False
+
+
+def push_for_review(cfg: RecipeConfig) -> bool:
+    """Push the written pairs to Argilla; on failure say how to retry the push alone."""
+    from magpie_dl.review import ReviewError, push_to_argilla
+
+    dataset = Path(cfg.output.dir) / "dataset"
+    try:
+        print(f"  argilla: {push_to_argilla(dataset, cfg.output.argilla_dataset, cfg.output.argilla_workspace)}")
+        return True
+    except ReviewError as exc:
+        print(
+            f"error: argilla push failed: {exc}; the local dataset is intact, retry with: "
+            f"python -m magpie_dl.review push --input {dataset} --dataset-name {cfg.output.argilla_dataset}",
+            file=sys.stderr,
+        )
+        return False
+
+
 def main_for(build: Callable[[RecipeConfig], Pipeline], description: str, argv: list[str] | None = None) -> int:
     """The command line of a recipe script; returns the exit code."""
+    # distilabel installs a rich excepthook that prints every frame's local variables,
+    # tokens and API keys included; put Python's own back.
+    sys.excepthook = sys.__excepthook__
     args = build_parser(description).parse_args(argv)
     try:
         if args.preset == "smoke":
@@ -118,6 +155,8 @@ def main_for(build: Callable[[RecipeConfig], Pipeline], description: str, argv: 
         cfg = resolve(args)
         if cfg.instructions:
             _check_instructions(cfg.instructions)
+        if cfg.output.argilla_dataset and not (os.environ.get("ARGILLA_API_URL") and os.environ.get("ARGILLA_API_KEY")):
+            raise ConfigError("--argilla-dataset needs ARGILLA_API_URL and ARGILLA_API_KEY in the environment")
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -134,6 +173,10 @@ def main_for(build: Callable[[RecipeConfig], Pipeline], description: str, argv: 
     print(f"\ndataset: {out_dir / 'dataset'}  (pipeline.yaml, left_out/, summary.json, README.md, report.html beside it)")
     for line in summary.lines():
         print(f"  {line}")
+    if cfg.output.push_to_hub and not push_for_hub(cfg):
+        return 4
+    if cfg.output.argilla_dataset and not push_for_review(cfg):
+        return 4
     reused = ", ".join(f"{step} {u['reused']}/{u['reused'] + u['computed']}" for step, u in usage.items())
     print(f"  stored results reused: {reused or 'none'}")
     print(f"  wall time: {time.perf_counter() - started:.1f}s")
