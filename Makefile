@@ -4,12 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip install -q -c constraints.txt
 
-.PHONY: setup demo test models clean
+.PHONY: setup test-env demo test test-main test-vllm models clean
 
+# Main environment: CPU torch pinned first, so nothing pulls a CUDA build.
 $(BIN)/activate: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# CPU torch first, pinned, so nothing pulls a CUDA build.
 	$(PIP) torch==2.13.0
 	$(PIP) -e '.[test,curation,argilla]'
 	touch $@
@@ -22,8 +22,20 @@ models: setup
 demo: models
 	$(BIN)/python pipelines/dpo_100k.py --preset smoke --output-dir out/smoke
 
-test: models
-	$(BIN)/python -m pytest -q
+# What the test tiers need beyond the main venv: vLLM's CPU build in its own venv, the
+# unmodified argilla-server in its own venv (+ Debian redis), Debian chromium. All idempotent.
+test-env: setup
+	bash scripts/setup_vllm_env.sh
+	bash argilla/server/setup_env.sh
+	bash scripts/setup_chromium.sh
+
+test-main: models test-env
+	$(BIN)/python -m pytest -q --ignore=tests/vllm
+
+test-vllm: models test-env
+	.venv-vllm/bin/python -m pytest -q tests/vllm
+
+test: test-main test-vllm
 
 clean:
-	rm -rf $(VENV) models out
+	rm -rf $(VENV) .venv-vllm .venv-argilla-server models out
