@@ -87,7 +87,8 @@ class OpenAIBackend(CompletionLLM):
     _ban_ready: dict[str, bool] = PrivateAttr(default_factory=dict)
     _in_flight: dict[str, int] = PrivateAttr(default_factory=dict)
     _sent: dict[str, int] = PrivateAttr(default_factory=dict)
-    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    # Created in load(): distilabel deep-copies steps (and their LLMs) before running them.
+    _lock: threading.Lock | None = PrivateAttr(default=None)
 
     @field_validator("base_urls")
     @classmethod
@@ -122,6 +123,7 @@ class OpenAIBackend(CompletionLLM):
             timeout=httpx.Timeout(self.request_timeout_s, connect=self.connect_timeout_s),
             limits=httpx.Limits(max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency),
         )
+        self._lock = threading.Lock()
         self._in_flight = {url: 0 for url in self.base_urls}
         self._sent = {url: 0 for url in self.base_urls}
         for url in self.base_urls:
@@ -249,13 +251,14 @@ class OpenAIBackend(CompletionLLM):
             except _TransientError as e:
                 last_error, connection = f"{url}: {e}", e.connection
             finally:
-                with self._lock:
+                with self._lock:  # type: ignore[union-attr]
                     self._in_flight[url] -= 1
         reason = f"gave up after {self.max_retries + 1} attempts; last: {last_error}"
         return _errors(spec.n, reason), connection
 
     def _pick(self, avoid: list[str]) -> str:
         """The endpoint with the fewest requests in flight (not the one that just failed)."""
+        assert self._lock is not None
         with self._lock:
             candidates = [u for u in self.base_urls if u not in avoid] or list(self.base_urls)
             url = min(candidates, key=lambda u: (self._in_flight[u], self._sent[u]))

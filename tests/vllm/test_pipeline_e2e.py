@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import psutil
+import pytest
 
 from serving_helpers import API_KEY
 
@@ -56,18 +57,36 @@ def check_dataset(out: Path, engine: str) -> None:
         assert row["finish_reasons"][row["chosen_index"]] == "stop"
 
 
-def test_smoke_recipe_with_vllm_engines(tmp_path: Path) -> None:
-    code, output, leftovers = run_smoke(tmp_path / "out", "--backend", "vllm")
+@pytest.fixture(scope="module")
+def offline_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One smoke run with --backend vllm (two offline engines: queries and responses)."""
+    out = tmp_path_factory.mktemp("smoke-vllm") / "out"
+    code, output, leftovers = run_smoke(out, "--backend", "vllm")
     assert code == 0, output
-    check_dataset(tmp_path / "out", "vllm")
     # Both generation steps unloaded their engines: nothing of the run outlives it.
     assert leftovers == [], output
+    return out
 
 
-def test_smoke_recipe_against_a_vllm_server(server: str, tmp_path: Path) -> None:
+def test_smoke_recipe_with_vllm_engines(offline_run: Path) -> None:
+    check_dataset(offline_run, "vllm")
+
+
+def test_smoke_recipe_against_a_vllm_server(server: str, offline_run: Path, tmp_path: Path) -> None:
     code, output, leftovers = run_smoke(
         tmp_path / "out", "--backend", "openai", "--base-url", server, env={"MAGPIE_DL_API_KEY": API_KEY}
     )
     assert code == 0, output
     check_dataset(tmp_path / "out", "openai")
     assert leftovers == [], output
+    # Same model, same seeds, same engine code: served and offline runs write the same data.
+    served, offline = rows_by_instruction(tmp_path / "out"), rows_by_instruction(offline_run)
+    assert served.keys() == offline.keys()
+    assert all(served[k] == offline[k] for k in served)
+
+
+def rows_by_instruction(out: Path) -> dict[str, tuple]:
+    from datasets import load_from_disk
+
+    dataset = load_from_disk(str(out / "dataset"))
+    return {r["instruction"]: (r["responses"], r["finish_reasons"]) for s in dataset.values() for r in s}
