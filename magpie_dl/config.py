@@ -17,6 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from magpie_dl.estimate import EstimateConfig
 from magpie_dl.families import FAMILIES
 from magpie_dl.magpie import CONTROL_TASKS
 
@@ -172,6 +173,7 @@ class RecipeConfig(_Section):
     backend: BackendConfig = Field(default_factory=BackendConfig)
     pairing: PairingConfig = Field(default_factory=PairingConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    estimate: EstimateConfig = Field(default_factory=EstimateConfig)
 
     @property
     def cache_dir(self) -> Path:
@@ -271,6 +273,9 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--config", type=Path, help="YAML file with overrides (same structure as --print-config).")
     parser.add_argument("--print-config", action="store_true", help="Print the resolved config and exit.")
     parser.add_argument("--fresh", action="store_true", help="Ignore stored results from earlier runs.")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="Print the graph, the resolved config and a work estimate; load no model.")
+    parser.add_argument("--quiet", action="store_true", help="No live progress lines (for log files).")
     reverse = {path: alias for alias, path in ALIASES.items()}
     for path, info in _fields(RecipeConfig):
         flags = [f"--{path}"] + ([reverse[path]] if path in reverse else [])

@@ -14,7 +14,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,7 +22,9 @@ import yaml
 
 from magpie_dl.config import PRESETS, TINY_DIR, ConfigError, RecipeConfig, build_parser, redact, resolve
 from magpie_dl.export import Summary, write_dataset
+from magpie_dl.estimate import estimate
 from magpie_dl.procs import die_with_parent
+from magpie_dl.progress import ProgressMonitor
 from magpie_dl.store import ResultStore
 from magpie_dl.report import CARD_FILENAME, write_card_and_report
 
@@ -64,7 +66,7 @@ def output_lock(out_dir: Path) -> Iterator[None]:
 
 
 def run_recipe(
-    build: Callable[[RecipeConfig], Pipeline], cfg: RecipeConfig, fresh: bool = False
+    build: Callable[[RecipeConfig], Pipeline], cfg: RecipeConfig, fresh: bool = False, progress: bool = True
 ) -> tuple[Summary, dict[str, dict[str, int]]]:
     """Build and run the pipeline, write the dataset; returns the summary and store usage.
 
@@ -82,7 +84,9 @@ def run_recipe(
         pipeline = build(cfg)
         (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.public_dict(), sort_keys=False))
         pipeline.save(out_dir / "pipeline.yaml", format="yaml")
-        distiset = pipeline.run(use_cache=False)
+        totals = {name: instruction_count(cfg) for name in pipeline.dag if name != "pairing"}
+        with ProgressMonitor(store, totals) if progress else nullcontext():
+            distiset = pipeline.run(use_cache=False)
         rows = distiset["default"]["train"].to_list()
         summary = write_dataset(rows, out_dir, cfg.output.test_fraction, cfg.seed)
         write_card_and_report(out_dir, cfg.public_dict(), summary)
@@ -108,6 +112,32 @@ def push_to_hub(out_dir: Path, repo_id: str, private: bool) -> None:
         api.upload_file(path_or_fileobj=str(card), path_in_repo=CARD_FILENAME, repo_id=repo_id,
                         repo_type="dataset", commit_message="Dataset card")
     load_from_disk(str(out_dir / "dataset")).push_to_hub(repo_id, private=private, token=token)
+
+
+def instruction_count(cfg: RecipeConfig) -> int:
+    """How many instructions the run handles (generated, or read from the source)."""
+    if cfg.instructions:
+        from magpie_dl.inputs import load_instructions
+
+        return len(load_instructions(cfg.instructions))
+    return cfg.generator.num_instructions
+
+
+def dry_run(build: Callable[[RecipeConfig], Pipeline], cfg: RecipeConfig) -> None:
+    """Print the graph, the resolved config and the work estimate; nothing is loaded."""
+    pipeline = build(cfg)
+    print("graph:")
+    for level in pipeline.dag.iter_based_on_trophic_levels():
+        for name in level:
+            step = pipeline.dag.get_step(name)["step"]
+            after = ", ".join(pipeline.dag.get_step_successors(name)) or "(output)"
+            print(f"  {name} [{type(step).__name__}] -> {after}")
+    print("config:")
+    print("  " + yaml.safe_dump(cfg.public_dict(), sort_keys=False).replace("\n", "\n  ").rstrip())
+    work = estimate(instruction_count(cfg), cfg.responses.num_generations, not cfg.instructions, cfg.estimate)
+    print("estimate (assumptions under `estimate:` above; set them with --estimate.*):")
+    for line in work.lines():
+        print(f"  {line}")
 
 
 def push_for_hub(cfg: RecipeConfig) -> bool:
@@ -163,9 +193,16 @@ def main_for(build: Callable[[RecipeConfig], Pipeline], description: str, argv: 
     if args.print_config:
         print(yaml.safe_dump(cfg.public_dict(), sort_keys=False), end="")
         return 0
+    if args.dry_run:
+        dry_run(build, cfg)
+        return 0
+    # Our progress lines replace distilabel's per-batch INFO logs (DISTILABEL_LOG_LEVEL=INFO brings them back).
+    os.environ.setdefault("DISTILABEL_LOG_LEVEL", "WARNING")
+    for name in ("HF_DATASETS_DISABLE_PROGRESS_BARS", "HF_HUB_DISABLE_PROGRESS_BARS"):
+        os.environ.setdefault(name, "1")
     started = time.perf_counter()
     try:
-        summary, usage = run_recipe(build, cfg, fresh=args.fresh)
+        summary, usage = run_recipe(build, cfg, fresh=args.fresh, progress=not args.quiet)
     except OutputLockedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3

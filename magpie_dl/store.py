@@ -45,6 +45,9 @@ class ResultStore:
             db.execute(
                 "CREATE TABLE IF NOT EXISTS usage (step TEXT PRIMARY KEY, reused INTEGER NOT NULL, computed INTEGER NOT NULL)"
             )
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS progress (step TEXT PRIMARY KEY, rows INTEGER NOT NULL, tokens INTEGER NOT NULL)"
+            )
 
     def _connect(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
@@ -86,7 +89,22 @@ class ResultStore:
         )
 
     def reset_usage(self) -> None:
-        self._connect().execute("DELETE FROM usage")
+        """Forget the previous run's usage and progress counters (not its results)."""
+        db = self._connect()
+        db.execute("DELETE FROM usage")
+        db.execute("DELETE FROM progress")
+
+    def count_progress(self, step: str, rows: int, tokens: int) -> None:
+        """Rows a step has finished in this run, and the tokens it generated or scored."""
+        self._connect().execute(
+            "INSERT INTO progress (step, rows, tokens) VALUES (?, ?, ?) ON CONFLICT(step) DO UPDATE SET "
+            "rows = rows + excluded.rows, tokens = tokens + excluded.tokens",
+            (step, rows, tokens),
+        )
+
+    def progress(self) -> dict[str, tuple[int, int]]:
+        rows = self._connect().execute("SELECT step, rows, tokens FROM progress")
+        return {step: (done, tokens) for step, done, tokens in rows}
 
     def usage(self) -> dict[str, dict[str, int]]:
         rows = self._connect().execute("SELECT step, reused, computed FROM usage ORDER BY step")

@@ -32,3 +32,8 @@ class StoredResults(BaseModel):
     @property
     def store(self) -> Optional[ResultStore]:
         return self._store
+
+    def report_progress(self, rows: int, tokens: int) -> None:
+        """Count finished rows and tokens for the run's live progress display."""
+        if self._store is not None:
+            self._store.count_progress(self.name, rows, tokens)

@@ -106,6 +106,7 @@ class MagpieGenerator(GeneratorStep, StoredResults):
         for start in range(offset, self.num_rows, self.batch_size):
             indices = range(start, min(start + self.batch_size, self.num_rows))
             rows = self.write_queries(indices, rules, seen)
+            self.report_progress(len(rows), sum(r["gen_input_configs"]["num_tokens"] for r in rows))
             yield rows, indices[-1] == self.num_rows - 1
 
     def write_queries(self, indices: range, rules: CleaningRules, seen: set[str]) -> list[dict[str, Any]]:

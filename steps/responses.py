@@ -109,6 +109,7 @@ class MultiResponseGeneration(Step, StoredResults):
             row["gen_response_configs"] = self._provenance(row, spec, stops.strings + tuple(
                 tokenizer.convert_ids_to_tokens(list(stops.token_ids))
             ))
+        self.report_progress(len(inputs), sum(sum(row["generation_tokens"]) for row in inputs))
         yield inputs
 
     def _provenance(self, row: dict[str, Any], spec: SamplingSpec | None, stop_tokens: tuple[str, ...]) -> dict[str, Any]:

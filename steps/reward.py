@@ -91,6 +91,7 @@ class RewardScoring(Step, StoredResults):
             inputs[r]["ratings"][j] = result.score
             inputs[r]["rating_truncated"][j] = result.truncated
             inputs[r]["rating_errors"][j] = result.error
+        self.report_progress(len(inputs), sum(result.num_tokens for result in scored))
         yield inputs
 
 

@@ -1,0 +1,118 @@
+"""Live progress and up-front estimates.
+
+Steps run in distilabel's worker processes; each counts its finished rows and tokens
+in the run's result store (:meth:`ResultStore.count_progress`). A thread in the main
+process reads those counters and prints one line per interval: per step, rows done
+of the total, rows/s, tokens/s and an ETA.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import TextIO
+
+from magpie_dl.store import ResultStore
+
+
+@dataclass
+class StepRate:
+    """Progress of one step at one moment."""
+
+    name: str
+    done: int
+    total: int
+    rows_per_s: float
+    tokens_per_s: float
+
+    @property
+    def eta_s(self) -> float | None:
+        if self.done >= self.total:
+            return 0.0
+        return (self.total - self.done) / self.rows_per_s if self.rows_per_s > 0 else None
+
+    def line(self) -> str:
+        eta = self.eta_s
+        eta_text = "?" if eta is None else _duration(eta)
+        percent = 100 * self.done / self.total if self.total else 100
+        return (
+            f"{self.name} {self.done}/{self.total} ({percent:.0f}%) {self.rows_per_s:.1f} rows/s "
+            f"{_count(self.tokens_per_s)} tok/s ETA {eta_text}"
+        )
+
+
+def rates(
+    counters: dict[str, tuple[int, int]],
+    totals: dict[str, int],
+    first_seen: dict[str, tuple[float, int, int]],
+    now: float,
+) -> list[StepRate]:
+    """Per-step rates, in the order of ``totals``.
+
+    A step's rate counts from the moment it was first seen making progress (model
+    loading and waiting for upstream steps would otherwise drag it down);
+    ``first_seen`` maps a step to (time, rows, tokens) at that moment.
+    """
+    out = []
+    for name, total in totals.items():
+        done, tokens = counters.get(name, (0, 0))
+        if done and name not in first_seen:
+            first_seen[name] = (now, done, tokens)
+        since, rows0, tokens0 = first_seen.get(name, (now, done, tokens))
+        elapsed = now - since
+        rows_per_s = (done - rows0) / elapsed if elapsed > 0 else 0.0
+        tokens_per_s = (tokens - tokens0) / elapsed if elapsed > 0 else 0.0
+        out.append(StepRate(name, min(done, total), total, rows_per_s, tokens_per_s))
+    return out
+
+
+class ProgressMonitor:
+    """Prints the run's progress every ``interval_s`` seconds until stopped."""
+
+    def __init__(
+        self, store: ResultStore, totals: dict[str, int], interval_s: float = 5.0, stream: TextIO | None = None
+    ) -> None:
+        self.store = store
+        self.totals = totals
+        self.interval_s = interval_s
+        self.stream = stream or sys.stderr
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="magpie-progress", daemon=True)
+        self._first_seen: dict[str, tuple[float, int, int]] = {}
+
+    def __enter__(self) -> ProgressMonitor:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def snapshot(self) -> list[StepRate]:
+        return rates(self.store.progress(), self.totals, self._first_seen, time.perf_counter())
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                line = " | ".join(rate.line() for rate in self.snapshot())
+            except Exception:  # the store is busy or gone: skip this tick, never kill the run
+                continue
+            print(f"[progress] {line}", file=self.stream, flush=True)
+
+
+def _count(value: float) -> str:
+    for unit, size in (("M", 1e6), ("K", 1e3)):
+        if value >= size:
+            return f"{value / size:.1f}{unit}"
+    return f"{value:.0f}"
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"

@@ -1,0 +1,53 @@
+"""Live progress lines and the dry-run estimate."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import pytest
+
+from conftest import run_recipe_cli
+from magpie_dl.estimate import EstimateConfig, estimate
+from magpie_dl.progress import ProgressMonitor, rates
+from magpie_dl.store import ResultStore
+
+
+def test_rates_count_from_first_progress_and_give_an_eta():
+    first: dict = {}
+    [r] = rates({"responses": (10, 1000)}, {"responses": 100}, first, now=100.0)
+    assert r.rows_per_s == 0 and r.eta_s is None  # one observation: no rate yet
+    [r] = rates({"responses": (30, 3000)}, {"responses": 100}, first, now=110.0)
+    assert r.rows_per_s == pytest.approx(2.0) and r.tokens_per_s == pytest.approx(200.0)
+    assert r.eta_s == pytest.approx(35.0)
+    assert "30/100 (30%)" in r.line() and "ETA 35s" in r.line()
+
+
+def test_monitor_reads_counters_written_by_step_processes(tmp_path):
+    store = ResultStore(tmp_path)
+    stream = io.StringIO()
+    with ProgressMonitor(ResultStore(tmp_path), {"reward": 50}, interval_s=0.05, stream=stream):
+        for _ in range(5):
+            store.count_progress("reward", 5, 100)
+            time.sleep(0.06)
+    lines = [l for l in stream.getvalue().splitlines() if l.startswith("[progress]")]
+    assert lines and "reward 25/50" in lines[-1]
+
+
+def test_estimate_scales_with_the_recipe():
+    work = estimate(100_000, 5, True, EstimateConfig(query_tokens=100, response_tokens=500, template_tokens=0,
+                                                        generation_tokens_per_gpu_s=1000, scoring_tokens_per_gpu_s=10_000))
+    assert work.completions == 500_000 and work.generated_tokens == 100_000 * 100 + 500_000 * 500
+    assert work.gpu_hours_generation == pytest.approx(work.generated_tokens / 1000 / 3600)
+    assert estimate(1000, 5, False, EstimateConfig()).query_prompts == 0
+
+
+def test_dry_run_loads_nothing_and_prints_graph_config_estimate(tmp_path):
+    out = tmp_path / "dry"
+    result = run_recipe_cli("--dry-run", "--output-dir", str(out), "--estimate.response_tokens", "1000")
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = result.stdout
+    assert "magpie_generator [MagpieGenerator] -> responses" in text and "pairing [BestWorstPairing] -> (output)" in text
+    assert "meta-llama/Llama-3.1-70B-Instruct" in text and "response_tokens: 1000" in text
+    assert "response requests: 100,000 (500,000 completions)" in text and "GPU-hours:" in text
+    assert not out.exists()  # nothing ran, nothing was written
