@@ -61,6 +61,9 @@ class GeneratorConfig(_Section):
     max_tokens: int = Field(1024, ge=1, description="Maximum tokens per query.")
     system_prompt: str | None = Field(None, description="One fixed system prompt for every query.")
     control_task: str | None = Field(None, description=f"Built-in system prompt: {', '.join(CONTROL_TASKS)}.")
+    system_prompts: dict[str, tuple[str | None, float]] | None = Field(
+        None, description="Weighted system-prompt categories, {name: [prompt or null, weight]} (YAML)."
+    )
     ban_first_token_markdown: bool = Field(True, description="Ban markdown tokens at a query's first position.")
     batch_size: int = Field(1000, ge=1, description="Queries per batch sent to the engine.")
 
@@ -73,6 +76,15 @@ class GeneratorConfig(_Section):
     @classmethod
     def _known_family(cls, value: str) -> str:
         return _check_family(value)
+
+    @model_validator(mode="after")
+    def _one_system_prompt_source(self) -> GeneratorConfig:
+        given = [self.system_prompt is not None, self.control_task is not None, bool(self.system_prompts)]
+        if sum(given) > 1:
+            raise ValueError("give only one of system_prompt, control_task or system_prompts")
+        if self.system_prompts and any(not weight > 0 for _, weight in self.system_prompts.values()):
+            raise ValueError("system_prompts weights must be > 0")
+        return self
 
     @field_validator("control_task")
     @classmethod

@@ -35,6 +35,7 @@ def query_source(cfg: RecipeConfig, stored: dict) -> MagpieGenerator | LoadInstr
         batch_size=gen.batch_size,
         system_prompt=gen.system_prompt,
         control_task=gen.control_task,
+        system_prompts=gen.system_prompts,
         ban_first_token_markdown=gen.ban_first_token_markdown,
         temperature=gen.temperature,
         top_p=gen.top_p,

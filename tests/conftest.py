@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from magpie_dl import tiny
-from magpie_dl.config import REPO_ROOT, TINY_DIR
+from magpie_dl.config import TINY_DIR
+from recipe_cli import run_recipe_cli
 
 
 @pytest.fixture(scope="session")
@@ -23,17 +22,6 @@ def tiny_tokenizer(tiny_models):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tiny_models["generator"])
-
-
-def run_recipe_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run ``pipelines/dpo_100k.py`` as a user would, capturing its output."""
-    return subprocess.run(
-        [sys.executable, str(REPO_ROOT / "pipelines" / "dpo_100k.py"), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=REPO_ROOT,
-    )
 
 
 @pytest.fixture(scope="session")

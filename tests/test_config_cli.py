@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import run_recipe_cli
+from recipe_cli import run_recipe_cli
 from magpie_dl.config import ConfigError, RecipeConfig, _fields, build_parser, resolve
 
 

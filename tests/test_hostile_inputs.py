@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import run_recipe_cli
+from recipe_cli import run_recipe_cli
 from magpie_dl.inputs import InstructionSourceError, load_instructions
 
 

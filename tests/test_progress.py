@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import run_recipe_cli
+from recipe_cli import run_recipe_cli
 from magpie_dl.estimate import EstimateConfig, estimate
 from magpie_dl.progress import ProgressMonitor, rates
 from magpie_dl.store import ResultStore

@@ -77,7 +77,7 @@ def test_pipeline_yaml_reloads_our_steps(smoke_output):
 
 
 def test_cli_prints_where_the_dataset_is_and_a_summary(tiny_models, tmp_path):
-    from conftest import run_recipe_cli
+    from recipe_cli import run_recipe_cli
 
     out = tmp_path / "tiny-run"
     result = run_recipe_cli("--preset", "smoke", "--output-dir", str(out), "--num-instructions", "6",
