@@ -11,7 +11,7 @@ $(BIN)/activate: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(PIP) torch==2.13.0
-	$(PIP) -e '.[test,curation,argilla]'
+	$(PIP) -e '.[test,curation,argilla,ray]'
 	touch $@
 
 setup: $(BIN)/activate

@@ -1,0 +1,256 @@
+"""Scale-out: the same pipeline on a Ray cluster, with tensor- and data-parallel placement.
+
+``as_ray(pipeline, cfg)`` turns a recipe's ``Pipeline`` into distilabel's ``RayPipeline``
+and gives each step its placement through the step's own ``resources``:
+
+* a step whose LLM is an in-process engine (vLLM, or transformers on a GPU) reserves
+  ``tensor_parallel_size`` GPUs per replica (Ray packs one actor's GPUs on one node);
+* response generation, reward scoring and tagging get ``replicas``: one engine per GPU
+  group (data parallel). Every row's sampling seed derives from (run seed, uuid), and
+  the export sorts by uuid, so which replica served a row never changes the dataset;
+* when the GPU steps together need more GPUs than the cluster has (a 70B model on
+  8 GPUs for queries, then again for responses, then the reward model), they are loaded
+  one stage at a time (distilabel ``load_groups``) instead of waiting forever for GPUs.
+
+Addresses: with no cluster address (or a loopback one), everything Ray starts or joins
+is pinned to 127.0.0.1. Ray otherwise replaces 127.0.0.1 with the machine's outward
+interface address (``resolve_ip_for_localhost``), even when told ``--node-ip-address``.
+It does not on single-node setups where ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, which
+is what :func:`pin_loopback` sets. Usage statistics are switched off in that mode too.
+
+Nothing here imports ray at module import; ``pip install -e '.[ray]'`` adds it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from distilabel.pipeline import Pipeline, RayPipeline
+    from distilabel.steps.base import _Step
+
+    from magpie_dl.config import RecipeConfig
+
+LOOPBACK = "127.0.0.1"
+# Ray reads these at import time: set them before the first `import ray` in the process.
+_LOOPBACK_ENV = {
+    # Single-node mode: get_node_ip_address() is the loopback address, not the outward one.
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    # No usage report to the internet.
+    "RAY_USAGE_STATS_ENABLED": "0",
+}
+
+_logger = logging.getLogger("magpie_dl.scaleout")
+
+
+class ScaleoutConfig(BaseModel):
+    """Where and how wide the pipeline runs (the ``scaleout`` config section)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    ray: bool = Field(False, description="Run on a Ray cluster (also implied when RAY_ADDRESS is set).")
+    ray_address: str | None = Field(
+        None, description="Ray cluster to join, host:port; default RAY_ADDRESS, else a local cluster on 127.0.0.1."
+    )
+    generation_replicas: int = Field(
+        1, ge=1, description="Ray: response-generation engines; each reserves backend.tensor_parallel_size GPUs."
+    )
+    reward_replicas: int = Field(1, ge=1, description="Ray: reward-scoring replicas (one GPU each on cuda).")
+    tagging_replicas: int = Field(
+        1, ge=1, description="Ray: instruction-tagging judge engines (curation recipe), tensor_parallel_size GPUs each."
+    )
+    stages: str = Field(
+        "auto",
+        pattern="^(auto|together|sequential)$",
+        description="Ray: load GPU steps together, one after another (sequential), or sequentially "
+        "only when the cluster lacks the GPUs for all at once (auto).",
+    )
+
+
+def scaleout_of(cfg: RecipeConfig) -> ScaleoutConfig:
+    """The config's ``scaleout`` section (defaults where the config has none)."""
+    return getattr(cfg, "scaleout", None) or ScaleoutConfig()
+
+
+def wants_ray(scale: ScaleoutConfig) -> bool:
+    """``--ray``, or a cluster named in the config or in ``RAY_ADDRESS``."""
+    return scale.ray or bool(scale.ray_address) or bool(os.environ.get("RAY_ADDRESS"))
+
+
+def cluster_address(scale: ScaleoutConfig) -> str | None:
+    """The cluster to join; None starts a local single-node cluster."""
+    return scale.ray_address or os.environ.get("RAY_ADDRESS") or None
+
+
+def is_loopback(address: str | None) -> bool:
+    """True for no address (a local cluster) or one on this machine's loopback."""
+    if address is None or address in ("local", "auto"):
+        return True
+    host = address.split("://")[-1].rsplit(":", 1)[0]
+    return host in (LOOPBACK, "localhost", "::1", "[::1]")
+
+
+def pin_loopback() -> None:
+    """Make this process (and every Ray process it starts) use 127.0.0.1 only.
+
+    If ray was already imported, its constants were read from the old environment:
+    set the one that decides the node address as well.
+    """
+    os.environ.update(_LOOPBACK_ENV)
+    constants = sys.modules.get("ray._private.ray_constants")
+    if constants is not None:
+        constants.ENABLE_RAY_CLUSTER = False
+
+
+def connect(scale: ScaleoutConfig) -> dict[str, Any]:
+    """Join (or start) the Ray cluster; returns what it reports about itself.
+
+    The report has the driver's node address and every node's address, so callers
+    (and the test) can check that nothing advertises a non-loopback address.
+    """
+    address = cluster_address(scale)
+    loopback = is_loopback(address)
+    if loopback:
+        pin_loopback()
+    try:
+        import ray
+    except ImportError as e:
+        raise ImportError("Ray is not installed: pip install -e '.[ray]'") from e
+
+    if not ray.is_initialized():
+        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
+        if loopback:
+            kwargs["_node_ip_address"] = LOOPBACK
+        ray.init(address=address, **kwargs)
+    report = {
+        "driver": ray.util.get_node_ip_address(),
+        "nodes": sorted({n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive")}),
+        "gcs": ray.get_runtime_context().gcs_address,
+        "gpus": int(ray.cluster_resources().get("GPU", 0)),
+    }
+    if loopback and (report["driver"] != LOOPBACK or report["nodes"] != [LOOPBACK]):
+        raise RuntimeError(f"Ray did not stay on loopback: {report}")
+    _logger.info("Ray cluster: %s", report)
+    return report
+
+
+def engine_gpus(step: _Step, cfg: RecipeConfig) -> int:
+    """GPUs one replica of ``step`` must hold: its engine's tensor-parallel size, or 0.
+
+    vLLM engines take ``tensor_parallel_size`` GPUs (the backend checks that its step
+    reserves them); a transformers model or reward model on cuda takes one.
+    """
+    llm = getattr(step, "llm", None)
+    if llm is not None:
+        if type(llm).__name__ == "VLLMBackend":
+            return int(getattr(llm, "tensor_parallel_size", 1) or 1)
+        device = str(getattr(llm, "device", "") or "")
+        return 1 if device.startswith("cuda") else 0
+    device = str(getattr(step, "device", "") or "")
+    return 1 if device.startswith("cuda") else 0
+
+
+def step_replicas(step: _Step, scale: ScaleoutConfig) -> int:
+    """Data-parallel replicas for ``step`` by role; generator and global steps run once.
+
+    distilabel runs one instance of a generator step (queries come from one engine
+    group; spread them over ``vllm serve`` endpoints with ``--backend openai`` instead)
+    and of a global step (it sees all rows at once).
+    """
+    from steps.curation import InstructionTagging
+    from steps.responses import MultiResponseGeneration
+    from steps.reward import RewardScoring
+
+    if not step.is_normal:
+        return 1
+    if isinstance(step, MultiResponseGeneration):
+        return scale.generation_replicas
+    if isinstance(step, RewardScoring):
+        return scale.reward_replicas
+    if isinstance(step, InstructionTagging):
+        return scale.tagging_replicas
+    return 1
+
+
+def place_steps(
+    pipeline: Pipeline, cfg: RecipeConfig, scale: ScaleoutConfig, with_gpus: bool = True
+) -> dict[str, tuple[int, int]]:
+    """Set each step's ``resources`` (replicas, GPUs per replica); returns them by step name.
+
+    ``with_gpus=False`` (a cluster without GPUs: vLLM's CPU build, the tests) reserves
+    none, since Ray would never schedule an actor that asks for one.
+    """
+    placement: dict[str, tuple[int, int]] = {}
+    for name in pipeline.dag:
+        step = pipeline.dag.get_step(name)["step"]
+        replicas, gpus = step_replicas(step, scale), engine_gpus(step, cfg) if with_gpus else 0
+        step.resources.replicas = replicas
+        if gpus:
+            step.resources.gpus = gpus
+        placement[name] = (replicas, gpus)
+    return placement
+
+
+def load_groups(
+    pipeline: Pipeline, placement: dict[str, tuple[int, int]], cluster_gpus: int, stages: str = "auto"
+) -> list[list[str]] | None:
+    """distilabel ``load_groups``: None (all steps at once) or one group per GPU step.
+
+    Each GPU step starts a group; the CPU steps after it (pairing) join that group, so
+    they stream along with it. Sequential loading is chosen when asked, or (``auto``)
+    when the GPU steps together want more GPUs than the cluster has; otherwise the
+    later steps would wait for GPUs that the earlier ones never release.
+    """
+    import networkx as nx
+
+    wanted = sum(replicas * gpus for replicas, gpus in placement.values())
+    if stages == "together" or (stages == "auto" and wanted <= cluster_gpus):
+        return None
+    groups: list[list[str]] = []
+    for name in nx.topological_sort(pipeline.dag.G):
+        step = pipeline.dag.get_step(name)["step"]
+        starts_group = placement[name][1] > 0 or step.is_global or not groups
+        if starts_group:
+            groups.append([name])
+        else:
+            groups[-1].append(name)
+    # distilabel puts each global step in a group of its own; leave those out here.
+    return [g for g in groups if not (len(g) == 1 and pipeline.dag.get_step(g[0])["step"].is_global)] or None
+
+
+def as_ray(pipeline: Pipeline, cfg: RecipeConfig, scale: ScaleoutConfig | None = None) -> RayPipeline:
+    """The same graph as a ``RayPipeline``, placed for ``cfg``; connects to the cluster.
+
+    The returned pipeline's ``run_options`` (a dict) holds the ``load_groups`` chosen for
+    this cluster: pass it on as ``pipeline.run(..., **run_options(pipeline))``.
+    """
+    scale = scale or scaleout_of(cfg)
+    report = connect(scale)
+    placement = place_steps(pipeline, cfg, scale, with_gpus=report["gpus"] > 0)
+    ray_pipeline = pipeline.ray()
+    groups = load_groups(ray_pipeline, placement, report["gpus"], scale.stages)
+    ray_pipeline._magpie_run_options = {"load_groups": groups} if groups else {}  # type: ignore[attr-defined]
+    ray_pipeline._magpie_cluster = report  # type: ignore[attr-defined]
+    _logger.info("Ray placement (replicas, GPUs each): %s; load groups: %s", placement, groups or "all at once")
+    return ray_pipeline
+
+
+def maybe_ray(pipeline: Pipeline, cfg: RecipeConfig) -> Pipeline | RayPipeline:
+    """``as_ray(pipeline, cfg)`` when the config or environment asks for Ray, else ``pipeline``."""
+    return as_ray(pipeline, cfg) if wants_ray(scaleout_of(cfg)) else pipeline
+
+
+def run_options(pipeline: Pipeline | RayPipeline) -> dict[str, Any]:
+    """Extra ``pipeline.run`` keyword arguments chosen by :func:`as_ray` (none otherwise)."""
+    return dict(getattr(pipeline, "_magpie_run_options", {}))
+
+
+__all__ = [
+    "ScaleoutConfig", "as_ray", "connect", "load_groups", "maybe_ray", "place_steps", "run_options",
+    "wants_ray",
+]
