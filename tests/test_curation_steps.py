@@ -157,18 +157,40 @@ def test_embedding_dedup_and_selection_steps(tmp_path) -> None:
     assert "instruct_reward" in select.inputs and "min_similar_uuid" in select.inputs
 
 
+PIPELINE_SCRIPT = """
+import json, sys
+from distilabel.pipeline import Pipeline
+from distilabel.steps import LoadDataFromDicts
+from steps.curation import CuratedSelection, InstructionEmbedding, NearDuplicateTagging
+
+rows, report = json.loads(sys.argv[1]), sys.argv[2]
+with Pipeline(name="curation-steps-test") as pipeline:
+    load = LoadDataFromDicts(data=rows, batch_size=4)
+    embed = InstructionEmbedding(input_batch_size=4)
+    near = NearDuplicateTagging(method="exact")
+    select = CuratedSelection(target_size=10, keep_rejected=True, report_path=report)
+    load >> embed >> near >> select
+out = pipeline.run(use_cache=False)["default"]["train"].to_list()
+print("ROWS=" + json.dumps(sorted(out, key=lambda r: r["uuid"])))
+"""
+
+
 @pytest.mark.slow
 def test_steps_run_inside_a_distilabel_pipeline(tmp_path) -> None:
-    from distilabel.pipeline import Pipeline
-    from distilabel.steps import LoadDataFromDicts
+    # In a fresh interpreter: distilabel forks its step workers, and forking a process
+    # whose torch thread pool already ran (earlier tests here) can deadlock the child.
+    import subprocess
+    import sys
 
-    with Pipeline(name="curation-steps-test") as pipeline:
-        load = LoadDataFromDicts(data=tagged_rows(), batch_size=4)
-        embed = InstructionEmbedding(input_batch_size=4)
-        near = NearDuplicateTagging(method="exact")
-        select = CuratedSelection(target_size=10, keep_rejected=True, report_path=str(tmp_path / "sel.json"))
-        load >> embed >> near >> select
-    distiset = pipeline.run(use_cache=False)
-    rows = sorted(distiset["default"]["train"].to_list(), key=lambda r: r["uuid"])
+    from magpie_dl.config import REPO_ROOT
+
+    report = tmp_path / "sel.json"
+    proc = subprocess.run(
+        [sys.executable, "-c", PIPELINE_SCRIPT, json.dumps(tagged_rows()), str(report)],
+        capture_output=True, text=True, timeout=600, cwd=REPO_ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(proc.stdout.split("ROWS=", 1)[1])
     assert [r["selection_reason"] for r in rows] == [None, "near_duplicate", None, "near_duplicate", None, None]
-    assert json.loads((tmp_path / "sel.json").read_text())["selected_rows"] == 4
+    assert [r["min_similar_uuid"] for r in rows] == ["u0", "u0", "u2", "u2", None, None]
+    assert json.loads(report.read_text())["selected_rows"] == 4
