@@ -114,7 +114,7 @@ def run_one(n: int, method: str, sample: int, k: int, nprobe: int, seed: int) ->
         "data_gen_s": round(gen_s, 1),
         "rows_with_duplicates": res.stats["rows_with_duplicates"],
         "dropped": res.stats["dropped"],
-        **{key: res.stats[key] for key in ("nlist", "train_rows", "train_s", "add_s", "search_s") if key in res.stats},
+        **{key: res.stats[key] for key in ("nlist", "train_rows", "train_s", "assign_s", "scan_s") if key in res.stats},
     }
     if sample:
         rng = np.random.default_rng(seed + 1)

@@ -23,9 +23,10 @@ neighbour pairs the search found), and it is a function of the *set* of (uuid, v
 pairs only. Running the search itself in canonical order also makes the ANN index
 (training sample, list layout) independent of input order.
 
-Search: exact blocked matrix products with numpy for small sets; an IVF index (FAISS)
-above ``index_min_rows``, which trades a measured sliver of recall (BENCHMARKS.md) for
-running 1M rows in minutes on two cores instead of hours.
+Search: exact blocked matrix products with numpy for small sets; above
+``index_min_rows`` an IVF index (FAISS k-means cells, scanned cell by cell with matrix
+products), which trades a measured sliver of recall (BENCHMARKS.md) for running 1M rows
+in minutes on two cores instead of hours.
 """
 
 from __future__ import annotations
@@ -56,8 +57,6 @@ class DedupConfig:
         nlist: IVF cells; default ``sqrt(nprobe * n)``, which balances the two search
             costs (``nlist`` centroid distances vs ``nprobe * n / nlist`` row distances).
         nprobe: IVF cells visited per query; more = better recall, slower.
-        max_codes_factor: caps the rows scanned per query at this many average cells'
-            worth, so a few oversized "hub" cells cannot blow up the search time.
         train_size: vectors used to train the IVF quantiser; default ``25 * nlist``.
         train_iterations: k-means iterations of the quantiser.
         block_size: query rows per block; default keeps one distance block near 256 MiB.
@@ -71,7 +70,6 @@ class DedupConfig:
     index_min_rows: int = 100_000
     nlist: int | None = None
     nprobe: int = 8
-    max_codes_factor: float | None = 2.0
     train_size: int | None = None
     train_iterations: int = 10
     block_size: int | None = None
@@ -148,25 +146,6 @@ def _default_block_size(n: int) -> int:
     return int(max(16, min(8192, (1 << 26) // max(n, 1))))
 
 
-def _collect(
-    d: np.ndarray, ids: np.ndarray, qids: np.ndarray, threshold: float, k: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Reduce one block of sorted candidate lists to (min distance, edges).
-
-    ``d`` / ``ids`` are ``(b, m)`` candidate distances and row ids, nearest first, where
-    an id of -1 means "no candidate" and the query itself may appear anywhere (ties).
-    """
-    valid = (ids >= 0) & (ids != qids[:, None])
-    d = np.where(valid, d, np.inf)
-    # First valid candidate = nearest other row (lists are sorted ascending).
-    first = np.argmax(valid, axis=1)
-    min_d = d[np.arange(len(d)), first]
-    rank = np.cumsum(valid, axis=1)
-    within = valid & (d < threshold) & (rank <= k)
-    r, c = np.nonzero(within)
-    return min_d, qids[r], ids[r, c], d[r, c]
-
-
 def exact_neighbors(x: np.ndarray, config: DedupConfig) -> NeighborGraph:
     """All pairs within the threshold by blocked ``x @ x.T`` (``x`` has unit rows).
 
@@ -219,11 +198,19 @@ def _cap_per_row(
 
 
 def index_neighbors(x: np.ndarray, config: DedupConfig) -> NeighborGraph:
-    """Approximate neighbours with a FAISS IVF-Flat index (exact distances, pruned search).
+    """Approximate neighbours with an inverted-file (IVF) index, scanned list by list.
 
-    The quantiser is trained on a seeded sample; ``nprobe`` cells are scanned per query.
-    Distances of the candidates found are exact, so ``min_distance`` can only be
-    over-estimated (a closer row missed), never under-estimated.
+    FAISS k-means (on a seeded sample) places ``nlist`` centroids; every row lives in
+    the cell of its nearest centroid and is compared with the rows of its ``nprobe``
+    nearest cells. Because the queries are the indexed rows themselves, the search is
+    done cell-major: for each cell, all rows that probe it are compared with all rows
+    it holds in one matrix product. That is the same candidate set as FAISS's
+    ``IndexIVFFlat.search`` with this ``nprobe``, but computed with BLAS instead of
+    one query at a time; on 1M x 768 rows FAISS's per-query scan was memory-bound
+    (each query re-reads its cells) and several times slower (BENCHMARKS.md).
+
+    Candidate distances are exact, so pairs can be missed, never invented, and
+    ``min_distance`` can only be over-estimated.
     """
     try:
         import faiss
@@ -234,46 +221,78 @@ def index_neighbors(x: np.ndarray, config: DedupConfig) -> NeighborGraph:
     if config.num_threads:
         faiss.omp_set_num_threads(config.num_threads)
     nlist = config.nlist or int(max(1, min(math.sqrt(config.nprobe * n), n // 25 or 1)))
+    nprobe = min(config.nprobe, nlist)
     train_size = min(n, config.train_size or 25 * nlist)
     rng = np.random.default_rng(config.seed)
     sample = np.sort(rng.choice(n, size=train_size, replace=False))
-    quantizer = faiss.IndexFlatL2(dim)
-    index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_L2)
-    index.cp.seed = config.seed
-    index.cp.niter = config.train_iterations
-    index.cp.max_points_per_centroid = max(1, -(-train_size // nlist))  # no resampling
-    t0 = time.perf_counter()
-    index.train(np.ascontiguousarray(x[sample]))
-    t1 = time.perf_counter()
-    index.add(x)
-    t2 = time.perf_counter()
-    nprobe = min(config.nprobe, nlist)
-    params = faiss.SearchParametersIVF(nprobe=nprobe)
-    if config.max_codes_factor:
-        params.max_codes = int(config.max_codes_factor * nprobe * n / nlist) + 1
 
-    # +1: the query itself is normally among its own results.
-    m = min(config.k + 1, n)
-    block = config.block_size or 16384
-    min_d = np.full(n, np.inf, dtype=np.float32)
-    src, dst, dist = [], [], []
-    for start in range(0, n, block):
-        stop = min(start + block, n)
-        d, ids = index.search(x[start:stop], m, params=params)
-        np.maximum(d, 0.0, out=d)
-        mind, s, t, dv = _collect(d, ids, np.arange(start, stop), config.threshold, config.k)
-        min_d[start:stop] = mind
-        src.append(s)
-        dst.append(t)
-        dist.append(dv)
+    t0 = time.perf_counter()
+    kmeans = faiss.Kmeans(
+        dim, nlist, niter=config.train_iterations, seed=config.seed,
+        max_points_per_centroid=max(1, -(-train_size // nlist)),  # use the whole sample
+    )
+    kmeans.train(np.ascontiguousarray(x[sample]))
+    t1 = time.perf_counter()
+    # Each row's nprobe nearest cells, nearest first: cells[:, 0] is where it lives.
+    cells = np.empty((n, nprobe), dtype=np.int64)
+    for start in range(0, n, 65536):
+        _, cells[start : start + 65536] = kmeans.index.search(x[start : start + 65536], nprobe)
+    t2 = time.perf_counter()
+
+    home = cells[:, 0]
+    members = np.argsort(home, kind="stable")
+    member_bounds = np.searchsorted(home[members], np.arange(nlist + 1))
+    slot = np.empty(n, dtype=np.int64)  # a row's position inside its own cell
+    slot[members] = np.arange(n) - member_bounds[home[members]]
+    probe_cells = cells.ravel()
+    probers = np.argsort(probe_cells, kind="stable")
+    probe_bounds = np.searchsorted(probe_cells[probers], np.arange(nlist + 1))
+    probers //= nprobe  # flat position -> row id
+
+    s_min = 1.0 - config.threshold / 2.0
+    best = np.full(n, -np.inf, dtype=np.float32)  # best similarity to another row
+    src, dst, sims = [], [], []
+    for c in range(nlist):
+        held = members[member_bounds[c] : member_bounds[c + 1]]
+        asking = probers[probe_bounds[c] : probe_bounds[c + 1]]
+        if not len(held) or not len(asking):
+            continue
+        xc = x[held]
+        # Chunks of queries keep one block near 64 MiB even for oversized cells.
+        step = max(1, (1 << 24) // len(held))
+        for start in range(0, len(asking), step):
+            q = asking[start : start + step]
+            s = x[q] @ xc.T
+            own = np.nonzero(home[q] == c)[0]
+            s[own, slot[q[own]]] = -np.inf  # never your own neighbour
+            # A row probes each cell once, so q has no repeats: plain fancy indexing is safe.
+            best[q] = np.maximum(best[q], s.max(axis=1))
+            r, col = np.nonzero(s > s_min)
+            if len(r):
+                src.append(q[r])
+                dst.append(held[col])
+                sims.append(s[r, col])
+    t3 = time.perf_counter()
+
+    min_d = np.maximum(2.0 - 2.0 * best, 0.0).astype(np.float32)  # -inf similarity -> inf
+    if src:
+        s_all, t_all = np.concatenate(src), np.concatenate(dst)
+        d_all = np.maximum(2.0 - 2.0 * np.concatenate(sims), 0.0).astype(np.float32)
+        order = np.argsort(s_all, kind="stable")
+        s_all, t_all, d_all = s_all[order], t_all[order], d_all[order]
+        if np.bincount(s_all).max() > config.k:  # same cap as the exact search
+            s_all, t_all, d_all = _cap_per_row(s_all, t_all, d_all, config.k)
+        src, dst, dist = [s_all], [t_all], [d_all]
+    else:
+        dist = []
     graph = _graph(min_d, src, dst, dist)
     graph.timings = {
         "nlist": nlist,
         "nprobe": nprobe,
         "train_rows": train_size,
         "train_s": round(t1 - t0, 2),
-        "add_s": round(t2 - t1, 2),
-        "search_s": round(time.perf_counter() - t2, 2),
+        "assign_s": round(t2 - t1, 2),
+        "scan_s": round(t3 - t2, 2),
     }
     return graph
 
