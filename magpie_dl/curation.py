@@ -44,14 +44,6 @@ from magpie_dl.embeddings import PACKAGED_MINILM, REFERENCE_MODEL
 from magpie_dl.selection import SelectionConfig, SelectionReport
 from magpie_dl.tagging import DIFFICULTY_LEVELS, QUALITY_LEVELS, TAG_TASKS
 
-# Columns the curated set carries into the DPO data (names of the released data).
-TAG_COLUMNS: tuple[str, ...] = (
-    "intent", "knowledge", "difficulty", "input_quality", "quality_explanation", "task_category",
-    "other_task_category", "language", "instruct_reward", "min_neighbor_distance", "repeat_count",
-    "min_similar_uuid",
-)
-
-
 class TaggingConfig(_Section):
     """The LLM judge and the language detector."""
 

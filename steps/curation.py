@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from magpie_dl.embeddings import SentenceEmbedder
     from magpie_dl.language import LanguageDetector
 
-TAG_COLUMNS = {task: list(TAG_TASKS[task].columns.values()) for task in TAG_TASKS}
+TASK_COLUMNS = {task: list(TAG_TASKS[task].columns.values()) for task in TAG_TASKS}
 
 _log = logging.getLogger("magpie_dl.curation")
 
@@ -97,7 +97,7 @@ class InstructionTagging(Step, StoredResults):
 
     @property
     def outputs(self) -> "StepColumns":
-        return [col for task in self.tasks for col in TAG_COLUMNS[task]] + ["tagging_model", "tagging_errors"]
+        return [col for task in self.tasks for col in TASK_COLUMNS[task]] + ["tagging_model", "tagging_errors"]
 
     def prompt(self, task: TagTask, instruction: str) -> PromptInput:
         """The judge prompt for one (task, instruction), through the judge's chat template."""

@@ -1,0 +1,64 @@
+"""The curated set as written by the curation recipe, read back as the DPO recipe's input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from magpie_dl.curation import InstructionsConfig, PRESETS, build_parser, resolve, write_outputs
+from magpie_dl.export import TAG_COLUMNS, released_row
+from magpie_dl.inputs import load_instructions
+
+
+def curated_rows() -> list[dict]:
+    tags = {
+        "intent": "The user wants to sort", "knowledge": "lists", "difficulty": "medium",
+        "input_quality": "good", "quality_explanation": "Clear.", "task_category": "Coding & Debugging",
+        "other_task_category": ["Reasoning"], "language": "EN", "instruct_reward": 1.25,
+        "min_neighbor_distance": 0.3, "repeat_count": 0, "min_similar_uuid": None,
+    }
+    return [
+        {"uuid": "a", "instruction": "How do I sort a list in Python?", "gen_input_configs": {"seed": 1},
+         "instruction_status": "ok", "selection_reason": None, "tagging_errors": [], **tags},
+        {"uuid": "b", "instruction": "How can I sort a list in Python?", "gen_input_configs": {"seed": 2},
+         "instruction_status": "ok", "selection_reason": "near_duplicate", "tagging_errors": [],
+         **{**tags, "repeat_count": 1, "min_similar_uuid": "a"}},
+    ]
+
+
+@pytest.mark.parametrize("source", ["dataset", "instructions.jsonl"])
+def test_curated_set_feeds_the_dpo_recipe_with_every_tag(tmp_path, source) -> None:
+    assert write_outputs(curated_rows(), tmp_path) == (1, 1)
+    [row] = load_instructions(str(tmp_path / source))
+    assert row["uuid"] == "a" and row["instruction_status"] == "ok"
+    out = released_row({**row, "gen_response_configs": {}, "generations": ["x", "y"], "ratings": [1.0, 0.0]})
+    assert {c: out[c] for c in TAG_COLUMNS} == {c: curated_rows()[0][c] for c in TAG_COLUMNS}
+    [left] = [json.loads(line) for line in (tmp_path / "left_out.jsonl").read_text().splitlines()]
+    assert left["uuid"] == "b" and left["selection_reason"] == "near_duplicate"
+
+
+def test_rerun_replaces_outputs_instead_of_appending(tmp_path) -> None:
+    write_outputs(curated_rows(), tmp_path)
+    write_outputs(curated_rows(), tmp_path)  # the reference opened its output in append mode
+    assert len((tmp_path / "instructions.jsonl").read_text().splitlines()) == 1
+
+
+def test_config_presets_and_flags() -> None:
+    full = resolve(build_parser("x").parse_args([]))
+    assert isinstance(full, InstructionsConfig)
+    assert (full.selection.min_difficulty, full.selection.min_input_quality, full.selection.min_instruct_reward) == (
+        "medium", "good", -5.0)
+    assert full.dedup.threshold == 0.05 and full.dedup.embedding_model == "sentence-transformers/all-mpnet-base-v2"
+    smoke = resolve(build_parser("x").parse_args(
+        ["--preset", "smoke", "--selection.target_size", "10", "--selection.min_difficulty", "hard",
+         "--selection.category_mix", "{Math: 2, Reasoning: 1}", "--output-dir", "out/x"]))
+    assert smoke.selection.target_size == 10 and smoke.selection.min_difficulty == "hard"
+    assert smoke.selection.category_mix == {"Math": 2, "Reasoning": 1}
+    assert str(smoke.output_dir) == "out/x" and smoke.generator.num_instructions == PRESETS["smoke"]["generator"]["num_instructions"]
+    cfg = smoke.selection.to_selection_config(seed=3)
+    assert cfg.target_size == 10 and cfg.seed == 3
+    from magpie_dl.config import ConfigError
+
+    with pytest.raises(ConfigError, match="min_difficulty"):
+        resolve(build_parser("x").parse_args(["--selection.min_difficulty", "medium-rare"]))
