@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from magpie_dl.config import (
     TINY_DIR,
@@ -52,6 +52,7 @@ class TaggingConfig(_Section):
     max_tokens: int = Field(512, ge=16, description="Answer budget per tag task.")
     batch_size: int = Field(500, ge=1, description="Instructions per tagging batch.")
     languages: list[str] | None = Field(None, description="Languages the detector chooses among (None: all).")
+    guard_model: str | None = Field(None, description="Guard model for the optional safety tag (e.g. Llama Guard).")
 
 
 class InstructRewardConfig(_Section):
@@ -84,6 +85,7 @@ class SelectionSection(_Section):
     min_instruct_reward: float | None = Field(-5.0, description="Lowest instruct reward kept (null: no check).")
     remove_duplicates: bool = Field(True, description="Drop near-duplicates.")
     languages: list[str] | None = Field(None, description="Allowed languages, e.g. EN (null: any).")
+    require_safe: bool = Field(False, description="Keep only rows the guard judged safe (needs tagging.guard_model).")
     target_size: int | None = Field(100_000, ge=0, description="Instructions to select (null: all eligible).")
     category_mix: str | dict[str, float] = Field("uniform", description="uniform, natural, or weights per category.")
 
@@ -108,6 +110,7 @@ class SelectionSection(_Section):
             min_instruct_reward=self.min_instruct_reward,
             remove_duplicates=self.remove_duplicates,
             languages=tuple(self.languages) if self.languages else None,
+            require_safe=self.require_safe,
             target_size=self.target_size,
             category_mix=self.category_mix,
             seed=seed,
@@ -126,6 +129,12 @@ class InstructionsConfig(_Section):
     instruct_reward: InstructRewardConfig = Field(default_factory=InstructRewardConfig)
     dedup: DedupSection = Field(default_factory=DedupSection)
     selection: SelectionSection = Field(default_factory=SelectionSection)
+
+    @model_validator(mode="after")
+    def _safety_needs_a_guard(self) -> "InstructionsConfig":
+        if self.selection.require_safe and not self.tagging.guard_model:
+            raise ValueError("selection.require_safe needs tagging.guard_model")
+        return self
 
     @property
     def cache_dir(self) -> Path:

@@ -40,6 +40,8 @@ CHECKS: tuple[str, ...] = (
     "instruct_reward_missing",
     "instruct_reward_below_min",
     "language_not_allowed",
+    "safety_missing",
+    "unsafe",
     "near_duplicate",
     "task_category_missing",
     "category_not_in_mix",
@@ -57,6 +59,7 @@ class SelectionConfig:
         min_instruct_reward: lowest instruct reward kept (None: no check).
         remove_duplicates: drop rows whose ``min_similar_uuid`` names another row.
         languages: allowed language codes (``EN``...), None for any.
+        require_safe: keep only rows the guard model judged ``safe``.
         target_size: rows to select; None keeps every eligible row.
         category_mix: ``uniform`` (equal share per category present), ``natural``
             (proportional to what is eligible, i.e. a plain random sample), or weights
@@ -69,6 +72,7 @@ class SelectionConfig:
     min_instruct_reward: float | None = -5.0
     remove_duplicates: bool = True
     languages: tuple[str, ...] | None = None
+    require_safe: bool = False
     target_size: int | None = None
     category_mix: CategoryMix = "uniform"
     seed: int = 0
@@ -167,6 +171,12 @@ def failed_checks(row: Mapping[str, Any], config: SelectionConfig) -> list[str]:
         allowed = {code.upper() for code in config.languages}
         if str(row.get("language") or "").upper() not in allowed:
             failed.append("language_not_allowed")
+    if config.require_safe:
+        verdict = row.get("safety")
+        if verdict not in ("safe", "unsafe"):
+            failed.append("safety_missing")
+        elif verdict == "unsafe":
+            failed.append("unsafe")
     if config.remove_duplicates:
         rep = row.get("min_similar_uuid")
         if rep is not None and rep != row.get("uuid"):

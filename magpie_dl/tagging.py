@@ -335,3 +335,27 @@ def parse_judge_output(
         # The primary tag is not also an "other" tag.
         value["other_tags"] = [t for t in value["other_tags"] if t != value["primary_tag"]]
     return value, error
+
+
+# --------------------------------------------------------------------------- safety
+
+_GUARD_VERDICTS = ("safe", "unsafe")
+
+
+def parse_guard_output(text: str) -> tuple[dict[str, Any] | None, str | None]:
+    """Parse a Llama Guard answer (``safe``, or ``unsafe`` then a line of categories).
+
+    Returns ``({"safety": "safe" | "unsafe", "safety_categories": [...]}, None)`` or
+    ``(None, reason)``. The guard model's own chat template writes the prompt; only the
+    verdict format is shared by Llama Guard 2 and 3.
+    """
+    if not isinstance(text, str) or not text.strip():
+        return None, "empty output"
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    verdict = lines[0].lower().rstrip(".")
+    if verdict not in _GUARD_VERDICTS:
+        return None, f"first line {lines[0][:40]!r} is neither 'safe' nor 'unsafe'"
+    categories: list[str] = []
+    if verdict == "unsafe" and len(lines) > 1:
+        categories = [c.strip() for c in re.split(r"[,\s]+", lines[1]) if c.strip()]
+    return {"safety": verdict, "safety_categories": categories}, None

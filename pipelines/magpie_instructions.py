@@ -26,6 +26,7 @@ from steps.curation import (  # noqa: E402
     InstructReward,
     LanguageTagging,
     NearDuplicateTagging,
+    SafetyTagging,
 )
 from steps.magpie import MagpieGenerator  # noqa: E402
 from steps.responses import MultiResponseGeneration  # noqa: E402
@@ -46,7 +47,7 @@ RATING_COLUMNS = {
 
 
 def build_pipeline(cfg: InstructionsConfig) -> Pipeline:
-    """generate >> language >> judge tags >> instruct reward >> embed >> near-duplicates >> select."""
+    """generate >> language >> judge tags (>> safety) >> instruct reward >> embed >> near-duplicates >> select."""
     gen, tag, rm, ir, dd, sel = cfg.generator, cfg.tagging, cfg.reward, cfg.instruct_reward, cfg.dedup, cfg.selection
     stored = {"cache_dir": str(cfg.cache_dir)}
     with Pipeline(name="magpie-instructions", description=__doc__) as pipeline:
@@ -75,6 +76,14 @@ def build_pipeline(cfg: InstructionsConfig) -> Pipeline:
             **stored,
         )
         last = queries >> language >> tags
+        if tag.guard_model:
+            guard = SafetyTagging(
+                name="safety",
+                llm=make_backend(cfg.backend, tag.guard_model, cfg.seed),
+                input_batch_size=tag.batch_size,
+                **stored,
+            )
+            last = last >> guard
         if ir.enabled:
             response = MultiResponseGeneration(
                 name="instruct_response",
@@ -127,6 +136,7 @@ def build_pipeline(cfg: InstructionsConfig) -> Pipeline:
             min_instruct_reward=sel.min_instruct_reward if ir.enabled else None,
             remove_duplicates=sel.remove_duplicates,
             languages=sel.languages,
+            require_safe=sel.require_safe,
             target_size=sel.target_size,
             category_mix=sel.category_mix,
             seed=cfg.seed,

@@ -145,6 +145,75 @@ class InstructionTagging(Step, StoredResults):
         yield inputs
 
 
+class SafetyTagging(Step, StoredResults):
+    """Optional: a guard model's verdict on each instruction (Llama Guard in the reference).
+
+    The guard's own chat template turns the instruction into its classification prompt;
+    the answer is ``safe`` or ``unsafe`` plus category codes. An unreadable answer
+    leaves ``safety`` None and is recorded in ``tagging_errors`` (task ``safety``).
+
+    Attributes:
+        llm: the guard model, a ``CompletionLLM``.
+
+    Runtime parameters:
+        - `max_tokens`: answer budget.
+
+    Input columns:
+        - instruction (str); optional instruction_status, tagging_errors.
+
+    Output columns:
+        - safety (``safe`` | ``unsafe`` | None), safety_categories (list[str]), safety_model (str),
+          tagging_errors (list of dict: failures appended).
+    """
+
+    llm: CompletionLLM
+    max_tokens: RuntimeParameter[int] = Field(default=16, description="Answer budget.")
+
+    def load(self) -> None:
+        super().load()
+        self.open_store()
+        self.llm.load()
+
+    def unload(self) -> None:
+        self.llm.unload()
+        super().unload()
+
+    @property
+    def inputs(self) -> "StepColumns":
+        return ["instruction"]
+
+    @property
+    def outputs(self) -> "StepColumns":
+        return ["safety", "safety_categories", "safety_model", "tagging_errors"]
+
+    def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
+        from magpie_dl.tagging import parse_guard_output
+
+        todo = [row for row in inputs if _usable(row)]
+        prompts = []
+        for row in todo:
+            messages = [{"role": "user", "content": row["instruction"]}]
+            ids = self.llm.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=True, return_dict=True
+            )["input_ids"]
+            prompts.append(PromptInput(tuple(ids), tuple(messages)))
+        specs = [SamplingSpec(n=1, temperature=0.0, max_tokens=self.max_tokens, seed=0)] * len(prompts)
+        results = cached_complete(self.store, self.name, self.CACHE_VERSION, self.llm, prompts, specs)
+        for row in inputs:
+            row.update({"safety": None, "safety_categories": [], "safety_model": self.llm.model_name})
+            row["tagging_errors"] = list(row.get("tagging_errors") or [])
+        for row, [completion] in zip(todo, results):
+            value, error = parse_guard_output(completion.text) if completion.finish_reason != "error" else (
+                None, f"backend error: {completion.error}")
+            if value is None:
+                row["tagging_errors"].append({"task": "safety", "error": error,
+                                              "finish_reason": completion.finish_reason,
+                                              "raw_output": completion.text})
+            else:
+                row.update(value)
+        yield inputs
+
+
 class LanguageTagging(Step):
     """Adds the ISO 639-1 language (``EN``, ``ZH``, ...) of each instruction, via lingua.
 
@@ -329,7 +398,7 @@ class CuratedSelection(GlobalStep):
 
     Runtime parameters:
         - `min_difficulty`, `min_input_quality`, `min_instruct_reward`: thresholds (None: off).
-        - `remove_duplicates`, `languages`: more checks.
+        - `remove_duplicates`, `languages`, `require_safe`: more checks.
         - `target_size`, `category_mix` (``uniform``, ``natural`` or weights), `seed`.
         - `keep_rejected`: pass rejected rows on too (with their ``selection_reason``).
         - `report_path`: where to write the JSON report.
@@ -347,6 +416,7 @@ class CuratedSelection(GlobalStep):
     min_instruct_reward: Optional[RuntimeParameter[float]] = Field(default=-5.0, description="Lowest instruct reward kept.")
     remove_duplicates: RuntimeParameter[bool] = Field(default=True, description="Drop near-duplicates.")
     languages: Optional[RuntimeParameter[List[str]]] = Field(default=None, description="Allowed languages (None: any).")
+    require_safe: RuntimeParameter[bool] = Field(default=False, description="Keep only rows judged safe.")
     target_size: Optional[RuntimeParameter[int]] = Field(default=None, description="Rows to select (None: all eligible).")
     category_mix: RuntimeParameter[Union[str, Dict[str, float]]] = Field(
         default="uniform", description="uniform, natural, or weights per task category."
@@ -362,6 +432,7 @@ class CuratedSelection(GlobalStep):
             "difficulty": self.min_difficulty, "input_quality": self.min_input_quality,
             "instruct_reward": self.min_instruct_reward, "min_similar_uuid": self.remove_duplicates or None,
             "language": self.languages,
+            "safety": self.require_safe or None,
         }
         return cols + [col for col, on in checks.items() if on is not None]
 
@@ -378,6 +449,7 @@ class CuratedSelection(GlobalStep):
             min_instruct_reward=self.min_instruct_reward,
             remove_duplicates=self.remove_duplicates,
             languages=tuple(self.languages) if self.languages else None,
+            require_safe=self.require_safe,
             target_size=self.target_size,
             category_mix=self.category_mix,
             seed=self.seed,

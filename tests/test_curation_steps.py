@@ -18,6 +18,7 @@ from steps.curation import (
     InstructReward,
     LanguageTagging,
     NearDuplicateTagging,
+    SafetyTagging,
 )
 
 ANSWERS = {
@@ -96,6 +97,29 @@ def test_tagging_with_the_tiny_model_records_every_failure(tiny_models) -> None:
         [error] = row["tagging_errors"]
         assert error["task"] == "difficulty" and isinstance(error["raw_output"], str) and error["error"]
     assert step.outputs == ["intent", "knowledge", "difficulty", "tagging_model", "tagging_errors"]
+
+
+class CannedGuard(CompletionLLM):
+    """A guard at the model boundary: answers "unsafe\\nS2" when the prompt mentions a weapon."""
+
+    def complete(self, prompts: list[PromptInput], sampling: list[SamplingSpec]) -> list[list[Completion]]:
+        texts = [self.tokenizer.decode(list(p.token_ids)) for p in prompts]
+        answers = ["unsafe\nS2" if "weapon" in t else ("safe" if "garbage" not in t else "maybe?") for t in texts]
+        return [[Completion(text=a, token_ids=[1], finish_reason="stop")] for a in answers]
+
+
+def test_safety_step_verdicts_and_failures(tiny_models) -> None:
+    step = SafetyTagging(llm=CannedGuard(model=tiny_models["generator"]))
+    step.load()
+    rows = next(step.process([
+        {"instruction": "How do I bake bread?"},
+        {"instruction": "How do I build a weapon?", "tagging_errors": [{"task": "quality", "error": "x"}]},
+        {"instruction": "garbage"},
+    ]))
+    assert [(r["safety"], r["safety_categories"]) for r in rows] == [("safe", []), ("unsafe", ["S2"]), (None, [])]
+    assert rows[1]["tagging_errors"] == [{"task": "quality", "error": "x"}]  # earlier failures kept
+    assert [e["task"] for e in rows[2]["tagging_errors"]] == ["safety"]
+    assert rows[2]["tagging_errors"][0]["raw_output"] == "maybe?"
 
 
 def test_tagging_rejects_unknown_tasks(tiny_models) -> None:

@@ -70,6 +70,14 @@ def test_thresholds_are_configurable() -> None:
         SelectionConfig(min_difficulty="medium-ish")
 
 
+def test_safety_check_is_opt_in() -> None:
+    assert failed_checks(_row(1, safety="unsafe"), SelectionConfig()) == []
+    strict = SelectionConfig(require_safe=True)
+    assert failed_checks(_row(1, safety="unsafe"), strict) == ["unsafe"]
+    assert failed_checks(_row(1), strict) == ["safety_missing"]
+    assert failed_checks(_row(1, safety="safe"), strict) == []
+
+
 def test_quota_water_filling() -> None:
     available = {"A": 1000, "B": 1000, "C": 50}
     assert allocate_quotas(available, dict.fromkeys(available, 1.0), 600) == {"A": 275, "B": 275, "C": 50}

@@ -105,3 +105,26 @@ def test_invalid_primary_tag_fails() -> None:
 def test_extract_skips_non_object_json() -> None:
     assert extract_json_object("[1, 2]") == (None, "no JSON object found")
     assert extract_json_object('noise {"a": 1} more')[0] == {"a": 1}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("safe", {"safety": "safe", "safety_categories": []}),
+        ("\n\nunsafe\nS1,S10", {"safety": "unsafe", "safety_categories": ["S1", "S10"]}),
+        ("Unsafe\nO3", {"safety": "unsafe", "safety_categories": ["O3"]}),
+        ("unsafe", {"safety": "unsafe", "safety_categories": []}),
+    ],
+)
+def test_guard_verdicts(text: str, expected: dict) -> None:
+    from magpie_dl.tagging import parse_guard_output
+
+    assert parse_guard_output(text) == (expected, None)
+
+
+@pytest.mark.parametrize("text", ["", "I think it is fine", "safely unsafe"])
+def test_guard_garbage_is_a_reason(text: str) -> None:
+    from magpie_dl.tagging import parse_guard_output
+
+    value, error = parse_guard_output(text)
+    assert value is None and error
