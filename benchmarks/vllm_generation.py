@@ -13,9 +13,9 @@ Three measurements on the same tiny model and engine configuration, one after an
    batching, distilabel's hand-offs and the engine's idle time between batches included.
 2. **one call**: a fresh engine replays exactly those requests (same token ids, same
    seeds, so the same samples) in a single ``LLM.generate`` call: the ceiling.
-3. **n=5 vs 5 calls**: the same requests as one call with ``n=5`` per prompt, against
-   the reference scripts' way, five ``generate`` calls with ``n=1`` (seeds ``seed + i``,
-   so again the same samples).
+3. **n=5 vs 5 calls**: that one call (``n=5`` per prompt) against the reference
+   scripts' way, five ``generate`` calls with ``n=1`` (seeds ``seed + i``, so again the
+   same samples). Direct measurements are repeated, interleaved, and the medians compared.
 
 Engine start-up is excluded everywhere (each engine is warmed up before timing).
 Results print as a table and go to ``--json``.
@@ -163,52 +163,70 @@ def run_direct(args: argparse.Namespace, calls: list[Any]) -> dict[str, Any]:
         tokens_prompts = [TokensPrompt(prompt_token_ids=list(p.token_ids)) for p in prompts]
         llm = backend.engine
 
-        one_s, one_tokens = timed_generate(llm, tokens_prompts, [backend.sampling_params(s) for s in specs])
-
+        one_params = [backend.sampling_params(s) for s in specs]
         # The reference scripts' way: one generate call per sample index, n=1, seed + i.
-        five_s, five_tokens = 0.0, 0
-        for i in range(5):
-            single = [replace(s, n=1, seed=None if s.seed is None else s.seed + i) for s in specs]
-            seconds, tokens = timed_generate(llm, tokens_prompts, [backend.sampling_params(s) for s in single])
-            five_s += seconds
-            five_tokens += tokens
-        # n=5 again, after the five calls, so both orders see a warm prefix cache.
-        again_s, again_tokens = timed_generate(llm, tokens_prompts, [backend.sampling_params(s) for s in specs])
+        single_params = [
+            [backend.sampling_params(replace(s, n=1, seed=None if s.seed is None else s.seed + i)) for s in specs]
+            for i in range(5)
+        ]
+        one, five = [], []
+        # Interleaved repeats: on a shared machine the load drifts; medians of alternating
+        # runs compare like with like.
+        for _ in range(args.repeats):
+            one.append(timed_generate(llm, tokens_prompts, one_params))
+            runs = [timed_generate(llm, tokens_prompts, params) for params in single_params]
+            five.append((sum(r[0] for r in runs), sum(r[1] for r in runs)))
         # Same requests, same seeds: the same samples, so the same amount of work.
-        assert one_tokens == again_tokens == five_tokens == sum(c[4] for c in calls), (
-            one_tokens, again_tokens, five_tokens, sum(c[4] for c in calls)
-        )
+        expected = sum(c[4] for c in calls)
+        assert {t for _, t in one} == {t for _, t in five} == {expected}, (one, five, expected)
     finally:
         backend.unload()
+    return {"one_call": _summary(one), "n1_five_calls": _summary(five)}
+
+
+def _summary(runs: list[tuple[float, int]]) -> dict[str, Any]:
+    """Median time of repeated runs of the same work, with the spread."""
+    seconds = sorted(s for s, _ in runs)
+    median = seconds[len(seconds) // 2]
+    tokens = runs[0][1]
     return {
-        "one_call": {"output_tokens": one_tokens, "seconds": one_s, "tokens_per_s": one_tokens / one_s},
-        "n5_one_request": {"output_tokens": again_tokens, "seconds": again_s, "tokens_per_s": again_tokens / again_s},
-        "n1_five_calls": {"output_tokens": five_tokens, "seconds": five_s, "tokens_per_s": five_tokens / five_s},
+        "output_tokens": tokens,
+        "seconds": median,
+        "tokens_per_s": tokens / median,
+        "tokens_per_s_range": [tokens / seconds[-1], tokens / seconds[0]],
+        "repeats": len(runs),
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=str(REPO / "models" / "tiny" / "generator"))
-    parser.add_argument("--instructions", type=int, default=1000)
-    parser.add_argument("--batch-size", type=int, default=250, help="rows per distilabel batch (the step's input_batch_size)")
+    parser.add_argument("--instructions", type=int, default=1500)
+    parser.add_argument("--batch-size", type=int, default=500, help="rows per step batch (the recipe's default: 500)")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats of the direct measurements")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--max-model-len", type=int, default=1024)
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args(argv)
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    load_at_start = [round(x, 1) for x in os.getloadavg()]
 
     with tempfile.TemporaryDirectory() as tmp:
         piped = run_pipeline(args, Path(tmp) / "record.pkl")
     direct = run_direct(args, piped.pop("calls"))
     ratio = piped["tokens_per_s"] / direct["one_call"]["tokens_per_s"]
-    n5_speedup = direct["n5_one_request"]["tokens_per_s"] / direct["n1_five_calls"]["tokens_per_s"]
+    n5_speedup = direct["one_call"]["tokens_per_s"] / direct["n1_five_calls"]["tokens_per_s"]
     import vllm
 
     result = {
         "config": {**vars(args), "json": str(args.json) if args.json else None},
-        "environment": {"vllm": vllm.__version__, "machine": platform.machine(), "cpus": os.cpu_count()},
+        "environment": {
+            "vllm": vllm.__version__,
+            "machine": platform.machine(),
+            "cpus": os.cpu_count(),
+            "load_average": load_at_start,
+        },
         "pipeline_step": piped,
         "direct": direct,
         "pipeline_vs_one_call": ratio,
@@ -218,13 +236,14 @@ def main(argv: list[str] | None = None) -> int:
           f"step batches of {args.batch_size}")  # fmt: skip
     print(f"  pipeline step:          {piped['output_tokens']:>8} tokens in {piped['window_s']:6.1f} s  "
           f"{piped['tokens_per_s']:8.0f} tok/s  ({piped['batches']} batches; {piped['in_complete_s']:.1f} s inside complete())")  # fmt: skip
-    one = direct["one_call"]
-    print(f"  one LLM.generate call:  {one['output_tokens']:>8} tokens in {one['seconds']:6.1f} s  {one['tokens_per_s']:8.0f} tok/s")
+    one, n1 = direct["one_call"], direct["n1_five_calls"]
+    print(f"  one LLM.generate call:  {one['output_tokens']:>8} tokens in {one['seconds']:6.1f} s  {one['tokens_per_s']:8.0f} tok/s"
+          f"  (median of {one['repeats']}; range {one['tokens_per_s_range'][0]:.0f}-{one['tokens_per_s_range'][1]:.0f})")  # fmt: skip
     print(f"  -> pipeline / one call: {ratio:.1%}")
-    n5, n1 = direct["n5_one_request"], direct["n1_five_calls"]
-    print(f"  n=5 in one request:     {n5['output_tokens']:>8} tokens in {n5['seconds']:6.1f} s  {n5['tokens_per_s']:8.0f} tok/s")
-    print(f"  5 calls with n=1:       {n1['output_tokens']:>8} tokens in {n1['seconds']:6.1f} s  {n1['tokens_per_s']:8.0f} tok/s")
-    print(f"  -> n=5 speed-up:        {n5_speedup:.2f}x")
+    print(f"  5 calls with n=1:       {n1['output_tokens']:>8} tokens in {n1['seconds']:6.1f} s  {n1['tokens_per_s']:8.0f} tok/s"
+          f"  (median of {n1['repeats']}; range {n1['tokens_per_s_range'][0]:.0f}-{n1['tokens_per_s_range'][1]:.0f})")  # fmt: skip
+    print(f"  -> n=5 in one request vs 5 calls: {n5_speedup:.2f}x")
+    print(f"  load average at start: {result['environment']['load_average']}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2, default=str))
     return 0
