@@ -120,7 +120,10 @@ class VLLMBackend(CompletionLLM, CudaDevicePlacementMixin):
         if self.install_first_token_ban:
             # Which processor interface applies is the engine's decision (Triton, env,
             # model features); ask its config rather than re-deriving the rules here.
-            uses_v2 = EngineArgs(**kwargs).create_engine_config().use_v2_model_runner
+            # (LLM-only keyword arguments are not EngineArgs fields: leave them out.)
+            fields = EngineArgs.__dataclass_fields__
+            probe = EngineArgs(**{k: v for k, v in kwargs.items() if k in fields})
+            uses_v2 = probe.create_engine_config().use_v2_model_runner
             self._ban_processor = first_token_ban_fqcn(uses_v2)
             kwargs["logits_processors"] = [self._ban_processor]
         self._logger.info(

@@ -18,7 +18,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_VLLM = REPO / ".venv-vllm"
-HAS_VLLM = importlib.util.find_spec("vllm") is not None
+_VLLM_SPEC = importlib.util.find_spec("vllm")
+# Not this test directory: with tests/ on sys.path, tests/vllm is a namespace package "vllm".
+HAS_VLLM = _VLLM_SPEC is not None and _VLLM_SPEC.origin is not None
 
 # A small KV cache keeps each engine near 3 GB on a shared 2-core machine.
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -35,18 +37,15 @@ from serving_helpers import (
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if HAS_VLLM or VENV_VLLM.exists():
+        return
     here = Path(__file__).parent
     for item in items:
-        if here not in Path(str(item.fspath)).parents:
-            continue
-        item.add_marker(pytest.mark.vllm)
-        if HAS_VLLM:
-            continue
-        if not VENV_VLLM.exists():
+        if here in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.skip(reason="no .venv-vllm: run scripts/setup_vllm_env.sh"))
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(scope="session", autouse=True)
 def _needs_vllm() -> None:
     """With .venv-vllm present, running this tier from another interpreter is a mistake."""
     if not HAS_VLLM:

@@ -23,6 +23,7 @@ from magpie_dl.backends.first_token_ban import (
     FIRST_TOKEN_BAN_V2_FQCN,
 )
 
+pytestmark = pytest.mark.vllm
 MAX_REQS = 8
 MAX_LEN = 64
 

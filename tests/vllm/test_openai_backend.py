@@ -13,6 +13,7 @@ from magpie_dl.prompts import pre_query_token_ids
 
 from serving_helpers import Proxy, free_port
 
+pytestmark = pytest.mark.vllm
 FAMILY = get_family("llama-3.1")
 
 
@@ -166,3 +167,15 @@ def test_wrong_api_key_is_refused_without_echoing_it(server, tiny_generator, mon
     assert "MAGPIE_DL_API_KEY" in str(info.value) and "s3cret" not in str(info.value)
     assert "s3cret" not in repr(backend) and "s3cret" not in json.dumps(backend.dump(), default=str)
     backend.unload()
+
+
+def test_backends_survive_distilabels_deep_copy(tiny_generator) -> None:
+    """distilabel deep-copies every step (and its LLM) before running it."""
+    from magpie_dl.backends.vllm import VLLMBackend
+
+    for backend in (
+        OpenAIBackend(model=str(tiny_generator), base_urls=["http://127.0.0.1:1"]),
+        VLLMBackend(model=str(tiny_generator), dtype="float32"),
+    ):
+        copied = backend.model_copy(deep=True)
+        assert copied.dump() == backend.dump()

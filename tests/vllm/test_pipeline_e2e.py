@@ -8,12 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import psutil
 import pytest
 
 from serving_helpers import API_KEY
 
 REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.vllm
 
 
 def run_smoke(out: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int, str, list[int]]:
@@ -34,6 +34,8 @@ def run_smoke(out: Path, *args: str, env: dict[str, str] | None = None) -> tuple
         os.killpg(proc.pid, 9)
         output, _ = proc.communicate()
         raise AssertionError("the recipe did not finish within 600 s:\n" + output[-4000:]) from None
+    import psutil
+
     leftovers = []
     for p in psutil.process_iter(["pid"]):
         try:

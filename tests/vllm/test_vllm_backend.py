@@ -15,6 +15,7 @@ from magpie_dl.backends.base import PromptInput, SamplingSpec
 from magpie_dl.families import get_family, resolve_single_token_ids, resolve_stops
 from magpie_dl.prompts import pre_query_token_ids
 
+pytestmark = pytest.mark.vllm
 FAMILY = get_family("llama-3.1")
 
 
