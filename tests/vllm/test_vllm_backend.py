@@ -104,6 +104,17 @@ def test_prompt_longer_than_context_fails_alone(engine) -> None:
     assert [c.finish_reason for c in good] == ["length", "length"]
 
 
+def test_seeded_batch_beyond_4k_prompt_tokens_survives(engine) -> None:
+    """Per-request seeds + chunked prefill kill the CPU engine past ~4K batched prompt tokens
+    (FIELD_NOTES §3); the backend turns chunked prefill off on CPU."""
+    assert engine.engine.llm_engine.vllm_config.scheduler_config.enable_chunked_prefill is False
+    prompt = pre_query(engine)
+    filler = tuple(range(300, 300 + 500))
+    prompts = [PromptInput(prompt.token_ids + filler[i:] + filler[:i]) for i in range(12)]  # ~6K prompt tokens
+    results = engine.complete(prompts, [query_spec(engine, n=2, max_tokens=8, seed=i) for i in range(12)])
+    assert all(c.finish_reason in ("stop", "length") for r in results for c in r)
+
+
 def test_first_token_ban_changes_only_the_first_position(engine) -> None:
     prompt = pre_query(engine)
     greedy = query_spec(engine, n=1, temperature=0.0, max_tokens=12, seed=None)
