@@ -24,8 +24,8 @@ from magpie_dl.config import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 
-ARGS = ["--preset", "smoke", "--num-instructions", "24", "--responses.num_generations", "3",
-        "--responses.max_tokens", "40"]
+ARGS = ["--preset", "smoke", "--num-instructions", "12", "--responses.num_generations", "3",
+        "--responses.max_tokens", "32"]
 SCRIPT = str(REPO_ROOT / "pipelines" / "dpo_100k.py")
 
 
@@ -93,7 +93,7 @@ def reference(tmp_path_factory, tiny_models):
 def test_killed_runs_rerun_to_the_same_dataset(reference, tmp_path):
     ref_out, ref_seconds = reference
     expected = rows_of(ref_out)
-    assert sum(len(v) for v in expected.values()) == 24
+    assert sum(len(v) for v in expected.values()) == 12
     rng = random.Random(1234)
     trials = [("random", "group")] * 4 + [("random", "main")] * 3 + [("writing", "group")] * 2 + [("writing", "main")]
     reused_total = 0
@@ -164,7 +164,7 @@ def test_second_run_on_the_same_directory_is_refused(reference, tmp_path):
     assert second.stderr.strip().splitlines()[-1].startswith(f"error: another run is writing to {out}")
     stdout, stderr = first.communicate(timeout=600)
     assert first.returncode == 0, stderr[-2000:]
-    assert sum(len(v) for v in rows_of(out).values()) == 24  # the first run's output is whole
+    assert sum(len(v) for v in rows_of(out).values()) == 12  # the first run's output is whole
 
 
 def test_secrets_never_reach_logs_files_or_errors(tmp_path, tiny_models):
