@@ -34,7 +34,9 @@ DIM = 768
 DUP_FRACTION = 0.02  # rows that are planted copies of another row
 
 
-def synthetic(n: int, dim: int = DIM, seed: int = 0) -> tuple[np.ndarray, list[str], np.ndarray]:
+def synthetic(
+    n: int, dim: int = DIM, seed: int = 0, dup_range: tuple[float, float] = (0.001, 0.03)
+) -> tuple[np.ndarray, list[str], np.ndarray]:
     """Clustered unit-ish vectors with planted near-duplicates; returns (x, uuids, planted rows)."""
     rng = np.random.default_rng(seed)
 
@@ -55,8 +57,8 @@ def synthetic(n: int, dim: int = DIM, seed: int = 0) -> tuple[np.ndarray, list[s
     n_dup = int(n * DUP_FRACTION)
     rows = rng.choice(n, size=2 * n_dup, replace=False)
     copies, originals = rows[:n_dup], rows[n_dup:]
-    # Perturbation of squared size 0.001..0.03 relative to a unit vector: inside 0.05.
-    scale = np.sqrt(rng.uniform(0.001, 0.03, n_dup) / dim).astype(np.float32)
+    # Perturbation of squared size in dup_range relative to a unit vector (0.05 = threshold).
+    scale = np.sqrt(rng.uniform(*dup_range, n_dup) / dim).astype(np.float32)
     x[copies] = x[originals] / np.linalg.norm(x[originals], axis=1, keepdims=True)
     x[copies] += rng.standard_normal((n_dup, dim), dtype=np.float32) * scale[:, None]
     uuids = [f"{v:016x}" for v in rng.integers(0, 2**63, n)]
@@ -82,11 +84,13 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_one(n: int, method: str, sample: int, k: int, nprobe: int, seed: int) -> dict:
+def run_one(
+    n: int, method: str, sample: int, k: int, nprobe: int, seed: int, dup_range: tuple[float, float]
+) -> dict:
     from magpie_dl.dedup import DedupConfig, find_near_duplicates, normalize_rows
 
     t0 = time.perf_counter()
-    x, uuids, planted = synthetic(n, seed=seed)
+    x, uuids, planted = synthetic(n, seed=seed, dup_range=dup_range)
     normalize_rows(x, copy=False)
     gen_s = time.perf_counter() - t0
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -104,6 +108,7 @@ def run_one(n: int, method: str, sample: int, k: int, nprobe: int, seed: int) ->
         "method": method,
         "k": k,
         "nprobe": nprobe if method == "index" else None,
+        "dup_range": list(dup_range),
         "wall_s": round(wall, 2),
         # CPU seconds of all threads: on a shared machine, cpu_s / cores is what the run
         # would take with the cores to itself.
@@ -151,6 +156,8 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=500)
     ap.add_argument("--nprobe", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dup-range", type=float, nargs=2, default=[0.001, 0.03], metavar=("LOW", "HIGH"),
+                    help="squared distance of planted copies to their original (threshold 0.05)")
     ap.add_argument("--out", type=Path, default=None, help="append JSON lines here")
     ap.add_argument("--one", nargs=2, metavar=("N", "METHOD"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -158,7 +165,7 @@ def main() -> None:
     if args.one:
         n, method = int(args.one[0]), args.one[1]
         sample = args.sample if method == "index" else 0
-        print(json.dumps(run_one(n, method, sample, args.k, args.nprobe, args.seed)))
+        print(json.dumps(run_one(n, method, sample, args.k, args.nprobe, args.seed, tuple(args.dup_range))))
         return
 
     for n in args.sizes:
@@ -166,7 +173,8 @@ def main() -> None:
             if method == "exact" and n > args.max_exact:
                 continue
             cmd = [sys.executable, __file__, "--one", str(n), method, "--k", str(args.k),
-                   "--nprobe", str(args.nprobe), "--sample", str(args.sample), "--seed", str(args.seed)]
+                   "--nprobe", str(args.nprobe), "--sample", str(args.sample), "--seed", str(args.seed),
+                   "--dup-range", *map(str, args.dup_range)]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
                 print(proc.stderr, file=sys.stderr)

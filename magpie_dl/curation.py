@@ -73,7 +73,7 @@ class DedupSection(_Section):
     threshold: float = Field(0.05, gt=0.0, description="Squared L2 near-duplicate threshold.")
     k: int = Field(500, ge=1, description="Neighbours searched per row.")
     method: Literal["auto", "exact", "index"] = Field("auto", description="Exact search, FAISS index, or auto.")
-    index_min_rows: int = Field(100_000, ge=1, description="Rows from which auto uses the index.")
+    index_min_rows: int = Field(50_000, ge=1, description="Rows from which auto uses the index.")
     nprobe: int = Field(8, ge=1, description="IVF cells visited per query.")
 
 

@@ -53,7 +53,8 @@ class DedupConfig:
             search direction and bounds memory.
         method: ``exact``, ``index`` (FAISS IVF), or ``auto`` (index from
             ``index_min_rows`` rows up).
-        index_min_rows: size from which ``auto`` uses the index.
+        index_min_rows: size from which ``auto`` uses the index (exact search costs
+            O(n^2): 100K x 768 took 86 s here, the index 11 s; see BENCHMARKS.md).
         nlist: IVF cells; default ``sqrt(nprobe * n)``, which balances the two search
             costs (``nlist`` centroid distances vs ``nprobe * n / nlist`` row distances).
         nprobe: IVF cells visited per query; more = better recall, slower.
@@ -67,7 +68,7 @@ class DedupConfig:
     threshold: float = 0.05
     k: int = 500
     method: SearchMethod = "auto"
-    index_min_rows: int = 100_000
+    index_min_rows: int = 50_000
     nlist: int | None = None
     nprobe: int = 8
     train_size: int | None = None

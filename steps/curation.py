@@ -357,7 +357,7 @@ class NearDuplicateTagging(GlobalStep):
     threshold: RuntimeParameter[float] = Field(default=0.05, description="Squared L2 near-duplicate threshold.")
     k: RuntimeParameter[int] = Field(default=500, description="Neighbours searched per row.")
     method: RuntimeParameter[str] = Field(default="auto", description="auto, exact or index.")
-    index_min_rows: RuntimeParameter[int] = Field(default=100_000, description="Rows from which auto uses the index.")
+    index_min_rows: RuntimeParameter[int] = Field(default=50_000, description="Rows from which auto uses the index.")
     nprobe: RuntimeParameter[int] = Field(default=8, description="IVF cells visited per query.")
     keep_embedding: RuntimeParameter[bool] = Field(default=False, description="Keep the embedding column.")
 
