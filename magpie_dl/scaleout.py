@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -188,6 +189,9 @@ def place_steps(
     placement: dict[str, tuple[int, int]] = {}
     for name in pipeline.dag:
         step = pipeline.dag.get_step(name)["step"]
+        if getattr(step, "cache_dir", None):
+            # Ray workers do not run in the driver's working directory.
+            step.cache_dir = str(Path(step.cache_dir).resolve())
         replicas, gpus = step_replicas(step, scale), engine_gpus(step, cfg) if with_gpus else 0
         step.resources.replicas = replicas
         if gpus:

@@ -33,6 +33,8 @@ def test_full_recipe_on_one_node_of_8_gpus_loads_in_stages(recipe):
     assert placement == {"magpie_generator": (1, 4), "responses": (2, 4), "reward": (8, 1), "pairing": (1, 0)}
     step = pipeline.dag.get_step("responses")["step"]
     assert (step.resources.replicas, step.resources.gpus) == (2, 4)
+    # The result store path is absolute: Ray workers run elsewhere.
+    assert step.cache_dir == str((cfg.cache_dir).resolve())
     # 4 + 8 + 8 GPUs wanted, 8 there: one stage per GPU step, pairing streams with reward.
     assert load_groups(pipeline, placement, cluster_gpus=8) == [["magpie_generator"], ["responses"], ["reward", "pairing"]]
     # 32 GPUs hold everything at once: no stages, all steps stream.
