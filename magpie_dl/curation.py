@@ -86,6 +86,7 @@ class SelectionSection(_Section):
     remove_duplicates: bool = Field(True, description="Drop near-duplicates.")
     languages: list[str] | None = Field(None, description="Allowed languages, e.g. EN (null: any).")
     require_safe: bool = Field(False, description="Keep only rows the guard judged safe (needs tagging.guard_model).")
+    require_category: bool = Field(True, description="Drop rows without a task category (else sampled as '(missing)').")
     target_size: int | None = Field(100_000, ge=0, description="Instructions to select (null: all eligible).")
     category_mix: str | dict[str, float] = Field("uniform", description="uniform, natural, or weights per category.")
 
@@ -111,6 +112,7 @@ class SelectionSection(_Section):
             remove_duplicates=self.remove_duplicates,
             languages=tuple(self.languages) if self.languages else None,
             require_safe=self.require_safe,
+            require_category=self.require_category,
             target_size=self.target_size,
             category_mix=self.category_mix,
             seed=seed,
@@ -146,9 +148,10 @@ class InstructionsConfig(_Section):
 
 PRESETS: dict[str, dict[str, Any]] = {
     "full": {},
-    # Tiny local models end to end on CPU. The tiny judge rarely writes valid JSON over the
-    # transformers backend, so expect most rows to fail tagging (counted in selection.json);
-    # `--backend.kind vllm` constrains it with structured outputs instead.
+    # Tiny local models end to end on CPU. The tiny judge does not write valid JSON over
+    # the transformers backend (every failure is counted in selection.json), so the smoke
+    # selection does not require the judge's tags; dedup, instruct reward and sampling
+    # still apply. With `--backend.kind vllm` structured outputs constrain the judge.
     "smoke": {
         "output_dir": "out/instructions_smoke",
         "generator": {
@@ -166,7 +169,8 @@ PRESETS: dict[str, dict[str, Any]] = {
                    "input_batch_size": 64},
         "instruct_reward": {"max_tokens": 48, "batch_size": 64},
         "dedup": {"embedding_model": PACKAGED_MINILM},
-        "selection": {"target_size": 32},
+        "selection": {"target_size": 32, "min_difficulty": None, "min_input_quality": None,
+                      "require_category": False},
     },
 }
 

@@ -47,6 +47,7 @@ CHECKS: tuple[str, ...] = (
     "category_not_in_mix",
 )
 QUOTA_REASON = "category_quota"
+MISSING = "(missing)"  # the category stratum of untagged rows
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,8 @@ class SelectionConfig:
         remove_duplicates: drop rows whose ``min_similar_uuid`` names another row.
         languages: allowed language codes (``EN``...), None for any.
         require_safe: keep only rows the guard model judged ``safe``.
+        require_category: drop rows without a task category; when off they form their
+            own stratum (``(missing)``) in the per-category sampling.
         target_size: rows to select; None keeps every eligible row.
         category_mix: ``uniform`` (equal share per category present), ``natural``
             (proportional to what is eligible, i.e. a plain random sample), or weights
@@ -73,6 +76,7 @@ class SelectionConfig:
     remove_duplicates: bool = True
     languages: tuple[str, ...] | None = None
     require_safe: bool = False
+    require_category: bool = True
     target_size: int | None = None
     category_mix: CategoryMix = "uniform"
     seed: int = 0
@@ -183,7 +187,8 @@ def failed_checks(row: Mapping[str, Any], config: SelectionConfig) -> list[str]:
             failed.append("near_duplicate")
     cat = _category(row)
     if cat is None:
-        failed.append("task_category_missing")
+        if config.require_category:
+            failed.append("task_category_missing")
     elif isinstance(config.category_mix, Mapping) and not config.category_mix.get(cat, 0):
         failed.append("category_not_in_mix")
     return failed
@@ -245,7 +250,7 @@ def select_rows(
         if failed:
             reasons[i] = failed[0]
         else:
-            eligible.setdefault(_category(row) or "", []).append(i)
+            eligible.setdefault(_category(row) or MISSING, []).append(i)
 
     available = {c: len(idx) for c, idx in eligible.items()}
     if config.target_size is None:
@@ -291,5 +296,5 @@ def select_rows(
 
 
 def _mix(rows: Sequence[Mapping[str, Any]], idx: Sequence[int] | range) -> dict[str, int]:
-    counts = Counter(_category(rows[i]) or "(missing)" for i in idx)
+    counts = Counter(_category(rows[i]) or MISSING for i in idx)
     return dict(sorted(counts.items()))

@@ -137,6 +137,7 @@ def build_pipeline(cfg: InstructionsConfig) -> Pipeline:
             remove_duplicates=sel.remove_duplicates,
             languages=sel.languages,
             require_safe=sel.require_safe,
+            require_category=sel.require_category,
             target_size=sel.target_size,
             category_mix=sel.category_mix,
             seed=cfg.seed,

@@ -398,7 +398,7 @@ class CuratedSelection(GlobalStep):
 
     Runtime parameters:
         - `min_difficulty`, `min_input_quality`, `min_instruct_reward`: thresholds (None: off).
-        - `remove_duplicates`, `languages`, `require_safe`: more checks.
+        - `remove_duplicates`, `languages`, `require_safe`, `require_category`: more checks.
         - `target_size`, `category_mix` (``uniform``, ``natural`` or weights), `seed`.
         - `keep_rejected`: pass rejected rows on too (with their ``selection_reason``).
         - `report_path`: where to write the JSON report.
@@ -417,6 +417,7 @@ class CuratedSelection(GlobalStep):
     remove_duplicates: RuntimeParameter[bool] = Field(default=True, description="Drop near-duplicates.")
     languages: Optional[RuntimeParameter[List[str]]] = Field(default=None, description="Allowed languages (None: any).")
     require_safe: RuntimeParameter[bool] = Field(default=False, description="Keep only rows judged safe.")
+    require_category: RuntimeParameter[bool] = Field(default=True, description="Drop rows without a task category.")
     target_size: Optional[RuntimeParameter[int]] = Field(default=None, description="Rows to select (None: all eligible).")
     category_mix: RuntimeParameter[Union[str, Dict[str, float]]] = Field(
         default="uniform", description="uniform, natural, or weights per task category."
@@ -450,6 +451,7 @@ class CuratedSelection(GlobalStep):
             remove_duplicates=self.remove_duplicates,
             languages=tuple(self.languages) if self.languages else None,
             require_safe=self.require_safe,
+            require_category=self.require_category,
             target_size=self.target_size,
             category_mix=self.category_mix,
             seed=self.seed,

@@ -78,6 +78,14 @@ def test_safety_check_is_opt_in() -> None:
     assert failed_checks(_row(1, safety="safe"), strict) == []
 
 
+def test_untagged_rows_can_form_their_own_stratum() -> None:
+    rows = _pool()[:100] + [_row(2000 + i, task_category=None) for i in range(100)]
+    reasons, report = select_rows(rows, SelectionConfig(target_size=50))
+    assert report.selected_rows == 50 and report.dropped["task_category_missing"] == 100
+    reasons, report = select_rows(rows, SelectionConfig(target_size=50, require_category=False))
+    assert report.category_mix_after == {"(missing)": 25, "Information seeking": 25}
+
+
 def test_quota_water_filling() -> None:
     available = {"A": 1000, "B": 1000, "C": 50}
     assert allocate_quotas(available, dict.fromkeys(available, 1.0), 600) == {"A": 275, "B": 275, "C": 50}
