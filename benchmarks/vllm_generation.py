@@ -94,7 +94,8 @@ class RecordingVLLMBackend(VLLMBackend):
 
 def warm_up(backend: VLLMBackend) -> None:
     """A few short requests so lazy initialisation is not timed."""
-    backend.complete([PromptInput((backend.tokenizer.bos_token_id or 0, 10, 11))] * 4, [SamplingSpec(n=2, max_tokens=8, seed=1)] * 4)
+    prompt = PromptInput((backend.tokenizer.bos_token_id or 0, 10, 11))
+    backend.complete([prompt] * 4, [SamplingSpec(n=2, max_tokens=8, seed=1)] * 4)
 
 
 def engine_config(args: argparse.Namespace) -> dict[str, Any]:
@@ -109,7 +110,8 @@ def run_pipeline(args: argparse.Namespace, record: Path) -> dict[str, Any]:
     from magpie_dl.magpie import row_uuid
     from steps.responses import MultiResponseGeneration
 
-    rows = [{"instruction": q, "uuid": row_uuid(args.model, 0, i)} for i, q in enumerate(instructions(args.instructions))]
+    queries = instructions(args.instructions)
+    rows = [{"instruction": q, "uuid": row_uuid(args.model, 0, i)} for i, q in enumerate(queries)]
     with Pipeline(name="bench-vllm-generation") as pipeline:
         load = LoadDataFromDicts(name="load", data=rows, batch_size=args.batch_size)
         respond = MultiResponseGeneration(
@@ -198,6 +200,15 @@ def _summary(runs: list[tuple[float, int]]) -> dict[str, Any]:
     }
 
 
+def _line(tokens: int, seconds: float) -> str:
+    return f"{tokens:>8} tokens in {seconds:6.1f} s  {tokens / seconds:8.0f} tok/s"
+
+
+def _spread(summary: dict[str, Any]) -> str:
+    low, high = summary["tokens_per_s_range"]
+    return f"  (median of {summary['repeats']}; range {low:.0f}-{high:.0f})"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=str(REPO / "models" / "tiny" / "generator"))
@@ -234,14 +245,12 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f"\nvLLM {vllm.__version__}, {args.instructions} instructions x 5 responses, max_tokens {args.max_tokens}, "
           f"step batches of {args.batch_size}")  # fmt: skip
-    print(f"  pipeline step:          {piped['output_tokens']:>8} tokens in {piped['window_s']:6.1f} s  "
-          f"{piped['tokens_per_s']:8.0f} tok/s  ({piped['batches']} batches; {piped['in_complete_s']:.1f} s inside complete())")  # fmt: skip
+    print(f"  pipeline step:          {_line(piped['output_tokens'], piped['window_s'])}"
+          f"  ({piped['batches']} batches; {piped['in_complete_s']:.1f} s inside complete())")  # fmt: skip
     one, n1 = direct["one_call"], direct["n1_five_calls"]
-    print(f"  one LLM.generate call:  {one['output_tokens']:>8} tokens in {one['seconds']:6.1f} s  {one['tokens_per_s']:8.0f} tok/s"
-          f"  (median of {one['repeats']}; range {one['tokens_per_s_range'][0]:.0f}-{one['tokens_per_s_range'][1]:.0f})")  # fmt: skip
+    print(f"  one LLM.generate call:  {_line(one['output_tokens'], one['seconds'])}{_spread(one)}")
     print(f"  -> pipeline / one call: {ratio:.1%}")
-    print(f"  5 calls with n=1:       {n1['output_tokens']:>8} tokens in {n1['seconds']:6.1f} s  {n1['tokens_per_s']:8.0f} tok/s"
-          f"  (median of {n1['repeats']}; range {n1['tokens_per_s_range'][0]:.0f}-{n1['tokens_per_s_range'][1]:.0f})")  # fmt: skip
+    print(f"  5 calls with n=1:       {_line(n1['output_tokens'], n1['seconds'])}{_spread(n1)}")
     print(f"  -> n=5 in one request vs 5 calls: {n5_speedup:.2f}x")
     print(f"  load average at start: {result['environment']['load_average']}")
     if args.json:

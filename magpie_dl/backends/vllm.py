@@ -235,7 +235,7 @@ class VLLMBackend(CompletionLLM, CudaDevicePlacementMixin):
         max_len = llm.llm_engine.model_config.max_model_len
         results: list[list[Completion] | None] = [None] * len(prompts)
         batch: list[int] = []
-        for i, (prompt, spec) in enumerate(zip(prompts, sampling)):
+        for i, (prompt, spec) in enumerate(zip(prompts, sampling, strict=True)):
             reason = None
             if not prompt.token_ids:
                 reason = "empty prompt"
@@ -252,7 +252,7 @@ class VLLMBackend(CompletionLLM, CudaDevicePlacementMixin):
                 [self.sampling_params(sampling[i]) for i in batch],
                 use_tqdm=False,
             )
-            for i, output in zip(batch, outputs):
+            for i, output in zip(batch, outputs, strict=True):
                 # The engine reports the ids it conditioned on; any rewrite (an added BOS)
                 # would silently change every sample, so it is a hard error.
                 if list(output.prompt_token_ids or ()) != list(prompts[i].token_ids):

@@ -10,21 +10,10 @@ from __future__ import annotations
 import importlib.util
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
-VENV_VLLM = REPO / ".venv-vllm"
-_VLLM_SPEC = importlib.util.find_spec("vllm")
-# Not this test directory: with tests/ on sys.path, tests/vllm is a namespace package "vllm".
-HAS_VLLM = _VLLM_SPEC is not None and _VLLM_SPEC.origin is not None
-
-# A small KV cache keeps each engine near 3 GB on a shared 2-core machine.
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-
 from serving_helpers import (
     API_KEY,
     MAX_MODEL_LEN,
@@ -34,6 +23,15 @@ from serving_helpers import (
     stop_process,
     wait_for_http,
 )
+
+REPO = Path(__file__).resolve().parents[2]
+VENV_VLLM = REPO / ".venv-vllm"
+_VLLM_SPEC = importlib.util.find_spec("vllm")
+# Not this test directory: with tests/ on sys.path, tests/vllm is a namespace package "vllm".
+HAS_VLLM = _VLLM_SPEC is not None and _VLLM_SPEC.origin is not None
+
+# A small KV cache keeps each engine near 3 GB on a shared 2-core machine.
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

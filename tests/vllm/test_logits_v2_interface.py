@@ -70,10 +70,10 @@ def banned(out: torch.Tensor) -> list[tuple[int, int]]:
 
 def test_v2_loader_accepts_only_the_v2_class(v2) -> None:
     lp, *_ = v2
-    from magpie_dl.backends.vllm_logits import FirstTokenBanV2
-
     from vllm import SamplingParams
     from vllm.exceptions import VLLMValidationError
+
+    from magpie_dl.backends.vllm_logits import FirstTokenBanV2
 
     validate = lp.build_custom_logits_processors_params_validator([FIRST_TOKEN_BAN_V2_FQCN])
     validate(SamplingParams(extra_args={FIRST_TOKEN_BAN_ARG: [1, 2]}))

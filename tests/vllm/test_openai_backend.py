@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from serving_helpers import Proxy, free_port
 
 from magpie_dl.backends.base import PromptInput, SamplingSpec
 from magpie_dl.backends.openai import EndpointUnreachableError, OpenAIBackend
 from magpie_dl.families import get_family, resolve_stops
 from magpie_dl.prompts import pre_query_token_ids
-
-from serving_helpers import Proxy, free_port
 
 pytestmark = pytest.mark.vllm
 FAMILY = get_family("llama-3.1")
@@ -72,7 +71,10 @@ def test_finish_reasons_token_counts_ban_and_schema(client) -> None:
     schema = {
         "type": "object",
         # Bounded fields only: a tiny model can write an unbounded integer until max_tokens.
-        "properties": {"quality": {"type": "string", "enum": ["poor", "good", "excellent"]}, "safe": {"type": "boolean"}},
+        "properties": {
+            "quality": {"type": "string", "enum": ["poor", "good", "excellent"]},
+            "safe": {"type": "boolean"},
+        },
         "required": ["quality", "safe"],
         "additionalProperties": False,
     }
@@ -85,8 +87,10 @@ def test_finish_reasons_token_counts_ban_and_schema(client) -> None:
 
 def test_chat_mode_uses_the_servers_chat_template(server, tiny_generator, api_key, engine) -> None:
     messages = ({"role": "user", "content": "How do I learn python lists?"},)
-    ids = engine.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True, return_dict=True)
-    prompt = PromptInput(tuple(ids["input_ids"]), messages=messages)
+    ids = engine.tokenizer.apply_chat_template(
+        list(messages), add_generation_prompt=True, tokenize=True, return_dict=True
+    )["input_ids"]
+    prompt = PromptInput(tuple(ids), messages=messages)
     spec = SamplingSpec(n=2, temperature=0.8, max_tokens=40, seed=11,
                         stop_token_ids=resolve_stops(engine.tokenizer, FAMILY.response_stop).token_ids)  # fmt: skip
     chat = OpenAIBackend(model=str(tiny_generator), base_urls=[server], mode="chat")

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from serving_helpers import API_KEY
 
 REPO = Path(__file__).resolve().parents[2]

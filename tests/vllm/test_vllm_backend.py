@@ -23,6 +23,15 @@ def pre_query(engine) -> PromptInput:
     return PromptInput(tuple(pre_query_token_ids(engine.tokenizer, FAMILY)))
 
 
+def chat_prompt(engine, text: str) -> PromptInput:
+    """The model's chat template around one user message, as token ids."""
+    messages = [{"role": "user", "content": text}]
+    encoded = engine.tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=True
+    )
+    return PromptInput(tuple(encoded["input_ids"]), messages=tuple(messages))
+
+
 def query_spec(engine, **overrides) -> SamplingSpec:
     stops = resolve_stops(engine.tokenizer, FAMILY.stop)
     fields = dict(
@@ -63,9 +72,7 @@ def test_n_samples_with_seed_are_reproducible_and_batch_independent(engine) -> N
     spec = query_spec(engine)
     first = engine.complete([prompt], [spec])[0]
     again = engine.complete([prompt], [spec])[0]
-    other = PromptInput(tuple(engine.tokenizer.apply_chat_template(
-        [{"role": "user", "content": "How do I plan a road trip?"}], add_generation_prompt=True, tokenize=True, return_dict=True
-    )["input_ids"]))  # fmt: skip
+    other = chat_prompt(engine, "How do I plan a road trip?")
     in_batch = engine.complete([other, prompt, other], [spec, spec, query_spec(engine, seed=7)])[1]
     reseeded = engine.complete([prompt], [query_spec(engine, seed=99)])[0]
 
@@ -145,16 +152,16 @@ def test_markdown_ban_with_sampling(engine) -> None:
     markdown = resolve_single_token_ids(engine.tokenizer, FAMILY.first_token_ban)
     assert markdown, "the markdown ban list resolves to single tokens in this vocabulary"
     banned = tuple(sorted(set(firsts) | set(markdown)))
-    [constrained] = engine.complete([prompt], [query_spec(engine, n=16, max_tokens=8, seed=5, first_token_ban_ids=banned)])
+    spec = query_spec(engine, n=16, max_tokens=8, seed=5, first_token_ban_ids=banned)
+    [constrained] = engine.complete([prompt], [spec])
     assert all(c.token_ids[0] not in banned for c in constrained)
     assert all(c.finish_reason in ("stop", "length") for c in constrained)
 
 
 def test_ban_argument_is_validated_by_the_engine(engine) -> None:
     from vllm import SamplingParams
-    from vllm.inputs import TokensPrompt
-
     from vllm.exceptions import VLLMValidationError
+    from vllm.inputs import TokensPrompt
 
     from magpie_dl.backends.first_token_ban import FIRST_TOKEN_BAN_ARG
 
@@ -191,10 +198,7 @@ def check_tag(text: str) -> dict:
 
 
 def test_structured_outputs_follow_the_schema(engine) -> None:
-    prompt = PromptInput(tuple(engine.tokenizer.apply_chat_template(
-        [{"role": "user", "content": "Rate this query: How do I learn python lists?"}],
-        add_generation_prompt=True, tokenize=True, return_dict=True,
-    )["input_ids"]))  # fmt: skip
+    prompt = chat_prompt(engine, "Rate this query: How do I learn python lists?")
     spec = SamplingSpec(n=4, temperature=1.0, max_tokens=120, seed=3, json_schema=TAG_SCHEMA)
     [[*tags], [free]] = engine.complete([prompt, prompt], [spec, SamplingSpec(n=1, max_tokens=20, seed=3)])
     assert {c.finish_reason for c in tags} == {"stop"}
