@@ -27,7 +27,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -65,9 +65,8 @@ class ScaleoutConfig(BaseModel):
     tagging_replicas: int = Field(
         1, ge=1, description="Ray: instruction-tagging judge engines (curation recipe), tensor_parallel_size GPUs each."
     )
-    stages: str = Field(
+    stages: Literal["auto", "together", "sequential"] = Field(
         "auto",
-        pattern="^(auto|together|sequential)$",
         description="Ray: load GPU steps together, one after another (sequential), or sequentially "
         "only when the cluster lacks the GPUs for all at once (auto).",
     )
