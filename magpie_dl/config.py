@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from magpie_dl.estimate import EstimateConfig
 from magpie_dl.families import FAMILIES
 from magpie_dl.magpie import CONTROL_TASKS
+from magpie_dl.scaleout import ScaleoutConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TINY_DIR = REPO_ROOT / "models" / "tiny"
@@ -186,6 +187,7 @@ class RecipeConfig(_Section):
     pairing: PairingConfig = Field(default_factory=PairingConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     estimate: EstimateConfig = Field(default_factory=EstimateConfig)
+    scaleout: ScaleoutConfig = Field(default_factory=ScaleoutConfig)
 
     @property
     def cache_dir(self) -> Path:
@@ -242,6 +244,7 @@ ALIASES: dict[str, str] = {
     "--num-instructions": "generator.num_instructions",
     "--family": "generator.family",
     "--trust-remote-code": "reward.trust_remote_code",
+    "--ray": "scaleout.ray",
 }
 
 
@@ -316,7 +319,7 @@ def resolve(args: argparse.Namespace) -> RecipeConfig:
             value: Any = [u.strip() for u in str(raw).split(",") if u.strip()]
         elif isinstance(raw, bool):
             value = raw
-        elif path.endswith(("model", "dir", "system_prompt", "push_to_hub", "instructions", "argilla_dataset", "argilla_workspace")):
+        elif path.endswith(("model", "dir", "system_prompt", "push_to_hub", "instructions", "argilla_dataset", "argilla_workspace", "ray_address")):
             value = raw  # strings stay strings ("null" is not None here)
         else:
             value = _parse_value(raw)

@@ -25,6 +25,7 @@ from magpie_dl.export import Summary, write_dataset
 from magpie_dl.estimate import estimate
 from magpie_dl.procs import die_with_parent
 from magpie_dl.progress import ProgressMonitor
+from magpie_dl.scaleout import maybe_ray, run_options
 from magpie_dl.store import ResultStore
 from magpie_dl.report import CARD_FILENAME, write_card_and_report
 
@@ -81,12 +82,12 @@ def run_recipe(
         store.reset_usage()
         # Every process distilabel forks (step workers, its queue manager) dies with us.
         os.register_at_fork(after_in_child=die_with_parent)
-        pipeline = build(cfg)
+        pipeline = maybe_ray(build(cfg), cfg)  # a RayPipeline under --ray / RAY_ADDRESS
         (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.public_dict(), sort_keys=False))
         pipeline.save(out_dir / "pipeline.yaml", format="yaml")
         totals = {name: instruction_count(cfg) for name in pipeline.dag if name != "pairing"}
         with ProgressMonitor(store, totals) if progress else nullcontext():
-            distiset = pipeline.run(use_cache=False)
+            distiset = pipeline.run(use_cache=False, **run_options(pipeline))
         rows = distiset["default"]["train"].to_list()
         summary = write_dataset(rows, out_dir, cfg.output.test_fraction, cfg.seed)
         write_card_and_report(out_dir, cfg.public_dict(), summary)
