@@ -108,12 +108,7 @@ class VLLMBackend(CompletionLLM, CudaDevicePlacementMixin):
 
         self._on_gpu = not current_platform.is_cpu()
         if self._on_gpu and not self.disable_cuda_device_placement:
-            if self.tensor_parallel_size > self._desired_num_gpus:
-                raise ValueError(
-                    f"tensor_parallel_size={self.tensor_parallel_size} but the step reserves "
-                    f"{self._desired_num_gpus} GPU(s): set resources=StepResources("
-                    f"gpus={self.tensor_parallel_size}) on the step"
-                )
+            self.check_gpu_reservation()
             CudaDevicePlacementMixin.load(self)
 
         kwargs = self._engine_args()
@@ -130,6 +125,15 @@ class VLLMBackend(CompletionLLM, CudaDevicePlacementMixin):
             f"Starting vLLM for {self.model} (first-token ban: {self._ban_processor or 'off'})"
         )
         self._llm = LLM(**kwargs)
+
+    def check_gpu_reservation(self) -> None:
+        """The step must reserve a GPU per tensor-parallel rank (distilabel pins that many)."""
+        if self.tensor_parallel_size > self._desired_num_gpus:
+            raise ValueError(
+                f"tensor_parallel_size={self.tensor_parallel_size} but the step reserves "
+                f"{self._desired_num_gpus} GPU(s): set resources=StepResources("
+                f"gpus={self.tensor_parallel_size}) on the step"
+            )
 
     def _engine_args(self) -> dict[str, Any]:
         """The ``vllm.LLM`` / ``EngineArgs`` keyword arguments from this config."""

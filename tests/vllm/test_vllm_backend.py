@@ -246,3 +246,26 @@ def test_unload_stops_the_engine_without_hanging(tiny_generator: Path, tmp_path:
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert "ALIVE []" in done.stdout
     assert time.monotonic() - started < 400
+
+
+def test_engine_arguments_on_cpu_and_gpu(tiny_generator: Path) -> None:
+    """CPU forces the two settings it needs; on GPU vLLM's own defaults stand unless set."""
+    from magpie_dl.backends.vllm import VLLMBackend
+
+    backend = VLLMBackend(model=str(tiny_generator), tensor_parallel_size=2, max_model_len=4096, dtype="bfloat16")
+    backend._on_gpu = False
+    cpu = backend._engine_args()
+    assert cpu["enable_chunked_prefill"] is False and cpu["enforce_eager"] is True
+    assert (cpu["tensor_parallel_size"], cpu["max_model_len"], cpu["dtype"]) == (2, 4096, "bfloat16")
+    assert cpu["enable_prefix_caching"] is True and cpu["gpu_memory_utilization"] == 0.9
+    backend._on_gpu = True
+    gpu = backend._engine_args()
+    assert "enable_chunked_prefill" not in gpu and "enforce_eager" not in gpu
+    backend.enable_chunked_prefill = True
+    assert backend._engine_args()["enable_chunked_prefill"] is True
+
+    # GPUs come from the step's resources: TP 2 on a step that reserves one is refused.
+    with pytest.raises(ValueError, match="StepResources"):
+        backend.check_gpu_reservation()
+    backend._desired_num_gpus = 2  # what distilabel sets for resources=StepResources(gpus=2)
+    backend.check_gpu_reservation()
