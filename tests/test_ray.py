@@ -1,4 +1,4 @@
-"""The DPO recipe on a real local Ray head (loopback only), data parallel, same rows as a local run.
+"""The DPO recipe's CLI on a real local Ray head (loopback only), data parallel, same rows as a local run.
 
 One head is started for the module with ``ray start --head`` in its own process group
 and stopped by ending that group, so only the processes this test started are
@@ -26,45 +26,28 @@ from magpie_dl.config import REPO_ROOT
 pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
 
-# Runs the recipe's own graph (build_pipeline) locally, then on Ray with two response
-# engines and two reward replicas, and writes both runs' rows plus Ray's address report.
-DRIVER = textwrap.dedent(
+# Run in a fresh interpreter against the head after the recipe ran: what Ray recorded about
+# the run (jobs' driver addresses, the step actors and where they lived, the nodes), through
+# our own connect() so the probe is pinned the way the CLI is.
+PROBE = textwrap.dedent(
     """
-    import importlib.util, json, sys
-    from pathlib import Path
-    out = Path(sys.argv[1])
-    spec = importlib.util.spec_from_file_location("dpo_100k", sys.argv[2])
-    recipe = importlib.util.module_from_spec(spec); spec.loader.exec_module(recipe)
-    from magpie_dl.config import PRESETS, validate
-    from magpie_dl.scaleout import ScaleoutConfig, as_ray, run_options
-
-    def config(name):
-        data = json.loads(json.dumps(PRESETS["smoke"]))
-        data["generator"].update(num_instructions=16, batch_size=8)
-        data["responses"].update(batch_size=4, max_tokens=24)
-        data["reward"]["input_batch_size"] = 4
-        data["output"]["dir"] = str(out / name)
-        return validate(data)
-
-    def rows_of(distiset):
-        return sorted(distiset["default"]["train"].to_list(), key=lambda r: r["uuid"])
-
-    local = rows_of(recipe.build_pipeline(config("local")).run(use_cache=False))
-    cfg = config("ray")
-    scale = ScaleoutConfig(ray=True, generation_replicas=2, reward_replicas=2)
-    pipeline = as_ray(recipe.build_pipeline(cfg), cfg, scale)
-    placed = {n: pipeline.dag.get_step(n)["step"].resources.replicas for n in pipeline.dag}
-    ray_rows = rows_of(pipeline.run(use_cache=False, **run_options(pipeline)))
-    import ray
-    workers = ray.get([ray.remote(lambda: ray.util.get_node_ip_address()).remote() for _ in range(2)])
-    (out / "result.json").write_text(json.dumps({
-        "local": local, "ray": ray_rows, "cluster": pipeline._magpie_cluster,
-        "replicas": placed, "worker_ips": workers,
-    }, default=str))
+    import json, sys
+    import ray._private.state as state
+    from magpie_dl.scaleout import ScaleoutConfig, connect
+    report = connect(ScaleoutConfig(ray_address=sys.argv[1]))
+    actors = state.actors()
+    print(json.dumps({
+        "report": report,
+        "drivers": sorted({j["DriverIPAddress"] for j in state.jobs()}),
+        "actors": sorted(a["Name"] for a in actors.values() if a["Name"]),
+        "actor_ips": sorted({a["Address"]["IPAddress"] for a in actors.values() if a["Address"]["IPAddress"]}),
+    }))
     """
 )
-
-COMPARED = ("instruction", "generations", "finish_reasons", "ratings", "chosen", "rejected", "pair_status")
+SMOKE = ("--preset", "smoke", "--num-instructions", "16", "--generator.batch_size", "8",
+         "--responses.batch_size", "4", "--responses.max_tokens", "24", "--reward.input_batch_size", "4", "--quiet")
+COMPARED = ("instruction", "responses", "finish_reasons", "rewards_armorm", "chosen", "rejected", "pair_status")
+RECIPE = REPO_ROOT / "pipelines" / "dpo_100k.py"
 
 
 def _free_port() -> int:
@@ -133,33 +116,48 @@ def _session_processes(temp_dir: str) -> list[str]:
     return found
 
 
+def _rows(out_dir: Path) -> list[dict]:
+    """Every row the run wrote (pairs of both splits and the rows left out), by uuid."""
+    from datasets import load_from_disk
+
+    pairs = load_from_disk(str(out_dir / "dataset"))
+    rows = [r for split in pairs.values() for r in split.to_list()] + load_from_disk(str(out_dir / "left_out")).to_list()
+    return sorted(rows, key=lambda r: r["uuid"])
+
+
 def test_recipe_on_ray_matches_local_run(ray_head, tiny_models, tmp_path):
-    address, env, temp_dir = ray_head
-    driver = tmp_path / "driver.py"
-    driver.write_text(DRIVER)
-    done = subprocess.run(
-        [sys.executable, str(driver), str(tmp_path), str(REPO_ROOT / "pipelines" / "dpo_100k.py")],
+    address, head_env, _ = ray_head
+    # The CLI's environment does not carry the head's loopback pinning: the recipe must pin itself.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    local = subprocess.run(
+        [sys.executable, str(RECIPE), *SMOKE, "--output-dir", str(tmp_path / "local")],
+        env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert local.returncode == 0, local.stderr[-3000:]
+    on_ray = subprocess.run(
+        [sys.executable, str(RECIPE), *SMOKE, "--output-dir", str(tmp_path / "ray"),
+         "--scaleout.generation_replicas", "2", "--scaleout.reward_replicas", "2"],
         env={**env, "RAY_ADDRESS": address}, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
     )
-    assert done.returncode == 0, done.stderr[-4000:]
-    result = json.loads((tmp_path / "result.json").read_text())
+    assert on_ray.returncode == 0, on_ray.stderr[-3000:]
 
-    # Loopback only: the driver, every node and the workers report 127.0.0.1.
-    cluster = result["cluster"]
-    assert cluster["driver"] == "127.0.0.1"
-    assert cluster["nodes"] == ["127.0.0.1"]
-    assert cluster["gcs"] == address
-    assert set(result["worker_ips"]) == {"127.0.0.1"}
-    # Data parallel as configured, and nothing else replicated.
-    assert result["replicas"] == {"magpie_generator": 1, "responses": 2, "reward": 2, "pairing": 1}
+    probe = subprocess.run([sys.executable, "-c", PROBE, address], env=env, cwd=REPO_ROOT,
+                           capture_output=True, text=True, timeout=120)
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    seen = json.loads(probe.stdout.strip().splitlines()[-1])
+    # Loopback only: drivers (the recipe's and the probe's), nodes and every step actor.
+    assert seen["report"]["driver"] == "127.0.0.1" and seen["report"]["nodes"] == ["127.0.0.1"]
+    assert seen["report"]["gcs"] == address
+    assert seen["drivers"] == ["127.0.0.1"]
+    assert seen["actor_ips"] == ["127.0.0.1"]
+    # The steps ran as Ray actors, data parallel as configured: two response engines, two scorers.
+    step_actors = {a.split("magpie-dpo-100k-", 1)[1] for a in seen["actors"] if "-queue" not in a}
+    assert step_actors == {"magpie_generator-0", "responses-0", "responses-1", "reward-0", "reward-1", "pairing-0"}
 
-    local, on_ray = result["local"], result["ray"]
-    assert len(local) == len(on_ray) == 16
-    assert [r["uuid"] for r in local] == [r["uuid"] for r in on_ray]
-    # Per-row seeds: the same responses and scores whichever replica served the row.
-    for a, b in zip(local, on_ray):
-        assert {k: a[k] for k in COMPARED} == {k: b[k] for k in COMPARED}, a["uuid"]
-    assert sum(len(r["generations"]) for r in on_ray) == 16 * 5 - 5 * sum(
-        r["instruction_status"] != "ok" for r in on_ray
-    )
-
+    # Per-row seeds: the same responses, scores and pairs whichever replica served a row.
+    local_rows, ray_rows = _rows(tmp_path / "local"), _rows(tmp_path / "ray")
+    assert len(local_rows) == 16
+    assert [r["uuid"] for r in local_rows] == [r["uuid"] for r in ray_rows]
+    for a, b in zip(local_rows, ray_rows):
+        assert {k: a.get(k) for k in COMPARED} == {k: b.get(k) for k in COMPARED}, a["uuid"]
+    assert sum(len(r["responses"]) for r in ray_rows) > 0
