@@ -126,15 +126,18 @@ Answer with one JSON object and nothing else, for example:
 """
 
 
-def _string(description: str) -> dict[str, Any]:
-    return {"type": "string", "description": description}
+def _string(description: str, max_length: int) -> dict[str, Any]:
+    # maxLength bounds generation under structured outputs: a model that never closes the
+    # string (small models at temperature 0 do) would otherwise run to max_tokens and
+    # leave invalid JSON. The parser does not enforce it on free-text answers.
+    return {"type": "string", "description": description, "maxLength": max_length}
 
 
 DIFFICULTY_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
-        "intent": _string("What the user wants."),
-        "knowledge": _string("What is needed to answer."),
+        "intent": _string("What the user wants.", 300),
+        "knowledge": _string("What is needed to answer.", 300),
         "difficulty": {"type": "string", "enum": list(DIFFICULTY_LEVELS)},
     },
     "required": ["intent", "knowledge", "difficulty"],
@@ -144,7 +147,7 @@ DIFFICULTY_SCHEMA: dict[str, Any] = {
 QUALITY_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
-        "explanation": _string("Strengths and weaknesses of the query."),
+        "explanation": _string("Strengths and weaknesses of the query.", 600),
         "input_quality": {"type": "string", "enum": list(QUALITY_LEVELS)},
     },
     "required": ["explanation", "input_quality"],
@@ -155,7 +158,13 @@ CLASSIFICATION_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
         "primary_tag": {"type": "string", "enum": list(TASK_CATEGORIES)},
-        "other_tags": {"type": "array", "items": {"type": "string", "enum": list(TASK_CATEGORIES)}},
+        "other_tags": {
+            "type": "array",
+            "items": {"type": "string", "enum": list(TASK_CATEGORIES)},
+            # Released rows carry a few secondary tags; a bound keeps a looping model
+            # (greedy small models repeat one tag) inside the token budget.
+            "maxItems": 4,
+        },
     },
     "required": ["primary_tag", "other_tags"],
     "additionalProperties": False,
