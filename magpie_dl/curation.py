@@ -69,7 +69,7 @@ class DedupSection(_Section):
 
     embedding_model: str = Field(REFERENCE_MODEL, description=f"Sentence encoder; {PACKAGED_MINILM} works offline.")
     embedding_batch_size: int = Field(64, ge=1, description="Texts per encoder forward pass.")
-    device: str = Field("cpu", description="Torch device of the encoder.")
+    device: str = Field("cuda", description="Torch device of the encoder.")
     threshold: float = Field(0.05, gt=0.0, description="Squared L2 near-duplicate threshold.")
     k: int = Field(500, ge=1, description="Neighbours searched per row.")
     method: Literal["auto", "exact", "index"] = Field("auto", description="Exact search, FAISS index, or auto.")
@@ -168,7 +168,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "reward": {"model": str(TINY_DIR / "reward"), "max_length": 512, "dtype": "float32", "device": "cpu",
                    "input_batch_size": 64},
         "instruct_reward": {"max_tokens": 48, "batch_size": 64},
-        "dedup": {"embedding_model": PACKAGED_MINILM},
+        "dedup": {"embedding_model": PACKAGED_MINILM, "device": "cpu"},
         "selection": {"target_size": 32, "min_difficulty": None, "min_input_quality": None,
                       "require_category": False},
     },

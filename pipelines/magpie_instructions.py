@@ -21,7 +21,6 @@ from distilabel.pipeline import Pipeline  # noqa: E402
 from magpie_dl.curation import InstructionsConfig, main_for  # noqa: E402
 from steps.curation import (  # noqa: E402
     CuratedSelection,
-    InstructionEmbedding,
     InstructionTagging,
     InstructReward,
     LanguageTagging,
@@ -47,7 +46,7 @@ RATING_COLUMNS = {
 
 
 def build_pipeline(cfg: InstructionsConfig) -> Pipeline:
-    """generate >> language >> judge tags (>> safety) >> instruct reward >> embed >> near-duplicates >> select."""
+    """generate >> language >> judge tags (>> safety) >> instruct reward >> near-duplicates >> select."""
     gen, tag, rm, ir, dd, sel = cfg.generator, cfg.tagging, cfg.reward, cfg.instruct_reward, cfg.dedup, cfg.selection
     stored = {"cache_dir": str(cfg.cache_dir)}
     with Pipeline(name="magpie-instructions", description=__doc__) as pipeline:
@@ -114,15 +113,11 @@ def build_pipeline(cfg: InstructionsConfig) -> Pipeline:
                 **stored,
             )
             last = last >> response >> score >> InstructReward(name="instruct_reward", input_batch_size=ir.batch_size)
-        embed = InstructionEmbedding(
-            name="embedding",
-            model=dd.embedding_model,
-            device=dd.device,
-            embedding_batch_size=dd.embedding_batch_size,
-            input_batch_size=max(dd.embedding_batch_size, 256),
-        )
         near_dups = NearDuplicateTagging(
             name="near_duplicates",
+            embedding_model=dd.embedding_model,
+            device=dd.device,
+            embedding_batch_size=dd.embedding_batch_size,
             threshold=dd.threshold,
             k=dd.k,
             method=dd.method,
@@ -144,7 +139,7 @@ def build_pipeline(cfg: InstructionsConfig) -> Pipeline:
             keep_rejected=True,  # written to left_out.jsonl with their reason
             report_path=str(Path(cfg.output_dir) / "selection.json"),
         )
-        last >> embed >> near_dups >> select
+        last >> near_dups >> select
     return pipeline
 
 

@@ -340,46 +340,68 @@ class NearDuplicateTagging(GlobalStep):
     group, and :class:`CuratedSelection` drops the others. The survivor of a group is
     the same whatever the input order.
 
+    Rows that already carry an ``embedding`` (e.g. from :class:`InstructionEmbedding`)
+    are used as they are; otherwise the instructions are embedded here. Embedding here is
+    the default in the recipe: an embedding column crossing distilabel's queues and its
+    global-step buffer is a list of Python floats per row (~7 GB for 300K x 768).
+
+    Attributes:
+        embedding_model: sentence encoder used when rows carry no ``embedding``
+            (``packaged:all-MiniLM-L6-v2`` by default; the recipe uses all-mpnet-base-v2).
+        device: torch device of the encoder.
+
     Runtime parameters:
         - `threshold`: squared L2 distance under which two instructions are near-duplicates.
         - `k`: neighbours searched per row.
         - `method`: ``auto``, ``exact`` or ``index``; `index_min_rows`: where ``auto`` switches.
         - `nprobe`: IVF cells visited per query (index only).
-        - `keep_embedding`: pass the ``embedding`` column on (off: it is large).
+        - `embedding_batch_size`: texts per encoder forward pass.
+        - `keep_embedding`: pass an incoming ``embedding`` column on (off: it is large).
 
     Input columns:
-        - uuid (str), embedding (list[float])
+        - uuid (str), instruction (str); optional embedding (list[float])
 
     Output columns:
         - min_neighbor_distance (float | None), repeat_count (int), min_similar_uuid (str | None)
     """
 
+    embedding_model: str = Field(default=PACKAGED_MINILM, description="Sentence encoder.")
+    device: str = "cpu"
     threshold: RuntimeParameter[float] = Field(default=0.05, description="Squared L2 near-duplicate threshold.")
     k: RuntimeParameter[int] = Field(default=500, description="Neighbours searched per row.")
     method: RuntimeParameter[str] = Field(default="auto", description="auto, exact or index.")
     index_min_rows: RuntimeParameter[int] = Field(default=50_000, description="Rows from which auto uses the index.")
     nprobe: RuntimeParameter[int] = Field(default=8, description="IVF cells visited per query.")
+    embedding_batch_size: RuntimeParameter[int] = Field(default=64, description="Texts per forward pass.")
     keep_embedding: RuntimeParameter[bool] = Field(default=False, description="Keep the embedding column.")
 
     @property
     def inputs(self) -> "StepColumns":
-        return ["uuid", "embedding"]
+        return {"uuid": True, "instruction": True, "embedding": False}
 
     @property
     def outputs(self) -> "StepColumns":
         return ["min_neighbor_distance", "repeat_count", "min_similar_uuid"]
 
-    def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
+    def embeddings(self, rows: List[Dict[str, Any]]) -> Any:
+        """The rows' vectors: their ``embedding`` column if every row has one, else encoded here."""
         import numpy as np
 
+        if rows and all(r.get("embedding") is not None for r in rows):
+            return np.asarray([r["embedding"] for r in rows], dtype=np.float32)
+        from magpie_dl.embeddings import SentenceEmbedder
+
+        embedder = SentenceEmbedder(self.embedding_model, batch_size=self.embedding_batch_size, device=self.device)
+        return embedder.encode([r.get("instruction") or "" for r in rows])
+
+    def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
         from magpie_dl.dedup import DedupConfig, find_near_duplicates
 
         config = DedupConfig(
             threshold=self.threshold, k=self.k, method=self.method,  # type: ignore[arg-type]
             index_min_rows=self.index_min_rows, nprobe=self.nprobe,
         )
-        vectors = np.asarray([r["embedding"] for r in inputs], dtype=np.float32)
-        result = find_near_duplicates(vectors, [r["uuid"] for r in inputs], config)
+        result = find_near_duplicates(self.embeddings(inputs), [r["uuid"] for r in inputs], config)
         self._logger.info(f"near-duplicates: {json.dumps(result.stats)}")
         for i, row in enumerate(inputs):
             row.update(result.row(i))

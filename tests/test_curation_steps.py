@@ -157,14 +157,19 @@ def tagged_rows() -> list[dict[str, Any]]:
 def test_embedding_dedup_and_selection_steps(tmp_path) -> None:
     embed = InstructionEmbedding(embedding_batch_size=4)
     embed.load()
-    rows = next(embed.process(tagged_rows()))
-    assert len(rows[0]["embedding"]) == 384
+    embedded = next(embed.process(tagged_rows()))
+    assert len(embedded[0]["embedding"]) == 384
     dedup = NearDuplicateTagging(method="exact")
     dedup.load()
-    rows = next(dedup.process(rows))
-    assert "embedding" not in rows[0]
-    assert [r["min_similar_uuid"] for r in rows] == ["u0", "u0", "u2", "u2", None, None]
-    assert [r["repeat_count"] for r in rows] == [1, 1, 1, 1, 0, 0]
+    # Two ways in: an embedding column from InstructionEmbedding, or embedded in the step.
+    from_column = next(dedup.process(embedded))
+    rows = next(dedup.process(tagged_rows()))
+    assert "embedding" not in from_column[0]
+    for out in (from_column, rows):
+        assert [r["min_similar_uuid"] for r in out] == ["u0", "u0", "u2", "u2", None, None]
+        assert [r["repeat_count"] for r in out] == [1, 1, 1, 1, 0, 0]
+    assert [r["min_neighbor_distance"] for r in rows] == pytest.approx(
+        [r["min_neighbor_distance"] for r in from_column], abs=1e-5)
     select = CuratedSelection(target_size=3, report_path=str(tmp_path / "sel.json"))
     select.load()
     kept = next(select.process([dict(r) for r in rows]))
@@ -185,15 +190,14 @@ PIPELINE_SCRIPT = """
 import json, sys
 from distilabel.pipeline import Pipeline
 from distilabel.steps import LoadDataFromDicts
-from steps.curation import CuratedSelection, InstructionEmbedding, NearDuplicateTagging
+from steps.curation import CuratedSelection, NearDuplicateTagging
 
 rows, report = json.loads(sys.argv[1]), sys.argv[2]
 with Pipeline(name="curation-steps-test") as pipeline:
     load = LoadDataFromDicts(data=rows, batch_size=4)
-    embed = InstructionEmbedding(input_batch_size=4)
     near = NearDuplicateTagging(method="exact")
     select = CuratedSelection(target_size=10, keep_rejected=True, report_path=report)
-    load >> embed >> near >> select
+    load >> near >> select
 out = pipeline.run(use_cache=False)["default"]["train"].to_list()
 print("ROWS=" + json.dumps(sorted(out, key=lambda r: r["uuid"])))
 """
