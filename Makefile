@@ -33,7 +33,7 @@ test-main: models test-env
 	$(BIN)/python -m pytest -q --ignore=tests/vllm
 
 test-vllm: models test-env
-	.venv-vllm/bin/python -m pytest -q tests/vllm
+	VLLM_CPU_KVCACHE_SPACE=1 .venv-vllm/bin/python -m pytest -q tests/vllm
 
 test: test-main test-vllm
 

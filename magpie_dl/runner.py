@@ -235,7 +235,7 @@ def _ensure_tiny_models() -> None:
     """The smoke preset builds its tiny local models on first use (deterministic, offline)."""
     from magpie_dl import tiny
 
-    if not (TINY_DIR / "manifest.json").exists():
+    if not tiny.is_current(TINY_DIR):
         logging.getLogger("magpie_dl").warning("building tiny local models in %s", TINY_DIR)
         tiny.ensure(TINY_DIR)
 

@@ -20,6 +20,9 @@ import random
 import time
 from pathlib import Path
 
+# Bump when a change here changes the built models: older builds are then rebuilt.
+BUILD_VERSION = 2
+
 SPECIAL_TOKENS = [
     "<|begin_of_text|>",
     "<|end_of_text|>",
@@ -107,7 +110,7 @@ def synthetic_conversations(n: int, seed: int = 0) -> list[tuple[str | None, str
 
 def build_tokenizer(texts: list[str], vocab_size: int = 2048):
     """A byte-level BPE with the Llama-3 special tokens and chat template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     core = Tokenizer(models.BPE())
@@ -120,6 +123,12 @@ def build_tokenizer(texts: list[str], vocab_size: int = 2048):
         show_progress=False,
     )
     core.train_from_iterator(texts, trainer=trainer)
+    # Like Llama-3's, this tokenizer prepends BOS to plain text: a prompt that already
+    # starts with BOS and is encoded with special tokens on gets two (the trap to avoid).
+    bos = "<|begin_of_text|>"
+    core.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, core.token_to_id(bos))]
+    )
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=core,
         bos_token="<|begin_of_text|>",
@@ -227,6 +236,7 @@ def build(out: Path, seed: int = 0, steps: int = 150, log: bool = True) -> dict[
     tokenizer.save_pretrained(rm_dir)
 
     manifest = {
+        "version": BUILD_VERSION,
         "seed": seed,
         "steps": steps,
         "final_loss": round(float(loss.item()), 4),
@@ -237,9 +247,18 @@ def build(out: Path, seed: int = 0, steps: int = 150, log: bool = True) -> dict[
     return {"generator": str(gen_dir), "reward": str(rm_dir)}
 
 
+def is_current(out: Path) -> bool:
+    """Whether ``out`` holds a complete build made by this version of the builder."""
+    try:
+        manifest = json.loads((out / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return manifest.get("version") == BUILD_VERSION and (out / "reward" / "config.json").exists()
+
+
 def ensure(out: Path, seed: int = 0) -> dict[str, str]:
-    """Build the tiny models unless a complete build already exists under ``out``."""
-    if (out / "manifest.json").exists() and (out / "reward" / "config.json").exists():
+    """Build the tiny models unless a current, complete build already exists under ``out``."""
+    if is_current(out):
         return {"generator": str(out / "generator"), "reward": str(out / "reward")}
     return build(out, seed=seed)
 
@@ -251,7 +270,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=150, help="training steps for the generator")
     parser.add_argument("--force", action="store_true", help="rebuild even if a build exists")
     args = parser.parse_args(argv)
-    if args.force or not (args.out / "manifest.json").exists():
+    if args.force or not is_current(args.out):
         paths = build(args.out, seed=args.seed, steps=args.steps)
     else:
         paths = ensure(args.out, seed=args.seed)
