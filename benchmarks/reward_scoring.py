@@ -7,12 +7,15 @@ the same process, one after another, and report real (unpadded) tokens per secon
   ``--batch-size``, right padding with an attention mask (little padding);
 * ``one_at_a_time``: one sequence per forward pass, no padding (the reference's way);
 * ``padded_unsorted``: batches of ``--batch-size`` in arrival order, padded to the
-  longest in the batch (what a naive batcher does).
+  longest in the batch (what a naive batcher does);
+* ``sorted_no_mask``: ours without the attention mask (right padding + a causal model:
+  real positions never see the pads), to measure what the masked attention path costs.
 
 Lengths vary the way responses do (a few dozen to ~1,000 tokens). Scores of the three
 methods are compared: ours and one-at-a-time must agree (batch invariance).
 
-    .venv/bin/python benchmarks/reward_scoring.py --pairs 384 --batch-size 16
+    .venv/bin/python benchmarks/reward_scoring.py --pairs 512 --batch-size 16 --lengths short
+    .venv/bin/python benchmarks/reward_scoring.py --pairs 512 --batch-size 16 --lengths long
     .venv/bin/python benchmarks/reward_scoring.py --model /path/to/8b-classifier --device cuda --dtype bfloat16
 """
 
@@ -36,12 +39,20 @@ _WORDS = (
 ).split()
 
 
-def sample_pairs(count: int, seed: int = 0) -> list[tuple[str, str]]:
-    """(instruction, response) texts; response lengths spread like real ones (skewed, long tail)."""
+def sample_pairs(count: int, seed: int = 0, lengths: str = "long") -> list[tuple[str, str]]:
+    """(instruction, response) texts with skewed lengths.
+
+    ``long``: responses like real ones (median ~80 words, tail to 700; ~360 tokens median
+    with the tiny tokenizer). ``short``: what the smoke recipe's tiny models write
+    (responses capped at 64 tokens, ~12 words).
+    """
     rng = random.Random(seed)
     pairs = []
     for _ in range(count):
-        words = int(min(700, rng.lognormvariate(4.4, 0.9)))  # median ~80 words, long tail to 700
+        if lengths == "short":
+            words = rng.randint(1, 14)
+        else:
+            words = int(min(700, rng.lognormvariate(4.4, 0.9)))
         instruction = " ".join(rng.choice(_WORDS) for _ in range(rng.randint(6, 40))) + "?"
         response = " ".join(rng.choice(_WORDS) for _ in range(max(5, words)))
         pairs.append((instruction, response))
@@ -77,8 +88,33 @@ def ours(scorer: RewardScorer, sequences: list[list[int]]) -> list[float]:
     return [s.score for s in scorer.score_token_ids(sequences)]
 
 
+def sorted_no_mask(scorer: RewardScorer, sequences: list[list[int]]) -> list[float]:
+    """Ours without the attention mask, to see what the mask costs.
+
+    With right padding a causal model's real positions never attend to the pads after
+    them, so the mask changes nothing they compute (the classifier finds the last real
+    token from the pad id, not the mask); without it SDPA takes its causal fast path
+    instead of materialising a (batch, 1, L, L) mask.
+    """
+    import torch
+
+    out: dict[int, float] = {}
+    clipped = [s[: scorer.max_length] for s in sequences]
+    order = sorted(range(len(clipped)), key=lambda i: len(clipped[i]))
+    pad = scorer.tokenizer.pad_token_id
+    with torch.inference_mode():
+        for start in range(0, len(order), scorer.batch_size):
+            chunk = order[start : start + scorer.batch_size]
+            width = max(len(clipped[i]) for i in chunk)
+            ids = torch.tensor([clipped[i] + [pad] * (width - len(clipped[i])) for i in chunk], device=scorer.device)
+            for i, score in zip(chunk, extract_scores(scorer.model(input_ids=ids))):
+                out[i] = score
+    return [out[i] for i in range(len(clipped))]
+
+
 METHODS: dict[str, Callable[[RewardScorer, list[list[int]]], list[float]]] = {
     "ours": ours, "one_at_a_time": one_at_a_time, "padded_unsorted": padded_unsorted,
+    "sorted_no_mask": sorted_no_mask,
 }
 
 
@@ -102,6 +138,7 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=2048)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--lengths", choices=["long", "short"], default="long")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = parser.parse_args()
 
@@ -112,10 +149,10 @@ def main() -> None:
     scorer = RewardScorer(args.model, max_length=args.max_length, batch_size=args.batch_size,
                           dtype=args.dtype, device=args.device)
     scorer.load()
-    sequences = [conversation_token_ids(scorer.tokenizer, u, a) for u, a in sample_pairs(args.pairs)]
+    sequences = [conversation_token_ids(scorer.tokenizer, u, a) for u, a in sample_pairs(args.pairs, lengths=args.lengths)]
     tokens = sum(min(len(s), args.max_length) for s in sequences)
     lengths = sorted(len(s) for s in sequences)
-    print(f"{args.pairs} sequences, {tokens} tokens (median {lengths[len(lengths) // 2]}, max {lengths[-1]}), "
+    print(f"{args.lengths} lengths: {args.pairs} sequences, {tokens} tokens (median {lengths[len(lengths) // 2]}, max {lengths[-1]}), "
           f"batch {args.batch_size}, {args.device}/{args.dtype}, torch threads {torch.get_num_threads()}")
     timed(ours, scorer, sequences[:32], args.device)  # warm-up (allocator, kernels)
 
