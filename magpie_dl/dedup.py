@@ -60,7 +60,7 @@ class DedupConfig:
         nprobe: IVF cells visited per query; more = better recall, slower.
         train_size: vectors used to train the IVF quantiser; default ``25 * nlist``.
         train_iterations: k-means iterations of the quantiser.
-        block_size: query rows per block; default keeps one distance block near 256 MiB.
+        block_size: exact search: query rows per block; default keeps a block near 256 MiB.
         seed: seed of the training sample and of k-means.
         num_threads: OpenMP threads for FAISS (None: FAISS's default).
     """
