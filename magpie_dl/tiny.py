@@ -256,11 +256,19 @@ def is_current(out: Path) -> bool:
     return manifest.get("version") == BUILD_VERSION and (out / "reward" / "config.json").exists()
 
 
-def ensure(out: Path, seed: int = 0) -> dict[str, str]:
-    """Build the tiny models unless a current, complete build already exists under ``out``."""
-    if is_current(out):
-        return {"generator": str(out / "generator"), "reward": str(out / "reward")}
-    return build(out, seed=seed)
+def ensure(out: Path, seed: int = 0, steps: int = 150) -> dict[str, str]:
+    """Build the tiny models unless a current, complete build already exists under ``out``.
+
+    Concurrent callers (parallel runs, a test session) wait on a lock for one build.
+    """
+    import fcntl
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{out.name}.lock", "a") as lock:
+        fcntl.lockf(lock, fcntl.LOCK_EX)
+        if not is_current(out):
+            build(out, seed=seed, steps=steps)
+    return {"generator": str(out / "generator"), "reward": str(out / "reward")}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -270,10 +278,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=150, help="training steps for the generator")
     parser.add_argument("--force", action="store_true", help="rebuild even if a build exists")
     args = parser.parse_args(argv)
-    if args.force or not is_current(args.out):
+    if args.force:
         paths = build(args.out, seed=args.seed, steps=args.steps)
     else:
-        paths = ensure(args.out, seed=args.seed)
+        paths = ensure(args.out, seed=args.seed, steps=args.steps)
     print(json.dumps(paths))
 
 

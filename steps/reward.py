@@ -69,7 +69,8 @@ class RewardScoring(Step, StoredResults):
 
     @property
     def inputs(self) -> "StepColumns":
-        return ["instruction", "generations"]
+        # finish_reasons is optional: when present, failed generations are not scored.
+        return {"instruction": True, "generations": True, "finish_reasons": False}
 
     @property
     def outputs(self) -> "StepColumns":
