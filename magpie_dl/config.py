@@ -280,19 +280,35 @@ def _parse_value(raw: str) -> Any:
     return yaml.safe_load(raw) if raw != "" else ""
 
 
-def build_parser(description: str) -> argparse.ArgumentParser:
+def _keeps_text(annotation: Any) -> bool:
+    """Whether a field takes a flag's text as it is (``--generator.model null`` is a path)."""
+    return annotation in (str, Path, str | None, Path | None)
+
+
+def build_parser(
+    description: str,
+    schema: type[BaseModel] = RecipeConfig,
+    presets: dict[str, dict[str, Any]] = PRESETS,
+    aliases: dict[str, str] = ALIASES,
+    run_flags: bool = True,
+) -> argparse.ArgumentParser:
+    """``--preset``, ``--config FILE``, ``--print-config``, one flag per field of ``schema``.
+
+    ``run_flags`` adds the flags of a recipe run (``--fresh``, ``--dry-run``, ``--quiet``).
+    """
     parser = argparse.ArgumentParser(
         description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="full", help="Starting point for the config.")
+    parser.add_argument("--preset", choices=sorted(presets), default="full", help="Starting point for the config.")
     parser.add_argument("--config", type=Path, help="YAML file with overrides (same structure as --print-config).")
     parser.add_argument("--print-config", action="store_true", help="Print the resolved config and exit.")
-    parser.add_argument("--fresh", action="store_true", help="Ignore stored results from earlier runs.")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="Print the graph, the resolved config and a work estimate; load no model.")
-    parser.add_argument("--quiet", action="store_true", help="No live progress lines (for log files).")
-    reverse = {path: alias for alias, path in ALIASES.items()}
-    for path, info in _fields(RecipeConfig):
+    if run_flags:
+        parser.add_argument("--fresh", action="store_true", help="Ignore stored results from earlier runs.")
+        parser.add_argument("--dry-run", action="store_true",
+                            help="Print the graph, the resolved config and a work estimate; load no model.")
+        parser.add_argument("--quiet", action="store_true", help="No live progress lines (for log files).")
+    reverse = {path: alias for alias, path in aliases.items()}
+    for path, info in _fields(schema):
         flags = [f"--{path}"] + ([reverse[path]] if path in reverse else [])
         if info.annotation is bool:
             parser.add_argument(*flags, dest=path, action="store_const", const=True, default=None,
@@ -303,28 +319,29 @@ def build_parser(description: str) -> argparse.ArgumentParser:
         default = info.default if info.default_factory is None else info.default_factory()
         parser.add_argument(*flags, dest=path, default=None, metavar="VALUE",
                             help=f"{info.description} (default: {default})")
+    parser.set_defaults(_schema=schema, _presets=presets)
     return parser
 
 
-def resolve(args: argparse.Namespace) -> RecipeConfig:
-    """preset < YAML file < flags, validated; raises ConfigError with a one-line message."""
-    data: dict[str, Any] = json.loads(json.dumps(PRESETS[args.preset]))
+def resolve(args: argparse.Namespace) -> Any:
+    """preset < YAML file < flags, validated against the parser's schema; one-line ConfigError."""
+    schema: type[BaseModel] = getattr(args, "_schema", RecipeConfig)
+    presets: dict[str, dict[str, Any]] = getattr(args, "_presets", PRESETS)
+    data: dict[str, Any] = json.loads(json.dumps(presets[args.preset]))
     if args.config is not None:
         data = _deep_merge(data, load_yaml(args.config))
-    for path, _ in _fields(RecipeConfig):
+    for path, info in _fields(schema):
         raw = getattr(args, path, None)
         if raw is None:
             continue
-        if path == "backend.base_urls":
-            value: Any = [u.strip() for u in str(raw).split(",") if u.strip()]
-        elif isinstance(raw, bool):
+        if info.annotation == list[str]:
+            value: Any = [item.strip() for item in str(raw).split(",") if item.strip()]
+        elif isinstance(raw, bool) or _keeps_text(info.annotation):
             value = raw
-        elif path.endswith(("model", "dir", "system_prompt", "push_to_hub", "instructions", "argilla_dataset", "argilla_workspace", "ray_address")):
-            value = raw  # strings stay strings ("null" is not None here)
         else:
             value = _parse_value(raw)
         _set_path(data, path, value)
-    return validate(data)
+    return validate(data, schema)
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
@@ -345,9 +362,9 @@ def load_yaml(path: Path) -> dict[str, Any]:
     return content
 
 
-def validate(data: dict[str, Any]) -> RecipeConfig:
+def validate(data: dict[str, Any], schema: type[BaseModel] = RecipeConfig) -> Any:
     try:
-        return RecipeConfig.model_validate(data)
+        return schema.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "config"

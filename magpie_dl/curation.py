@@ -27,19 +27,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, field_validator, model_validator
 
-from magpie_dl.config import (
-    TINY_DIR,
-    BackendConfig,
-    ConfigError,
-    GeneratorConfig,
-    RewardConfig,
-    _deep_merge,
-    _fields,
-    _parse_value,
-    _Section,
-    _set_path,
-    load_yaml,
-)
+from magpie_dl import config
+from magpie_dl.config import TINY_DIR, BackendConfig, ConfigError, GeneratorConfig, RewardConfig, _Section
 from magpie_dl.embeddings import PACKAGED_MINILM, REFERENCE_MODEL
 from magpie_dl.selection import SelectionConfig, SelectionReport
 from magpie_dl.tagging import DIFFICULTY_LEVELS, QUALITY_LEVELS, TAG_TASKS
@@ -177,35 +166,14 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 def build_parser(description: str) -> argparse.ArgumentParser:
     """``--preset``, ``--config FILE``, ``--print-config``, and one flag per config field."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="full", help="Starting point for the config.")
-    parser.add_argument("--config", type=Path, help="YAML file with overrides (same structure as --print-config).")
-    parser.add_argument("--print-config", action="store_true", help="Print the resolved config and exit.")
-    for path, info in _fields(InstructionsConfig):
-        flags = [f"--{path}"] + (["--output-dir"] if path == "output_dir" else [])
-        parser.add_argument(*flags, dest=path, default=None, metavar="VALUE", help=info.description)
-    return parser
+    return config.build_parser(
+        description, InstructionsConfig, PRESETS, {"--output-dir": "output_dir"}, run_flags=False
+    )
 
 
 def resolve(args: argparse.Namespace) -> InstructionsConfig:
     """preset < YAML file < flags, validated; raises ConfigError with a one-line message."""
-    data: dict[str, Any] = json.loads(json.dumps(PRESETS[args.preset]))
-    if args.config is not None:
-        data = _deep_merge(data, load_yaml(args.config))
-    for path, _ in _fields(InstructionsConfig):
-        raw = getattr(args, path, None)
-        if raw is not None:
-            keep_text = path.endswith(("model", "dir", "system_prompt"))
-            _set_path(data, path, raw if keep_text else _parse_value(raw))
-    try:
-        return InstructionsConfig.model_validate(data)
-    except Exception as exc:  # pydantic ValidationError: one line for the user
-        errors = getattr(exc, "errors", None)
-        if errors is None:
-            raise
-        first = errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "config"
-        raise ConfigError(f"--{where}: {first['msg'].removeprefix('Value error, ')}") from None
+    return config.resolve(args)
 
 
 def split_selected(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
