@@ -32,6 +32,7 @@ import importlib.util
 import json
 import os
 import random
+import resource
 import shutil
 import subprocess
 import sys
@@ -349,6 +350,9 @@ def measure(variant: str, n: int, batch_scale: float, timeout: float | None = No
     # distilabel hangs after a step error instead of failing: bound every run.
     timeout = timeout or 300 + 0.1 * n
     cmd = [sys.executable, __file__, "--one", variant, str(n), "--batch-scale", str(batch_scale)]
+    # CPU time of the whole tree: the child and every worker it waited for. Less
+    # sensitive than wall time to other load on a shared machine.
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     with TreeMemory(proc.pid) as memory:
         try:
@@ -359,7 +363,9 @@ def measure(variant: str, n: int, batch_scale: float, timeout: float | None = No
     if proc.returncode != 0:
         raise RuntimeError(f"{variant} at {n} failed (rc {proc.returncode})")
     result = json.loads(out.strip().splitlines()[-1])
-    result.update(peak_pss_mib=round(memory.peak_pss), peak_rss_mib=round(memory.peak_rss))
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    result.update(peak_pss_mib=round(memory.peak_pss), peak_rss_mib=round(memory.peak_rss), cpu_seconds=cpu)
     return result
 
 
@@ -373,14 +379,15 @@ def main() -> None:
     if args.one:
         print(json.dumps(run_one(args.one[0], int(args.one[1]), args.batch_scale)))
         return
-    print("| variant | instructions | batch scale | rows out | wall s | ms / 1K instr. | ms / instr. | peak PSS (tree) MiB | largest RSS MiB |")
+    print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print("| variant | instructions | rows out | wall s | wall ms / 1K instr. | CPU s (tree, incl. start-up) | CPU ms / instr. | peak PSS (tree) MiB | largest RSS MiB |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for n in args.instructions:
         for variant in args.variants:
             r = measure(variant, n, args.batch_scale)
             per_k = r["seconds"] / (n / 1000) * 1000
-            print(f"| {variant} | {n} | {r['batch_scale']:g} | {r['rows']} | {r['seconds']:.1f} | {per_k:.0f} | "
-                  f"{per_k / 1000:.2f} | {r['peak_pss_mib']} | {r['peak_rss_mib']} |", flush=True)
+            print(f"| {variant} | {n} | {r['rows']} | {r['seconds']:.1f} | {per_k:.0f} | {r['cpu_seconds']:.1f} | "
+                  f"{r['cpu_seconds'] / n * 1000:.2f} | {r['peak_pss_mib']} | {r['peak_rss_mib']} |", flush=True)
 
 
 if __name__ == "__main__":
