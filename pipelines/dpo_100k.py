@@ -27,22 +27,7 @@ def query_source(cfg: RecipeConfig, stored: dict) -> MagpieGenerator | LoadInstr
     gen = cfg.generator
     if cfg.instructions:
         return LoadInstructions(name="instructions", source=cfg.instructions, batch_size=gen.batch_size)
-    return MagpieGenerator(
-        name="magpie_generator",
-        llm=make_backend(cfg.backend, gen.model, cfg.seed),
-        family=gen.family,
-        num_rows=gen.num_instructions,
-        batch_size=gen.batch_size,
-        system_prompt=gen.system_prompt,
-        control_task=gen.control_task,
-        system_prompts=gen.system_prompts,
-        ban_first_token_markdown=gen.ban_first_token_markdown,
-        temperature=gen.temperature,
-        top_p=gen.top_p,
-        max_tokens=gen.max_tokens,
-        seed=cfg.seed,
-        **stored,
-    )
+    return MagpieGenerator.from_config(gen, cfg.backend, cfg.seed, name="magpie_generator", **stored)
 
 
 def build_pipeline(cfg: RecipeConfig) -> Pipeline:
@@ -65,17 +50,7 @@ def build_pipeline(cfg: RecipeConfig) -> Pipeline:
             seed=cfg.seed,
             **stored,
         )
-        scores = RewardScoring(
-            name="reward",
-            model=rm.model,
-            trust_remote_code=rm.trust_remote_code,
-            dtype=rm.dtype,
-            device=rm.device,
-            max_length=rm.max_length,
-            scoring_batch_size=rm.batch_size,
-            input_batch_size=rm.input_batch_size,
-            **stored,
-        )
+        scores = RewardScoring.from_config(rm, name="reward", **stored)
         pairs = BestWorstPairing(name="pairing", min_margin=cfg.pairing.min_margin, input_batch_size=rm.input_batch_size)
         queries >> responses >> scores >> pairs
     return pipeline

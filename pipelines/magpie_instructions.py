@@ -50,21 +50,7 @@ def build_pipeline(cfg: InstructionsConfig) -> Pipeline:
     gen, tag, rm, ir, dd, sel = cfg.generator, cfg.tagging, cfg.reward, cfg.instruct_reward, cfg.dedup, cfg.selection
     stored = {"cache_dir": str(cfg.cache_dir)}
     with Pipeline(name="magpie-instructions", description=__doc__) as pipeline:
-        queries = MagpieGenerator(
-            name="magpie_generator",
-            llm=make_backend(cfg.backend, gen.model, cfg.seed),
-            family=gen.family,
-            num_rows=gen.num_instructions,
-            batch_size=gen.batch_size,
-            system_prompt=gen.system_prompt,
-            control_task=gen.control_task,
-            ban_first_token_markdown=gen.ban_first_token_markdown,
-            temperature=gen.temperature,
-            top_p=gen.top_p,
-            max_tokens=gen.max_tokens,
-            seed=cfg.seed,
-            **stored,
-        )
+        queries = MagpieGenerator.from_config(gen, cfg.backend, cfg.seed, name="magpie_generator", **stored)
         language = LanguageTagging(name="language", languages=tag.languages, input_batch_size=tag.batch_size)
         tags = InstructionTagging(
             name="judge_tags",
@@ -97,17 +83,10 @@ def build_pipeline(cfg: InstructionsConfig) -> Pipeline:
                 output_mappings=RESPONSE_COLUMNS,
                 **stored,
             )
-            score = RewardScoring(
+            score = RewardScoring.from_config(
+                rm,
                 name="instruct_reward_model",
-                model=rm.model,
-                trust_remote_code=rm.trust_remote_code,
-                dtype=rm.dtype,
-                device=rm.device,
-                max_length=rm.max_length,
-                scoring_batch_size=rm.batch_size,
-                input_batch_size=rm.input_batch_size,
-                # finish_reasons is not a declared input of RewardScoring, so it cannot be
-                # mapped: a truncated instruct response is scored like the reference does.
+                # A truncated instruct response is scored too, as the reference does.
                 input_mappings={"generations": "instruct_response"},
                 output_mappings=RATING_COLUMNS,
                 **stored,

@@ -17,6 +17,8 @@ from steps.base import StoredResults
 if TYPE_CHECKING:
     from distilabel.typing import GeneratorStepOutput, StepColumns
 
+    from magpie_dl.config import BackendConfig, GeneratorConfig
+
 
 class MagpieGenerator(GeneratorStep, StoredResults):
     """Synthesises user queries with Magpie: the model sees only its pre-query template.
@@ -65,6 +67,29 @@ class MagpieGenerator(GeneratorStep, StoredResults):
 
     _family: Optional[ModelFamily] = PrivateAttr(default=None)
     _plan: Optional[SystemPromptPlan] = PrivateAttr(default=None)
+
+    @classmethod
+    def from_config(
+        cls, config: "GeneratorConfig", backend: "BackendConfig", seed: int, **kwargs: Any
+    ) -> "MagpieGenerator":
+        """The step for a recipe's ``generator`` section; ``kwargs`` set the rest (name, cache_dir...)."""
+        from magpie_dl.backends import make_backend
+
+        return cls(
+            llm=make_backend(backend, config.model, seed),
+            family=config.family,
+            num_rows=config.num_instructions,
+            batch_size=config.batch_size,
+            system_prompt=config.system_prompt,
+            control_task=config.control_task,
+            system_prompts=config.system_prompts,
+            ban_first_token_markdown=config.ban_first_token_markdown,
+            temperature=config.temperature,
+            top_p=config.top_p,
+            max_tokens=config.max_tokens,
+            seed=seed,
+            **kwargs,
+        )
 
     def load(self) -> None:
         super().load()

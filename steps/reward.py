@@ -1,7 +1,7 @@
 """RewardScoring: every response scored by a reward model (ArmoRM in the recipe)."""
 
 from dataclasses import asdict
-from typing import Optional, TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Optional
 
 from distilabel.mixins.runtime_parameters import RuntimeParameter
 from distilabel.steps import Step, StepInput
@@ -13,6 +13,8 @@ from steps.base import StoredResults
 
 if TYPE_CHECKING:
     from distilabel.typing import StepColumns, StepOutput
+
+    from magpie_dl.config import RewardConfig
 
 
 class RewardScoring(Step, StoredResults):
@@ -48,6 +50,20 @@ class RewardScoring(Step, StoredResults):
     scoring_batch_size: RuntimeParameter[int] = Field(default=16, description="Sequences per forward pass.")
 
     _scorer: Optional[RewardScorer] = PrivateAttr(default=None)
+
+    @classmethod
+    def from_config(cls, config: "RewardConfig", **kwargs: Any) -> "RewardScoring":
+        """The step for a recipe's ``reward`` section; ``kwargs`` set the rest (name, mappings...)."""
+        return cls(
+            model=config.model,
+            trust_remote_code=config.trust_remote_code,
+            dtype=config.dtype,
+            device=config.device,
+            max_length=config.max_length,
+            scoring_batch_size=config.batch_size,
+            input_batch_size=config.input_batch_size,
+            **kwargs,
+        )
 
     def load(self) -> None:
         super().load()

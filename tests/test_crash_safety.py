@@ -8,7 +8,6 @@ so the step workers must die with it), reruns it to completion and compares.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
