@@ -94,18 +94,7 @@ class SelectionSection(_Section):
         return value
 
     def to_selection_config(self, seed: int) -> SelectionConfig:
-        return SelectionConfig(
-            min_difficulty=self.min_difficulty,
-            min_input_quality=self.min_input_quality,
-            min_instruct_reward=self.min_instruct_reward,
-            remove_duplicates=self.remove_duplicates,
-            languages=tuple(self.languages) if self.languages else None,
-            require_safe=self.require_safe,
-            require_category=self.require_category,
-            target_size=self.target_size,
-            category_mix=self.category_mix,
-            seed=seed,
-        )
+        return SelectionConfig.from_settings(self, seed)
 
 
 class InstructionsConfig(_Section):

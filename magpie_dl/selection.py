@@ -21,7 +21,7 @@ import math
 import zlib
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 import numpy as np
@@ -80,6 +80,17 @@ class SelectionConfig:
     target_size: int | None = None
     category_mix: CategoryMix = "uniform"
     seed: int = 0
+
+    @classmethod
+    def from_settings(cls, settings: Any, seed: int) -> SelectionConfig:
+        """Read the same-named attributes of ``settings`` (a recipe's config section, a step)."""
+        names = [f.name for f in fields(cls) if f.name not in ("languages", "seed")]
+        languages = settings.languages
+        return cls(
+            **{name: getattr(settings, name) for name in names},
+            languages=tuple(languages) if languages else None,
+            seed=seed,
+        )
 
     def __post_init__(self) -> None:
         if self.min_difficulty is not None and self.min_difficulty not in DIFFICULTY_LEVELS:

@@ -466,18 +466,7 @@ class CuratedSelection(GlobalStep):
     def config(self) -> Any:
         from magpie_dl.selection import SelectionConfig
 
-        return SelectionConfig(
-            min_difficulty=self.min_difficulty,
-            min_input_quality=self.min_input_quality,
-            min_instruct_reward=self.min_instruct_reward,
-            remove_duplicates=self.remove_duplicates,
-            languages=tuple(self.languages) if self.languages else None,
-            require_safe=self.require_safe,
-            require_category=self.require_category,
-            target_size=self.target_size,
-            category_mix=self.category_mix,
-            seed=self.seed,
-        )
+        return SelectionConfig.from_settings(self, self.seed)
 
     def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
         from magpie_dl.selection import select_rows
