@@ -119,7 +119,10 @@ class RewardConfig(_Section):
 
     model: str = Field("RLHFlow/ArmoRM-Llama3-8B-v0.1", description="Reward model (ArmoRM in the recipe).")
     max_length: int = Field(4096, ge=8, description="Inputs are cut to this many tokens.")
-    batch_size: int = Field(16, ge=1, description="Sequences per forward pass.")
+    batch_size: int = Field(64, ge=1, description="Most sequences per forward pass.")
+    batch_tokens: int = Field(
+        32768, ge=1, description="Most padded tokens (sequences x longest) per forward pass; ~1024 suits a CPU."
+    )
     dtype: str = Field("bfloat16", description="auto | float32 | bfloat16 | float16")
     device: str = Field("cuda", description="Torch device for the reward model.")
     trust_remote_code: bool = Field(
@@ -219,6 +222,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "max_length": 512,
             "dtype": "float32",
             "device": "cpu",
+            "batch_tokens": 1024,
             "input_batch_size": 96,
         },
         "backend": {

@@ -4,8 +4,12 @@
   text tokenised as text (no turn injection), truncated at ``max_length`` tokens.
 * Output: the model output's ``score`` when it has one (ArmoRM's preference score),
   else the single logit of a one-label sequence classifier.
-* Batches are grouped by length (little padding), right-padded with an attention
-  mask, so a sequence's score does not depend on its batch neighbours.
+* Batches are grouped by length (little padding) and capped both in sequences and in
+  padded tokens (``batch_tokens``): short inputs share a forward pass, long ones do not
+  pad each other out. Right padding, so a sequence's score does not depend on its batch
+  neighbours: with an attention mask, or without one when a probe at load time shows the
+  model is causal (pads after a sequence change nothing in it); unmasked batches take
+  the attention kernels' causal path, which is faster than a materialised mask.
 """
 
 from __future__ import annotations
@@ -59,10 +63,14 @@ class RewardScorer:
     Args:
         model: path or hub id (``RLHFlow/ArmoRM-Llama3-8B-v0.1`` in the recipe).
         max_length: inputs longer than this are cut to their first ``max_length`` tokens.
-        batch_size: sequences per forward pass.
+        batch_size: at most this many sequences per forward pass.
+        batch_tokens: at most this many padded tokens (sequences x longest) per forward
+            pass; a sequence longer than this still gets a pass of its own.
         dtype: ``auto``, ``float32``, ``bfloat16`` or ``float16``.
         device: torch device.
         trust_remote_code: explicit opt-in (ArmoRM's architecture ships with the model).
+        mask_padding: pass an attention mask for padded batches; ``None`` decides at
+            load time with a probe (see :meth:`pads_are_invisible`).
     """
 
     def __init__(
@@ -71,18 +79,22 @@ class RewardScorer:
         *,
         max_length: int = 4096,
         batch_size: int = 16,
+        batch_tokens: int = 32768,
         dtype: str = "auto",
         device: str = "cpu",
         trust_remote_code: bool = False,
+        mask_padding: bool | None = None,
     ) -> None:
         if max_length < 8:
             raise ValueError(f"max_length must be >= 8, got {max_length}")
         self.model_path = model
         self.max_length = max_length
         self.batch_size = max(1, batch_size)
+        self.batch_tokens = max(1, batch_tokens)
         self.dtype = dtype
         self.device = device
         self.trust_remote_code = trust_remote_code
+        self.mask_padding = mask_padding
         self.model: Any = None
         self.tokenizer: Any = None
 
@@ -101,6 +113,30 @@ class RewardScorer:
             self.tokenizer.pad_token_id = self.tokenizer.eos_token_id
         if getattr(self.model.config, "pad_token_id", None) is None:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        if self.mask_padding is None:
+            self.mask_padding = not self.pads_are_invisible()
+
+    def pads_are_invisible(self) -> bool:
+        """Whether right padding without a mask leaves a sequence's score unchanged.
+
+        True for causal decoders (Llama, ArmoRM, Gemma...): no position sees the pads after
+        it, and the score is read at the last real token. False for bidirectional encoders,
+        which then always get a mask. Checked on a real conversation, several pad counts,
+        within the rounding noise of the model's dtype (float32: 1e-4 relative).
+        """
+        import torch
+
+        tolerance = 1e-4 if self.model.dtype == torch.float32 else 1e-2
+
+        ids = conversation_token_ids(self.tokenizer, "Is this model causal?", "Let us find out.")
+        with torch.inference_mode():
+            alone = self._forward(torch.tensor([ids], device=self.device), None)[0]
+            for pads in (1, 7, 33):
+                padded = torch.tensor([ids + [self.tokenizer.pad_token_id] * pads], device=self.device)
+                value = self._forward(padded, None)[0]
+                if not math.isclose(value, alone, rel_tol=tolerance, abs_tol=tolerance / 10):
+                    return False
+        return True
 
     def unload(self) -> None:
         self.model = None
@@ -116,18 +152,17 @@ class RewardScorer:
 
         results: list[Scored | None] = [None] * len(sequences)
         clipped = [seq[: self.max_length] for seq in sequences]
-        order = sorted(range(len(clipped)), key=lambda i: len(clipped[i]))
         pad = self.tokenizer.pad_token_id
         with torch.inference_mode():
-            for start in range(0, len(order), self.batch_size):
-                chunk = order[start : start + self.batch_size]
+            for chunk in plan_batches([len(seq) for seq in clipped], self.batch_size, self.batch_tokens):
                 width = max(len(clipped[i]) for i in chunk)
                 ids = torch.full((len(chunk), width), pad, dtype=torch.long)
                 mask = torch.zeros((len(chunk), width), dtype=torch.long)
                 for row, i in enumerate(chunk):
                     ids[row, : len(clipped[i])] = torch.tensor(clipped[i], dtype=torch.long)
                     mask[row, : len(clipped[i])] = 1
-                scores = self._forward(ids.to(self.device), mask.to(self.device))
+                padded = len(clipped[chunk[0]]) != len(clipped[chunk[-1]])
+                scores = self._forward(ids.to(self.device), mask.to(self.device) if padded and self.mask_padding else None)
                 for row, i in enumerate(chunk):
                     value = float(scores[row])
                     results[i] = Scored(
@@ -138,9 +173,30 @@ class RewardScorer:
                     )
         return results  # type: ignore[return-value]
 
-    def _forward(self, ids: Any, mask: Any) -> list[float]:
-        output = self.model(input_ids=ids, attention_mask=mask)
+    def _forward(self, ids: Any, mask: Any | None) -> list[float]:
+        output = self.model(input_ids=ids) if mask is None else self.model(input_ids=ids, attention_mask=mask)
         return extract_scores(output)
+
+
+def plan_batches(lengths: list[int], batch_size: int, batch_tokens: int) -> list[list[int]]:
+    """Indices grouped into forward passes: by length, each pass within both caps.
+
+    Sorting by length keeps padding small; the token cap keeps a pass's padded size
+    (count x longest) bounded, so many short sequences share a pass and a long one runs
+    with few or no neighbours. Longest first: a pass that cannot fit in memory fails
+    at once rather than at the end of a long run.
+    """
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        width = lengths[current[0]] if current else lengths[i]
+        if current and (len(current) == batch_size or (len(current) + 1) * width > batch_tokens):
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
 
 
 def extract_scores(output: Any) -> list[float]:

@@ -33,7 +33,8 @@ class RewardScoring(Step, StoredResults):
 
     Runtime parameters:
         - `max_length`: truncation length in tokens (4096 in the recipe).
-        - `scoring_batch_size`: sequences per forward pass.
+        - `scoring_batch_size`: most sequences per forward pass.
+        - `scoring_batch_tokens`: most padded tokens (sequences x longest) per forward pass.
 
     Input columns:
         - instruction (str), generations (list[str]); optional finish_reasons (list[str]).
@@ -47,7 +48,10 @@ class RewardScoring(Step, StoredResults):
     dtype: str = "auto"
     device: str = "cpu"
     max_length: RuntimeParameter[int] = Field(default=4096, description="Truncation length in tokens.")
-    scoring_batch_size: RuntimeParameter[int] = Field(default=16, description="Sequences per forward pass.")
+    scoring_batch_size: RuntimeParameter[int] = Field(default=64, description="Most sequences per forward pass.")
+    scoring_batch_tokens: RuntimeParameter[int] = Field(
+        default=32768, description="Most padded tokens (sequences x longest) per forward pass."
+    )
 
     _scorer: Optional[RewardScorer] = PrivateAttr(default=None)
 
@@ -61,6 +65,7 @@ class RewardScoring(Step, StoredResults):
             device=config.device,
             max_length=config.max_length,
             scoring_batch_size=config.batch_size,
+            scoring_batch_tokens=config.batch_tokens,
             input_batch_size=config.input_batch_size,
             **kwargs,
         )
@@ -72,6 +77,7 @@ class RewardScoring(Step, StoredResults):
             self.model,
             max_length=self.max_length,
             batch_size=self.scoring_batch_size,
+            batch_tokens=self.scoring_batch_tokens,
             dtype=self.dtype,
             device=self.device,
             trust_remote_code=self.trust_remote_code,

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from magpie_dl.scoring import RewardScorer, conversation_token_ids, extract_scores
+from magpie_dl.scoring import RewardScorer, conversation_token_ids, extract_scores, plan_batches
 
 PAIRS = [
     ("How do I bake bread?", "Mix flour, water and salt, then bake."),
@@ -42,6 +42,55 @@ def test_scores_do_not_depend_on_the_batch(scorer):
         for position, i in enumerate(order):
             assert batched[position].score == pytest.approx(alone[i], abs=1e-5, rel=1e-5)
     assert len(set(round(a, 6) for a in alone)) > 1  # the scores really vary
+
+
+def test_token_cap_changes_the_passes_not_the_scores(scorer):
+    scorer.batch_size = 64
+    scorer.batch_tokens = 10**6
+    together = [r.score for r in scorer.score_pairs(PAIRS)]
+    for cap in (1, 40, 90, 200):
+        scorer.batch_tokens = cap
+        assert [r.score for r in scorer.score_pairs(PAIRS)] == pytest.approx(together, abs=1e-5, rel=1e-5)
+    scorer.batch_tokens = 32768
+
+
+def test_passes_respect_both_caps_and_cover_every_sequence():
+    lengths = [5, 300, 40, 41, 39, 1000, 7, 7, 7, 7, 120]
+    plan = plan_batches(lengths, batch_size=3, batch_tokens=130)
+    assert sorted(i for batch in plan for i in batch) == list(range(len(lengths)))
+    for batch in plan:
+        width = max(lengths[i] for i in batch)
+        assert len(batch) <= 3
+        assert len(batch) == 1 or len(batch) * width <= 130  # an over-long sequence runs alone
+    assert [1] in plan and [5] in plan  # 300 and 1000 tokens: passes of their own
+    assert [3, 2, 4] in plan  # 41, 40, 39 tokens: one pass of 123 padded tokens
+    assert plan[0] == [5]  # longest first: a pass too big for memory fails at once
+
+
+def test_a_causal_model_is_scored_without_a_mask(scorer):
+    # The tiny Llama classifier is causal: the load-time probe drops the mask, and the
+    # batch-invariance tests above then run the unmasked path.
+    assert scorer.mask_padding is False
+
+
+def test_a_bidirectional_model_keeps_its_mask(tiny_models, tmp_path):
+    """An encoder sees the pads after a sequence: the probe must notice and keep the mask."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models["reward"])
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, num_labels=1, pad_token_id=tokenizer.pad_token_id,
+                        initializer_range=0.5)  # the default 0.02 makes attention near-uniform
+    BertForSequenceClassification(config).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    encoder = RewardScorer(str(tmp_path), max_length=512, batch_size=8, dtype="float32")
+    encoder.load()
+    assert encoder.mask_padding is True
+    alone = [encoder.score_pairs([pair])[0].score for pair in PAIRS]
+    assert [r.score for r in encoder.score_pairs(PAIRS)] == pytest.approx(alone, abs=1e-5, rel=1e-5)
+    encoder.mask_padding = False  # what skipping the probe would do: scores move
+    assert [r.score for r in encoder.score_pairs(PAIRS)] != pytest.approx(alone, abs=1e-5, rel=1e-5)
 
 
 def test_score_is_read_at_the_last_real_token(scorer):
