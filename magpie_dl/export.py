@@ -15,7 +15,10 @@ import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
+
+if TYPE_CHECKING:
+    from datasets import Dataset, Features
 
 TAG_COLUMNS = (
     "intent", "knowledge", "difficulty", "input_quality", "quality_explanation", "task_category",
@@ -71,11 +74,16 @@ class Summary:
         ]
 
 
-def summarize(rows: list[dict[str, Any]]) -> Summary:
-    summary = Summary(instructions=len(rows))
+SUMMARY_COLUMNS = ("instruction_status", "generations", "response_status", "pair_status")
+BATCH_ROWS = 2000  # rows in memory at a time while exporting
+
+
+def summarize(rows: Iterable[dict[str, Any]]) -> Summary:
+    summary = Summary()
     statuses: Counter[str] = Counter()
     left: Counter[str] = Counter()
     for row in rows:
+        summary.instructions += 1
         if row.get("instruction_status", "ok") == "ok":
             summary.usable_instructions += 1
         summary.responses += len(row.get("generations") or [])
@@ -91,47 +99,106 @@ def summarize(rows: list[dict[str, Any]]) -> Summary:
 
 def split_rows(rows: list[dict[str, Any]], test_fraction: float, seed: int) -> dict[str, list[dict[str, Any]]]:
     """A seeded train/test split that does not depend on the order rows arrived in."""
-    ordered = sorted(rows, key=lambda r: r["uuid"])
+    train, test = split_order([r["uuid"] for r in rows], test_fraction, seed)
+    return {"train": [rows[i] for i in train], "test": [rows[i] for i in test]}
+
+
+def split_order(uuids: Sequence[str], test_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Positions of the train and test rows, in their written order.
+
+    Rows are put in uuid order, then shuffled with the run seed: the split and the order
+    depend on the rows, never on the order they arrived in.
+    """
+    ordered = sorted(range(len(uuids)), key=uuids.__getitem__)
     random.Random(seed).shuffle(ordered)
     n_test = max(1, round(len(ordered) * test_fraction)) if len(ordered) > 1 else 0
-    return {"train": ordered[n_test:], "test": ordered[:n_test]}
+    return ordered[n_test:], ordered[:n_test]
 
 
 def write_dataset(
-    rows: list[dict[str, Any]], out_dir: Path, test_fraction: float, seed: int
+    rows: Dataset | Iterable[dict[str, Any]], out_dir: Path, test_fraction: float, seed: int
 ) -> Summary:
     """Write ``out_dir/dataset`` (train/test), ``out_dir/left_out`` and ``summary.json``.
 
-    Each directory is written next to its final place and then renamed into it, so a
-    reader (or a run killed mid-write) never sees half a dataset.
+    ``rows`` is the pipeline's output, best as the (memory-mapped) ``datasets.Dataset``
+    distilabel returns: rows then pass through memory ``BATCH_ROWS`` at a time, so a
+    1M-row run exports in about the memory a 1K-row run does. Each directory is written
+    next to its final place and then renamed into it, so a reader (or a run killed
+    mid-write) never sees half a dataset.
     """
     from datasets import Dataset, DatasetDict
 
-    summary = summarize(rows)
-    released = [{**released_row(r), "pair_status": r["pair_status"]} for r in rows]
-    # One schema inferred from every row, so an empty split still has typed columns
-    # (datasets cannot load back a saved split that has none).
-    features = Dataset.from_list(released).features
-    kept_features = features.copy()
-    del kept_features["pair_status"]
-    kept = [{k: v for k, v in r.items() if k != "pair_status"} for r in released if r["pair_status"] == KEPT]
-    splits = split_rows(kept, test_fraction, seed)
-    summary.splits = {name: len(split) for name, split in splits.items()}
-    dataset = DatasetDict(
-        {name: _typed_dataset(split, kept_features) for name, split in splits.items()}
-    )
-    _atomic_save(dataset, out_dir / "dataset")
-    left_rows = sorted((r for r in released if r["pair_status"] != KEPT), key=lambda r: r["uuid"])
-    _atomic_save(_typed_dataset(left_rows, features), out_dir / "left_out")
+    source = rows if isinstance(rows, Dataset) else Dataset.from_list(list(rows))
+    summary = summarize(_iter_rows(source, [c for c in SUMMARY_COLUMNS if c in source.column_names]))
+    staging = out_dir / f".released-{os.getpid()}.arrow"
+    try:
+        # One schema for every row, from the source's, so an empty split still has typed
+        # columns (datasets cannot load back a saved split that has none).
+        released = source.map(
+            _released_batch,
+            batched=True,
+            batch_size=BATCH_ROWS,
+            writer_batch_size=BATCH_ROWS,
+            remove_columns=source.column_names,
+            features=released_features(source.features),
+            cache_file_name=str(staging),
+            load_from_cache_file=False,
+        )
+        status = released.data.column("pair_status").to_pylist()
+        kept = [i for i, value in enumerate(status) if value == KEPT]
+        left = [i for i, value in enumerate(status) if value != KEPT]
+        uuids = released.data.column("uuid").to_pylist()
+        train, test = split_order([uuids[i] for i in kept], test_fraction, seed)
+        left.sort(key=uuids.__getitem__)
+        del status, uuids
+        summary.splits = {"train": len(train), "test": len(test)}
+        pairs = released.remove_columns("pair_status")
+        dataset = DatasetDict({
+            "train": pairs.select([kept[i] for i in train]),
+            "test": pairs.select([kept[i] for i in test]),
+        })
+        _atomic_save(dataset, out_dir / "dataset")
+        _atomic_save(released.select(left), out_dir / "left_out")
+    finally:
+        staging.unlink(missing_ok=True)
     _atomic_write_text(out_dir / "summary.json", json.dumps(summary.__dict__, indent=2, sort_keys=True))
     return summary
 
 
-def _typed_dataset(rows: list[dict[str, Any]], features: Any) -> Any:
-    """A dataset with exactly ``features``, also when ``rows`` is empty."""
-    from datasets import Dataset
+def released_features(source: Features) -> Features:
+    """The released rows' schema (``released_row`` plus ``pair_status``) from the pipeline's."""
+    from datasets import Features, List, Value
 
-    return Dataset.from_dict({name: [row.get(name) for row in rows] for name in features}, features=features)
+    def like(name: str, default: Any = None) -> Any:
+        return source.get(name, Value("null") if default is None else default)
+
+    types: dict[str, Any] = {
+        "uuid": Value("string"),
+        "instruction": Value("string"),
+        "gen_input_configs": like("gen_input_configs"),
+    }
+    types.update({name: source[name] for name in TAG_COLUMNS if name in source})
+    types["input_length"] = Value("int64")
+    types["responses"] = like("generations", List(Value("string")))
+    types["gen_response_configs"] = like("gen_response_configs")
+    types["rewards_armorm"] = List({"score": Value("float64")})
+    types.update({name: like(name) for name in ("chosen", "rejected", *EXTRA_COLUMNS, "pair_status")})
+    return Features(types)
+
+
+def _released_batch(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    rows = [{**released_row(row), "pair_status": row["pair_status"]} for row in _rows_of(batch)]
+    return {name: [row[name] for row in rows] for name in rows[0]} if rows else {}
+
+
+def _rows_of(batch: dict[str, list[Any]]) -> Iterator[dict[str, Any]]:
+    names = list(batch)
+    return (dict(zip(names, values)) for values in zip(*(batch[name] for name in names)))
+
+
+def _iter_rows(source: Dataset, columns: list[str]) -> Iterator[dict[str, Any]]:
+    for batch in source.select_columns(columns).iter(batch_size=BATCH_ROWS):
+        yield from _rows_of(batch)
 
 
 def _atomic_save(dataset: Any, target: Path) -> None:

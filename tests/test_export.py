@@ -51,3 +51,33 @@ def test_every_row_is_written_somewhere_and_empty_splits_load(tmp_path):
     assert len(load_from_disk(str(tmp_path / "left_out"))) == 0
     write_dataset([row(1, "fewer_than_two_usable")], tmp_path, 0.02, seed=1)  # no pairs at all
     assert len(load_from_disk(str(tmp_path / "dataset"))["train"]) == 0
+
+
+def test_a_dataset_on_disk_exports_batch_by_batch_like_a_list(tmp_path, monkeypatch):
+    """The runner hands over distilabel's memory-mapped dataset; it streams in batches.
+
+    Batches of 7 rows: the first batches hold only left-out rows (no pair, `chosen` None),
+    so the schema must come from the whole source, not from the first batch written.
+    """
+    from datasets import Dataset
+
+    import magpie_dl.export as export
+
+    kept = [row(i) for i in range(15, 60)]
+    random.Random(3).shuffle(kept)  # arrival order is not uuid order
+    rows = [row(i, "all_scores_tied") for i in range(15)] + kept
+    Dataset.from_list(rows).save_to_disk(str(tmp_path / "source"))
+    monkeypatch.setattr(export, "BATCH_ROWS", 7)
+    streamed = write_dataset(load_from_disk(str(tmp_path / "source")), tmp_path / "streamed", 0.1, seed=4)
+    listed = write_dataset(rows, tmp_path / "listed", 0.1, seed=4)
+    assert streamed.__dict__ == listed.__dict__ and streamed.pairs_kept == 45
+    assert streamed.splits == {"train": 41, "test": 4}
+    for name in ("dataset", "left_out"):
+        a, b = load_from_disk(str(tmp_path / "streamed" / name)), load_from_disk(str(tmp_path / "listed" / name))
+        for split in ("train", "test") if name == "dataset" else (None,):
+            x, y = (a[split], b[split]) if split else (a, b)
+            assert x.features == y.features and x.to_list() == y.to_list()
+    train = load_from_disk(str(tmp_path / "streamed" / "dataset"))["train"]
+    assert train[0]["chosen"][1] == {"role": "assistant", "content": "b"}
+    assert [r["uuid"] for r in train] == [r["uuid"] for r in split_rows(kept, 0.1, 4)["train"]]
+    assert not list((tmp_path / "streamed").glob(".released-*"))  # the staging file is gone
