@@ -3,8 +3,10 @@
 Three ways to do the same work on N instructions x 5 responses, each in its own
 subprocess (so its peak memory is its own), one after another in one run:
 
-* ``ours``: the DPO recipe's own graph (``pipelines/dpo_100k.py:build_pipeline``, the full
-  preset's batch sizes, the durable result store on) run by distilabel;
+* ``ours``: what ``python pipelines/dpo_100k.py`` does: the recipe's own graph
+  (``build_pipeline``, the full preset's batch sizes, the durable result store on) run by
+  distilabel through ``magpie_dl.runner.run_recipe``, then the export (train/test split,
+  ``left_out``, summary), the dataset card and the HTML report;
 * ``loop``: the same step objects called directly in a Python loop
   (``next(step.process(rows))``), no distilabel engine: what the transformations cost;
 * ``stock``: distilabel's own chain ``TextGeneration(num_generations=5) ->
@@ -20,10 +22,12 @@ store, pairing and everything distilabel does stay real.
 
 Memory is sampled from /proc every 0.5 s over the subprocess and all its children
 (distilabel's step workers): peak summed PSS (shared pages counted once) and the
-largest single process RSS.
+largest single process RSS. ``--response-words`` sets the canned responses' length
+(default 120-380 words, ~1.5 KB); shorter ones make a 1M-instruction memory run take
+minutes instead of hours.
 
-    .venv/bin/python benchmarks/overhead.py --instructions 100000 --variants ours loop stock ours+fix loop+fix
-    .venv/bin/python benchmarks/overhead.py --instructions 1000000 --variants ours
+    .venv/bin/python benchmarks/overhead.py --instructions 100000 --variants ours loop stock
+    .venv/bin/python benchmarks/overhead.py --instructions 100000 1000000 --variants ours --response-words 20 60
     .venv/bin/python benchmarks/overhead.py --one ours 2000        # one run, JSON on stdout
 """
 
@@ -89,7 +93,8 @@ class InstantLLM(CompletionLLM):
         super().load()
         encode = lambda t: self.tokenizer(t, add_special_tokens=False)["input_ids"]  # noqa: E731
         self._queries = [(t, encode(t)) for t in canned_texts(64, 8, 30, seed=1)]
-        self._answers = [(t, encode(t)) for t in canned_texts(64, 120, 380, seed=2)]
+        low, high = (int(w) for w in os.environ.get("OVERHEAD_RESPONSE_WORDS", "120 380").split())
+        self._answers = [(t, encode(t)) for t in canned_texts(64, low, high, seed=2)]
 
     def complete(self, prompts: list[PromptInput], sampling: list[SamplingSpec]) -> list[list[Completion]]:
         out = []
@@ -210,17 +215,22 @@ def recipe_config(n: int, out_dir: Path, batch_scale: float = 1.0) -> Any:
 
 def patched_recipe() -> Any:
     """The recipe module with the engine and the reward model swapped for instant fakes."""
+    import magpie_dl.backends
+
     recipe = load_recipe()
-    recipe.make_backend = lambda config, model, seed=0: InstantLLM(model=model)
+    instant = lambda config, model, seed=0: InstantLLM(model=model)  # noqa: E731
+    # The recipe builds the response engine, the generator step its own (from_config).
+    recipe.make_backend = magpie_dl.backends.make_backend = instant
     recipe.RewardScoring = InstantRewardScoring
     return recipe
 
 
 def run_ours(n: int, work: Path, batch_scale: float) -> int:
+    from magpie_dl.runner import run_recipe
+
     recipe = patched_recipe()
-    pipeline = recipe.build_pipeline(recipe_config(n, work, batch_scale))
-    distiset = pipeline.run(use_cache=False)
-    return distiset["default"]["train"].num_rows
+    summary, _ = run_recipe(recipe.build_pipeline, recipe_config(n, work / "out", batch_scale), progress=False)
+    return summary.instructions
 
 
 def run_loop(n: int, work: Path, batch_scale: float) -> int:
@@ -266,27 +276,15 @@ def run_stock(n: int, work: Path, batch_scale: float) -> int:
 
 
 VARIANTS = {"ours": run_ours, "loop": run_loop, "stock": run_stock}
-# "+fix": the result store serialises completions with a shallow dict instead of
-# dataclasses.asdict, which deep-copies every token id (the fix proposed for store.py).
-FIXED = {f"{name}+fix": name for name in ("ours", "loop")}
-
-
-def shallow_asdict(obj: Any) -> dict[str, Any]:
-    """What ``asdict`` gives for our flat dataclasses, without copying each list element."""
-    return dict(vars(obj))
 
 
 def run_one(variant: str, n: int, batch_scale: float) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix=f"overhead-{variant}-"))
     # distilabel writes its cache (parquet batches, logs) under here.
     os.environ["DISTILABEL_CACHE_DIR"] = str(work / "distilabel")
-    if variant in FIXED:
-        import magpie_dl.store
-
-        magpie_dl.store.asdict = shallow_asdict
     try:
         started = time.perf_counter()
-        rows = VARIANTS[FIXED.get(variant, variant)](n, work, batch_scale)
+        rows = VARIANTS[variant](n, work, batch_scale)
         seconds = time.perf_counter() - started
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -372,14 +370,18 @@ def measure(variant: str, n: int, batch_scale: float, timeout: float | None = No
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--instructions", type=int, nargs="+", default=[100_000])
-    parser.add_argument("--variants", nargs="+", choices=sorted([*VARIANTS, *FIXED]), default=["ours", "loop", "stock"])
+    parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=["ours", "loop", "stock"])
     parser.add_argument("--batch-scale", type=float, default=1.0, help="Multiply the preset's batch sizes.")
+    parser.add_argument("--response-words", nargs=2, type=int, metavar=("MIN", "MAX"), default=[120, 380],
+                        help="Length range of the canned responses, in words (default ~1.5 KB each).")
     parser.add_argument("--one", nargs=2, metavar=("VARIANT", "N"))
     args = parser.parse_args()
+    os.environ["OVERHEAD_RESPONSE_WORDS"] = " ".join(map(str, args.response_words))  # subprocesses read it
     if args.one:
         print(json.dumps(run_one(args.one[0], int(args.one[1]), args.batch_scale)))
         return
-    print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; "
+          f"responses of {args.response_words[0]}-{args.response_words[1]} words")
     print("| variant | instructions | rows out | wall s | wall ms / 1K instr. | CPU s (tree, incl. start-up) | CPU ms / instr. | peak PSS (tree) MiB | largest RSS MiB |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for n in args.instructions:
