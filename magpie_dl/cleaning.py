@@ -9,7 +9,9 @@ unusable with a reason instead of dropping them.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 # Leading labels a model puts before the query. Case-insensitive, at the very start.
 _LABEL = re.compile(
@@ -96,3 +98,22 @@ def unusable_reason(text: str, rules: CleaningRules = CleaningRules()) -> str | 
     if not any(ch.isalpha() for ch in text):
         return "no_letters"
     return None
+
+
+def duplicate_key(instruction: str) -> str:
+    """What two queries share when they are exact duplicates: case and spacing folded."""
+    return " ".join(instruction.lower().split())
+
+
+def mark_exact_duplicates(rows: Iterable[dict[str, Any]], seen: set[str]) -> None:
+    """Mark each usable query that repeats an earlier one ``instruction_status="duplicate"``.
+
+    ``rows`` must come in row-index order; ``seen`` holds the keys of the rows before
+    them (every status counts, so a row repeating an unusable one is a duplicate too)
+    and is updated, so successive batches of one run share it.
+    """
+    for row in rows:
+        key = duplicate_key(row.get("instruction") or "")  # None: a batch that failed upstream
+        if row.get("instruction_status") == "ok" and key in seen:
+            row["instruction_status"] = "duplicate"
+        seen.add(key)

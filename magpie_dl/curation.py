@@ -30,6 +30,7 @@ from pydantic import Field, field_validator, model_validator
 from magpie_dl import config
 from magpie_dl.config import TINY_DIR, BackendConfig, ConfigError, GeneratorConfig, RewardConfig, _Section
 from magpie_dl.embeddings import PACKAGED_MINILM, REFERENCE_MODEL
+from magpie_dl.scaleout import ScaleoutConfig
 from magpie_dl.selection import SelectionConfig, SelectionReport
 from magpie_dl.tagging import DIFFICULTY_LEVELS, QUALITY_LEVELS, TAG_TASKS
 
@@ -109,6 +110,7 @@ class InstructionsConfig(_Section):
     instruct_reward: InstructRewardConfig = Field(default_factory=InstructRewardConfig)
     dedup: DedupSection = Field(default_factory=DedupSection)
     selection: SelectionSection = Field(default_factory=SelectionSection)
+    scaleout: ScaleoutConfig = Field(default_factory=ScaleoutConfig)
 
     @model_validator(mode="after")
     def _safety_needs_a_guard(self) -> "InstructionsConfig":
@@ -156,7 +158,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 def build_parser(description: str) -> argparse.ArgumentParser:
     """``--preset``, ``--config FILE``, ``--print-config``, and one flag per config field."""
     return config.build_parser(
-        description, InstructionsConfig, PRESETS, {"--output-dir": "output_dir"}, run_flags=False
+        description, InstructionsConfig, PRESETS, {"--output-dir": "output_dir", "--ray": "scaleout.ray"},
+        run_flags=False,
     )
 
 
@@ -166,7 +169,12 @@ def resolve(args: argparse.Namespace) -> InstructionsConfig:
 
 
 def split_selected(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(selected, rejected) by ``selection_reason``."""
+    """(selected, rejected) by ``selection_reason``, each sorted by uuid.
+
+    Rows reach the end of the pipeline in the order their batches finished (on Ray,
+    whichever replica was first); sorting makes the files independent of the layout.
+    """
+    rows = sorted(rows, key=lambda row: row["uuid"])
     selected = [r for r in rows if r.get("selection_reason") is None]
     rejected = [r for r in rows if r.get("selection_reason") is not None]
     return selected, rejected
@@ -190,6 +198,7 @@ def write_outputs(rows: list[dict[str, Any]], out_dir: Path) -> tuple[int, int]:
 def main_for(build: Any, description: str, argv: list[str] | None = None) -> int:
     """The command line of the curation recipe; returns the exit code."""
     from magpie_dl.runner import OutputLockedError, _ensure_tiny_models, output_lock
+    from magpie_dl.scaleout import maybe_ray, run_options
 
     args = build_parser(description).parse_args(argv)
     try:
@@ -206,10 +215,10 @@ def main_for(build: Any, description: str, argv: list[str] | None = None) -> int
     out_dir = Path(cfg.output_dir)
     try:
         with output_lock(out_dir):
-            pipeline = build(cfg)
+            pipeline = maybe_ray(build(cfg), cfg)  # a RayPipeline under --ray / RAY_ADDRESS
             (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.public_dict(), sort_keys=False))
             pipeline.save(out_dir / "pipeline.yaml", format="yaml")
-            distiset = pipeline.run(use_cache=False)
+            distiset = pipeline.run(use_cache=False, **run_options(pipeline))
             rows = distiset["default"]["train"].to_list()
             n_selected, n_rejected = write_outputs(rows, out_dir)
     except OutputLockedError as exc:

@@ -85,7 +85,9 @@ def run_recipe(
         pipeline = maybe_ray(build(cfg), cfg)  # a RayPipeline under --ray / RAY_ADDRESS
         (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.public_dict(), sort_keys=False))
         pipeline.save(out_dir / "pipeline.yaml", format="yaml")
-        totals = {name: instruction_count(cfg) for name in pipeline.dag if name != "pairing"}
+        # Steps that count their rows (not the query slots, duplicate marking or pairing).
+        totals = {name: instruction_count(cfg) for name in pipeline.dag
+                  if hasattr(pipeline.dag.get_step(name)["step"], "report_progress")}
         with ProgressMonitor(store, totals) if progress else nullcontext():
             distiset = pipeline.run(use_cache=False, **run_options(pipeline))
         rows = distiset["default"]["train"].to_list()

@@ -5,12 +5,15 @@ and gives each step its placement through the step's own ``resources``:
 
 * a step whose LLM is an in-process engine (vLLM, or transformers on a GPU) reserves
   ``tensor_parallel_size`` GPUs per replica (Ray packs one actor's GPUs on one node);
-* response generation, reward scoring and tagging get ``replicas``: one engine per GPU
-  group (data parallel). Every row's sampling seed derives from (run seed, uuid), and
-  the export sorts by uuid, so which replica served a row never changes the dataset;
+* query writing, response generation, reward scoring and tagging get ``replicas``: one
+  engine per GPU group (data parallel). Every row's sampling seed derives from (run seed,
+  row index or uuid), exact duplicate queries are marked in row order after the query
+  replicas, and the export sorts by uuid, so which replica served a row never changes
+  the dataset;
 * when the GPU steps together need more GPUs than the cluster has (a 70B model on
   8 GPUs for queries, then again for responses, then the reward model), they are loaded
-  one stage at a time (distilabel ``load_groups``) instead of waiting forever for GPUs.
+  one stage at a time (distilabel ``load_groups``) instead of waiting forever for GPUs
+  (with a fix for distilabel's handling of replicas at the end of a stage).
 
 Addresses: with no cluster address (or a loopback one), everything Ray starts or joins
 is pinned to 127.0.0.1. Ray otherwise replaces 127.0.0.1 with the machine's outward
@@ -47,6 +50,8 @@ _LOOPBACK_ENV = {
 }
 
 _logger = logging.getLogger("magpie_dl.scaleout")
+# Step fields that name a path on the driver's machine (the result store, a report file).
+_LOCAL_PATHS = ("cache_dir", "report_path")
 
 
 class ScaleoutConfig(BaseModel):
@@ -57,6 +62,10 @@ class ScaleoutConfig(BaseModel):
     ray: bool = Field(False, description="Run on a Ray cluster (also implied when RAY_ADDRESS is set).")
     ray_address: str | None = Field(
         None, description="Ray cluster to join, host:port; default RAY_ADDRESS, else a local cluster on 127.0.0.1."
+    )
+    query_replicas: int = Field(
+        1, ge=1, description="Ray: query-writing engines (magpie_queries); each reserves backend.tensor_parallel_size "
+        "GPUs. Above 1 the query stage is query_slots >> magpie_queries >> exact_duplicates (same rows).",
     )
     generation_replicas: int = Field(
         1, ge=1, description="Ray: response-generation engines; each reserves backend.tensor_parallel_size GPUs."
@@ -158,21 +167,24 @@ def engine_gpus(step: _Step, cfg: RecipeConfig) -> int:
 def step_replicas(step: _Step, scale: ScaleoutConfig) -> int:
     """Data-parallel replicas for ``step`` by role; generator and global steps run once.
 
-    distilabel runs one instance of a generator step (queries come from one engine
-    group; spread them over ``vllm serve`` endpoints with ``--backend openai`` instead)
-    and of a global step (it sees all rows at once).
+    distilabel runs one instance of a generator step and of a global step (it sees all
+    rows at once). That is why replicated queries come from ``MagpieQueries`` (a normal
+    step fed row slots), not from ``MagpieGenerator``.
     """
-    from steps.curation import InstructionTagging
+    from steps.curation import InstructionTagging, SafetyTagging
+    from steps.magpie import MagpieQueries
     from steps.responses import MultiResponseGeneration
     from steps.reward import RewardScoring
 
     if not step.is_normal:
         return 1
+    if isinstance(step, MagpieQueries):
+        return scale.query_replicas
     if isinstance(step, MultiResponseGeneration):
         return scale.generation_replicas
     if isinstance(step, RewardScoring):
         return scale.reward_replicas
-    if isinstance(step, InstructionTagging):
+    if isinstance(step, (InstructionTagging, SafetyTagging)):
         return scale.tagging_replicas
     return 1
 
@@ -188,9 +200,10 @@ def place_steps(
     placement: dict[str, tuple[int, int]] = {}
     for name in pipeline.dag:
         step = pipeline.dag.get_step(name)["step"]
-        if getattr(step, "cache_dir", None):
-            # Ray workers do not run in the driver's working directory.
-            step.cache_dir = str(Path(step.cache_dir).resolve())
+        for attr in _LOCAL_PATHS:
+            if getattr(step, attr, None):
+                # Ray workers do not run in the driver's working directory.
+                setattr(step, attr, str(Path(getattr(step, attr)).resolve()))
         replicas, gpus = step_replicas(step, scale), engine_gpus(step, cfg) if with_gpus else 0
         step.resources.replicas = replicas
         if gpus:
@@ -204,26 +217,37 @@ def load_groups(
 ) -> list[list[str]] | None:
     """distilabel ``load_groups``: None (all steps at once) or one group per GPU step.
 
-    Each GPU step starts a group; the CPU steps after it (pairing) join that group, so
-    they stream along with it. Sequential loading is chosen when asked, or (``auto``)
-    when the GPU steps together want more GPUs than the cluster has; otherwise the
-    later steps would wait for GPUs that the earlier ones never release.
+    Each group holds one GPU step; the CPU steps around it (the query slots before the
+    query writers, pairing after reward) join it, so they stream along with it.
+    Sequential loading is chosen when asked, or (``auto``) when the GPU steps between
+    two global steps together want more GPUs than the cluster has; otherwise the later
+    steps would wait for GPUs that the earlier ones never release. distilabel already
+    loads each global step alone, and what comes after it only once it is done, so the
+    GPU steps on either side of one never compete.
     """
     import networkx as nx
 
-    wanted = sum(replicas * gpus for replicas, gpus in placement.values())
+    order = list(nx.topological_sort(pipeline.dag.G))
+    segments: list[list[str]] = [[]]
+    for name in order:
+        if pipeline.dag.get_step(name)["step"].is_global:
+            segments.append([])
+        else:
+            segments[-1].append(name)
+    wanted = max(sum(placement[name][0] * placement[name][1] for name in segment) for segment in segments)
     if stages == "together" or (stages == "auto" and wanted <= cluster_gpus):
         return None
     groups: list[list[str]] = []
-    for name in nx.topological_sort(pipeline.dag.G):
-        step = pipeline.dag.get_step(name)["step"]
-        starts_group = placement[name][1] > 0 or step.is_global or not groups
-        if starts_group:
-            groups.append([name])
-        else:
-            groups[-1].append(name)
-    # distilabel puts each global step in a group of its own; leave those out here.
-    return [g for g in groups if not (len(g) == 1 and pipeline.dag.get_step(g[0])["step"].is_global)] or None
+    for segment in segments:
+        current: list[str] = []
+        for name in segment:
+            if placement[name][1] > 0 and any(placement[n][1] > 0 for n in current):
+                groups.append(current)
+                current = []
+            current.append(name)
+        if current:
+            groups.append(current)
+    return groups or None
 
 
 def as_ray(pipeline: Pipeline, cfg: RecipeConfig, scale: ScaleoutConfig | None = None) -> RayPipeline:
@@ -236,11 +260,33 @@ def as_ray(pipeline: Pipeline, cfg: RecipeConfig, scale: ScaleoutConfig | None =
     report = connect(scale)
     placement = place_steps(pipeline, cfg, scale, with_gpus=report["gpus"] > 0)
     ray_pipeline = pipeline.ray()
+    stop_replicas_at_stage_end(ray_pipeline)
     groups = load_groups(ray_pipeline, placement, report["gpus"], scale.stages)
     ray_pipeline._magpie_run_options = {"load_groups": groups} if groups else {}  # type: ignore[attr-defined]
     ray_pipeline._magpie_cluster = report  # type: ignore[attr-defined]
     _logger.info("Ray placement (replicas, GPUs each): %s; load groups: %s", placement, groups or "all at once")
     return ray_pipeline
+
+
+def stop_replicas_at_stage_end(pipeline: Pipeline | RayPipeline) -> None:
+    """Work around a distilabel 1.5 hang: replicated steps at the end of a load stage.
+
+    distilabel stops a step's replicas when the step's successor sends its last batch.
+    The replicas of a stage's last step (``responses`` staged alone, ``judge_tags``...)
+    have their successor in the next stage, so every replica but the one that got the
+    last batch waits for input forever, and the pipeline spins waiting for the stage
+    to unload. Once a stage's last batches are in, nothing in it has work left: tell
+    the replicas still running to stop (each ends after the batch it is on).
+    """
+    wait_for_stage = pipeline._wait_current_stage_to_finish
+
+    def stop_then_wait() -> None:
+        for name in pipeline._steps_to_be_loaded_in_stage(pipeline._current_stage):
+            if pipeline._is_step_running(name):
+                pipeline._send_last_batch_flag_to_step(name)
+        wait_for_stage()
+
+    pipeline._wait_current_stage_to_finish = stop_then_wait  # type: ignore[method-assign]
 
 
 def maybe_ray(pipeline: Pipeline, cfg: RecipeConfig) -> Pipeline | RayPipeline:
@@ -255,5 +301,5 @@ def run_options(pipeline: Pipeline | RayPipeline) -> dict[str, Any]:
 
 __all__ = [
     "ScaleoutConfig", "as_ray", "connect", "load_groups", "maybe_ray", "place_steps", "run_options",
-    "wants_ray",
+    "stop_replicas_at_stage_end", "wants_ray",
 ]

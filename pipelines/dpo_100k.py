@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
@@ -16,18 +17,22 @@ from distilabel.pipeline import Pipeline  # noqa: E402
 from magpie_dl.config import RecipeConfig  # noqa: E402
 from magpie_dl.runner import main_for  # noqa: E402
 from steps.instructions import LoadInstructions  # noqa: E402
-from steps.magpie import MagpieGenerator  # noqa: E402
+from steps.magpie import query_stage  # noqa: E402
 from steps.pairing import BestWorstPairing  # noqa: E402
 from steps.responses import MultiResponseGeneration  # noqa: E402
 from steps.reward import RewardScoring  # noqa: E402
 
+if TYPE_CHECKING:
+    from distilabel.steps.base import _Step
 
-def query_source(cfg: RecipeConfig, stored: dict) -> MagpieGenerator | LoadInstructions:
-    """Magpie queries from the generator model, or an existing (curated) instruction set."""
+
+def query_source(cfg: RecipeConfig, stored: dict) -> _Step:
+    """Magpie queries from the generator model (one writer, or replicas on Ray), or an
+    existing (curated) instruction set; returns the step whose rows are the queries."""
     gen = cfg.generator
     if cfg.instructions:
         return LoadInstructions(name="instructions", source=cfg.instructions, batch_size=gen.batch_size)
-    return MagpieGenerator.from_config(gen, cfg.backend, cfg.seed, name="magpie_generator", **stored)
+    return query_stage(gen, cfg.backend, cfg.seed, cfg.scaleout.query_replicas, **stored)
 
 
 def build_pipeline(cfg: RecipeConfig) -> Pipeline:

@@ -27,7 +27,7 @@ from steps.curation import (  # noqa: E402
     NearDuplicateTagging,
     SafetyTagging,
 )
-from steps.magpie import MagpieGenerator  # noqa: E402
+from steps.magpie import query_stage  # noqa: E402
 from steps.responses import MultiResponseGeneration  # noqa: E402
 from steps.reward import RewardScoring  # noqa: E402
 
@@ -50,7 +50,7 @@ def build_pipeline(cfg: InstructionsConfig) -> Pipeline:
     gen, tag, rm, ir, dd, sel = cfg.generator, cfg.tagging, cfg.reward, cfg.instruct_reward, cfg.dedup, cfg.selection
     stored = {"cache_dir": str(cfg.cache_dir)}
     with Pipeline(name="magpie-instructions", description=__doc__) as pipeline:
-        queries = MagpieGenerator.from_config(gen, cfg.backend, cfg.seed, name="magpie_generator", **stored)
+        queries = query_stage(gen, cfg.backend, cfg.seed, cfg.scaleout.query_replicas, **stored)
         language = LanguageTagging(name="language", languages=tag.languages, input_batch_size=tag.batch_size)
         tags = InstructionTagging(
             name="judge_tags",

@@ -1,13 +1,19 @@
-"""MagpieGenerator: user queries written by an aligned model from its pre-query template."""
+"""Magpie query steps: user queries written by an aligned model from its pre-query template.
 
-from typing import Any, Optional, TYPE_CHECKING
+One writer (:class:`MagpieGenerator`) or, data parallel on Ray, three steps that give
+the same rows: :class:`QuerySlots` emits row indices, :class:`MagpieQueries` replicas
+write the queries of the indices they receive, and :class:`ExactDuplicateQueries`
+puts the rows back in row order and marks exact duplicates. :func:`query_stage` picks.
+"""
+
+from typing import Any, Optional, Sequence, TYPE_CHECKING
 
 from distilabel.mixins.runtime_parameters import RuntimeParameter
-from distilabel.steps import GeneratorStep
+from distilabel.steps import GeneratorStep, Step, StepInput
 from pydantic import Field, PrivateAttr
 
 from magpie_dl.backends.base import CompletionLLM, PromptInput, SamplingSpec
-from magpie_dl.cleaning import CleaningRules, clean_query
+from magpie_dl.cleaning import CleaningRules, clean_query, mark_exact_duplicates
 from magpie_dl.families import ModelFamily, resolve_family, resolve_single_token_ids, resolve_stops
 from magpie_dl.magpie import SystemPromptPlan, derive_seed, row_uuid
 from magpie_dl.prompts import pre_query_token_ids
@@ -15,44 +21,38 @@ from magpie_dl.store import cached_complete
 from steps.base import StoredResults
 
 if TYPE_CHECKING:
-    from distilabel.typing import GeneratorStepOutput, StepColumns
+    from distilabel.steps.base import _Step
+    from distilabel.typing import GeneratorStepOutput, StepColumns, StepOutput
 
     from magpie_dl.config import BackendConfig, GeneratorConfig
 
+QUERY_COLUMNS = [
+    "uuid", "instruction", "raw_instruction", "cleaning_actions", "instruction_status",
+    "system_prompt_category", "gen_input_configs",
+]
+# The row index a query slot carries from QuerySlots to ExactDuplicateQueries (dropped there).
+INDEX_COLUMN = "query_index"
 
-class MagpieGenerator(GeneratorStep, StoredResults):
-    """Synthesises user queries with Magpie: the model sees only its pre-query template.
 
-    Emits exactly ``num_rows`` rows whatever the ``batch_size``. Each row's system prompt
-    and sampling seed derive from (``seed``, row index), so a rerun reproduces the rows.
-    Raw queries are cleaned; unusable ones are kept and marked with a reason.
+class MagpieQueryWriter(StoredResults):
+    """Mixin: writes, cleans and annotates the Magpie queries of given row indices.
+
+    Each row's system prompt and sampling seed derive from (``seed``, row index), so a
+    row's query does not depend on batching, on which step wrote it, or on replicas.
+    Raw queries are cleaned; unusable ones are kept and marked with a reason. Exact
+    duplicates are not marked here: that needs the rows before, in index order.
 
     Attributes:
         llm: a ``CompletionLLM`` backend (transformers, vLLM, OpenAI-compatible server).
         family: model family name, or ``auto`` to detect it from the tokenizer.
-        num_rows: how many queries to write.
         system_prompt: one fixed system prompt for every query.
         system_prompts: weighted categories: ``{name: (prompt or None, weight)}``.
         control_task: ``math``, ``code`` or ``translation``: a built-in system prompt.
         ban_first_token_markdown: ban the family's markdown tokens at the first position.
-
-    Runtime parameters:
-        - `batch_size`: rows per batch sent to the backend.
-        - `temperature`, `top_p`, `max_tokens`, `seed`: sampling.
-
-    Output columns:
-        - uuid (str), instruction (str), raw_instruction (str), cleaning_actions (list[str]),
-          instruction_status (str: ``ok`` or why unusable), system_prompt_category (str | None),
-          gen_input_configs (dict: provenance).
-
-    Examples:
-        >>> gen = MagpieGenerator(llm=TransformersBackend(model="models/tiny/generator"), num_rows=8)
-        >>> gen.load(); rows, last = next(gen.process())
     """
 
     llm: CompletionLLM
     family: str = Field(default="auto", description="Model family, or `auto` to detect it.")
-    num_rows: int = Field(default=100, ge=1, description="How many queries to write.")
     system_prompt: str | None = None
     system_prompts: dict[str, tuple[str | None, float]] | None = None
     control_task: str | None = None
@@ -68,46 +68,30 @@ class MagpieGenerator(GeneratorStep, StoredResults):
     _family: Optional[ModelFamily] = PrivateAttr(default=None)
     _plan: Optional[SystemPromptPlan] = PrivateAttr(default=None)
 
-    @classmethod
-    def from_config(
-        cls, config: "GeneratorConfig", backend: "BackendConfig", seed: int, **kwargs: Any
-    ) -> "MagpieGenerator":
-        """The step for a recipe's ``generator`` section; ``kwargs`` set the rest (name, cache_dir...)."""
+    @staticmethod
+    def settings(config: "GeneratorConfig", backend: "BackendConfig", seed: int) -> dict[str, Any]:
+        """The writer's fields for a recipe's ``generator`` section."""
         from magpie_dl.backends import make_backend
 
-        return cls(
-            llm=make_backend(backend, config.model, seed),
-            family=config.family,
-            num_rows=config.num_instructions,
-            batch_size=config.batch_size,
-            system_prompt=config.system_prompt,
-            control_task=config.control_task,
-            system_prompts=config.system_prompts,
-            ban_first_token_markdown=config.ban_first_token_markdown,
-            temperature=config.temperature,
-            top_p=config.top_p,
-            max_tokens=config.max_tokens,
-            seed=seed,
-            **kwargs,
-        )
+        return {
+            "llm": make_backend(backend, config.model, seed),
+            "family": config.family,
+            "system_prompt": config.system_prompt,
+            "control_task": config.control_task,
+            "system_prompts": config.system_prompts,
+            "ban_first_token_markdown": config.ban_first_token_markdown,
+            "temperature": config.temperature,
+            "top_p": config.top_p,
+            "max_tokens": config.max_tokens,
+            "seed": seed,
+        }
 
-    def load(self) -> None:
-        super().load()
+    def load_writer(self) -> None:
+        """Call from ``load()``: the store, the system-prompt plan, the engine and its family."""
         self.open_store()
         self._plan = SystemPromptPlan.build(self.system_prompt, self.system_prompts, self.control_task)
         self.llm.load()
         self._family = resolve_family(self.family, self.llm.tokenizer)
-
-    def unload(self) -> None:
-        self.llm.unload()
-        super().unload()
-
-    @property
-    def outputs(self) -> "StepColumns":
-        return [
-            "uuid", "instruction", "raw_instruction", "cleaning_actions", "instruction_status",
-            "system_prompt_category", "gen_input_configs",
-        ]
 
     def sampling_spec(self, row_seed: int) -> SamplingSpec:
         """The sampling parameters of one query."""
@@ -125,18 +109,10 @@ class MagpieGenerator(GeneratorStep, StoredResults):
             first_token_ban_ids=bans,
         )
 
-    def process(self, offset: int = 0) -> "GeneratorStepOutput":
-        rules = CleaningRules(min_chars=self.min_chars, max_chars=self.max_chars)
-        seen: set[str] = set()
-        for start in range(offset, self.num_rows, self.batch_size):
-            indices = range(start, min(start + self.batch_size, self.num_rows))
-            rows = self.write_queries(indices, rules, seen)
-            self.report_progress(len(rows), sum(r["gen_input_configs"]["num_tokens"] for r in rows))
-            yield rows, indices[-1] == self.num_rows - 1
-
-    def write_queries(self, indices: range, rules: CleaningRules, seen: set[str]) -> list[dict[str, Any]]:
-        """Sample, clean and annotate the queries of rows ``indices``."""
+    def write_queries(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        """Sample, clean and annotate the queries of rows ``indices``; counts progress."""
         tokenizer, family = self.llm.tokenizer, self._family
+        rules = CleaningRules(min_chars=self.min_chars, max_chars=self.max_chars)
         picks = [self._plan.pick(self.seed, i) for i in indices]
         prompts, specs = [], []
         for i, (_, system) in zip(indices, picks):
@@ -146,18 +122,13 @@ class MagpieGenerator(GeneratorStep, StoredResults):
         rows = []
         for i, (category, system), spec, [completion] in zip(indices, picks, specs, completions):
             cleaned = clean_query(completion.text, rules)
-            status = cleaned.reason or _status_of(completion.finish_reason)
-            key = " ".join(cleaned.instruction.lower().split())
-            if status == "ok" and key in seen:
-                status = "duplicate"  # an exact copy of an earlier row's query
-            seen.add(key)
             rows.append(
                 {
                     "uuid": row_uuid(self.llm.model_name, self.seed, i),
                     "instruction": cleaned.instruction,
                     "raw_instruction": completion.text,
                     "cleaning_actions": list(cleaned.actions),
-                    "instruction_status": status,
+                    "instruction_status": cleaned.reason or _status_of(completion.finish_reason),
                     "system_prompt_category": category,
                     "gen_input_configs": {
                         "input_generator": self.llm.model_name,
@@ -172,7 +143,207 @@ class MagpieGenerator(GeneratorStep, StoredResults):
                     },
                 }
             )
+        self.report_progress(len(rows), sum(r["gen_input_configs"]["num_tokens"] for r in rows))
         return rows
+
+
+class MagpieGenerator(GeneratorStep, MagpieQueryWriter):
+    """Synthesises user queries with Magpie: the model sees only its pre-query template.
+
+    Emits exactly ``num_rows`` rows whatever the ``batch_size``. Each row's system prompt
+    and sampling seed derive from (``seed``, row index), so a rerun reproduces the rows.
+    Raw queries are cleaned; unusable ones are kept and marked with a reason; a usable
+    query equal (case and spacing folded) to an earlier row's is marked ``duplicate``.
+
+    Attributes:
+        num_rows: how many queries to write; the rest as in :class:`MagpieQueryWriter`.
+
+    Runtime parameters:
+        - `batch_size`: rows per batch sent to the backend.
+        - `temperature`, `top_p`, `max_tokens`, `seed`: sampling.
+
+    Output columns:
+        - uuid (str), instruction (str), raw_instruction (str), cleaning_actions (list[str]),
+          instruction_status (str: ``ok`` or why unusable), system_prompt_category (str | None),
+          gen_input_configs (dict: provenance).
+
+    Examples:
+        >>> gen = MagpieGenerator(llm=TransformersBackend(model="models/tiny/generator"), num_rows=8)
+        >>> gen.load(); rows, last = next(gen.process())
+    """
+
+    num_rows: int = Field(default=100, ge=1, description="How many queries to write.")
+
+    @classmethod
+    def from_config(
+        cls, config: "GeneratorConfig", backend: "BackendConfig", seed: int, **kwargs: Any
+    ) -> "MagpieGenerator":
+        """The step for a recipe's ``generator`` section; ``kwargs`` set the rest (name, cache_dir...)."""
+        return cls(
+            **cls.settings(config, backend, seed),
+            num_rows=config.num_instructions,
+            batch_size=config.batch_size,
+            **kwargs,
+        )
+
+    def load(self) -> None:
+        super().load()
+        self.load_writer()
+
+    def unload(self) -> None:
+        self.llm.unload()
+        super().unload()
+
+    @property
+    def outputs(self) -> "StepColumns":
+        return list(QUERY_COLUMNS)
+
+    def process(self, offset: int = 0) -> "GeneratorStepOutput":
+        seen: set[str] = set()
+        for start in range(offset, self.num_rows, self.batch_size):
+            indices = range(start, min(start + self.batch_size, self.num_rows))
+            rows = self.write_queries(indices)
+            mark_exact_duplicates(rows, seen)
+            yield rows, indices[-1] == self.num_rows - 1
+
+
+class QuerySlots(GeneratorStep):
+    """Emits the row indices ``0 .. num_rows - 1`` for :class:`MagpieQueries` replicas to fill.
+
+    A generator step runs once; a normal step can be replicated. This cheap generator
+    hands the work out as slots so that the expensive part runs on every replica.
+
+    Attributes:
+        num_rows: how many queries the run writes.
+
+    Runtime parameters:
+        - `batch_size`: slots per batch (one engine batch of :class:`MagpieQueries`).
+
+    Output columns:
+        - query_index (int)
+    """
+
+    num_rows: int = Field(default=100, ge=1, description="How many queries to write.")
+
+    @property
+    def outputs(self) -> "StepColumns":
+        return [INDEX_COLUMN]
+
+    def process(self, offset: int = 0) -> "GeneratorStepOutput":
+        for start in range(offset, self.num_rows, self.batch_size):
+            stop = min(start + self.batch_size, self.num_rows)
+            yield [{INDEX_COLUMN: i} for i in range(start, stop)], stop == self.num_rows
+
+
+class MagpieQueries(Step, MagpieQueryWriter):
+    """Writes the Magpie queries of the row slots it receives; replicable (one engine each).
+
+    The rows equal :class:`MagpieGenerator`'s except for exact duplicates, which
+    :class:`ExactDuplicateQueries` marks after this step, in row order.
+
+    Runtime parameters:
+        - `input_batch_size`: slots per batch sent to the backend.
+        - `temperature`, `top_p`, `max_tokens`, `seed`: sampling.
+
+    Input columns:
+        - query_index (int)
+
+    Output columns:
+        - the columns of :class:`MagpieGenerator`.
+    """
+
+    @classmethod
+    def from_config(
+        cls, config: "GeneratorConfig", backend: "BackendConfig", seed: int, **kwargs: Any
+    ) -> "MagpieQueries":
+        """The step for a recipe's ``generator`` section; ``kwargs`` set the rest (name, cache_dir...)."""
+        return cls(**cls.settings(config, backend, seed), input_batch_size=config.batch_size, **kwargs)
+
+    def load(self) -> None:
+        super().load()
+        self.load_writer()
+
+    def unload(self) -> None:
+        self.llm.unload()
+        super().unload()
+
+    @property
+    def inputs(self) -> "StepColumns":
+        return [INDEX_COLUMN]
+
+    @property
+    def outputs(self) -> "StepColumns":
+        return list(QUERY_COLUMNS)
+
+    def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
+        for slot, row in zip(inputs, self.write_queries([slot[INDEX_COLUMN] for slot in inputs])):
+            slot.update(row)
+        yield inputs
+
+
+class ExactDuplicateQueries(Step):
+    """Marks exact duplicate queries in row order, as :class:`MagpieGenerator` does; one replica.
+
+    :class:`MagpieQueries` replicas finish batches in any order. This step puts the rows
+    back in ``query_index`` order (holding a row until every lower index has passed) and
+    marks a usable query equal (case and spacing folded) to a lower-index row's
+    ``duplicate``, then drops the index: the rows equal a single generator's. It keeps
+    the keys seen so far, so it must run as one replica (``step_replicas`` gives it one).
+    distilabel already hands a normal step its predecessor's batches in order, so rows
+    stream through; a global step would do too, but distilabel 1.5 can hand a global
+    step the last batch of a replicated predecessor before the others.
+
+    Input columns:
+        - query_index (int), instruction (str), instruction_status (str)
+
+    Output columns:
+        - instruction_status (str: ``duplicate`` where the query repeats an earlier row's)
+    """
+
+    _pending: dict[int, dict[str, Any]] = PrivateAttr(default_factory=dict)
+    _next_index: int = PrivateAttr(default=0)
+    _seen: set[str] = PrivateAttr(default_factory=set)
+
+    def load(self) -> None:
+        super().load()
+        self._pending, self._next_index, self._seen = {}, 0, set()
+
+    @property
+    def inputs(self) -> "StepColumns":
+        return [INDEX_COLUMN, "instruction", "instruction_status"]
+
+    @property
+    def outputs(self) -> "StepColumns":
+        return ["instruction_status"]
+
+    def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
+        self._pending.update((row[INDEX_COLUMN], row) for row in inputs)
+        ready = []
+        while self._next_index in self._pending:
+            ready.append(self._pending.pop(self._next_index))
+            self._next_index += 1
+        mark_exact_duplicates(ready, self._seen)
+        for row in ready:
+            del row[INDEX_COLUMN]
+        yield ready
+
+
+def query_stage(
+    config: "GeneratorConfig", backend: "BackendConfig", seed: int, replicas: int = 1, cache_dir: str | None = None
+) -> "_Step":
+    """The query stage of a recipe (call inside ``with Pipeline``); returns the step to connect on.
+
+    ``replicas == 1``: one :class:`MagpieGenerator`. More: ``QuerySlots >> MagpieQueries
+    >> ExactDuplicateQueries``, whose ``magpie_queries`` step Ray replicates
+    (``scaleout.query_replicas``); off Ray it runs once. Both give the same rows.
+    """
+    if replicas == 1:
+        return MagpieGenerator.from_config(config, backend, seed, name="magpie_generator", cache_dir=cache_dir)
+    slots = QuerySlots(name="query_slots", num_rows=config.num_instructions, batch_size=config.batch_size)
+    queries = MagpieQueries.from_config(config, backend, seed, name="magpie_queries", cache_dir=cache_dir)
+    in_order = ExactDuplicateQueries(name="exact_duplicates", input_batch_size=config.batch_size)
+    slots >> queries >> in_order
+    return in_order
 
 
 def _status_of(finish_reason: str) -> str:

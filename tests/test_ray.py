@@ -1,9 +1,9 @@
-"""The DPO recipe's CLI on a real local Ray head (loopback only), data parallel, same rows as a local run.
+"""Both recipes' CLIs on a real local Ray head (loopback only), data parallel, same rows as a local run.
 
 One head is started for the module with ``ray start --head`` in its own process group
 and stopped by ending that group, so only the processes this test started are
 touched. The head, the driver and the workers are pinned to 127.0.0.1 and the test
-checks the addresses Ray reports. The tiny models run on CPU (~60-90 s in all).
+checks the addresses Ray reports. The tiny models run on CPU (~3-4 min in all).
 """
 
 from __future__ import annotations
@@ -44,10 +44,15 @@ PROBE = textwrap.dedent(
     }))
     """
 )
-SMOKE = ("--preset", "smoke", "--num-instructions", "16", "--generator.batch_size", "8",
+# Seed 35: the query of row 15 repeats that of row 3 (an exact duplicate across two query batches).
+SMOKE = ("--preset", "smoke", "--seed", "35", "--num-instructions", "16", "--generator.batch_size", "8",
          "--responses.batch_size", "4", "--responses.max_tokens", "24", "--reward.input_batch_size", "4", "--quiet")
-COMPARED = ("instruction", "responses", "finish_reasons", "rewards_armorm", "chosen", "rejected", "pair_status")
 RECIPE = REPO_ROOT / "pipelines" / "dpo_100k.py"
+CURATION = REPO_ROOT / "pipelines" / "magpie_instructions.py"
+CURATION_SMOKE = ("--preset", "smoke", "--seed", "35", "--generator.num_instructions", "16",
+                  "--generator.batch_size", "8", "--tagging.batch_size", "8", "--tagging.max_tokens", "24",
+                  "--instruct_reward.batch_size", "8", "--instruct_reward.max_tokens", "24",
+                  "--reward.input_batch_size", "8", "--selection.target_size", "8")
 
 
 def _free_port() -> int:
@@ -136,28 +141,74 @@ def test_recipe_on_ray_matches_local_run(ray_head, tiny_models, tmp_path):
     assert local.returncode == 0, local.stderr[-3000:]
     on_ray = subprocess.run(
         [sys.executable, str(RECIPE), *SMOKE, "--output-dir", str(tmp_path / "ray"),
-         "--scaleout.generation_replicas", "2", "--scaleout.reward_replicas", "2"],
+         "--scaleout.query_replicas", "2", "--scaleout.generation_replicas", "2", "--scaleout.reward_replicas", "2"],
         env={**env, "RAY_ADDRESS": address}, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
     )
     assert on_ray.returncode == 0, on_ray.stderr[-3000:]
 
-    probe = subprocess.run([sys.executable, "-c", PROBE, address], env=env, cwd=REPO_ROOT,
-                           capture_output=True, text=True, timeout=120)
-    assert probe.returncode == 0, probe.stderr[-3000:]
-    seen = json.loads(probe.stdout.strip().splitlines()[-1])
+    seen = _probe(address, env)
     # Loopback only: drivers (the recipe's and the probe's), nodes and every step actor.
     assert seen["report"]["driver"] == "127.0.0.1" and seen["report"]["nodes"] == ["127.0.0.1"]
     assert seen["report"]["gcs"] == address
     assert seen["drivers"] == ["127.0.0.1"]
     assert seen["actor_ips"] == ["127.0.0.1"]
-    # The steps ran as Ray actors, data parallel as configured: two response engines, two scorers.
-    step_actors = {a.split("magpie-dpo-100k-", 1)[1] for a in seen["actors"] if "-queue" not in a}
-    assert step_actors == {"magpie_generator-0", "responses-0", "responses-1", "reward-0", "reward-1", "pairing-0"}
+    # The steps ran as Ray actors, data parallel as configured: two query writers (fed row
+    # slots; duplicates marked after them, in row order), two response engines, two scorers.
+    assert _step_actors(seen, "magpie-dpo-100k") == {
+        "query_slots-0", "magpie_queries-0", "magpie_queries-1", "exact_duplicates-0",
+        "responses-0", "responses-1", "reward-0", "reward-1", "pairing-0",
+    }
 
-    # Per-row seeds: the same responses, scores and pairs whichever replica served a row.
+    # Per-row seeds and duplicates marked in row order: every row equal to the single-generator
+    # local run (queries, provenance, responses, scores, pairs), whichever replica served it.
     local_rows, ray_rows = _rows(tmp_path / "local"), _rows(tmp_path / "ray")
     assert len(local_rows) == 16
     assert [r["uuid"] for r in local_rows] == [r["uuid"] for r in ray_rows]
     for a, b in zip(local_rows, ray_rows):
-        assert {k: a.get(k) for k in COMPARED} == {k: b.get(k) for k in COMPARED}, a["uuid"]
+        assert a == b, a["uuid"]
     assert sum(len(r["responses"]) for r in ray_rows) > 0
+    assert [r.get("pair_status") for r in ray_rows].count("instruction_duplicate") == 1
+
+
+def test_curation_recipe_on_ray_matches_local_run(ray_head, tiny_models, tmp_path):
+    address, _, _ = ray_head
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    local = subprocess.run(
+        [sys.executable, str(CURATION), *CURATION_SMOKE, "--output-dir", str(tmp_path / "local")],
+        env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert local.returncode == 0, local.stderr[-3000:]
+    on_ray = subprocess.run(
+        [sys.executable, str(CURATION), *CURATION_SMOKE, "--output-dir", str(tmp_path / "ray"), "--ray",
+         "--scaleout.ray_address", address, "--scaleout.query_replicas", "2",
+         "--scaleout.tagging_replicas", "2", "--scaleout.reward_replicas", "2"],
+        env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert on_ray.returncode == 0, on_ray.stderr[-3000:]
+
+    seen = _probe(address, env)
+    assert seen["actor_ips"] == ["127.0.0.1"]
+    actors = _step_actors(seen, "magpie-instructions")
+    assert {"magpie_queries-0", "magpie_queries-1", "judge_tags-0", "judge_tags-1",
+            "instruct_reward_model-0", "instruct_reward_model-1", "selection-0"} <= actors
+    assert "instruct_response-1" not in actors  # generation_replicas stays 1
+
+    # The same curated set, left-out rows and selection report as the local run.
+    for name in ("instructions.jsonl", "left_out.jsonl", "selection.json"):
+        assert (tmp_path / "ray" / name).read_text() == (tmp_path / "local" / name).read_text(), name
+    left_out = [json.loads(line) for line in (tmp_path / "ray" / "left_out.jsonl").read_text().splitlines()]
+    assert [r["instruction_status"] for r in left_out].count("duplicate") == 1
+
+
+def _probe(address: str, env: dict[str, str]) -> dict:
+    """What Ray recorded about the runs so far (see PROBE)."""
+    probe = subprocess.run([sys.executable, "-c", PROBE, address], env=env, cwd=REPO_ROOT,
+                           capture_output=True, text=True, timeout=120)
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    return json.loads(probe.stdout.strip().splitlines()[-1])
+
+
+def _step_actors(seen: dict, pipeline_name: str) -> set[str]:
+    """``step-replica`` of every step actor of ``pipeline_name`` (not its queues)."""
+    prefix = f"distilabel-{pipeline_name}-"
+    return {a.removeprefix(prefix) for a in seen["actors"] if a.startswith(prefix) and "-queue" not in a}

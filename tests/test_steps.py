@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from magpie_dl.backends.transformers import TransformersBackend
-from steps.magpie import MagpieGenerator
+from magpie_dl.cleaning import mark_exact_duplicates
+from steps.magpie import ExactDuplicateQueries, MagpieGenerator, MagpieQueries, QuerySlots
 from steps.pairing import BestWorstPairing
 from steps.responses import MultiResponseGeneration
 from steps.reward import RewardScoring
@@ -78,6 +79,57 @@ def test_generator_truncated_queries_are_marked(tiny_models):
     rows = all_rows(generator(tiny_models, max_tokens=2, num_rows=4))
     assert {r["instruction_status"] for r in rows} <= {"truncated", "too_short", "empty", "no_letters"}
     assert "truncated" in {r["instruction_status"] for r in rows}
+
+
+def test_exact_duplicates_are_marked_in_row_order_whatever_the_arrival():
+    # Row 1 repeats row 0 (case and spacing folded); row 3 repeats the unusable row 2; row 5
+    # repeats row 1, itself a duplicate. Batches arrive out of order, as from replicas.
+    texts = ["Plan a trip", "plan  a TRIP", "x", "X", "Why is the sky blue?", "Plan a trip "]
+    statuses = ["ok", "ok", "too_short", "ok", "ok", "ok"]
+    rows = [{"query_index": i, "uuid": f"u{i}", "instruction": t, "instruction_status": s}
+            for i, (t, s) in enumerate(zip(texts, statuses))]
+    step = ExactDuplicateQueries(name="exact_duplicates")
+    step.load()
+    arrivals = [[rows[4], rows[5]], [rows[2], rows[3]], [rows[0], rows[1]]]
+    out = [[r["uuid"] for r in batch] for rows_in in arrivals for batch in step.process([dict(r) for r in rows_in])]
+    # Held back until every lower index has passed, then released in row order.
+    assert out == [[], [], [f"u{i}" for i in range(6)]]
+    step.load()
+    [released] = list(step.process([dict(r) for r in rows]))
+    assert [r["instruction_status"] for r in released] == ["ok", "duplicate", "too_short", "duplicate", "ok", "duplicate"]
+    assert all("query_index" not in r for r in released)
+    # The single generator's rule, applied batch after batch, gives the same statuses.
+    in_order = [dict(r) for r in rows]
+    seen: set[str] = set()
+    for start in (0, 2, 4):
+        mark_exact_duplicates(in_order[start : start + 2], seen)
+    assert [r["instruction_status"] for r in in_order] == [r["instruction_status"] for r in released]
+
+
+def test_replicated_query_steps_give_the_generator_rows(tiny_models):
+    """QuerySlots >> MagpieQueries (batches out of order) >> ExactDuplicateQueries == MagpieGenerator."""
+    def kw() -> dict:
+        llm = TransformersBackend(model=tiny_models["generator"], dtype="float32")
+        return {"llm": llm, "max_tokens": 48, "temperature": 1.0, "seed": 35}  # seed 35: row 15 repeats row 3
+
+    single = MagpieGenerator(num_rows=16, batch_size=8, **kw())
+    single.load()
+    expected = all_rows(single)
+    assert [i for i, r in enumerate(expected) if r["instruction_status"] == "duplicate"] == [15]
+
+    slots = QuerySlots(num_rows=16, batch_size=8)
+    slots.load()
+    batches = [batch for batch, _ in slots.process()]
+    assert [[s["query_index"] for s in b] for b in batches] == [list(range(8)), list(range(8, 16))]
+    writer = MagpieQueries(**kw())
+    writer.load()
+    written = [row for batch in reversed(batches) for out in writer.process(batch) for row in out]
+    assert all(r["instruction_status"] != "duplicate" for r in written)  # not known per batch
+    marker = ExactDuplicateQueries()
+    marker.load()
+    rows = [row for out in marker.process(written[8:]) for row in out]  # batch 1 came back first
+    rows += [row for out in marker.process(written[:8]) for row in out]
+    assert rows == expected
 
 
 @pytest.fixture(scope="module")
