@@ -146,7 +146,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "tagging": {"judge_model": str(TINY_DIR / "generator"), "max_tokens": 64, "batch_size": 64,
                     "languages": ["en", "de", "fr", "es", "zh"]},
         "reward": {"model": str(TINY_DIR / "reward"), "max_length": 512, "dtype": "float32", "device": "cpu",
-                   "input_batch_size": 64},
+                   "batch_tokens": 1024, "input_batch_size": 64},
         "instruct_reward": {"max_tokens": 48, "batch_size": 64},
         "dedup": {"embedding_model": PACKAGED_MINILM, "device": "cpu"},
         "selection": {"target_size": 32, "min_difficulty": None, "min_input_quality": None,

@@ -90,8 +90,8 @@ def run_recipe(
                   if hasattr(pipeline.dag.get_step(name)["step"], "report_progress")}
         with ProgressMonitor(store, totals) if progress else nullcontext():
             distiset = pipeline.run(use_cache=False, **run_options(pipeline))
-        rows = distiset["default"]["train"].to_list()
-        summary = write_dataset(rows, out_dir, cfg.output.test_fraction, cfg.seed)
+        # The distiset is memory-mapped Arrow: the export streams it, never a list of rows.
+        summary = write_dataset(distiset["default"]["train"], out_dir, cfg.output.test_fraction, cfg.seed)
         write_card_and_report(out_dir, cfg.public_dict(), summary)
         usage = store.usage()
     return summary, usage
