@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
 import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 _PR_SET_PDEATHSIG = 1
 
@@ -28,3 +31,29 @@ def die_with_parent() -> None:
         return
     if os.getppid() != parent:  # the parent died before the request took effect
         os._exit(1)
+
+
+@contextmanager
+def shared_with_workers() -> Iterator[None]:
+    """Around a pipeline run: make what the step workers inherit stay shared.
+
+    distilabel forks its local step workers from this process (Ray actors are separate
+    processes; for them this only costs the driver the imports). Each worker that loads a
+    tokenizer or a model imports torch and transformers' tokenizer machinery (~200 MB of
+    heap each); imported here first, those pages are shared copy-on-write instead. Then
+    ``gc.freeze()``: the objects that exist now move to a generation the cyclic collector
+    never scans, so a worker's collections do not write to every inherited page and turn
+    the shared copies into private ones. Nothing is loaded that the run would not import
+    anyway; a missing package is skipped. The objects are unfrozen afterwards.
+    """
+    try:
+        import torch  # noqa: F401
+        from transformers import AutoTokenizer, PreTrainedTokenizerFast  # noqa: F401
+    except ImportError:
+        pass
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()

@@ -23,7 +23,7 @@ import yaml
 from magpie_dl.config import PRESETS, TINY_DIR, ConfigError, RecipeConfig, build_parser, redact, resolve
 from magpie_dl.export import Summary, write_dataset
 from magpie_dl.estimate import estimate
-from magpie_dl.procs import die_with_parent
+from magpie_dl.procs import die_with_parent, shared_with_workers
 from magpie_dl.progress import ProgressMonitor
 from magpie_dl.scaleout import maybe_ray, run_options
 from magpie_dl.store import ResultStore
@@ -88,7 +88,7 @@ def run_recipe(
         # Steps that count their rows (not the query slots, duplicate marking or pairing).
         totals = {name: instruction_count(cfg) for name in pipeline.dag
                   if hasattr(pipeline.dag.get_step(name)["step"], "report_progress")}
-        with ProgressMonitor(store, totals) if progress else nullcontext():
+        with ProgressMonitor(store, totals) if progress else nullcontext(), shared_with_workers():
             distiset = pipeline.run(use_cache=False, **run_options(pipeline))
         # The distiset is memory-mapped Arrow: the export streams it, never a list of rows.
         summary = write_dataset(distiset["default"]["train"], out_dir, cfg.output.test_fraction, cfg.seed)

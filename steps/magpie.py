@@ -199,7 +199,7 @@ class MagpieGenerator(GeneratorStep, MagpieQueryWriter):
         return list(QUERY_COLUMNS)
 
     def process(self, offset: int = 0) -> "GeneratorStepOutput":
-        seen: set[str] = set()
+        seen: set[bytes] = set()
         for start in range(offset, self.num_rows, self.batch_size):
             indices = range(start, min(start + self.batch_size, self.num_rows))
             rows = self.write_queries(indices)
@@ -302,7 +302,7 @@ class ExactDuplicateQueries(Step):
 
     _pending: dict[int, dict[str, Any]] = PrivateAttr(default_factory=dict)
     _next_index: int = PrivateAttr(default=0)
-    _seen: set[str] = PrivateAttr(default_factory=set)
+    _seen: set[bytes] = PrivateAttr(default_factory=set)
 
     def load(self) -> None:
         super().load()

@@ -60,3 +60,11 @@ def test_unusable_queries_are_marked_with_a_reason(raw, reason):
 def test_enormous_query_is_marked_too_long():
     result = clean_query("word " * 5000, CleaningRules(max_chars=8000))
     assert result.reason == "too_long"
+
+
+def test_duplicate_keys_fold_case_and_spacing_and_stay_small():
+    from magpie_dl.cleaning import duplicate_key
+
+    assert duplicate_key("How do I  bake\nbread?") == duplicate_key("how do i bake bread?")
+    assert duplicate_key("How do I bake bread?") != duplicate_key("How do I bake a bread?")
+    assert len(duplicate_key("x" * 5000)) == 16  # a run remembers one key per query
