@@ -134,11 +134,12 @@ METHODS: dict[str, Callable[[RewardScorer, list[list[int]]], list[float]]] = {
 }
 
 
-def ceiling(scorer: RewardScorer, device: str, max_tokens: int = 32768) -> tuple[float, str]:
-    """Best tokens/s over unpadded batch shapes: the most any batching can get from the model."""
+def ceiling(scorer: RewardScorer, device: str, max_tokens: int = 32768) -> tuple[float, str, dict[str, float]]:
+    """Best tokens/s over unpadded batch shapes (the most any batching can get from the
+    model), its shape, and the tokens/s of every shape tried."""
     import torch
 
-    best, shape = 0.0, ""
+    best, shape, rates = 0.0, "", {}
     with torch.inference_mode():
         for width in (64, 160, 360, 1000):
             for count in (1, 2, 4, 8, 16, 64):
@@ -149,9 +150,10 @@ def ceiling(scorer: RewardScorer, device: str, max_tokens: int = 32768) -> tuple
                 reps = max(2, 8000 // (count * width))
                 seconds, _ = timed(lambda *_: [scorer.model(input_ids=ids) for _ in range(reps)], scorer, [], device)
                 rate = reps * count * width / seconds
+                rates[f"{count} x {width}"] = rate
                 if rate > best:
                     best, shape = rate, f"{count} x {width}"
-    return best, shape
+    return best, shape, rates
 
 
 def timed(method: Callable, scorer: RewardScorer, sequences: list[list[int]], device: str) -> tuple[float, list[float]]:
@@ -177,6 +179,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--lengths", choices=["long", "short"], default="long")
     parser.add_argument("--repeats", type=int, default=3, help="runs per method (interleaved); the median counts")
+    parser.add_argument("--sweep", action="store_true", help="also print tokens/s of every batch shape tried")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = parser.parse_args()
 
@@ -198,13 +201,13 @@ def main() -> None:
     # the median counts. The first pass over a batch shape pays one-off kernel set-up,
     # whichever method meets it first.
     runs: dict[str, list[tuple[float, list[float]]]] = {name: [] for name in METHODS}
-    ceilings: list[tuple[float, str]] = []
+    ceilings: list[tuple[float, str, dict[str, float]]] = []
     for _ in range(args.repeats):
         for name, method in METHODS.items():
             runs[name].append(timed(method, scorer, sequences, args.device))
         ceilings.append(ceiling(scorer, args.device))
     results = {name: sorted(times, key=lambda run: run[0])[len(times) // 2] for name, times in runs.items()}
-    best, shape = sorted(ceilings)[len(ceilings) // 2]
+    best, shape, rates = sorted(ceilings, key=lambda c: c[0])[len(ceilings) // 2]
     base = tokens / results["one_at_a_time"][0]
     print("| method | seconds | tokens/s | vs one-at-a-time | of ceiling | max abs score diff vs one-at-a-time |")
     print("|---|---:|---:|---:|---:|---:|")
@@ -214,6 +217,10 @@ def main() -> None:
         rate = tokens / seconds
         print(f"| {name} | {seconds:.2f} | {rate:,.0f} | {rate / base:.2f}x | {rate / best:.0%} | {diff:.2e} |")
     print(f"| ceiling (best unpadded shape: {shape}) | | {best:,.0f} | {best / base:.2f}x | 100% | |")
+    if args.sweep:
+        print("\n| unpadded shape (sequences x tokens) | tokens/s |\n|---|---:|")
+        for name, rate in rates.items():
+            print(f"| {name} | {rate:,.0f} |")
 
 
 if __name__ == "__main__":
