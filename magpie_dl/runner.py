@@ -25,7 +25,7 @@ from magpie_dl.export import Summary, write_dataset
 from magpie_dl.estimate import estimate
 from magpie_dl.procs import die_with_parent, shared_with_workers
 from magpie_dl.progress import ProgressMonitor
-from magpie_dl.scaleout import maybe_ray, run_options
+from magpie_dl.scaleout import maybe_ray, place_steps, run_options, scaleout_of, wants_ray
 from magpie_dl.store import ResultStore
 from magpie_dl.report import CARD_FILENAME, write_card_and_report
 
@@ -137,6 +137,15 @@ def dry_run(build: Callable[[RecipeConfig], Pipeline], cfg: RecipeConfig) -> Non
             print(f"  {name} [{type(step).__name__}] -> {after}")
     print("config:")
     print("  " + yaml.safe_dump(cfg.public_dict(), sort_keys=False).replace("\n", "\n  ").rstrip())
+    scale = scaleout_of(cfg)
+    if wants_ray(scale):
+        # Computed as --ray would, without touching a cluster.
+        placement = place_steps(pipeline, cfg, scale)
+        print("ray placement (replicas x GPUs per replica):")
+        for name, (replicas, gpus) in placement.items():
+            print(f"  {name}: {replicas} x {gpus}")
+        wanted = sum(replicas * gpus for replicas, gpus in placement.values())
+        print(f"  GPUs for every stage at once: {wanted} (fewer: scaleout.stages=auto loads stages in turn)")
     work = estimate(instruction_count(cfg), cfg.responses.num_generations, not cfg.instructions, cfg.estimate)
     print("estimate (assumptions under `estimate:` above; set them with --estimate.*):")
     for line in work.lines():

@@ -51,3 +51,19 @@ def test_dry_run_loads_nothing_and_prints_graph_config_estimate(tmp_path):
     assert "meta-llama/Llama-3.1-70B-Instruct" in text and "response_tokens: 1000" in text
     assert "response requests: 100,000 (500,000 completions)" in text and "GPU-hours:" in text
     assert not out.exists()  # nothing ran, nothing was written
+
+
+def test_dry_run_under_ray_prints_the_placement_without_a_cluster(tmp_path):
+    out = tmp_path / "dry"
+    result = run_recipe_cli(
+        "--dry-run", "--ray", "--output-dir", str(out), "--backend.tensor_parallel_size", "4",
+        "--scaleout.query_replicas", "2", "--scaleout.generation_replicas", "2", "--scaleout.reward_replicas", "8",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = result.stdout
+    for line in ("magpie_queries: 2 x 4", "responses: 2 x 4", "reward: 8 x 1", "pairing: 1 x 0",
+                 "GPUs for every stage at once: 24"):
+        assert line in text
+    logs = result.stdout + result.stderr
+    assert "Ray instance" not in logs and "existing Ray cluster" not in logs  # none started or joined
+    assert not out.exists()
