@@ -386,7 +386,8 @@ def main() -> None:
                         help="Length range of the canned responses, in words (default ~1.5 KB each).")
     parser.add_argument("--one", nargs=2, metavar=("VARIANT", "N"))
     args = parser.parse_args()
-    os.environ["OVERHEAD_RESPONSE_WORDS"] = " ".join(map(str, args.response_words))  # subprocesses read it
+    if not args.one:  # a --one child inherits the parent's setting
+        os.environ["OVERHEAD_RESPONSE_WORDS"] = " ".join(map(str, args.response_words))
     if args.one:
         print(json.dumps(run_one(args.one[0], int(args.one[1]), args.batch_scale)))
         return

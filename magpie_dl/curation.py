@@ -198,6 +198,7 @@ def write_outputs(rows: list[dict[str, Any]], out_dir: Path) -> tuple[int, int]:
 def main_for(build: Any, description: str, argv: list[str] | None = None) -> int:
     """The command line of the curation recipe; returns the exit code."""
     from magpie_dl.runner import OutputLockedError, _ensure_tiny_models, output_lock
+    from magpie_dl.export import discard_loaded_copy
     from magpie_dl.procs import shared_with_workers
     from magpie_dl.scaleout import maybe_ray, run_options
 
@@ -223,6 +224,7 @@ def main_for(build: Any, description: str, argv: list[str] | None = None) -> int
                 distiset = pipeline.run(use_cache=False, **run_options(pipeline))
             rows = distiset["default"]["train"].to_list()
             n_selected, n_rejected = write_outputs(rows, out_dir)
+            discard_loaded_copy(distiset["default"]["train"])
     except OutputLockedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3

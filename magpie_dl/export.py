@@ -165,6 +165,19 @@ def write_dataset(
     return summary
 
 
+def discard_loaded_copy(dataset: Dataset) -> None:
+    """Delete the Arrow copy ``datasets`` made when distilabel loaded the run's output.
+
+    distilabel reads its output with ``load_dataset``, which converts it into the shared
+    Hugging Face cache (``~/.cache/huggingface/datasets``) and never removes it: every run
+    would leave a full copy of its rows there (14 GB for 1M rows of five ~1.5 KB
+    responses). Once the dataset is exported that copy serves nothing. Only the directories
+    holding this dataset's own cache files are removed.
+    """
+    for folder in {Path(entry["filename"]).parent for entry in dataset.cache_files}:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def released_features(source: Features) -> Features:
     """The released rows' schema (``released_row`` plus ``pair_status``) from the pipeline's."""
     from datasets import Features, List, Value

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import yaml
 
 from magpie_dl.config import PRESETS, TINY_DIR, ConfigError, RecipeConfig, build_parser, redact, resolve
-from magpie_dl.export import Summary, write_dataset
+from magpie_dl.export import Summary, discard_loaded_copy, write_dataset
 from magpie_dl.estimate import estimate
 from magpie_dl.procs import die_with_parent, shared_with_workers
 from magpie_dl.progress import ProgressMonitor
@@ -91,7 +91,9 @@ def run_recipe(
         with ProgressMonitor(store, totals) if progress else nullcontext(), shared_with_workers():
             distiset = pipeline.run(use_cache=False, **run_options(pipeline))
         # The distiset is memory-mapped Arrow: the export streams it, never a list of rows.
-        summary = write_dataset(distiset["default"]["train"], out_dir, cfg.output.test_fraction, cfg.seed)
+        rows = distiset["default"]["train"]
+        summary = write_dataset(rows, out_dir, cfg.output.test_fraction, cfg.seed)
+        discard_loaded_copy(rows)
         write_card_and_report(out_dir, cfg.public_dict(), summary)
         usage = store.usage()
     return summary, usage

@@ -28,6 +28,8 @@ def tiny_tokenizer(tiny_models):
 def smoke_output(tiny_models, tmp_path_factory) -> Path:
     """One full smoke run of the recipe on the tiny models; its output directory."""
     out = tmp_path_factory.mktemp("smoke") / "out"
-    result = run_recipe_cli("--preset", "smoke", "--output-dir", str(out))
+    # Its own datasets cache, to check the run leaves no copy of its rows there.
+    result = run_recipe_cli("--preset", "smoke", "--output-dir", str(out),
+                            env={"HF_DATASETS_CACHE": str(out.parent / "hf-datasets")})
     assert result.returncode == 0, result.stderr[-4000:]
     return out

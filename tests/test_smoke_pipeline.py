@@ -85,3 +85,9 @@ def test_cli_prints_where_the_dataset_is_and_a_summary(tiny_models, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"dataset: {out / 'dataset'}" in result.stdout
     assert "instructions: 6" in result.stdout and "pairs kept:" in result.stdout and "rows left out:" in result.stdout
+
+
+def test_the_run_leaves_no_copy_of_its_rows_in_the_datasets_cache(smoke_output):
+    cache = smoke_output.parent / "hf-datasets"
+    assert cache.is_dir()  # distilabel did load its output through it
+    assert not list(cache.rglob("*.arrow"))
