@@ -197,10 +197,8 @@ def write_outputs(rows: list[dict[str, Any]], out_dir: Path) -> tuple[int, int]:
 
 def main_for(build: Any, description: str, argv: list[str] | None = None) -> int:
     """The command line of the curation recipe; returns the exit code."""
-    from magpie_dl.runner import OutputLockedError, _ensure_tiny_models, output_lock
     from magpie_dl.export import discard_loaded_copy
-    from magpie_dl.procs import shared_with_workers
-    from magpie_dl.scaleout import maybe_ray, run_options
+    from magpie_dl.runner import OutputLockedError, _ensure_tiny_models, output_lock, prepare, run_pipeline
 
     args = build_parser(description).parse_args(argv)
     try:
@@ -217,14 +215,9 @@ def main_for(build: Any, description: str, argv: list[str] | None = None) -> int
     out_dir = Path(cfg.output_dir)
     try:
         with output_lock(out_dir):
-            pipeline = maybe_ray(build(cfg), cfg)  # a RayPipeline under --ray / RAY_ADDRESS
-            (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.public_dict(), sort_keys=False))
-            pipeline.save(out_dir / "pipeline.yaml", format="yaml")
-            with shared_with_workers():
-                distiset = pipeline.run(use_cache=False, **run_options(pipeline))
-            rows = distiset["default"]["train"].to_list()
-            n_selected, n_rejected = write_outputs(rows, out_dir)
-            discard_loaded_copy(distiset["default"]["train"])
+            output = run_pipeline(prepare(build, cfg, out_dir))
+            n_selected, n_rejected = write_outputs(output.to_list(), out_dir)
+            discard_loaded_copy(output)
     except OutputLockedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3

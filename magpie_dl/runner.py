@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -30,7 +30,8 @@ from magpie_dl.store import ResultStore
 from magpie_dl.report import CARD_FILENAME, write_card_and_report
 
 if TYPE_CHECKING:
-    from distilabel.pipeline import Pipeline
+    from datasets import Dataset
+    from distilabel.pipeline import Pipeline, RayPipeline
 
 
 class OutputLockedError(RuntimeError):
@@ -82,21 +83,39 @@ def run_recipe(
         store.reset_usage()
         # Every process distilabel forks (step workers, its queue manager) dies with us.
         os.register_at_fork(after_in_child=die_with_parent)
-        pipeline = maybe_ray(build(cfg), cfg)  # a RayPipeline under --ray / RAY_ADDRESS
-        (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.public_dict(), sort_keys=False))
-        pipeline.save(out_dir / "pipeline.yaml", format="yaml")
+        pipeline = prepare(build, cfg, out_dir)
         # Steps that count their rows (not the query slots, duplicate marking or pairing).
         totals = {name: instruction_count(cfg) for name in pipeline.dag
                   if hasattr(pipeline.dag.get_step(name)["step"], "report_progress")}
-        with ProgressMonitor(store, totals) if progress else nullcontext(), shared_with_workers():
-            distiset = pipeline.run(use_cache=False, **run_options(pipeline))
-        # The distiset is memory-mapped Arrow: the export streams it, never a list of rows.
-        rows = distiset["default"]["train"]
+        with ProgressMonitor(store, totals) if progress else nullcontext():
+            rows = run_pipeline(pipeline)
+        # Memory-mapped Arrow: the export streams it, never a list of rows.
         summary = write_dataset(rows, out_dir, cfg.output.test_fraction, cfg.seed)
         discard_loaded_copy(rows)
         write_card_and_report(out_dir, cfg.public_dict(), summary)
         usage = store.usage()
     return summary, usage
+
+
+def prepare(build: Callable[[Any], Pipeline], cfg: Any, out_dir: Path) -> Pipeline | RayPipeline:
+    """A recipe's pipeline for ``cfg`` (a RayPipeline under --ray / RAY_ADDRESS), with
+    ``config.yaml`` and distilabel's ``pipeline.yaml`` written to ``out_dir``."""
+    pipeline = maybe_ray(build(cfg), cfg)
+    (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.public_dict(), sort_keys=False))
+    pipeline.save(out_dir / "pipeline.yaml", format="yaml")
+    return pipeline
+
+
+def run_pipeline(pipeline: Pipeline | RayPipeline) -> Dataset:
+    """Run a recipe's pipeline; its output rows (memory-mapped Arrow).
+
+    The step workers share the driver's imports (:func:`shared_with_workers`); scale-out
+    picks the run options (:func:`run_options`). Delete the loaded copy with
+    :func:`discard_loaded_copy` once the rows are written out.
+    """
+    with shared_with_workers():
+        distiset = pipeline.run(use_cache=False, **run_options(pipeline))
+    return distiset["default"]["train"]
 
 
 def push_to_hub(out_dir: Path, repo_id: str, private: bool) -> None:
