@@ -102,6 +102,9 @@ class TransformersBackend(CompletionLLM):
 
         temperature = torch.tensor([job.spec.temperature for job in jobs], dtype=torch.float32)
         top_p = torch.tensor([job.spec.top_p for job in jobs], dtype=torch.float32)
+        penalties = torch.tensor([job.spec.repetition_penalty for job in jobs], dtype=torch.float32)
+        penalise = bool((penalties != 1.0).any())
+        seen: torch.Tensor | None = None  # (row, token): in the prompt or generated so far
         stop_ids = [set(job.spec.stop_token_ids) for job in jobs]
         generated: list[list[int]] = [[] for _ in jobs]
         finish: list[str | None] = [None] * batch
@@ -120,11 +123,19 @@ class TransformersBackend(CompletionLLM):
             )
             past = out.past_key_values
             logits = out.logits[:, -1, :].float().cpu()
+            if penalise:
+                if seen is None:
+                    seen = torch.zeros(logits.shape, dtype=torch.bool)
+                    for row, job in enumerate(jobs):
+                        seen[row, list(job.token_ids)] = True
+                logits = apply_repetition_penalty(logits, seen, penalties)
             if step == 0:
                 for row, job in enumerate(jobs):
                     if job.spec.first_token_ban_ids:
                         logits[row, list(job.spec.first_token_ban_ids)] = float("-inf")
             next_ids = _sample_rows(logits, temperature, top_p, [job.generator for job in jobs])
+            if seen is not None:
+                seen[torch.arange(batch), next_ids] = True
             for row, job in enumerate(jobs):
                 if finish[row] is not None:
                     continue
@@ -163,6 +174,16 @@ def _generator(seed: int | None, child: int) -> torch.Generator:
     else:
         generator.manual_seed(seed + child)
     return generator
+
+
+def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: torch.Tensor) -> torch.Tensor:
+    """vLLM's repetition penalty: a seen token's logit is divided by the row's penalty when
+    positive and multiplied by it otherwise, so a penalty above 1 always makes it less likely."""
+    import torch
+
+    factor = penalty.unsqueeze(1)
+    penalised = torch.where(logits > 0, logits / factor, logits * factor)
+    return torch.where(seen, penalised, logits)
 
 
 def _sample_rows(
