@@ -31,7 +31,7 @@ class ModelFamily:
         bos: the literal BOS string the templates start with ("" when none).
         user_header: the user-turn opening that follows the BOS or a system block.
         stop: stop strings for query sampling (end/turn markers, ``assistant``).
-        stop_at_newline: also stop query sampling at the first ``\n`` by default.
+        stop_at_newline: also stop query sampling at the first ``\\n`` by default.
         response_stop: stop strings for response sampling (end/turn markers only).
         first_token_ban: strings banned at the first generated position of a query.
         assistant_header: what closes the user turn and opens the assistant's.
@@ -55,7 +55,7 @@ class ModelFamily:
     stop_at_newline: bool = False
 
     def query_stop(self, newline: bool) -> tuple[str, ...]:
-        """Stop strings for query sampling, with ``"\n"`` added when ``newline``."""
+        """Stop strings for query sampling, with ``"\\n"`` added when ``newline``."""
         return self.stop + ("\n",) if newline else self.stop
 
     @property

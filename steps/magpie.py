@@ -107,7 +107,8 @@ class MagpieQueryWriter(StoredResults):
         self._family = family = resolve_family(self.family, tokenizer)
         self._newline = family.stop_at_newline if self.stop_at_newline is None else self.stop_at_newline
         self._stops = resolve_stops(tokenizer, family.query_stop(self._newline))
-        self._ban_ids = resolve_single_token_ids(tokenizer, family.first_token_ban) if self.ban_first_token_markdown else ()
+        bans = family.first_token_ban if self.ban_first_token_markdown else ()
+        self._ban_ids = resolve_single_token_ids(tokenizer, bans)
 
     def sampling_spec(self, row_seed: int) -> SamplingSpec:
         """The sampling parameters of one query (stops and bans as resolved at load)."""

@@ -70,7 +70,8 @@ def _rows(step: MagpieGenerator) -> list[dict[str, Any]]:
 @pytest.mark.parametrize(
     "kw,newline",
     [({"family": "llama-3"}, True), ({"family": "llama-3.1"}, False),
-     ({"family": "llama-3.1", "stop_at_newline": True}, True), ({"family": "llama-3", "stop_at_newline": False}, False)],
+     ({"family": "llama-3.1", "stop_at_newline": True}, True),
+     ({"family": "llama-3", "stop_at_newline": False}, False)],
 )
 def test_newline_stop_is_applied_and_recorded_in_every_row(tiny_models, kw, newline):
     step = _generator(tiny_models, **kw)
@@ -155,7 +156,8 @@ def test_responses_are_stripped_before_scoring_and_export(tiny_models, tmp_path)
     row = rows[0]
     assert row["response_status"][1] == "empty"  # whitespace only: marked, never paired
     assert row["pair_status"] == "kept"
-    assert {row["chosen"][1]["content"], row["rejected"][1]["content"]} == {"The long answer, padded.", "A short one."}
+    paired = {row["chosen"][1]["content"], row["rejected"][1]["content"]}
+    assert paired == {"The long answer, padded.", "A short one."}
     write_dataset(rows, tmp_path, 0.5, seed=0)
     data = load_from_disk(str(tmp_path / "dataset"))
     exported = [*data["train"], *data["test"]]
