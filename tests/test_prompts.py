@@ -252,13 +252,6 @@ def test_judge_prompt_instruction_is_text(judge, task) -> None:
     _assert_text_only(judge.tokenizer, lambda text: list(step.prompt(TAG_TASKS[task], text).token_ids))
 
 
-def test_guard_prompt_instruction_is_text(judge) -> None:
-    from steps.curation import SafetyTagging
-
-    step = SafetyTagging(llm=judge)
-    _assert_text_only(judge.tokenizer, lambda text: list(step.prompt(text).token_ids))
-
-
 class _RecordingLLM(CompletionLLM):
     """The model boundary of ``CompletionLLM.generate``: records the prompts it is given."""
 
@@ -268,6 +261,21 @@ class _RecordingLLM(CompletionLLM):
 
 
 _RECORDED: list[PromptInput] = []
+
+
+def test_guard_prompt_instruction_is_text(tiny_models) -> None:
+    from steps.curation import SafetyTagging
+
+    step = SafetyTagging(llm=_RecordingLLM(model=tiny_models["generator"]))
+    step.load()
+
+    def build(text: str) -> list[int]:
+        _RECORDED.clear()
+        [row] = next(step.process([{"instruction": text}]))
+        assert row["tagging_errors"][0]["raw_output"] == "ok"  # not a guard verdict: recorded, not raised
+        return list(_RECORDED[0].token_ids)
+
+    _assert_text_only(step.llm.tokenizer, build)
 
 
 def test_chat_interface_messages_are_text(tiny_models) -> None:
