@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from bisect import bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -54,7 +55,9 @@ _HEADER_LEAK = re.compile(
 )
 _ROLE_LABEL = re.compile(r"(?m)^[ \t]*(?:\*\*)?(?:AI Assistant|Assistant|AI)(?:\*\*)?[ \t]*[:：]", re.IGNORECASE)
 # A dialogue the user pasted: a role label of theirs before an "Assistant:" line.
-_DIALOGUE_LINE = re.compile(r"(?m)^[ \t]*(?:\*\*)?(?:User|Human|Customer|Client|Me|Person [AB1-2])(?:\*\*)?[ \t]*[:：]", re.IGNORECASE)
+_DIALOGUE_LINE = re.compile(
+    r"(?m)^[ \t]*(?:\*\*)?(?:User|Human|Customer|Client|Me|Person [AB12])(?:\*\*)?[ \t]*[:：]", re.IGNORECASE
+)
 # The reference's answer markers (case-sensitive, as there). The ones ending in ":" match
 # with a single ":" (the reference required "::"); the others need a ":" after them.
 _ANSWER = re.compile(
@@ -65,7 +68,9 @@ _ANSWER = re.compile(
 )
 _STEP = re.compile(r"#{1,3}[ \t]*Step 1\b")  # the reference's "# Step 1" markers (Llama-3)
 # How an assistant opens an answer, on a line of its own after the query.
-_OPENER = re.compile(r"(?:Sure|Certainly|Of course|Absolutely|Great question|Good question)[!,.]|I'd be (?:happy|glad) to help")
+_OPENER = re.compile(
+    r"(?:Sure|Certainly|Of course|Absolutely|Great question|Good question)[!,.]|I'd be (?:happy|glad) to help"
+)
 # The user showing an answer to be checked (their own, or one they paste to be graded):
 # a marker after this is part of the query.
 _OWN_ATTEMPT = re.compile(
@@ -86,7 +91,9 @@ _USER_VOICE = re.compile(
 )
 # Further queries of a list the model wrote: "\n2. ..." or "\nQuestion 2: ...".
 _NEXT_NUMBERED = re.compile(r"(?m)^[ \t]*(?:2[.)]|\(2\))[ \t]+\S")
-_NEXT_LABELLED = re.compile(r"(?m)^[ \t]*(?:\*\*)?(?:Question|Q)[ \t]*\d{0,3}[ \t]*(?:\*\*)?[ \t]*[:：.]", re.IGNORECASE)
+_NEXT_LABELLED = re.compile(
+    r"(?m)^[ \t]*(?:\*\*)?(?:Question|Q)[ \t]*\d{0,3}[ \t]*(?:\*\*)?[ \t]*[:：.]", re.IGNORECASE
+)
 _STARTS_LABELLED = re.compile(r"^[ \t]*(?:#{1,4}[ \t]*)?(?:\*\*)?(?:Question|Q)\b", re.IGNORECASE)
 
 _SENTENCE_END = (".", "?", "!", "。", "？", "！")
@@ -163,12 +170,12 @@ def clean_query(raw: str | None, rules: CleaningRules = CleaningRules()) -> Clea
 
 
 def _removed_whitespace(text: str, stripped: str) -> str:
-    start = text.find(stripped) if stripped else len(text)
+    start = len(text) - len(text.lstrip())
     return text[:start] + text[start + len(stripped):]
 
 
 def _strip_prefixes(text: str, edits: list[Edit]) -> str:
-    """Strip a leading enumerator and a label (either order, each at most once)."""
+    """Strip a leading enumerator and a label, in either order ("1. Question: ...")."""
     for _ in range(2):
         before = text
         match = _ENUMERATOR.match(text)
@@ -189,59 +196,94 @@ def _cut(text: str, pos: int, rule: str, edits: list[Edit]) -> str:
     return text[:pos].rstrip()
 
 
-def _in_code(text: str, pos: int) -> bool:
-    return text.count("```", 0, pos) % 2 == 1
+class _Scan:
+    """What the cut rules ask about one text, found once so a check costs O(1)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self._fence_ends = [m.end() for m in re.finditer("```", text)]
+        self._own_end = _first_end(_OWN_ATTEMPT, text)
+        self._dialogue_end = _first_end(_DIALOGUE_LINE, text)
+        self._item_end = _first_end(_ITEM_LINE, text)
+        # Every tail ends where the text does: a question there is the user's.
+        self.asks_at_end = text.rstrip().endswith(("?", "？"))
+        self.last_line = text.rstrip().rsplit("\n", 1)[-1].strip()
+
+    def in_code(self, pos: int) -> bool:
+        """Whether ``pos`` is inside a fenced code block."""
+        return bisect_right(self._fence_ends, pos) % 2 == 1
+
+    def char_before(self, pos: int, same_line: bool = False) -> str:
+        """The last non-blank character before ``pos`` ('' if none; '\\n' where ``same_line`` has none)."""
+        i = pos - 1
+        while i >= 0 and self.text[i] in (" \t" if same_line else " \t\n\r"):
+            i -= 1
+        return self.text[i] if i >= 0 else ""
+
+    def at_sentence_start(self, pos: int) -> bool:
+        """Whether ``pos`` starts a line after the first, or follows a sentence's end."""
+        before = self.char_before(pos, same_line=True)
+        return before == "\n" or (before != "" and before in _SENTENCE_END)
+
+    def opens_line(self, pos: int) -> bool:
+        return self.char_before(pos, same_line=True) == "\n"
+
+    def after_sentence(self, pos: int) -> bool:
+        before = self.char_before(pos)
+        return before != "" and before in _SENTENCE_END
+
+    def head_has_own_attempt(self, pos: int) -> bool:
+        return self._own_end <= pos
+
+    def head_has_dialogue(self, pos: int) -> bool:
+        return self._dialogue_end <= pos
+
+    def head_has_list_item(self, pos: int) -> bool:
+        return self._item_end <= pos
+
+    def user_quotes_it(self, pos: int) -> bool:
+        """Whether the text at ``pos`` is plainly part of the user's query, not an answer."""
+        before = self.char_before(pos)
+        return (
+            before in ("", ":", "：")  # "Here is my attempt:\nSolution: ..."
+            or self.in_code(pos)
+            or self.head_has_own_attempt(pos)
+            or self.asks_at_end  # "...\nAnswer: 54\nWhy is it wrong?"
+        )
 
 
-def _at_sentence_start(text: str, pos: int) -> bool:
-    """Whether ``pos`` starts a line after the first, or follows a sentence's end."""
-    line_start = text.rfind("\n", 0, pos) + 1
-    before = text[line_start:pos].strip()
-    return line_start > 0 if not before else before.endswith(_SENTENCE_END)
-
-
-def _user_quotes_it(text: str, pos: int) -> bool:
-    """Whether the text at ``pos`` is plainly part of the user's query, not an answer."""
-    head, tail = text[:pos].rstrip(), text[pos:].rstrip()
-    last_line = tail.rsplit("\n", 1)[-1].strip()
-    return (
-        not head
-        or head.endswith((":", "："))  # "Here is my attempt:\nSolution: ..."
-        or _in_code(text, pos)
-        or bool(_OWN_ATTEMPT.search(head))
-        or last_line.endswith(("?", "？"))  # "...\nAnswer: 54\nWhy is it wrong?"
-    )
+def _first_end(pattern: re.Pattern[str], text: str) -> int:
+    match = pattern.search(text)
+    return match.end() if match else len(text) + 1
 
 
 def _first_answer_start(text: str) -> tuple[int, str] | None:
     """The earliest place the assistant's turn demonstrably starts, and the rule."""
+    scan = _Scan(text)
     found: list[tuple[int, str]] = []
     for match in _HEADER_LEAK.finditer(text):
-        if text[: match.start()].strip() and not _in_code(text, match.start()):
+        if scan.char_before(match.start()) and not scan.in_code(match.start()):
             found.append((match.start(), "cut_second_turn"))
             break
     for match in _ROLE_LABEL.finditer(text):
-        head = text[: match.start()].rstrip()
-        if (head and not head.endswith((":", "："))
-                and not _in_code(text, match.start()) and not _DIALOGUE_LINE.search(head)):
-            found.append((match.start(), "cut_second_turn"))
+        pos = match.start()
+        if (scan.char_before(pos) not in ("", ":", "：") and not scan.in_code(pos)
+                and not scan.head_has_dialogue(pos)):  # a dialogue the user pasted
+            found.append((pos, "cut_second_turn"))
             break
-    for pattern, rule in ((_ANSWER, "cut_answer"), (_STEP, "cut_steps"), (_OPENER, "cut_opener")):
-        for match in pattern.finditer(text):
-            pos = match.start()
-            # Answer markers may follow a sentence on its line; the others open a line.
-            placed = _at_sentence_start(text, pos) if pattern is _ANSWER else _opens_line(text, pos)
-            if pattern is _OPENER:
-                placed = placed and text[:pos].rstrip().endswith(_SENTENCE_END)
-            if placed and not _user_quotes_it(text, pos):
-                found.append((pos, rule))
-                break
+    if not scan.asks_at_end:
+        for pattern, rule in ((_ANSWER, "cut_answer"), (_STEP, "cut_steps"), (_OPENER, "cut_opener")):
+            for match in pattern.finditer(text):
+                pos = match.start()
+                # Answer markers may follow a sentence on its line; the others open a line.
+                if pattern is _ANSWER:
+                    placed = scan.at_sentence_start(pos)
+                else:
+                    placed = scan.opens_line(pos) and (pattern is _STEP or scan.after_sentence(pos))
+                if placed and not scan.user_quotes_it(pos):
+                    found.append((pos, rule))
+                    break
     return min(found) if found else None
-
-
-def _opens_line(text: str, pos: int) -> bool:
-    line_start = text.rfind("\n", 0, pos) + 1
-    return line_start > 0 and not text[line_start:pos].strip()
 
 
 def _cut_at_answer(text: str, edits: list[Edit]) -> str:
@@ -270,27 +312,26 @@ def _cut_title_answer(text: str, edits: list[Edit]) -> str:
 
 def _keep_first_query(text: str, labelled: bool, edits: list[Edit]) -> str:
     """Keep the first of a list of queries the model wrote ("...?\\n2. ...")."""
-    lines = [line.strip() for line in text.split("\n") if line.strip()]
-    for match in _NEXT_NUMBERED.finditer(text):
-        head = text[: match.start()].rstrip()
-        if (
-            head.endswith(_SENTENCE_END)
-            and not _ITEM_LINE.search(head)  # the user's own list ("1. Restarted it\n2. ...")
-            and _ENUMERATOR.match(lines[-1])  # no prose after the list
-            and not _in_code(text, match.start())
-        ):
-            return _cut(text, match.start(), "keep_first_query", edits)
+    scan = _Scan(text)
+    if _ENUMERATOR.match(scan.last_line):  # no prose after the list
+        for match in _NEXT_NUMBERED.finditer(text):
+            pos = match.start()
+            if scan.head_has_list_item(pos):
+                break  # the user's own list ("1. Restarted it\n2. Reset it")
+            if scan.after_sentence(pos) and not scan.in_code(pos):
+                return _cut(text, pos, "keep_first_query", edits)
     if labelled:  # the model wrote "Question 1: ...": a later "Question 2:" is a further query
         for match in _NEXT_LABELLED.finditer(text):
-            head = text[: match.start()].rstrip()
-            if match.start() > 0 and head.endswith(_SENTENCE_END) and not _in_code(text, match.start()):
-                return _cut(text, match.start(), "keep_first_query", edits)
+            pos = match.start()
+            if pos > 0 and scan.after_sentence(pos) and not scan.in_code(pos):
+                return _cut(text, pos, "keep_first_query", edits)
     return text
 
 
 def _strip_wrapping(text: str, edits: list[Edit]) -> str:
     """Remove quotes or bold wrapped around the whole query."""
-    for opening, closing, rule in (('"', '"', "strip_quotes"), ("“", "”", "strip_quotes"), ("**", "**", "strip_bold")):
+    wrappings = (('"', '"', "strip_quotes"), ("“", "”", "strip_quotes"), ("**", "**", "strip_bold"))
+    for opening, closing, rule in wrappings:
         if (
             len(text) > len(opening) + len(closing)
             and text.startswith(opening)

@@ -192,3 +192,14 @@ def test_every_edit_records_what_it_removed():
     assert result.instruction == "What is 2+2?"
     assert result.actions == ("strip_whitespace", "strip_enumerator", "strip_label", "cut_answer")
     assert result.removed == ("  " + "  ", "1. ", "Question: ", "Answer: 4")
+
+
+def test_many_markers_stay_linear_time():
+    # A check per candidate marker that rescans the text before it is quadratic (55K characters: ~18 s).
+    import time
+
+    for raw in ("Answer: x?\n" * 5000, "Why?\n" + "Solution: a\n" * 5000 + "ok?", "Q: a\n" * 10000,
+                "Hi:\nAssistant: " * 5000):
+        start = time.perf_counter()
+        clean_query(raw)
+        assert time.perf_counter() - start < 2.0  # ~0.05 s here; generous for a loaded machine
