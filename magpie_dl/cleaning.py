@@ -50,9 +50,8 @@ _ITEM_LINE = re.compile(r"\n[ \t]*(?:\d{1,3}[.)]|\(\d{1,3}\)|[-*•])[ \t]+\S")
 
 # Where the assistant's turn demonstrably starts.
 # The next turn's header with its special tokens skipped ("...?assistant\n\nSure, ...").
-_HEADER_LEAK = re.compile(
-    r"(?:(?<=[.?!)\]\"'*`。？！])|(?<=\n))[ \t]*(?:assistant|Assistant|ASSISTANT)[ \t]*(?=\n|$)"
-)
+# Lowercase only, as every family's header writes it ("Assistant" on a line is a word).
+_HEADER_LEAK = re.compile(r"(?:(?<=[.?!)\]\"'*`。？！])|(?<=\n))[ \t]*assistant[ \t]*(?=\n|$)")
 _ROLE_LABEL = re.compile(r"(?m)^[ \t]*(?:\*\*)?(?:AI Assistant|Assistant|AI)(?:\*\*)?[ \t]*[:：]", re.IGNORECASE)
 # A dialogue the user pasted: a role label of theirs before an "Assistant:" line.
 _DIALOGUE_LINE = re.compile(
