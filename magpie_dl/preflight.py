@@ -5,13 +5,15 @@ model directory); this module checks what only the machine can answer: is there 
 device for ``--reward.device cuda``, can a hub model be fetched (offline, no network,
 not in the local cache), is there a token for ``--push-to-hub``. Each failure is one
 :class:`~magpie_dl.config.ConfigError` line saying what to change. Only the standard
-library, torch (already imported by every run) and ``huggingface_hub`` are used.
+library, torch and ``huggingface_hub`` are used.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -54,26 +56,37 @@ def _used(cfg: BaseModel, path: str) -> bool:
 
 
 def check_devices(cfg: BaseModel) -> None:
-    """Every torch device the run uses exists on this machine.
-
-    ``torch.cuda.device_count`` asks NVML, which does not initialise CUDA in this process
-    (the step workers are forked from it and initialise CUDA themselves).
-    """
+    """Every torch device the run uses exists on this machine."""
+    count: int | None = None
     for path, device in _values(cfg, "device"):
         if not _used(cfg, path) or device == "cpu":
             continue
-        import torch
-
         if device == "mps":
+            import torch
+
             if not torch.backends.mps.is_available():
                 raise ConfigError(f"--{path} mps: this machine has no MPS device; use --{path} cpu")
             continue
-        count = torch.cuda.device_count()
+        count = cuda_device_count() if count is None else count
         index = int(device.split(":", 1)[1]) if ":" in device else 0
         if count == 0:
             raise ConfigError(f"--{path} {device}: this machine has no CUDA device; use --{path} cpu")
         if index >= count:
             raise ConfigError(f"--{path} {device}: this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
+
+
+def cuda_device_count() -> int:
+    """CUDA devices visible to this run, counted in a child process.
+
+    The step workers are forked from this process; CUDA initialised here first (which a
+    count may do when NVML is missing) would not work in them.
+    """
+    probe = "import torch; print(torch.cuda.device_count())"
+    try:
+        done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+        return int(done.stdout.strip().splitlines()[-1])
+    except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+        return 0
 
 
 def check_model_sources(cfg: BaseModel) -> None:
