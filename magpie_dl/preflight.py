@@ -121,7 +121,7 @@ def check_endpoints(cfg: BaseModel) -> None:
         return
     for url in backend.base_urls:
         if not reachable(url):
-            raise ConfigError(f"--base-url {url}: nothing answers there; start `vllm serve` or fix the address")
+            raise ConfigError(f"--base-url {_shown(url)}: nothing answers there; start `vllm serve` or fix the address")
 
 
 def check_hub_token(cfg: BaseModel) -> None:
@@ -153,6 +153,14 @@ def reachable(url: str, timeout_s: float = _HUB_TIMEOUT_S) -> bool:
             return True
     except OSError:
         return False
+
+
+def _shown(url: str) -> str:
+    """``url`` as it may be printed: without ``user:password@``."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    return parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]).geturl()
 
 
 def _in_local_cache(repo_id: str) -> bool:

@@ -47,6 +47,12 @@ def test_bad_settings_are_one_line_before_any_model_loads(argv, needle, tiny_mod
     assert needle in str(err.value) and "\n" not in str(err.value)
 
 
+def test_an_endpoint_message_never_shows_its_credentials(tiny_models):
+    with pytest.raises(ConfigError) as err:
+        checked("--backend", "openai", "--base-url", "http://user:s3cret-pw@127.0.0.1:9")
+    assert "--base-url http://127.0.0.1:9: nothing answers" in str(err.value) and "s3cret-pw" not in str(err.value)
+
+
 def test_device_cuda_on_a_machine_without_one(tiny_models):
     import torch
 
