@@ -377,7 +377,7 @@ def build_parser(
     reverse = {path: alias for alias, path in aliases.items()}
     for path, info in _fields(schema):
         flags = [f"--{path}"] + ([reverse[path]] if path in reverse else [])
-        if reverse.get(path) == f"--{path.replace('_', '-')}" != flags[0]:
+        if "_" in path and reverse.get(path) == "--" + path.replace("_", "-"):
             # One spelling shown (``--output-dir``, as in every recipe); the field's own
             # (``--output_dir``) still works, unlisted, for old command lines.
             flags = [reverse[path]]

@@ -181,3 +181,17 @@ def test_a_batch_that_fails_inside_a_step_is_reported_and_logging_still_works(tm
     assert "a warning after the run" in result.stderr
     # distilabel's per-run cache (batches, its copy of the output) is gone.
     assert not cache.exists()
+
+
+def test_the_curation_recipe_gets_the_same_checks(monkeypatch, tiny_models):
+    from magpie_dl import curation
+
+    def curation_checked(*argv: str):
+        check_before_run(curation.resolve(curation.build_parser("test").parse_args(["--preset", "smoke", *argv])))
+
+    with pytest.raises(ConfigError, match="--dedup.device: unknown device 'gpu0'"):
+        curation_checked("--dedup.device", "gpu0")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ConfigError, match="--tagging.judge_model no-such-org/judge: not in the local Hugging Face cache"):
+        curation_checked("--tagging.judge_model", "no-such-org/judge")
+    curation_checked()  # the smoke preset's own models are all local
