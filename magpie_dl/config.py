@@ -403,6 +403,8 @@ def build_parser(
         parser.add_argument("--quiet", action="store_true", help="No live progress lines (for log files).")
     reverse = {path: alias for alias, path in aliases.items()}
     for path, info in _fields(schema):
+        # argparse %-formats help strings: a literal % in a description ("30% ...") must be doubled.
+        described = (info.description or "").replace("%", "%%")
         # An alias that spells the path itself (--instructions) is the same flag, listed once.
         flags = list(dict.fromkeys([f"--{path}", reverse.get(path, f"--{path}")]))
         if "_" in path and reverse.get(path) == "--" + path.replace("_", "-"):
@@ -412,13 +414,13 @@ def build_parser(
             parser.add_argument(f"--{path}", dest=path, default=None, help=argparse.SUPPRESS)
         if info.annotation is bool:
             parser.add_argument(*flags, dest=path, action="store_const", const=True, default=None,
-                                help=f"{info.description} (default: {info.default})")
+                                help=f"{described} (default: {info.default})")
             parser.add_argument(f"--no-{path}", dest=path, action="store_const", const=False,
                                 help=argparse.SUPPRESS)
             continue
         default = info.default if info.default_factory is None else info.default_factory()
         parser.add_argument(*flags, dest=path, default=None, metavar="VALUE",
-                            help=f"{info.description} (default: {default})")
+                            help=f"{described} (default: {default})")
     parser.set_defaults(_schema=schema, _presets=presets)
     return parser
 

@@ -249,6 +249,8 @@ def main_for(build: Any, description: str, argv: list[str] | None = None) -> int
     from magpie_dl.runner import OutputLockedError, _ensure_tiny_models, output_lock, prepare, run_pipeline
     from magpie_dl.step_errors import StepFailedError
 
+    # distilabel's rich excepthook prints every frame's locals (tokens, keys): Python's own instead.
+    sys.excepthook = sys.__excepthook__
     args = build_parser(description).parse_args(argv)
     try:
         if args.preset == "smoke":
