@@ -13,7 +13,8 @@ workers and Ray actors alike), run this file as the script::
 
 It makes the recipe build this backend wherever it would build the transformers one,
 then runs the recipe as ``python pipelines/dpo_100k.py ARGS...`` would. The forced
-texts are fields of the backend, so they travel with the step to wherever it runs.
+texts are fields of the backend, so they travel with the step to wherever it runs;
+processes that rebuild the step (Ray workers) need ``tests/`` on their ``PYTHONPATH``.
 """
 
 from __future__ import annotations
@@ -72,9 +73,7 @@ def main(argv: list[str]) -> None:
     _FORCED.update(json.loads(forced))
     # make_backend imports the class from this module when it builds a backend.
     transformers_backend.TransformersBackend = ForcedQueriesBackend  # type: ignore[misc]
-    # argv[0] stays this file: Ray ships the driver script's directory (tests/) to its
-    # workers' sys.path, so they can import this module to rebuild the backend.
-    sys.argv = [sys.argv[0], *args]
+    sys.argv = [str(script), *args]
     runpy.run_path(script, run_name="__main__")
 
 

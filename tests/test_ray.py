@@ -77,6 +77,9 @@ def ray_head():
         **os.environ,
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # see magpie_dl.scaleout: keeps 127.0.0.1
         "RAY_USAGE_STATS_ENABLED": "0",
+        # The workers (which inherit the head's environment) rebuild the runs' steps, the stub
+        # backend of tests/forced_queries.py among them: they must be able to import it.
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")])),
     }
     ray_cli = str(Path(sys.executable).parent / "ray")
     head = subprocess.Popen(
