@@ -92,12 +92,14 @@ def test_exact_duplicates_are_marked_in_row_order_whatever_the_arrival():
     step = ExactDuplicateQueries(name="exact_duplicates")
     step.load()
     arrivals = [[rows[4], rows[5]], [rows[2], rows[3]], [rows[0], rows[1]]]
-    out = [[r["uuid"] for r in batch] for rows_in in arrivals for batch in step.process([dict(r) for r in rows_in])]
+    out = [batch for rows_in in arrivals for batch in step.process([dict(r) for r in rows_in])]
     # Held back until every lower index has passed, then released in row order.
-    assert out == [[], [], [f"u{i}" for i in range(6)]]
+    assert [[r["uuid"] for r in batch] for batch in out] == [[], [], [f"u{i}" for i in range(6)]]
+    statuses = ["ok", "duplicate", "too_short", "duplicate", "ok", "duplicate"]
+    assert [r["instruction_status"] for r in out[-1]] == statuses  # row 5, first to arrive, is the duplicate
     step.load()
     [released] = list(step.process([dict(r) for r in rows]))
-    assert [r["instruction_status"] for r in released] == ["ok", "duplicate", "too_short", "duplicate", "ok", "duplicate"]
+    assert [r["instruction_status"] for r in released] == statuses
     assert all("query_index" not in r for r in released)
     # The single generator's rule, applied batch after batch, gives the same statuses.
     in_order = [dict(r) for r in rows]
