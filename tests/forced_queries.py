@@ -71,7 +71,7 @@ def main(argv: list[str]) -> None:
 
     forced, script, args = argv[0], argv[1], argv[2:]
     _FORCED.update(json.loads(forced))
-    # make_backend imports the class from this module when it builds a backend.
+    # make_backend looks the class up in magpie_dl.backends.transformers each time it builds one.
     transformers_backend.TransformersBackend = ForcedQueriesBackend  # type: ignore[misc]
     sys.argv = [str(script), *args]
     runpy.run_path(script, run_name="__main__")
