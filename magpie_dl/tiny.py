@@ -10,18 +10,27 @@
 
 Real tokenizer machinery, real chat templates, real model classes: the pipeline runs
 the same code paths it runs on Llama-3.1-70B-Instruct and ArmoRM, only smaller.
+
+The build is as deterministic as torch allows (one thread, deterministic algorithms,
+fixed seeds), but float results still depend on the CPU's instruction set, so two
+machines may build different weights. Each build prints a fingerprint of each model's
+weights (also kept in ``manifest.json``), so such a difference is visible: tests must
+not depend on what a particular build samples.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
 import json
 import random
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 # Bump when a change here changes the built models: older builds are then rebuilt.
-BUILD_VERSION = 2
+BUILD_VERSION = 3
 
 SPECIAL_TOKENS = [
     "<|begin_of_text|>",
@@ -168,8 +177,40 @@ def _training_ids(tokenizer, conversations, rng: random.Random) -> list[list[int
     return seqs
 
 
+def fingerprint(model) -> str:
+    """A short hex digest of a model's weights (names, dtypes, shapes and bytes)."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        raw = tensor.detach().cpu().contiguous().view(-1).view(torch.uint8)  # any dtype, bf16 too
+        digest.update(raw.numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def _deterministic_torch() -> Iterator[None]:
+    """One thread and deterministic algorithms for the build; the caller's settings after."""
+    import torch
+
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(1)  # thread count changes the summation order of reductions
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+
+
 def build(out: Path, seed: int = 0, steps: int = 150, log: bool = True) -> dict[str, str]:
     """Build the tiny generator and reward models under ``out``; returns their paths."""
+    with _deterministic_torch():
+        return _build(out, seed=seed, steps=steps, log=log)
+
+
+def _build(out: Path, seed: int, steps: int, log: bool) -> dict[str, str]:
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
@@ -235,12 +276,19 @@ def build(out: Path, seed: int = 0, steps: int = 150, log: bool = True) -> dict[
     reward.save_pretrained(rm_dir)
     tokenizer.save_pretrained(rm_dir)
 
+    # Equal fingerprints on two machines: the same weights. Different ones: the same build
+    # gave other floats there (another CPU), and the models will sample differently.
+    fingerprints = {"generator": fingerprint(model), "reward": fingerprint(reward)}
+    if log:
+        for name, value in fingerprints.items():
+            print(f"  tiny {name} weights sha256 {value}", flush=True)
     manifest = {
         "version": BUILD_VERSION,
         "seed": seed,
         "steps": steps,
         "final_loss": round(float(loss.item()), 4),
         "vocab_size": len(tokenizer),
+        "fingerprints": fingerprints,
         "seconds": round(time.perf_counter() - started, 1),
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))

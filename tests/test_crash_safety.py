@@ -8,7 +8,6 @@ so the step workers must die with it), reruns it to completion and compares.
 
 from __future__ import annotations
 
-import math
 import os
 import random
 import signal
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from compare import assert_same  # floats within a stated tolerance: a resumed run may score in another batch
 from magpie_dl.config import REPO_ROOT
 
 pytestmark = pytest.mark.slow
@@ -51,22 +51,6 @@ def rows_of(out: Path) -> dict[str, list[dict]]:
     left = load_from_disk(str(out / "left_out"))
     result["left_out"] = sorted(left.to_list(), key=lambda r: r["uuid"]) if len(left) else []
     return result
-
-
-def assert_same(a, b, path="rows"):
-    """Equal, floats up to 1e-5: a resumed run may score a response in another batch."""
-    if isinstance(a, float) and isinstance(b, float):
-        assert math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-6), f"{path}: {a} != {b}"
-    elif isinstance(a, dict) and isinstance(b, dict):
-        assert a.keys() == b.keys(), f"{path}: keys differ"
-        for key in a:
-            assert_same(a[key], b[key], f"{path}.{key}")
-    elif isinstance(a, list) and isinstance(b, list):
-        assert len(a) == len(b), f"{path}: {len(a)} != {len(b)} items"
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same(x, y, f"{path}[{i}]")
-    else:
-        assert a == b, f"{path}: {a!r} != {b!r}"
 
 
 def group_alive(pgid: int) -> bool:
