@@ -80,13 +80,17 @@ def gating_position(ids: Sequence[int], pattern: Sequence[int]) -> int | None:
     The last one: with the reward model's template over [user, assistant], that is the
     assistant turn's header (user and model text are encoded as text and cannot hold it).
     """
-    width = len(pattern)
-    first = pattern[0]
     pattern = list(pattern)
-    for start in range(len(ids) - width, -1, -1):
-        if ids[start] == first and list(ids[start : start + width]) == pattern:
-            return start
-    return None
+    width, found, start = len(pattern), None, 0
+    # list.index runs in C: only occurrences of the first id are looked at in Python.
+    while True:
+        try:
+            start = ids.index(pattern[0], start)
+        except ValueError:
+            return found
+        if list(ids[start : start + width]) == pattern:
+            found = start
+        start += 1
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -251,3 +251,13 @@ def test_smoke_run_scores_with_a_local_armorm_and_no_remote_code(armorm_dir, tmp
     for row in rows:
         scores = [r["score"] for r in row["rewards_armorm"]]
         assert scores[row["chosen_index"]] == row["chosen_score"] > row["rejected_score"]
+
+
+def test_gating_position_is_the_last_whole_occurrence():
+    from magpie_dl.armorm import gating_position
+
+    pattern = [4, 2, 9]
+    assert gating_position([1, 4, 2, 9, 5, 4, 2, 9, 7], pattern) == 5
+    assert gating_position([4, 2, 9, 5, 4, 2], pattern) == 0  # a cut occurrence does not count
+    assert gating_position([4, 4, 2, 2, 9], pattern) is None
+    assert gating_position([], pattern) is None
