@@ -13,8 +13,9 @@
 * Batches are grouped by length (little padding) and capped both in sequences and in
   padded tokens (``batch_tokens``): short inputs share a forward pass, long ones do not
   pad each other out. Right padding, so a sequence's score does not depend on its batch
-  neighbours: with an attention mask, or without one when a probe at load time shows the
-  model is causal (pads after a sequence change nothing in it); unmasked batches take
+  neighbours: with an attention mask, or without one when the model is causal (ArmoRM's
+  Llama backbone by construction; a classifier when a probe at load time shows it): pads
+  after a sequence change nothing in it. Unmasked batches take
   the attention kernels' causal path, which is faster than a materialised mask.
 """
 
