@@ -20,6 +20,7 @@ import json
 import random
 import time
 from pathlib import Path
+from typing import Any
 
 # Bump when a change here changes the built models: older builds are then rebuilt.
 BUILD_VERSION = 3
@@ -53,10 +54,10 @@ CHAT_TEMPLATE = (
 # Llama-3-8B-Instruct's chat template (no system block): the one ArmoRM's tokenizer ships.
 LLAMA3_CHAT_TEMPLATE = (
     "{% set loop_messages = messages %}{% for message in loop_messages %}"
-    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
+    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'"
     "+ message['content'] | trim + '<|eot_id|>' %}"
     "{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
 )
 
 _TOPICS = [
@@ -252,7 +253,7 @@ def build(out: Path, seed: int = 0, steps: int = 150, log: bool = True) -> dict[
     return {"generator": str(gen_dir), "reward": str(rm_dir)}
 
 
-def build_reward(config, backbone: dict, seed: int = 0, gating_hidden_dim: int = 64):
+def build_reward(config: Any, backbone: dict[str, Any], seed: int = 0, gating_hidden_dim: int = 64) -> Any:
     """A tiny ArmoRM over ``backbone`` (a ``LlamaModel`` state dict), its heads random.
 
     ArmoRM's config keys (19 objectives, gating at temperature 10, ``gating_n_hidden`` 3)
