@@ -248,6 +248,7 @@ def test_smoke_run_scores_with_a_local_armorm_and_no_remote_code(armorm_dir, tmp
     assert config["reward"]["model"] == str(armorm_dir) and config["reward"]["trust_remote_code"] is False
     rows = [row for split in load_from_disk(str(out / "dataset")).values() for row in split]
     assert rows, "no pair kept"
+    assert all(len(row["rating_errors"]) == len(row["responses"]) for row in rows)  # the reasons reach the output
     for row in rows:
         scores = [r["score"] for r in row["rewards_armorm"]]
         assert scores[row["chosen_index"]] == row["chosen_score"] > row["rejected_score"]
