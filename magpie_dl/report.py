@@ -560,7 +560,9 @@ def render_card(run: RunOutput, license: str | None = None, pretty_name: str | N
     lines += [
         "`rewards_armorm[i].score` is the reward of `responses[i]`; `chosen_index` / `rejected_index` point into "
         "`responses`; `response_status[i]` says whether a response could take part in a pair "
-        "(" + "; ".join(f"`{k}`: {v}" for k, v in RESPONSE_STATUSES.items()) + "). "
+        "(" + "; ".join(f"`{k}`: {v}" for k, v in RESPONSE_STATUSES.items()) + "); `rating_errors[i]` says why a "
+        "response has no score (`empty_response`, `non_finite_score:...`, or `gating_tokens_missing`: the cut at "
+        "`reward.max_length` removed the assistant header ArmoRM gates on). "
         "`gen_input_configs` and `gen_response_configs` hold the exact prompt and sampling parameters of each row.",
         "",
     ]
