@@ -280,9 +280,13 @@ def main_for(build: Callable[[RecipeConfig], Pipeline], description: str, argv: 
         os.environ.setdefault(name, "1")
     recipe = recipe_name(build)
     started = time.perf_counter()
+    stop = StopSignals()
     try:
-        with StopSignals() as stop:
+        with stop:
             summary, usage = run_recipe(build, cfg, fresh=args.fresh, progress=not args.quiet, stop=stop, recipe=recipe)
+    except KeyboardInterrupt:  # before the run's stored work was opened
+        print(RunStopped(stop.received or signal.SIGINT).line(cfg.output.dir), file=sys.stderr)
+        return 128 + (stop.received or signal.SIGINT)
     except OutputDirError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

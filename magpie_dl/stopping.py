@@ -9,7 +9,9 @@ far the run got and that a rerun resumes from the stored work.
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
@@ -50,8 +52,8 @@ class RunStopped(Exception):
             got.append(", ".join(f"{name} {done}/{total}" for name, (done, total) in self.steps.items()))
         far = f" ({'; '.join(got)})" if got else ""
         return (
-            f"error: the run {cause} before it finished{far}; nothing was written to {out_dir} "
-            f"(any earlier dataset there is untouched); rerun the same command to resume from the stored work"
+            f"error: the run {cause} before it finished{far}; nothing was published to {out_dir} "
+            f"(an earlier dataset there is untouched); rerun the same command to resume from the stored work"
         )
 
 
@@ -61,8 +63,8 @@ class StopSignals:
     Outside a pipeline run either signal raises ``KeyboardInterrupt`` where the run is
     (loading, exporting), so staged files are discarded on the way out. Around a pipeline
     run (:meth:`around`) both ask distilabel to stop gently, as its own Ctrl-C handler
-    would (a second signal forces it), and the stop is recorded: distilabel resets its own
-    flag before returning the partial rows. :meth:`deferred` holds a signal back (recorded,
+    would (a second signal ends the process at once), and the stop is recorded:
+    distilabel resets its own flag before returning the partial rows. :meth:`deferred` holds a signal back (recorded,
     not raised) while a release is moved into place, so it is never half published.
     """
 
@@ -70,7 +72,9 @@ class StopSignals:
         self.received: int | None = None
         self._defer = False
         self._gentle: Callable[[], Any] | None = None
+        self._stopping = False
         self._previous: dict[int, Any] = {}
+        self._pid = os.getpid()
 
     def __enter__(self) -> StopSignals:
         # A signal the run was started ignoring (a background job's SIGINT) stays ignored.
@@ -91,13 +95,20 @@ class StopSignals:
         """
         def install() -> Any:
             self._gentle = pipeline._stop
+            self._defer = False
+            if self.received:  # a signal came while distilabel was setting up
+                self._stop_gently(self.received)
             return signal.getsignal(signal.SIGINT)
 
         pipeline._handle_keyboard_interrupt = install
+        # Until then a signal is only recorded: raised inside distilabel's set-up, it can
+        # leave non-daemon pool workers that the interpreter then waits for forever.
+        self._defer = True
         try:
             yield
         finally:
             self._gentle = None
+            self._defer = False
             del pipeline._handle_keyboard_interrupt
             for sig in self._previous:
                 signal.signal(sig, self._handle)
@@ -112,10 +123,34 @@ class StopSignals:
             self._defer = False
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != self._pid:
+            # A forked process (a pool worker, before distilabel sets its own handlers, or
+            # when the pool terminates it) inherited this handler: it is not the run's to stop.
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         self.received = self.received or signum
         if self._defer:
             return
         if self._gentle is not None:
-            self._gentle()
+            self._stop_gently(signum)
             return
         raise KeyboardInterrupt
+
+    def _stop_gently(self, signum: int) -> None:
+        """The first signal asks the pipeline to stop; another one stops the process at once.
+
+        distilabel's own repeated-stop path returns holding its stop lock (a deadlock), so
+        a second signal never reaches it. Stopping at once loses nothing: stored work is
+        committed per batch, and nothing is published before the pipeline returns.
+        """
+        if self._stopping:
+            sys.stderr.write(
+                f"\nerror: the run stopped at once by a second {signal.Signals(signum).name}; nothing was published; "
+                "rerun the same command to resume from the stored work\n"
+            )
+            sys.stderr.flush()
+            os._exit(128 + signum)
+        self._stopping = True
+        assert self._gentle is not None
+        self._gentle()

@@ -1,41 +1,17 @@
-"""The output directory is the run's alone: whose it is, what lands in it, and when.
-
-Unit tests of :mod:`magpie_dl.outdir`, then each refused directory through the recipe
-scripts as a user would run them: one line, exit 2, before any model loads, nothing
-of the user's touched.
-"""
+"""The output directory is the run's alone: whose it is, what lands in it, and when
+(:mod:`magpie_dl.outdir`; the recipe scripts' side is in test_output_dir_cli.py)."""
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from magpie_dl import outdir
-from magpie_dl.config import REPO_ROOT
 from magpie_dl.outdir import MARKER, OutputDirError, check_output_dir, claim, publish, release, remove_stale_staging
-from recipe_cli import run_recipe_cli
-
-
-def snapshot(root: Path) -> dict[str, bytes | None]:
-    """Every path under ``root`` with its bytes (None for a directory)."""
-    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
-
-
-def users_files(root: Path) -> Path:
-    """A directory as a user keeps it: a README, a config, a dataset folder, a cache."""
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "README.md").write_text("my notes\n")
-    (root / "config.yaml").write_text("mine: true\n")
-    (root / "dataset").mkdir()
-    (root / "dataset" / "part.txt").write_text("my data\n")
-    (root / "cache").mkdir()
-    (root / "cache" / "keep.bin").write_bytes(b"\x00\x01")
-    return root
+from output_dirs import snapshot, users_files
 
 
 # ------------------------------------------------------------------ rules
@@ -187,61 +163,3 @@ def test_publish_needs_nothing_but_the_staging(tmp_path):
     (staging / "summary.json").write_text("{}")
     publish(staging, out)
     assert sorted(p.name for p in out.iterdir()) == ["summary.json"]
-
-
-# ------------------------------------------------------------------ through the scripts
-
-
-def refused(result: subprocess.CompletedProcess, text: str) -> None:
-    assert result.returncode == 2, result.stderr[-2000:]
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: --output-dir") and text in lines[0], result.stderr
-    assert "Traceback" not in result.stderr
-
-
-SMOKE = ("--preset", "smoke", "--num-instructions", "4")
-
-
-def test_fresh_never_touches_a_users_directory(tiny_models, tmp_path):
-    mine = users_files(tmp_path / "mine")
-    before = snapshot(mine)
-    refused(run_recipe_cli(*SMOKE, "--output-dir", str(mine), "--fresh", timeout=300),
-            "holds no run of this project")
-    assert snapshot(mine) == before
-
-
-def test_a_curated_set_is_never_overwritten_by_its_own_pairing_run(tiny_models, tmp_path):
-    from datasets import Dataset
-
-    curated = claim(tmp_path / "curated", "magpie_instructions")  # as the curation recipe leaves it
-    Dataset.from_list([{"uuid": "a", "instruction": "Say hi."}]).save_to_disk(str(curated / "dataset"))
-    before = snapshot(curated)
-    refused(run_recipe_cli(*SMOKE, "--instructions", str(curated / "dataset"), "--output-dir", str(curated),
-                           timeout=300), "holds this run's input")
-    assert snapshot(curated) == before
-
-
-def test_the_working_directory_with_other_files_is_refused(tiny_models, tmp_path):
-    work = users_files(tmp_path / "work")
-    before = snapshot(work)
-    result = subprocess.run([sys.executable, str(REPO_ROOT / "pipelines" / "dpo_100k.py"), *SMOKE, "--output-dir", "."],
-                            capture_output=True, text=True, timeout=300, cwd=work)
-    refused(result, "holds no run of this project")
-    assert snapshot(work) == before
-
-
-@pytest.mark.parametrize("where", ["file", "under_file", "proc"])
-def test_bad_places_are_one_line_before_any_model_loads(tiny_models, tmp_path, where):
-    (tmp_path / "file").write_text("x")
-    out = {"file": tmp_path / "file", "under_file": tmp_path / "file" / "out", "proc": Path("/proc/magpie_dl_out")}
-    refused(run_recipe_cli(*SMOKE, "--output-dir", str(out[where]), timeout=300), "")
-
-
-def test_the_curation_recipe_refuses_a_users_directory(tiny_models, tmp_path):
-    mine = users_files(tmp_path / "mine")
-    before = snapshot(mine)
-    result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "pipelines" / "magpie_instructions.py"), "--preset", "smoke",
-         "--output-dir", str(mine)], capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
-    refused(result, "holds no run of this project")
-    assert snapshot(mine) == before
