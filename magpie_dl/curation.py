@@ -206,7 +206,7 @@ def main_for(build: Any, description: str, argv: list[str] | None = None) -> int
     from magpie_dl import outdir
     from magpie_dl.export import discard_loaded_copy
     from magpie_dl.outdir import OutputDirError
-    from magpie_dl.procs import die_with_parent
+    from magpie_dl.procs import die_with_parent, own_process_group
     from magpie_dl.runner import (
         OutputLockedError, _ensure_tiny_models, claimed_output, prepare, recipe_name, run_pipeline,
     )
@@ -231,6 +231,7 @@ def main_for(build: Any, description: str, argv: list[str] | None = None) -> int
         with StopSignals() as stop, claimed_output(cfg.output_dir, recipe) as out_dir:
             try:
                 os.register_at_fork(after_in_child=die_with_parent)
+                os.register_at_fork(after_in_child=own_process_group)
                 pipeline = prepare(build, cfg, outdir.start_in_progress(out_dir))
                 output = run_pipeline(pipeline, cfg.generator.num_instructions, stop)
                 with outdir.release(out_dir) as release:

@@ -33,6 +33,20 @@ def die_with_parent() -> None:
         os._exit(1)
 
 
+def own_process_group() -> None:
+    """In a forked step worker: leave the run's process group.
+
+    A terminal's Ctrl-C (and a kill of the group) then reaches only the run's main
+    process, which stops the pipeline in order and ends its workers itself. Delivered to
+    the workers too, it can kill one while it starts or while it holds the pool's task
+    queue lock, and distilabel then fails to load its steps or waits forever.
+    """
+    try:
+        os.setpgid(0, 0)
+    except OSError:
+        pass
+
+
 @contextmanager
 def shared_with_workers() -> Iterator[None]:
     """Around a pipeline run: make what the step workers inherit stay shared.

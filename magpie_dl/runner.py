@@ -27,7 +27,7 @@ from magpie_dl.config import PRESETS, TINY_DIR, ConfigError, RecipeConfig, build
 from magpie_dl.export import Summary, discard_loaded_copy, write_dataset
 from magpie_dl.estimate import estimate
 from magpie_dl.outdir import OutputDirError
-from magpie_dl.procs import die_with_parent, shared_with_workers
+from magpie_dl.procs import die_with_parent, own_process_group, shared_with_workers
 from magpie_dl.progress import ProgressMonitor
 from magpie_dl.scaleout import maybe_ray, place_steps, run_options, scaleout_of, wants_ray
 from magpie_dl.stopping import RunStopped, StopSignals
@@ -100,6 +100,7 @@ def run_recipe(
         store.reset_usage()
         # Every process distilabel forks (step workers, its queue manager) dies with us.
         os.register_at_fork(after_in_child=die_with_parent)
+        os.register_at_fork(after_in_child=own_process_group)  # signals reach the run, not its workers
         pipeline = prepare(build, cfg, outdir.start_in_progress(out_dir))
         expected = instruction_count(cfg)
         # Steps that count their rows (not the query slots, duplicate marking or pairing).
@@ -150,6 +151,10 @@ def run_pipeline(pipeline: Pipeline | RayPipeline, expected_rows: int | None = N
     except (KeyboardInterrupt, SystemExit):
         # A signal before the workers were up, or distilabel's forced stop (sys.exit).
         raise RunStopped((stop and stop.received) or signal.SIGINT) from None
+    except Exception:
+        if stop and stop.received:  # the signal reached step workers too (Ctrl-C goes to the group)
+            raise RunStopped(stop.received) from None
+        raise
     # Stopped before any row reached the end, distilabel returns no "default" config at all.
     rows = distiset["default"]["train"] if "default" in distiset else None
     done = len(rows) if rows is not None else 0

@@ -84,6 +84,8 @@ class StopSignals:
 
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():
+            if handler is _leave_at_once:  # the run is over: no longer "before it started"
+                handler = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
             signal.signal(sig, handler)
 
     @contextmanager
@@ -124,10 +126,12 @@ class StopSignals:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if os.getpid() != self._pid:
-            # A forked process (a pool worker, before distilabel sets its own handlers, or
-            # when the pool terminates it) inherited this handler: it is not the run's to stop.
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
+            # A forked process (a pool worker before distilabel sets its handlers) inherited
+            # this one. A terminal's Ctrl-C reaches the whole group: the run stops it, so
+            # it ignores SIGINT; SIGTERM is how the pool ends its workers, so that ends it.
+            if signum == signal.SIGTERM:
+                signal.signal(signum, signal.SIG_DFL)
+                os.kill(os.getpid(), signum)
             return
         self.received = self.received or signum
         if self._defer:
@@ -154,3 +158,25 @@ class StopSignals:
         self._stopping = True
         assert self._gentle is not None
         self._gentle()
+
+
+def exit_on_stop_signals() -> None:
+    """Until a run starts (imports, config checks), SIGINT and SIGTERM end the process
+    with one line instead of a traceback from whichever import was under way.
+
+    Nothing is written before a run claims its output directory, so ending at once is
+    safe; :class:`StopSignals` takes over when the run starts. A signal ignored at start
+    stays ignored.
+    """
+    for sig in STOP_SIGNALS:
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            signal.signal(sig, _leave_at_once)
+
+
+def _leave_at_once(signum: int, frame: FrameType | None) -> None:
+    sys.stderr.write(
+        f"error: the run stopped by {signal.Signals(signum).name} before it finished (before it started); "
+        "nothing was published; rerun the same command to resume from the stored work\n"
+    )
+    sys.stderr.flush()
+    os._exit(128 + signum)

@@ -73,14 +73,15 @@ def assert_same(a, b, path="rows"):
         assert a == b, f"{path}: {a!r} != {b!r}"
 
 
-def group_alive(pgid: int) -> bool:
-    """Whether any live (non-zombie) process is left in the group."""
+def group_alive(sid: int) -> bool:
+    """Whether any live (non-zombie) process is left in the run's session (its step
+    workers have process groups of their own, within it)."""
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
+        if int(fields[3]) == sid and fields[0] != "Z":
             return True
     return False
 

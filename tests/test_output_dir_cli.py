@@ -67,3 +67,15 @@ def test_the_curation_recipe_refuses_a_users_directory(tiny_models, tmp_path):
          "--output-dir", str(mine)], capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
     refused(result, "holds no run of this project")
     assert snapshot(mine) == before
+
+
+@pytest.mark.slow
+def test_an_empty_working_directory_is_a_fine_output_dir(tiny_models, tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "pipelines" / "dpo_100k.py"), *SMOKE,
+                             "--responses.num_generations", "2", "--output-dir", "."],
+                            capture_output=True, text=True, timeout=600, cwd=work)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (work / "dataset" / "dataset_dict.json").exists() and (work / "README.md").exists()
+    assert not [p.name for p in work.iterdir() if p.name.startswith(".") and p.name not in (".lock", ".magpie_dl.json")]

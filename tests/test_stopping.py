@@ -48,3 +48,17 @@ def test_the_stop_line_says_how_far_and_how_to_resume():
         "rerun the same command to resume from the stored work"
     )
     assert "\n" not in line and "ended early" in RunStopped(None, 3, 5).line("out/x")
+
+
+def test_before_the_run_starts_a_signal_is_one_line():
+    import subprocess
+    import sys
+
+    code = ("from magpie_dl.stopping import exit_on_stop_signals; exit_on_stop_signals(); "
+            "import os, signal, time; os.kill(os.getpid(), signal.SIGTERM); time.sleep(30)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 143
+    assert result.stderr.splitlines() == [
+        "error: the run stopped by SIGTERM before it finished (before it started); nothing was published; "
+        "rerun the same command to resume from the stored work"
+    ]
