@@ -64,8 +64,9 @@ class StopSignals:
     (loading, exporting), so staged files are discarded on the way out. Around a pipeline
     run (:meth:`around`) both ask distilabel to stop gently, as its own Ctrl-C handler
     would (a second signal ends the process at once), and the stop is recorded:
-    distilabel resets its own flag before returning the partial rows. :meth:`deferred` holds a signal back (recorded,
-    not raised) while a release is moved into place, so it is never half published.
+    distilabel resets its own flag before returning the partial rows. :meth:`deferred`
+    holds a signal back (recorded, not raised) while a release is moved into place, so
+    it is never half published.
     """
 
     def __init__(self) -> None:
