@@ -938,10 +938,16 @@ def write_card_and_report(
     out_dir: Path | str,
     cfg_dict: Mapping[str, Any] | None = None,
     summary: Summary | Mapping[str, Any] | None = None,
+    shown_as: Path | str | None = None,
     **card_options: Any,
 ) -> tuple[Path, Path]:
-    """Both files from one read of the output directory: what a run calls at its end."""
+    """Both files from one read of the output directory: what a run calls at its end.
+
+    ``shown_as``: the directory the files will be published in, when ``out_dir`` is a staging copy.
+    """
     run = load_output(out_dir, cfg_dict, summary)
+    if shown_as is not None:
+        run.out_dir = Path(shown_as)
     return write_card(out_dir, run=run, **card_options), write_report(out_dir, run=run)
 
 
