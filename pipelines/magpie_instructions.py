@@ -19,7 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 from magpie_dl.stopping import exit_on_stop_signals  # noqa: E402
 
-exit_on_stop_signals()  # Ctrl-C while the libraries import: one line, not a traceback
+if __name__ == "__main__":  # a script run, not an import of its steps: leave the importer's handlers alone
+    exit_on_stop_signals()  # Ctrl-C while the libraries import: one line, not a traceback
 from magpie_dl.backends import make_backend  # noqa: E402  (first: it quiets distilabel's import warnings)
 from distilabel.pipeline import Pipeline  # noqa: E402
 from magpie_dl.curation import InstructionsConfig, main_for  # noqa: E402
