@@ -131,7 +131,7 @@ class MagpieQueryWriter(StoredResults):
                     "instruction_status": cleaned.reason or _status_of(completion.finish_reason),
                     "system_prompt_category": category,
                     "gen_input_configs": {
-                        "input_generator": self.llm.model_name,
+                        "input_generator": self.llm.provenance_name,
                         "temperature": spec.temperature,
                         "top_p": spec.top_p,
                         "max_tokens": spec.max_tokens,

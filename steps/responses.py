@@ -121,7 +121,7 @@ class MultiResponseGeneration(Step, StoredResults):
             "repetition_penalty": 1.0,
             "max_tokens": self.max_tokens,
             "stop_tokens": list(stop_tokens),
-            "output_generator": self.llm.model_name,
+            "output_generator": self.llm.provenance_name,
             "engine": self.engine,
             "seed": spec.seed if spec else None,
             "prompt_style": self.prompt_style,

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from distilabel.models.llms.base import LLM
 from pydantic import Field, PrivateAttr
 
+from magpie_dl.provenance import model_label
+
 if TYPE_CHECKING:
     from distilabel.typing import FormattedInput, GenerateOutput
     from transformers import PreTrainedTokenizerBase
@@ -114,6 +116,11 @@ class CompletionLLM(LLM):
     @property
     def model_name(self) -> str:
         return self.model
+
+    @property
+    def provenance_name(self) -> str:
+        """The model as rows name it: a hub id or the model a local directory holds, never a local path."""
+        return model_label(self.model_name)
 
     def load(self) -> None:
         super().load()

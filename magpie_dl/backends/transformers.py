@@ -8,6 +8,7 @@ completion from its own ``torch.Generator`` seeded like vLLM (``seed + index``).
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +49,7 @@ class TransformersBackend(CompletionLLM):
     )
 
     _model: Any = PrivateAttr(default=None)
+    _cache_kwarg: str = PrivateAttr(default="past_key_values")
 
     def load(self) -> None:
         super().load()
@@ -59,6 +61,9 @@ class TransformersBackend(CompletionLLM):
             self.model, dtype=dtype, trust_remote_code=self.trust_remote_code
         ).to(self.device)
         self._model.eval()
+        # transformers 5 renamed the forward's KV-cache argument (`past_key_values` -> `cache`).
+        params = inspect.signature(self._model.forward).parameters
+        self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
 
     def unload(self) -> None:
         self._model = None
@@ -108,39 +113,51 @@ class TransformersBackend(CompletionLLM):
         texts: list[str | None] = [None] * batch
         max_steps = max(job.spec.max_tokens for job in jobs)
 
-        past = None
+        # Rows still sampling: finished rows leave the batch (and the KV cache) at once, so a
+        # batch with long-tailed lengths does not keep computing its finished rows.
+        alive = list(range(batch))
+        cache = None
         step_ids, step_positions = ids, positions
         for step in range(max_steps):
             out = model(
                 input_ids=step_ids,
                 attention_mask=mask,
                 position_ids=step_positions,
-                past_key_values=past,
                 use_cache=True,
+                logits_to_keep=1,
+                **{self._cache_kwarg: cache},
             )
-            past = out.past_key_values
+            cache = out.past_key_values
             logits = out.logits[:, -1, :].float().cpu()
             if step == 0:
-                for row, job in enumerate(jobs):
-                    if job.spec.first_token_ban_ids:
-                        logits[row, list(job.spec.first_token_ban_ids)] = float("-inf")
-            next_ids = _sample_rows(logits, temperature, top_p, [job.generator for job in jobs])
-            for row, job in enumerate(jobs):
-                if finish[row] is not None:
-                    continue
-                token = int(next_ids[row])
+                for pos, row in enumerate(alive):
+                    if jobs[row].spec.first_token_ban_ids:
+                        logits[pos, list(jobs[row].spec.first_token_ban_ids)] = float("-inf")
+            next_ids = _sample_rows(
+                logits, temperature[alive], top_p[alive], [jobs[row].generator for row in alive]
+            )
+            keep: list[int] = []
+            for pos, row in enumerate(alive):
+                token = int(next_ids[pos])
                 generated[row].append(token)
                 if token in stop_ids[row]:
                     finish[row] = "stop"
-                elif job.spec.stop and (cut := _stop_string_cut(tokenizer, generated[row], job.spec.stop)):
+                elif jobs[row].spec.stop and (cut := _stop_string_cut(tokenizer, generated[row], jobs[row].spec.stop)):
                     finish[row], texts[row] = "stop", cut
-                elif len(generated[row]) >= job.spec.max_tokens:
+                elif len(generated[row]) >= jobs[row].spec.max_tokens:
                     finish[row] = "length"
-            if all(reason is not None for reason in finish):
+                else:
+                    keep.append(pos)
+            if not keep:
                 break
+            if len(keep) < len(alive):
+                index = torch.tensor(keep, device=mask.device)
+                cache.batch_select_indices(index)
+                mask, step_positions, next_ids = mask[index], step_positions[index], next_ids[keep]
+                alive = [alive[pos] for pos in keep]
             step_ids = next_ids.view(-1, 1).to(self.device)
             step_positions = step_positions[:, -1:] + 1
-            mask = torch.cat([mask, torch.ones((batch, 1), dtype=mask.dtype, device=mask.device)], dim=1)
+            mask = torch.cat([mask, torch.ones((len(alive), 1), dtype=mask.dtype, device=mask.device)], dim=1)
 
         completions = []
         for row in range(batch):
