@@ -66,6 +66,10 @@ class GeneratorConfig(_Section):
         None, description="Weighted system-prompt categories, {name: [prompt or null, weight]} (YAML)."
     )
     ban_first_token_markdown: bool = Field(True, description="Ban markdown tokens at a query's first position.")
+    stop_at_newline: bool | None = Field(
+        None, description="Stop queries at their first newline (the reference's early stop); null: the "
+        "family's default (on for llama-3, qwen2, qwen2.5, phi-3, mistral; off for llama-3.1/3.3, gemma-2)."
+    )
     batch_size: int = Field(1000, ge=1, description="Queries per batch sent to the engine.")
 
     @field_validator("model")
@@ -103,6 +107,9 @@ class ResponsesConfig(_Section):
     temperature: float = Field(0.8, ge=0.0, le=2.0, description="Response sampling temperature.")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Response nucleus sampling mass.")
     max_tokens: int = Field(4096, ge=1, description="Maximum tokens per response.")
+    repetition_penalty: float = Field(
+        1.0, gt=0.0, description="Response repetition penalty (vLLM's; 1.0 = none, as in the recipe)."
+    )
     prompt_style: Literal["chat_template", "magpie"] = Field(
         "chat_template", description="chat_template (model's own) or magpie (the reference's bare prompt)."
     )
@@ -289,6 +296,19 @@ def _keeps_text(annotation: Any) -> bool:
     return annotation in (str, Path, str | None, Path | None)
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Shows each default once: a field's flag names its field's default in its help (its
+    parser default is None, meaning "not given"), so only the run flags get one appended,
+    and a None or False default ("not given", "off") is not worth a mention."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if "(default:" in text or default is None or default is False or default == argparse.SUPPRESS:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def build_parser(
     description: str,
     schema: type[BaseModel] = RecipeConfig,
@@ -300,9 +320,7 @@ def build_parser(
 
     ``run_flags`` adds the flags of a recipe run (``--fresh``, ``--dry-run``, ``--quiet``).
     """
-    parser = argparse.ArgumentParser(
-        description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=description, formatter_class=_HelpFormatter)
     parser.add_argument("--preset", choices=sorted(presets), default="full", help="Starting point for the config.")
     parser.add_argument("--config", type=Path, help="YAML file with overrides (same structure as --print-config).")
     parser.add_argument("--print-config", action="store_true", help="Print the resolved config and exit.")
@@ -313,7 +331,8 @@ def build_parser(
         parser.add_argument("--quiet", action="store_true", help="No live progress lines (for log files).")
     reverse = {path: alias for alias, path in aliases.items()}
     for path, info in _fields(schema):
-        flags = [f"--{path}"] + ([reverse[path]] if path in reverse else [])
+        # An alias that spells the path itself (--instructions) is the same flag, listed once.
+        flags = list(dict.fromkeys([f"--{path}", reverse.get(path, f"--{path}")]))
         if info.annotation is bool:
             parser.add_argument(*flags, dest=path, action="store_const", const=True, default=None,
                                 help=f"{info.description} (default: {info.default})")

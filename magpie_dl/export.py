@@ -107,12 +107,24 @@ def split_order(uuids: Sequence[str], test_fraction: float, seed: int) -> tuple[
     """Positions of the train and test rows, in their written order.
 
     Rows are put in uuid order, then shuffled with the run seed: the split and the order
-    depend on the rows, never on the order they arrived in.
+    depend on the rows, never on the order they arrived in. The test split takes
+    :func:`num_test_rows` rows: the first ones of that order.
     """
     ordered = sorted(range(len(uuids)), key=uuids.__getitem__)
     random.Random(seed).shuffle(ordered)
-    n_test = max(1, round(len(ordered) * test_fraction)) if len(ordered) > 1 else 0
+    n_test = num_test_rows(len(ordered), test_fraction)
     return ordered[n_test:], ordered[:n_test]
+
+
+def num_test_rows(rows: int, test_fraction: float) -> int:
+    """How many of ``rows`` pairs go to the test split: ``rows * test_fraction`` rounded to
+    the nearest (Python's ``round``), and none at all when that share is under one row.
+
+    A tiny set is not forced to give up a test row (2 pairs at 2% used to put one, half
+    the set, in ``test``); from one row's worth up the count follows the ratio (98/2).
+    """
+    share = rows * test_fraction
+    return round(share) if share >= 1 else 0
 
 
 def write_dataset(

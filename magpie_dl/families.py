@@ -31,6 +31,7 @@ class ModelFamily:
         bos: the literal BOS string the templates start with ("" when none).
         user_header: the user-turn opening that follows the BOS or a system block.
         stop: stop strings for query sampling (end/turn markers, ``assistant``).
+        stop_at_newline: also stop query sampling at the first ``\\n`` by default.
         response_stop: stop strings for response sampling (end/turn markers only).
         first_token_ban: strings banned at the first generated position of a query.
         assistant_header: what closes the user turn and opens the assistant's.
@@ -48,6 +49,14 @@ class ModelFamily:
     assistant_header: str = ""
     # A fixed system block the family's queries need (qwen2.5 degrades without it).
     default_system: str | None = None
+    # The reference's "early stopping": its query writer stops at the first "\n" (models
+    # sometimes answer right after one) unless a family's script turns that off, as the
+    # llama-3.1 / 3.3 and gemma-2 scripts do.
+    stop_at_newline: bool = False
+
+    def query_stop(self, newline: bool) -> tuple[str, ...]:
+        """Stop strings for query sampling, with ``"\\n"`` added when ``newline``."""
+        return self.stop + ("\n",) if newline else self.stop
 
     @property
     def pre_query_template(self) -> str:
@@ -80,14 +89,16 @@ _QWEN = dict(
     system_template="<|im_start|>system\n{system}<|im_end|>\n",
     assistant_header="<|im_end|>\n<|im_start|>assistant\n",
     response_stop=_QWEN_TURN,
-    stop=_QWEN_TURN + ("assistant",),
+    # The reference stops Qwen queries on both spellings of the assistant's name.
+    stop=_QWEN_TURN + ("Assistant", "assistant"),
+    stop_at_newline=True,
 )
 _MARKDOWN_BAN = ("#", "##", "###", "####", "**", " **", "**:")
 
 FAMILIES: dict[str, ModelFamily] = {
     f.name: f
     for f in [
-        ModelFamily(name="llama-3", stop=_LLAMA3_TURN + ("assistant",), **_LLAMA3),
+        ModelFamily(name="llama-3", stop=_LLAMA3_TURN + ("assistant",), stop_at_newline=True, **_LLAMA3),
         ModelFamily(
             name="llama-3.1",
             stop=_LLAMA3_TURN + ("assistant",),
@@ -133,6 +144,7 @@ FAMILIES: dict[str, ModelFamily] = {
                 "</s>", "<s>", "<unk>", "<|endoftext|>", "<|user|>", "<|assistant|>",
                 "<|system|>", "<|end|>", "assistant",
             ),
+            stop_at_newline=True,
             response_stop=("</s>", "<|endoftext|>", "<|end|>", "<|user|>"),
         ),
         ModelFamily(
@@ -142,6 +154,7 @@ FAMILIES: dict[str, ModelFamily] = {
             system_template=None,
             assistant_header=" [/INST]",
             stop=("<s>", "</s>", "[INST]", "[/INST]", "assistant"),
+            stop_at_newline=True,
             response_stop=("</s>", "[INST]"),
         ),
     ]

@@ -52,6 +52,7 @@ def build_pipeline(cfg: RecipeConfig) -> Pipeline:
             temperature=resp.temperature,
             top_p=resp.top_p,
             max_tokens=resp.max_tokens,
+            repetition_penalty=resp.repetition_penalty,
             seed=cfg.seed,
             **stored,
         )

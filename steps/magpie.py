@@ -14,7 +14,9 @@ from pydantic import Field, PrivateAttr
 
 from magpie_dl.backends.base import CompletionLLM, PromptInput, SamplingSpec
 from magpie_dl.cleaning import CleaningRules, clean_query, mark_exact_duplicates
-from magpie_dl.families import ModelFamily, resolve_family, resolve_single_token_ids, resolve_stops
+from magpie_dl.families import (
+    ModelFamily, ResolvedStops, resolve_family, resolve_single_token_ids, resolve_stops,
+)
 from magpie_dl.magpie import SystemPromptPlan, derive_seed, row_uuid
 from magpie_dl.prompts import pre_query_token_ids
 from magpie_dl.store import cached_complete
@@ -49,6 +51,8 @@ class MagpieQueryWriter(StoredResults):
         system_prompts: weighted categories: ``{name: (prompt or None, weight)}``.
         control_task: ``math``, ``code`` or ``translation``: a built-in system prompt.
         ban_first_token_markdown: ban the family's markdown tokens at the first position.
+        stop_at_newline: stop a query at its first newline (the reference's early stop);
+            ``None`` takes the family's default. Recorded in ``gen_input_configs``.
     """
 
     llm: CompletionLLM
@@ -57,6 +61,9 @@ class MagpieQueryWriter(StoredResults):
     system_prompts: dict[str, tuple[str | None, float]] | None = None
     control_task: str | None = None
     ban_first_token_markdown: bool = True
+    stop_at_newline: Optional[bool] = Field(
+        default=None, description="Stop queries at their first newline; None: the family's default."
+    )
     min_chars: int = Field(default=3, description="Shorter cleaned queries are marked too_short.")
     max_chars: int = Field(default=8000, description="Longer cleaned queries are marked too_long.")
 
@@ -67,6 +74,10 @@ class MagpieQueryWriter(StoredResults):
 
     _family: Optional[ModelFamily] = PrivateAttr(default=None)
     _plan: Optional[SystemPromptPlan] = PrivateAttr(default=None)
+    # Resolved once per load: resolving stops scans the whole vocabulary (~0.1 s at 128K).
+    _stops: Optional[ResolvedStops] = PrivateAttr(default=None)
+    _ban_ids: tuple[int, ...] = PrivateAttr(default=())
+    _newline: bool = PrivateAttr(default=False)
 
     @staticmethod
     def settings(config: "GeneratorConfig", backend: "BackendConfig", seed: int) -> dict[str, Any]:
@@ -80,6 +91,7 @@ class MagpieQueryWriter(StoredResults):
             "control_task": config.control_task,
             "system_prompts": config.system_prompts,
             "ban_first_token_markdown": config.ban_first_token_markdown,
+            "stop_at_newline": config.stop_at_newline,
             "temperature": config.temperature,
             "top_p": config.top_p,
             "max_tokens": config.max_tokens,
@@ -87,17 +99,20 @@ class MagpieQueryWriter(StoredResults):
         }
 
     def load_writer(self) -> None:
-        """Call from ``load()``: the store, the system-prompt plan, the engine and its family."""
+        """Call from ``load()``: the store, the system-prompt plan, the engine, its family and stops."""
         self.open_store()
         self._plan = SystemPromptPlan.build(self.system_prompt, self.system_prompts, self.control_task)
         self.llm.load()
-        self._family = resolve_family(self.family, self.llm.tokenizer)
+        tokenizer = self.llm.tokenizer
+        self._family = family = resolve_family(self.family, tokenizer)
+        self._newline = family.stop_at_newline if self.stop_at_newline is None else self.stop_at_newline
+        self._stops = resolve_stops(tokenizer, family.query_stop(self._newline))
+        bans = family.first_token_ban if self.ban_first_token_markdown else ()
+        self._ban_ids = resolve_single_token_ids(tokenizer, bans)
 
     def sampling_spec(self, row_seed: int) -> SamplingSpec:
-        """The sampling parameters of one query."""
-        tokenizer, family = self.llm.tokenizer, self._family
-        stops = resolve_stops(tokenizer, family.stop)
-        bans = resolve_single_token_ids(tokenizer, family.first_token_ban) if self.ban_first_token_markdown else ()
+        """The sampling parameters of one query (stops and bans as resolved at load)."""
+        stops, bans = self._stops, self._ban_ids
         return SamplingSpec(
             n=1,
             temperature=self.temperature,
@@ -138,6 +153,7 @@ class MagpieQueryWriter(StoredResults):
                         "seed": spec.seed,
                         "pre_query_template": family.pre_query_prompt(system),
                         "family": family.name,
+                        "stop_at_newline": self._newline,
                         "finish_reason": completion.finish_reason,
                         "num_tokens": completion.num_tokens,
                     },

@@ -7,7 +7,7 @@ from distilabel.steps import Step, StepInput
 from pydantic import Field, PrivateAttr
 
 from magpie_dl.backends.base import CompletionLLM, PromptInput, SamplingSpec
-from magpie_dl.families import ModelFamily, resolve_family, resolve_stops
+from magpie_dl.families import ModelFamily, ResolvedStops, resolve_family, resolve_stops
 from magpie_dl.magpie import derive_seed
 from magpie_dl.prompts import render_response_prompt, response_prompt_template, response_token_ids
 from magpie_dl.store import cached_complete
@@ -25,6 +25,9 @@ class MultiResponseGeneration(Step, StoredResults):
     tokenised as text, so it cannot inject turns. The row's seed derives from
     (``seed``, uuid): a rerun, or a resumed run, reproduces every response. Rows whose
     ``instruction_status`` is not ``ok`` are passed through with no responses.
+    Responses are stripped of surrounding whitespace, as the reference does, before
+    anything scores or exports them; one that was only whitespace becomes ``""`` and is
+    marked empty downstream.
 
     Attributes:
         llm: a ``CompletionLLM`` backend.
@@ -33,7 +36,9 @@ class MultiResponseGeneration(Step, StoredResults):
         prompt_style: ``chat_template`` or ``magpie``.
 
     Runtime parameters:
-        - `temperature`, `top_p`, `max_tokens`, `seed`, `repetition_penalty`.
+        - `temperature`, `top_p`, `max_tokens`, `seed`: sampling.
+        - `repetition_penalty`: vLLM's repetition penalty (1.0, none, in the recipe); sent to
+          every backend and recorded in ``gen_response_configs``.
 
     Input columns:
         - instruction (str), uuid (str); optional instruction_status (str).
@@ -53,9 +58,13 @@ class MultiResponseGeneration(Step, StoredResults):
     top_p: RuntimeParameter[float] = Field(default=1.0, description="Nucleus sampling mass.")
     max_tokens: RuntimeParameter[int] = Field(default=4096, description="Maximum response tokens.")
     seed: RuntimeParameter[int] = Field(default=0, description="Run seed; row seeds derive from it.")
+    repetition_penalty: RuntimeParameter[float] = Field(
+        default=1.0, gt=0.0, description="Repetition penalty (vLLM's); 1.0 changes nothing."
+    )
 
     _family: Optional[ModelFamily] = PrivateAttr(default=None)
     _template: Optional[str] = PrivateAttr(default=None)
+    _stops: Optional[ResolvedStops] = PrivateAttr(default=None)
 
     def load(self) -> None:
         super().load()
@@ -63,6 +72,7 @@ class MultiResponseGeneration(Step, StoredResults):
         self.llm.load()
         self._family = resolve_family(self.family, self.llm.tokenizer)
         self._template = response_prompt_template(self.llm.tokenizer, self._family, self.prompt_style)
+        self._stops = resolve_stops(self.llm.tokenizer, self._family.response_stop)  # scans the vocabulary
 
     def unload(self) -> None:
         self.llm.unload()
@@ -77,8 +87,7 @@ class MultiResponseGeneration(Step, StoredResults):
         return ["generations", "finish_reasons", "generation_tokens", "gen_response_configs"]
 
     def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
-        tokenizer = self.llm.tokenizer
-        stops = resolve_stops(tokenizer, self._family.response_stop)
+        tokenizer, stops = self.llm.tokenizer, self._stops
         todo = [row for row in inputs if row.get("instruction_status", "ok") == "ok"]
         prompts = [
             PromptInput(
@@ -94,6 +103,7 @@ class MultiResponseGeneration(Step, StoredResults):
                 top_p=self.top_p,
                 max_tokens=self.max_tokens,
                 seed=derive_seed("responses", self.seed, row["uuid"]),
+                repetition_penalty=self.repetition_penalty,
                 stop=stops.strings,
                 stop_token_ids=stops.token_ids,
             )
@@ -103,7 +113,7 @@ class MultiResponseGeneration(Step, StoredResults):
         by_uuid = {row["uuid"]: (spec, done) for row, spec, done in zip(todo, specs, results)}
         for row in inputs:
             spec, completions = by_uuid.get(row["uuid"], (None, []))
-            row["generations"] = [c.text for c in completions]
+            row["generations"] = [c.text.strip() for c in completions]
             row["finish_reasons"] = [c.finish_reason for c in completions]
             row["generation_tokens"] = [c.num_tokens for c in completions]
             row["gen_response_configs"] = self._provenance(row, spec, stops.strings + tuple(
@@ -118,7 +128,7 @@ class MultiResponseGeneration(Step, StoredResults):
             "prompt": render_response_prompt(self._template, row["instruction"]),
             "temperature": self.temperature,
             "top_p": self.top_p,
-            "repetition_penalty": 1.0,
+            "repetition_penalty": self.repetition_penalty,
             "max_tokens": self.max_tokens,
             "stop_tokens": list(stop_tokens),
             "output_generator": self.llm.provenance_name,

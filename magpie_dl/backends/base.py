@@ -42,6 +42,9 @@ class SamplingSpec:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
+    # vLLM's repetition penalty: logits of tokens already in the prompt or the completion
+    # are divided by it when positive, multiplied when negative; 1.0 changes nothing.
+    repetition_penalty: float = 1.0
     # Token ids forbidden at the first generated position only (Magpie's markdown ban).
     first_token_ban_ids: tuple[int, ...] = ()
     # A JSON schema the completion must follow (structured outputs), or None.
@@ -56,10 +59,12 @@ class SamplingSpec:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if not self.repetition_penalty > 0.0:
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
 
     def as_config(self) -> dict[str, Any]:
         """The provenance record of these parameters (JSON-able)."""
-        return {
+        config = {
             "n": self.n,
             "temperature": self.temperature,
             "top_p": self.top_p,
@@ -69,6 +74,10 @@ class SamplingSpec:
             "stop_token_ids": list(self.stop_token_ids),
             "first_token_ban_ids": list(self.first_token_ban_ids),
         }
+        # Only when it does something: stored results keyed before the field existed stay valid.
+        if self.repetition_penalty != 1.0:
+            config["repetition_penalty"] = self.repetition_penalty
+        return config
 
 
 @dataclass(frozen=True)

@@ -210,6 +210,7 @@ class OpenAIBackend(CompletionLLM):
             "temperature": spec.temperature,
             "top_p": spec.top_p,
             "max_tokens": spec.max_tokens,
+            "repetition_penalty": spec.repetition_penalty,  # a vLLM server extra
             "stop": list(spec.stop),
             "stop_token_ids": list(spec.stop_token_ids),
             "skip_special_tokens": True,

@@ -107,6 +107,9 @@ class TransformersBackend(CompletionLLM):
 
         temperature = torch.tensor([job.spec.temperature for job in jobs], dtype=torch.float32)
         top_p = torch.tensor([job.spec.top_p for job in jobs], dtype=torch.float32)
+        penalties = torch.tensor([job.spec.repetition_penalty for job in jobs], dtype=torch.float32)
+        penalise = bool((penalties != 1.0).any())
+        seen: torch.Tensor | None = None  # (row, token): in the prompt or generated so far
         stop_ids = [set(job.spec.stop_token_ids) for job in jobs]
         generated: list[list[int]] = [[] for _ in jobs]
         finish: list[str | None] = [None] * batch
@@ -129,6 +132,12 @@ class TransformersBackend(CompletionLLM):
             )
             cache = out.past_key_values
             logits = out.logits[:, -1, :].float().cpu()
+            if penalise:
+                if seen is None:
+                    seen = torch.zeros((batch, logits.shape[-1]), dtype=torch.bool)
+                    for row, job in enumerate(jobs):
+                        seen[row, list(job.token_ids)] = True
+                logits = apply_repetition_penalty(logits, seen[alive], penalties[alive])
             if step == 0:
                 for pos, row in enumerate(alive):
                     if jobs[row].spec.first_token_ban_ids:
@@ -136,6 +145,8 @@ class TransformersBackend(CompletionLLM):
             next_ids = _sample_rows(
                 logits, temperature[alive], top_p[alive], [jobs[row].generator for row in alive]
             )
+            if seen is not None:
+                seen[alive, next_ids] = True
             keep: list[int] = []
             for pos, row in enumerate(alive):
                 token = int(next_ids[pos])
@@ -180,6 +191,16 @@ def _generator(seed: int | None, child: int) -> torch.Generator:
     else:
         generator.manual_seed(seed + child)
     return generator
+
+
+def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: torch.Tensor) -> torch.Tensor:
+    """vLLM's repetition penalty: a seen token's logit is divided by the row's penalty when
+    positive and multiplied by it otherwise, so a penalty above 1 always makes it less likely."""
+    import torch
+
+    factor = penalty.unsqueeze(1)
+    penalised = torch.where(logits > 0, logits / factor, logits * factor)
+    return torch.where(seen, penalised, logits)
 
 
 def _sample_rows(

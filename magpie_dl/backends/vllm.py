@@ -217,6 +217,7 @@ class VLLMBackend(CompletionLLM, CudaDevicePlacementMixin):
             top_p=spec.top_p,
             max_tokens=spec.max_tokens,
             seed=spec.seed,
+            repetition_penalty=spec.repetition_penalty,
             stop=list(spec.stop) or None,
             stop_token_ids=list(spec.stop_token_ids) or None,
             skip_special_tokens=True,

@@ -269,3 +269,12 @@ def test_engine_arguments_on_cpu_and_gpu(tiny_generator: Path) -> None:
         backend.check_gpu_reservation()
     backend._desired_num_gpus = 2  # what distilabel sets for resources=StepResources(gpus=2)
     backend.check_gpu_reservation()
+
+
+def test_repetition_penalty_goes_into_the_sampling_params(tiny_generator: Path) -> None:
+    """The responses' repetition penalty reaches vLLM (no engine needed to build the params)."""
+    from magpie_dl.backends.vllm import VLLMBackend
+
+    backend = VLLMBackend(model=str(tiny_generator))
+    assert backend.sampling_params(SamplingSpec(repetition_penalty=1.3)).repetition_penalty == 1.3
+    assert backend.sampling_params(SamplingSpec()).repetition_penalty == 1.0
