@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from magpie_dl.estimate import EstimateConfig
 from magpie_dl.families import FAMILIES
 from magpie_dl.magpie import CONTROL_TASKS
+from magpie_dl.prompts import DEFAULT_TEMPLATE_DATE
 from magpie_dl.scaleout import ScaleoutConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -111,7 +113,7 @@ class ResponsesConfig(_Section):
         1.0, gt=0.0, description="Response repetition penalty (vLLM's; 1.0 = none, as in the recipe)."
     )
     prompt_style: Literal["chat_template", "magpie"] = Field(
-        "chat_template", description="chat_template (model's own) or magpie (the reference's bare prompt)."
+        "magpie", description="magpie (the released rows' bare prompt, no system block) or chat_template (model's own)."
     )
     batch_size: int = Field(500, ge=1, description="Instructions per batch sent to the engine.")
 
@@ -155,6 +157,10 @@ class BackendConfig(_Section):
     gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0, description="vLLM: fraction of GPU memory.")
     enable_prefix_caching: bool = Field(True, description="vLLM: reuse the shared pre-query prefix.")
     transformers_batch_size: int = Field(64, ge=1, description="transformers: completions per forward pass.")
+    chat_template_date: date = Field(
+        date.fromisoformat(DEFAULT_TEMPLATE_DATE),
+        description="Date chat templates render as today (Llama 3.1+); pinned so a resumed run builds the same prompts.",
+    )
 
     @model_validator(mode="after")
     def _urls_for_openai(self) -> BackendConfig:
@@ -288,7 +294,10 @@ def _fields(model: type[BaseModel], prefix: str = ""):
 
 def _parse_value(raw: str) -> Any:
     """Flag values are YAML scalars (``0.8``, ``true``, ``null``); lists are comma-separated."""
-    return yaml.safe_load(raw) if raw != "" else ""
+    try:
+        return yaml.safe_load(raw) if raw != "" else ""
+    except (yaml.YAMLError, ValueError):  # e.g. "2025-13-45" looks like a date to YAML; let validation say why
+        return raw
 
 
 def _keeps_text(annotation: Any) -> bool:
@@ -390,10 +399,11 @@ def validate(data: dict[str, Any], schema: type[BaseModel] = RecipeConfig) -> An
         return schema.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "config"
+        where = ".".join(str(p) for p in first["loc"])
         message = first["msg"].removeprefix("Value error, ")
         extra = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise ConfigError(f"--{where}: {message}{extra}") from None
+        # A check across sections has no one field to name: its message names them.
+        raise ConfigError(f"--{where}: {message}{extra}" if where else f"{message}{extra}") from None
 
 
 def secret_env_names() -> tuple[str, ...]:

@@ -31,8 +31,13 @@ from magpie_dl import config
 from magpie_dl.config import TINY_DIR, BackendConfig, ConfigError, GeneratorConfig, RewardConfig, _Section
 from magpie_dl.embeddings import PACKAGED_MINILM, REFERENCE_MODEL
 from magpie_dl.scaleout import ScaleoutConfig
-from magpie_dl.selection import SelectionConfig, SelectionReport
+from magpie_dl.selection import NAMED_MIXES, SelectionConfig, SelectionReport
 from magpie_dl.tagging import DIFFICULTY_LEVELS, QUALITY_LEVELS, TAG_TASKS
+
+# The reference's instruct-reward model. `selection.min_instruct_reward`'s default (-5) is on
+# its scale; other reward models score on theirs (ArmoRM ~0.1), so -5 would filter nothing.
+INSTRUCT_REWARD_MODEL = "sfairXC/FsfairX-LLaMA3-RM-v0.1"
+DEFAULT_MIN_INSTRUCT_REWARD = -5.0
 
 class TaggingConfig(_Section):
     """The LLM judge and the language detector."""
@@ -43,6 +48,14 @@ class TaggingConfig(_Section):
     batch_size: int = Field(500, ge=1, description="Instructions per tagging batch.")
     languages: list[str] | None = Field(None, description="Languages the detector chooses among (None: all).")
     guard_model: str | None = Field(None, description="Guard model for the optional safety tag (e.g. Llama Guard).")
+
+
+class InstructRewardModelConfig(RewardConfig):
+    """The reward model that scores each instruction with one response (instruct reward)."""
+
+    model: str = Field(
+        INSTRUCT_REWARD_MODEL, description="Instruct-reward model (the reference's FsfairX-LLaMA3-RM)."
+    )
 
 
 class InstructRewardConfig(_Section):
@@ -72,13 +85,28 @@ class SelectionSection(_Section):
 
     min_difficulty: str | None = Field("medium", description="Lowest difficulty kept (null: no check).")
     min_input_quality: str | None = Field("good", description="Lowest input quality kept (null: no check).")
-    min_instruct_reward: float | None = Field(-5.0, description="Lowest instruct reward kept (null: no check).")
+    min_instruct_reward: float | None = Field(
+        DEFAULT_MIN_INSTRUCT_REWARD,
+        description=f"Lowest instruct reward kept, on {INSTRUCT_REWARD_MODEL}'s scale (null: no check); "
+        "set it explicitly for another reward.model.",
+    )
     remove_duplicates: bool = Field(True, description="Drop near-duplicates.")
     languages: list[str] | None = Field(None, description="Allowed languages, e.g. EN (null: any).")
     require_safe: bool = Field(False, description="Keep only rows the guard judged safe (needs tagging.guard_model).")
     require_category: bool = Field(True, description="Drop rows without a task category (else sampled as '(missing)').")
     target_size: int | None = Field(100_000, ge=0, description="Instructions to select (null: all eligible).")
-    category_mix: str | dict[str, float] = Field("uniform", description="uniform, natural, or weights per category.")
+    category_mix: str | dict[str, float] = Field(
+        "reference",
+        description="reference (the released recipe's: 30% Information + Advice seeking, 70% the rest), "
+        "uniform, natural, or weights per category.",
+    )
+
+    @field_validator("category_mix")
+    @classmethod
+    def _mix(cls, value: str | dict[str, float]) -> str | dict[str, float]:
+        if isinstance(value, str) and value not in NAMED_MIXES:
+            raise ValueError(f"must be one of {', '.join(NAMED_MIXES)} or a mapping of weights per category")
+        return value
 
     @field_validator("min_difficulty")
     @classmethod
@@ -106,7 +134,7 @@ class InstructionsConfig(_Section):
     generator: GeneratorConfig = Field(default_factory=lambda: GeneratorConfig(num_instructions=300_000))
     backend: BackendConfig = Field(default_factory=BackendConfig)
     tagging: TaggingConfig = Field(default_factory=TaggingConfig)
-    reward: RewardConfig = Field(default_factory=RewardConfig)
+    reward: InstructRewardModelConfig = Field(default_factory=InstructRewardModelConfig)
     instruct_reward: InstructRewardConfig = Field(default_factory=InstructRewardConfig)
     dedup: DedupSection = Field(default_factory=DedupSection)
     selection: SelectionSection = Field(default_factory=SelectionSection)
@@ -116,6 +144,18 @@ class InstructionsConfig(_Section):
     def _safety_needs_a_guard(self) -> "InstructionsConfig":
         if self.selection.require_safe and not self.tagging.guard_model:
             raise ValueError("selection.require_safe needs tagging.guard_model")
+        return self
+
+    @model_validator(mode="after")
+    def _threshold_on_the_models_scale(self) -> "InstructionsConfig":
+        # -5 means something only on the reference model's scale: another model needs its own.
+        threshold_given = "min_instruct_reward" in self.selection.model_fields_set
+        if self.instruct_reward.enabled and self.reward.model != INSTRUCT_REWARD_MODEL and not threshold_given:
+            raise ValueError(
+                f"the default selection.min_instruct_reward ({DEFAULT_MIN_INSTRUCT_REWARD}) is on "
+                f"{INSTRUCT_REWARD_MODEL}'s scale; with reward.model {self.reward.model} set "
+                "--selection.min_instruct_reward VALUE (or null: no check)"
+            )
         return self
 
     @property
@@ -149,8 +189,10 @@ PRESETS: dict[str, dict[str, Any]] = {
                    "batch_tokens": 1024, "input_batch_size": 64},
         "instruct_reward": {"max_tokens": 48, "batch_size": 64},
         "dedup": {"embedding_model": PACKAGED_MINILM, "device": "cpu"},
+        # The tiny reward model's scale is its own: the threshold is set explicitly (a
+        # threshold on another model's scale must be), at a value that keeps the check in.
         "selection": {"target_size": 32, "min_difficulty": None, "min_input_quality": None,
-                      "require_category": False},
+                      "require_category": False, "min_instruct_reward": DEFAULT_MIN_INSTRUCT_REWARD},
     },
 }
 

@@ -77,6 +77,7 @@ LEFT_OUT_REASONS: dict[str, str] = {
     "instruction_too_long": "the cleaned query was longer than the cleaner's maximum",
     "instruction_unprintable": "too many unprintable characters in the query",
     "instruction_no_letters": "the query has no letters",
+    "instruction_fragment": "cutting the model's own answer off the query left a piece of a sentence",
     "instruction_truncated": "the query hit max_tokens before it ended",
     "instruction_generation_failed": "the engine failed to produce the query",
     "instruction_duplicate": "an exact copy (ignoring case and spacing) of an earlier query",

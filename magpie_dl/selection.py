@@ -3,7 +3,8 @@
 The recipe (FIELD_NOTES §1): keep instructions with difficulty >= medium, input quality
 >= good and instruct reward >= -5, drop near-duplicates, then sample per task category so
 that information seeking and advice seeking (what aligned models mostly ask themselves)
-do not dominate.
+do not dominate: by default as the reference did (:data:`REFERENCE_MIX`), 30% of the
+selection from those two, 70% from all the others.
 
 Every row that is not selected carries one reason (the first failed check, in the fixed
 order of :data:`CHECKS`, then ``category_quota`` for rows sampled out), and the report
@@ -28,7 +29,17 @@ import numpy as np
 
 from magpie_dl.tagging import DIFFICULTY_LEVELS, QUALITY_LEVELS
 
-CategoryMix = Literal["uniform", "natural"] | Mapping[str, float]
+CategoryMix = Literal["reference", "uniform", "natural"] | Mapping[str, float]
+NAMED_MIXES: tuple[str, ...] = ("reference", "uniform", "natural")
+
+# The reference's mix (magpie-align/magpie, its issue #36): 30K of its 100K instructions
+# were sampled from Information seeking + Advice seeking, the rest from the other
+# categories. Groups of categories with their share; ``None`` is every category not named
+# before it. Within a group, rows are a plain random sample (quotas by eligible count).
+REFERENCE_MIX: tuple[tuple[frozenset[str] | None, float], ...] = (
+    (frozenset({"Information seeking", "Advice seeking"}), 0.3),
+    (None, 0.7),
+)
 
 # Checks in the order a row's drop reason is chosen.
 CHECKS: tuple[str, ...] = (
@@ -64,9 +75,11 @@ class SelectionConfig:
         require_category: drop rows without a task category; when off they form their
             own stratum (``(missing)``) in the per-category sampling.
         target_size: rows to select; None keeps every eligible row.
-        category_mix: ``uniform`` (equal share per category present), ``natural``
-            (proportional to what is eligible, i.e. a plain random sample), or weights
-            per category (categories absent or at weight 0 are not selected).
+        category_mix: ``reference`` (the default: 30% from Information seeking +
+            Advice seeking, 70% from the other categories, see :data:`REFERENCE_MIX`),
+            ``uniform`` (equal share per category present), ``natural`` (proportional to
+            what is eligible, i.e. a plain random sample), or weights per category
+            (categories absent or at weight 0 are not selected).
         seed: sampling seed.
     """
 
@@ -78,7 +91,7 @@ class SelectionConfig:
     require_safe: bool = False
     require_category: bool = True
     target_size: int | None = None
-    category_mix: CategoryMix = "uniform"
+    category_mix: CategoryMix = "reference"
     seed: int = 0
 
     @classmethod
@@ -101,8 +114,8 @@ class SelectionConfig:
             raise ValueError("target_size must be >= 0")
         mix = self.category_mix
         if isinstance(mix, str):
-            if mix not in ("uniform", "natural"):
-                raise ValueError(f"category_mix must be 'uniform', 'natural' or a mapping, got {mix!r}")
+            if mix not in NAMED_MIXES:
+                raise ValueError(f"category_mix must be one of {', '.join(NAMED_MIXES)} or a mapping, got {mix!r}")
         elif any(not (w >= 0 and math.isfinite(w)) for w in mix.values()) or not any(mix.values()):
             raise ValueError("category_mix weights must be finite, >= 0, and not all 0")
 
@@ -238,6 +251,35 @@ def allocate_quotas(
     return quotas
 
 
+def grouped_quotas(
+    available: Mapping[str, int],
+    groups: Sequence[tuple[frozenset[str] | None, float]],
+    target: int,
+) -> dict[str, int]:
+    """Split ``target`` rows across groups of categories by share, then within each group
+    in proportion to what each category has (a random sample of the group).
+
+    A category belongs to the first group naming it; a ``None`` group takes the rest. A
+    group short of its share gives all it has and the others fill in (water-filling, as
+    in :func:`allocate_quotas`), so the total is still ``min(target, rows available)``.
+    """
+    members: dict[int, dict[str, int]] = {g: {} for g in range(len(groups))}
+    for cat, n in available.items():
+        g = next((g for g, (cats, _) in enumerate(groups) if cats is None or cat in cats), None)
+        if g is not None:
+            members[g][cat] = n
+    names = {g: f"group {g}" for g in members}
+    group_quotas = allocate_quotas(
+        {names[g]: sum(cats.values()) for g, cats in members.items()},
+        {names[g]: share for g, (_, share) in enumerate(groups)},
+        target,
+    )
+    quotas = dict.fromkeys(available, 0)
+    for g, cats in members.items():
+        quotas.update(allocate_quotas(cats, {c: float(n) for c, n in cats.items()}, group_quotas[names[g]]))
+    return quotas
+
+
 def _category_rng(seed: int, category: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(category.encode("utf-8"))])
 
@@ -268,13 +310,16 @@ def select_rows(
         quotas = dict(available)
     else:
         mix = config.category_mix
-        if mix == "uniform":
-            weights: Mapping[str, float] = dict.fromkeys(available, 1.0)
-        elif mix == "natural":
-            weights = {c: float(n) for c, n in available.items()}
+        if mix == "reference":
+            quotas = grouped_quotas(available, REFERENCE_MIX, config.target_size)
         else:
-            weights = mix  # type: ignore[assignment]
-        quotas = allocate_quotas(available, weights, config.target_size)
+            if mix == "uniform":
+                weights: Mapping[str, float] = dict.fromkeys(available, 1.0)
+            elif mix == "natural":
+                weights = {c: float(n) for c, n in available.items()}
+            else:
+                weights = mix  # type: ignore[assignment]
+            quotas = allocate_quotas(available, weights, config.target_size)
 
     for cat, idx in eligible.items():
         quota = quotas.get(cat, 0)

@@ -5,7 +5,8 @@ category-balanced high-quality set (the "select ~100K instructions" stage of the
     python pipelines/dpo_100k.py --instructions out/instructions_smoke/dataset
 
 With no preset this is the full recipe: Llama-3.1-70B-Instruct queries, a Llama-3-8B-Instruct
-judge, all-mpnet-base-v2 embeddings, 100K selected. Writes ``dataset/``,
+judge, FsfairX-LLaMA3-RM instruct rewards (kept >= -5), all-mpnet-base-v2 embeddings, 100K
+selected, 30% of them from Information + Advice seeking and 70% from the other categories. Writes ``dataset/``,
 ``instructions.jsonl``, ``left_out.jsonl`` and ``selection.json`` to the output directory.
 """
 

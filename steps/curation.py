@@ -100,12 +100,12 @@ class InstructionTagging(Step, StoredResults):
         return [col for task in self.tasks for col in TASK_COLUMNS[task]] + ["tagging_model", "tagging_errors"]
 
     def prompt(self, task: TagTask, instruction: str) -> PromptInput:
-        """The judge prompt for one (task, instruction), through the judge's chat template."""
-        messages = [{"role": "user", "content": task.render(instruction)}]
-        ids = self.llm.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=True, return_dict=True
-        )["input_ids"]
-        return PromptInput(tuple(ids), tuple(messages))
+        """The judge prompt for one (task, instruction), through the judge's chat template.
+
+        The rendered task text (which holds the instruction) is encoded as text: an
+        instruction holding turn markup cannot end the judge's user turn.
+        """
+        return self.llm.chat_prompt([{"role": "user", "content": task.render(instruction)}])
 
     def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
         tasks = [TAG_TASKS[name] for name in self.tasks]
@@ -186,17 +186,15 @@ class SafetyTagging(Step, StoredResults):
     def outputs(self) -> "StepColumns":
         return ["safety", "safety_categories", "safety_model", "tagging_errors"]
 
+    def prompt(self, instruction: str) -> PromptInput:
+        """The guard's classification prompt for one instruction (encoded as text, see ``chat_prompt``)."""
+        return self.llm.chat_prompt([{"role": "user", "content": instruction}])
+
     def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
         from magpie_dl.tagging import parse_guard_output
 
         todo = [row for row in inputs if _usable(row)]
-        prompts = []
-        for row in todo:
-            messages = [{"role": "user", "content": row["instruction"]}]
-            ids = self.llm.tokenizer.apply_chat_template(
-                messages, add_generation_prompt=True, tokenize=True, return_dict=True
-            )["input_ids"]
-            prompts.append(PromptInput(tuple(ids), tuple(messages)))
+        prompts = [self.prompt(row["instruction"]) for row in todo]
         specs = [SamplingSpec(n=1, temperature=0.0, max_tokens=self.max_tokens, seed=0)] * len(prompts)
         results = cached_complete(self.store, self.name, self.CACHE_VERSION, self.llm, prompts, specs)
         for row in inputs:
@@ -421,7 +419,8 @@ class CuratedSelection(GlobalStep):
     Runtime parameters:
         - `min_difficulty`, `min_input_quality`, `min_instruct_reward`: thresholds (None: off).
         - `remove_duplicates`, `languages`, `require_safe`, `require_category`: more checks.
-        - `target_size`, `category_mix` (``uniform``, ``natural`` or weights), `seed`.
+        - `target_size`, `category_mix` (``reference``: 30% Information + Advice seeking,
+          70% the rest, as the reference sampled; ``uniform``, ``natural`` or weights), `seed`.
         - `keep_rejected`: pass rejected rows on too (with their ``selection_reason``).
         - `report_path`: where to write the JSON report.
 
@@ -442,7 +441,7 @@ class CuratedSelection(GlobalStep):
     require_category: RuntimeParameter[bool] = Field(default=True, description="Drop rows without a task category.")
     target_size: Optional[RuntimeParameter[int]] = Field(default=None, description="Rows to select (None: all eligible).")
     category_mix: RuntimeParameter[Union[str, Dict[str, float]]] = Field(
-        default="uniform", description="uniform, natural, or weights per task category."
+        default="reference", description="reference (30% Information + Advice seeking), uniform, natural, or weights."
     )
     seed: RuntimeParameter[int] = Field(default=0, description="Sampling seed.")
     keep_rejected: RuntimeParameter[bool] = Field(default=False, description="Also output rejected rows.")

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from magpie_dl.config import BackendConfig, GeneratorConfig
 
 QUERY_COLUMNS = [
-    "uuid", "instruction", "raw_instruction", "cleaning_actions", "instruction_status",
+    "uuid", "instruction", "raw_instruction", "cleaning_actions", "cleaning_removed", "instruction_status",
     "system_prompt_category", "gen_input_configs",
 ]
 # The row index a query slot carries from QuerySlots to ExactDuplicateQueries (dropped there).
@@ -143,6 +143,7 @@ class MagpieQueryWriter(StoredResults):
                     "instruction": cleaned.instruction,
                     "raw_instruction": completion.text,
                     "cleaning_actions": list(cleaned.actions),
+                    "cleaning_removed": list(cleaned.removed),
                     "instruction_status": cleaned.reason or _status_of(completion.finish_reason),
                     "system_prompt_category": category,
                     "gen_input_configs": {
@@ -179,7 +180,8 @@ class MagpieGenerator(GeneratorStep, MagpieQueryWriter):
         - `temperature`, `top_p`, `max_tokens`, `seed`: sampling.
 
     Output columns:
-        - uuid (str), instruction (str), raw_instruction (str), cleaning_actions (list[str]),
+        - uuid (str), instruction (str), raw_instruction (str), cleaning_actions (list[str]:
+          the cleaner's rules, in order), cleaning_removed (list[str]: what each removed),
           instruction_status (str: ``ok`` or why unusable), system_prompt_category (str | None),
           gen_input_configs (dict: provenance).
 

@@ -20,9 +20,10 @@ if TYPE_CHECKING:
 class MultiResponseGeneration(Step, StoredResults):
     """Samples ``num_generations`` responses per instruction in one request.
 
-    The prompt is the model's chat template (``prompt_style="chat_template"``) or the
-    Magpie reference's bare prompt (``"magpie"``); either way the instruction is
-    tokenised as text, so it cannot inject turns. The row's seed derives from
+    The prompt is the Magpie reference's bare prompt (``prompt_style="magpie"``, the
+    default: what every released row records) or the model's chat template
+    (``"chat_template"``, "today" pinned to the backend's ``chat_template_date``); either
+    way the instruction is tokenised as text, so it cannot inject turns. The row's seed derives from
     (``seed``, uuid): a rerun, or a resumed run, reproduces every response. Rows whose
     ``instruction_status`` is not ``ok`` are passed through with no responses.
     Responses are stripped of surrounding whitespace, as the reference does, before
@@ -33,7 +34,7 @@ class MultiResponseGeneration(Step, StoredResults):
         llm: a ``CompletionLLM`` backend.
         num_generations: responses per instruction (5 in the recipe).
         family: model family, or ``auto``.
-        prompt_style: ``chat_template`` or ``magpie``.
+        prompt_style: ``magpie`` (default) or ``chat_template``.
 
     Runtime parameters:
         - `temperature`, `top_p`, `max_tokens`, `seed`: sampling.
@@ -51,7 +52,7 @@ class MultiResponseGeneration(Step, StoredResults):
     llm: CompletionLLM
     num_generations: int = Field(default=5, ge=1)
     family: str = "auto"
-    prompt_style: Literal["chat_template", "magpie"] = "chat_template"
+    prompt_style: Literal["chat_template", "magpie"] = "magpie"
     engine: str = Field(default="transformers", description="Recorded as gen_response_configs.engine.")
 
     temperature: RuntimeParameter[float] = Field(default=0.8, description="Sampling temperature.")
@@ -71,7 +72,9 @@ class MultiResponseGeneration(Step, StoredResults):
         self.open_store()
         self.llm.load()
         self._family = resolve_family(self.family, self.llm.tokenizer)
-        self._template = response_prompt_template(self.llm.tokenizer, self._family, self.prompt_style)
+        self._template = response_prompt_template(
+            self.llm.tokenizer, self._family, self.prompt_style, self.llm.chat_template_date
+        )
         self._stops = resolve_stops(self.llm.tokenizer, self._family.response_stop)  # scans the vocabulary
 
     def unload(self) -> None:
@@ -123,7 +126,7 @@ class MultiResponseGeneration(Step, StoredResults):
         yield inputs
 
     def _provenance(self, row: dict[str, Any], spec: SamplingSpec | None, stop_tokens: tuple[str, ...]) -> dict[str, Any]:
-        """The released schema's gen_response_configs, plus the row seed and prompt style."""
+        """The released schema's gen_response_configs, plus the row seed, prompt style and template date."""
         return {
             "prompt": render_response_prompt(self._template, row["instruction"]),
             "temperature": self.temperature,
@@ -135,4 +138,6 @@ class MultiResponseGeneration(Step, StoredResults):
             "engine": self.engine,
             "seed": spec.seed if spec else None,
             "prompt_style": self.prompt_style,
+            # The date the chat template rendered as today (None: the magpie prompt has none).
+            "chat_template_date": self.llm.chat_template_date if self.prompt_style == "chat_template" else None,
         }

@@ -62,3 +62,45 @@ def test_config_presets_and_flags() -> None:
 
     with pytest.raises(ConfigError, match="min_difficulty"):
         resolve(build_parser("x").parse_args(["--selection.min_difficulty", "medium-rare"]))
+
+
+def test_full_curation_recipe_uses_the_references_instruct_reward_model_and_mix(capsys) -> None:
+    from magpie_dl.curation import main_for
+    from steps.curation import CuratedSelection
+
+    assert main_for(_no_build, "x", ["--print-config"]) == 0
+    import yaml
+
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["reward"]["model"] == "sfairXC/FsfairX-LLaMA3-RM-v0.1"
+    assert printed["selection"]["min_instruct_reward"] == -5.0
+    assert printed["selection"]["category_mix"] == "reference"
+    assert CuratedSelection().category_mix == "reference"
+    # Another flag in the reward section keeps the reference's model.
+    cfg = resolve(build_parser("x").parse_args(["--reward.max_length", "2048"]))
+    assert cfg.reward.model == "sfairXC/FsfairX-LLaMA3-RM-v0.1" and cfg.reward.max_length == 2048
+
+
+def _no_build(cfg):  # a recipe whose config is refused never gets this far
+    raise AssertionError("the pipeline was built")
+
+
+def test_another_instruct_reward_model_needs_its_own_threshold(capsys) -> None:
+    from magpie_dl.config import ConfigError
+    from magpie_dl.curation import main_for
+
+    armorm = ["--reward.model", "RLHFlow/ArmoRM-Llama3-8B-v0.1"]
+    with pytest.raises(ConfigError, match=r"min_instruct_reward.*scale"):
+        resolve(build_parser("x").parse_args(armorm))
+    # One clear line, exit 2, before any model loads (the pipeline is never built).
+    assert main_for(_no_build, "x", armorm + ["--output-dir", "out/never"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--selection.min_instruct_reward" in err and "FsfairX" in err
+    # Set explicitly (a value on that model's scale, or null), or no instruct reward at all: accepted.
+    assert resolve(build_parser("x").parse_args(armorm + ["--selection.min_instruct_reward", "0.05"])
+                   ).selection.min_instruct_reward == 0.05
+    assert resolve(build_parser("x").parse_args(armorm + ["--selection.min_instruct_reward", "null"])
+                   ).selection.min_instruct_reward is None
+    assert resolve(build_parser("x").parse_args(armorm + ["--no-instruct_reward.enabled"])).reward.model == armorm[1]
+    # The smoke preset's tiny reward model comes with its threshold.
+    assert resolve(build_parser("x").parse_args(["--preset", "smoke"])).selection.min_instruct_reward == -5.0

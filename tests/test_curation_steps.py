@@ -170,7 +170,7 @@ def test_embedding_dedup_and_selection_steps(tmp_path) -> None:
         assert [r["repeat_count"] for r in out] == [1, 1, 1, 1, 0, 0]
     assert [r["min_neighbor_distance"] for r in rows] == pytest.approx(
         [r["min_neighbor_distance"] for r in from_column], abs=1e-5)
-    select = CuratedSelection(target_size=3, report_path=str(tmp_path / "sel.json"))
+    select = CuratedSelection(target_size=3, category_mix="uniform", report_path=str(tmp_path / "sel.json"))
     select.load()
     kept = next(select.process([dict(r) for r in rows]))
     assert len(kept) == 3 and all(r["selection_reason"] is None for r in kept)
@@ -179,7 +179,7 @@ def test_embedding_dedup_and_selection_steps(tmp_path) -> None:
     report = json.loads((tmp_path / "sel.json").read_text())
     assert report["dropped"] == {"near_duplicate": 2, "category_quota": 1}
     assert report["category_mix_after"] == {r["task_category"]: 1 for r in kept}
-    everything = CuratedSelection(target_size=3, keep_rejected=True)
+    everything = CuratedSelection(target_size=3, category_mix="uniform", keep_rejected=True)
     everything.load()
     all_rows = next(everything.process([dict(r) for r in rows]))
     assert [r["selection_reason"] for r in all_rows][:4] == [None, "near_duplicate", None, "near_duplicate"]

@@ -9,8 +9,10 @@ import pytest
 from magpie_dl.selection import (
     QUOTA_REASON,
     SelectionConfig,
+    REFERENCE_MIX,
     allocate_quotas,
     failed_checks,
+    grouped_quotas,
     select_rows,
 )
 
@@ -82,7 +84,7 @@ def test_untagged_rows_can_form_their_own_stratum() -> None:
     rows = _pool()[:100] + [_row(2000 + i, task_category=None) for i in range(100)]
     reasons, report = select_rows(rows, SelectionConfig(target_size=50))
     assert report.selected_rows == 50 and report.dropped["task_category_missing"] == 100
-    reasons, report = select_rows(rows, SelectionConfig(target_size=50, require_category=False))
+    reasons, report = select_rows(rows, SelectionConfig(target_size=50, require_category=False, category_mix="uniform"))
     assert report.category_mix_after == {"(missing)": 25, "Information seeking": 25}
 
 
@@ -103,7 +105,7 @@ def test_uniform_mix_balances_categories_and_reports() -> None:
     rows[1]["min_similar_uuid"] = rows[2]["uuid"]
     rows[2]["min_similar_uuid"] = rows[2]["uuid"]
     rows[3]["tagging_errors"] = [{"task": "quality", "error": "no JSON object found", "raw_output": "?"}]
-    reasons, report = select_rows(rows, SelectionConfig(target_size=300, seed=7))
+    reasons, report = select_rows(rows, SelectionConfig(target_size=300, seed=7, category_mix="uniform"))
     selected = [r for r, why in zip(rows, reasons) if why is None]
     assert len(selected) == report.selected_rows == 300
     assert report.category_mix_after == {"Information seeking": 120, "Math": 120, "Planning": 60}
@@ -153,3 +155,33 @@ def test_no_target_keeps_every_eligible_row() -> None:
     reasons, report = select_rows(rows, SelectionConfig())
     assert report.selected_rows == len(rows) - 1
     assert reasons[5] == "input_quality_below_min"
+
+
+def _mixed_pool() -> list[dict[str, object]]:
+    """What aligned models ask themselves: information and advice seeking dominate (70%)."""
+    cats = (["Information seeking"] * 500 + ["Advice seeking"] * 200 + ["Math"] * 120 + ["Coding & Debugging"] * 100
+            + ["Planning"] * 50 + ["Creative writing"] * 30)
+    return [_row(i, task_category=c) for i, c in enumerate(cats)]
+
+
+def test_default_mix_is_the_references_30_70_split() -> None:
+    assert SelectionConfig().category_mix == "reference"
+    rows = _mixed_pool()
+    reasons, report = select_rows(rows, SelectionConfig(target_size=200, seed=1))
+    after = report.category_mix_after
+    assert report.selected_rows == 200
+    # 30% from Information + Advice seeking, 70% from the rest, each part a random sample of its rows.
+    assert after["Information seeking"] + after["Advice seeking"] == 60
+    assert sum(n for c, n in after.items() if c not in ("Information seeking", "Advice seeking")) == 140
+    assert after == {"Information seeking": 43, "Advice seeking": 17, "Math": 56, "Coding & Debugging": 47,
+                     "Planning": 23, "Creative writing": 14}
+
+
+def test_reference_mix_water_fills_a_short_part() -> None:
+    available = {"Information seeking": 10, "Advice seeking": 5, "Math": 400, "Reasoning": 100}
+    assert grouped_quotas(available, REFERENCE_MIX, 100) == {
+        "Information seeking": 10, "Advice seeking": 5, "Math": 68, "Reasoning": 17}
+    # Only info-seeking rows: they fill the whole target.
+    assert grouped_quotas({"Information seeking": 500}, REFERENCE_MIX, 100) == {"Information seeking": 100}
+    with pytest.raises(ValueError, match="category_mix"):
+        SelectionConfig(category_mix="balanced")  # type: ignore[arg-type]

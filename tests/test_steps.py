@@ -136,7 +136,7 @@ def test_replicated_query_steps_give_the_generator_rows(tiny_models):
 def responses_step(tiny_models):
     step = MultiResponseGeneration(
         llm=TransformersBackend(model=tiny_models["generator"], dtype="float32"),
-        num_generations=5, max_tokens=48, seed=1,
+        num_generations=5, max_tokens=48, seed=1, prompt_style="chat_template",
     )
     step.load()
     return step

@@ -14,11 +14,12 @@ __all__ = ["Completion", "CompletionLLM", "PromptInput", "SamplingSpec", "make_b
 
 def make_backend(config: BackendConfig, model: str, seed: int = 0) -> CompletionLLM:
     """The backend ``config.kind`` for ``model``; engine modules import lazily."""
+    pinned = {"chat_template_date": config.chat_template_date.isoformat()}
     if config.kind == "transformers":
         from magpie_dl.backends.transformers import TransformersBackend
 
         return TransformersBackend(
-            model=model, device=config.device, dtype=config.dtype, batch_size=config.transformers_batch_size
+            model=model, device=config.device, dtype=config.dtype, batch_size=config.transformers_batch_size, **pinned
         )
     if config.kind == "vllm":
         from magpie_dl.backends.vllm import VLLMBackend
@@ -31,9 +32,10 @@ def make_backend(config: BackendConfig, model: str, seed: int = 0) -> Completion
             gpu_memory_utilization=config.gpu_memory_utilization,
             enable_prefix_caching=config.enable_prefix_caching,
             seed=seed,
+            **pinned,
         )
     if config.kind == "openai":
         from magpie_dl.backends.openai import OpenAIBackend
 
-        return OpenAIBackend(model=model, base_urls=list(config.base_urls))
+        return OpenAIBackend(model=model, base_urls=list(config.base_urls), **pinned)
     raise ValueError(f"unknown backend {config.kind!r}; use transformers, vllm or openai")

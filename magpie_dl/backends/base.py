@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from distilabel.models.llms.base import LLM
-from pydantic import Field, PrivateAttr
+from pydantic import Field, PrivateAttr, field_validator
+
+from magpie_dl.prompts import DEFAULT_TEMPLATE_DATE, chat_token_ids, check_template_date
 
 from magpie_dl.provenance import model_label
 
@@ -114,11 +116,21 @@ class CompletionLLM(LLM):
         model: path or hub id of the model.
         tokenizer_path: tokenizer path or hub id; defaults to ``model``.
         trust_remote_code: explicit opt-in to run code shipped with the model.
+        chat_template_date: the ISO date chat templates render as "today" (pinned, so
+            prompts do not change with the day a run resumes on).
     """
 
     model: str
     tokenizer_path: str | None = Field(default=None, description="Tokenizer; defaults to `model`.")
     trust_remote_code: bool = Field(default=False, description="Run model code from the hub (opt-in).")
+    chat_template_date: str = Field(
+        default=DEFAULT_TEMPLATE_DATE, description="ISO date chat templates render as today."
+    )
+
+    @field_validator("chat_template_date", mode="before")
+    @classmethod
+    def _iso_date(cls, value: object) -> str:
+        return check_template_date(str(value))
 
     _tokenizer: PreTrainedTokenizerBase | None = PrivateAttr(default=None)
 
@@ -145,6 +157,15 @@ class CompletionLLM(LLM):
             raise RuntimeError(f"{type(self).__name__} is not loaded: call load() first")
         return self._tokenizer
 
+    def chat_prompt(self, messages: list[dict[str, str]] | tuple[dict[str, str], ...]) -> PromptInput:
+        """The model's chat template over ``messages`` with a generation prompt, as a prompt.
+
+        Every message's content is encoded as text (a special-token string in it cannot
+        open or close a turn) and "today" is :attr:`chat_template_date`.
+        """
+        ids = chat_token_ids(self.tokenizer, messages, template_date=self.chat_template_date)
+        return PromptInput(tuple(ids), tuple(dict(m) for m in messages))
+
     @abstractmethod
     def complete(
         self, prompts: list[PromptInput], sampling: list[SamplingSpec]
@@ -164,7 +185,7 @@ class CompletionLLM(LLM):
         max_new_tokens: int = 256,
         seed: int | None = None,
     ) -> list[GenerateOutput]:
-        """distilabel's chat interface, over :meth:`complete` with the model's chat template.
+        """distilabel's chat interface, over :meth:`complete` with :meth:`chat_prompt`.
 
         Explicit keyword parameters (no ``**kwargs``): distilabel turns this signature
         into the LLM's ``generation_kwargs`` runtime parameters.
@@ -172,17 +193,7 @@ class CompletionLLM(LLM):
         spec = SamplingSpec(
             n=num_generations, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, seed=seed
         )
-        prompts = [
-            PromptInput(
-                token_ids=tuple(
-                    self.tokenizer.apply_chat_template(
-                        list(messages), add_generation_prompt=True, tokenize=True, return_dict=True
-                    )["input_ids"]
-                ),
-                messages=tuple(messages),
-            )
-            for messages in inputs
-        ]
+        prompts = [self.chat_prompt(messages) for messages in inputs]
         results = self.complete(prompts, [spec] * len(prompts))
         return [
             {
