@@ -119,10 +119,12 @@ FAMILIES: dict[str, ModelFamily] = {
         ),
         # SmolLM2's ChatML template inserts this system block when a conversation has none;
         # with it before the user header the model writes real requests, without it code.
+        # Not a family of the reference's scripts: no newline stop, so multi-line requests
+        # reach the cleaner whole.
         ModelFamily(
             name="smollm2",
             default_system="You are a helpful AI assistant named SmolLM, trained by Hugging Face",
-            **_QWEN,
+            **{**_QWEN, "stop_at_newline": False},
         ),
         ModelFamily(
             name="gemma-2",

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from magpie_dl.config import PRESETS, TINY_DIR, ConfigError, RecipeConfig, build_parser, redact, resolve
+from magpie_dl.config import PRESETS, REPO_ROOT, SMOLLM2_DIR, TINY_DIR, ConfigError, RecipeConfig, build_parser, redact, resolve
 from magpie_dl.export import Summary, discard_loaded_copy, write_dataset
 from magpie_dl.estimate import estimate
 from magpie_dl.procs import die_with_parent, shared_with_workers
@@ -213,8 +213,10 @@ def main_for(build: Callable[[RecipeConfig], Pipeline], description: str, argv: 
     sys.excepthook = sys.__excepthook__
     args = build_parser(description).parse_args(argv)
     try:
-        if args.preset == "smoke":
+        if args.preset in ("smoke", "demo"):
             _ensure_tiny_models()
+        if args.preset == "demo":
+            _ensure_smollm2()
         cfg = resolve(args)
         if cfg.instructions:
             _check_instructions(cfg.instructions)
@@ -270,6 +272,24 @@ def _ensure_tiny_models() -> None:
     if not tiny.is_current(TINY_DIR):
         logging.getLogger("magpie_dl").warning("building tiny local models in %s", TINY_DIR)
         tiny.ensure(TINY_DIR)
+
+
+def _ensure_smollm2() -> None:
+    """The demo preset's real chat model, converted once from its PyPI wheel (`make models`)."""
+    from magpie_dl import smollm2
+
+    if smollm2.is_current(SMOLLM2_DIR):
+        return
+    wheel = REPO_ROOT / ".whl" / smollm2.WHEEL_NAME
+    if not wheel.is_file():
+        raise ConfigError(
+            f"the demo preset needs {smollm2.MODEL_ID} in {SMOLLM2_DIR}: run `make models` "
+            f"(downloads the {smollm2.PACKAGE} wheel, no dependencies, and converts it)"
+        )
+    try:
+        smollm2.ensure(wheel, SMOLLM2_DIR)
+    except smollm2.ConversionError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 __all__ = ["PRESETS", "main_for", "output_lock", "run_recipe"]

@@ -90,6 +90,7 @@ class MultiResponseGeneration(Step, StoredResults):
         return ["generations", "finish_reasons", "generation_tokens", "gen_response_configs"]
 
     def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
+        self.report_started()
         tokenizer, stops = self.llm.tokenizer, self._stops
         todo = [row for row in inputs if row.get("instruction_status", "ok") == "ok"]
         prompts = [
