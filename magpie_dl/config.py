@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 from datetime import date
 from pathlib import Path
 from typing import Any, Literal
@@ -38,14 +39,43 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
 def _check_model_ref(value: str) -> str:
-    """A model is a local directory that exists, or a hub id ``org/name``."""
+    """A model is a local model directory (with a ``config.json``) or a hub id ``org/name``.
+
+    Whether a hub id can be fetched (offline, no network) is checked before the run
+    (:func:`magpie_dl.preflight.check_model_sources`), not here: this runs for
+    ``--print-config`` too.
+    """
     if not value or not value.strip():
         raise ValueError("model must not be empty")
     path = Path(value).expanduser()
     looks_local = value.startswith((".", "/", "~")) or value.count("/") != 1
-    if looks_local and not path.exists():
+    if path.exists():
+        if not path.is_dir():
+            raise ValueError(f"model path {value!r} is a file; give the model's directory")
+        if not (path / "config.json").is_file():
+            raise ValueError(f"model directory {value!r} has no config.json; give a directory saved by save_pretrained")
+    elif looks_local:
         raise ValueError(f"model path {value!r} does not exist (build tiny models with `make models`)")
+    return value
+
+
+def _check_dtype(value: str) -> str:
+    if value not in DTYPES:
+        raise ValueError(f"unknown dtype {value!r}; use one of: {', '.join(DTYPES)}")
+    return value
+
+
+_DEVICE = re.compile(r"cpu|mps|cuda(:\d+)?")
+
+
+def _check_device(value: str) -> str:
+    """The device's spelling; whether this machine has it is checked before the run."""
+    if not _DEVICE.fullmatch(value):
+        raise ValueError(f"unknown device {value!r}; use cpu, cuda, cuda:N or mps")
     return value
 
 
@@ -146,6 +176,16 @@ class RewardConfig(_Section):
     def _model_ref(cls, value: str) -> str:
         return _check_model_ref(value)
 
+    @field_validator("dtype")
+    @classmethod
+    def _known_dtype(cls, value: str) -> str:
+        return _check_dtype(value)
+
+    @field_validator("device")
+    @classmethod
+    def _device_spelling(cls, value: str) -> str:
+        return _check_device(value)
+
 
 class BackendConfig(_Section):
     """Where generation runs."""
@@ -163,6 +203,16 @@ class BackendConfig(_Section):
         date.fromisoformat(DEFAULT_TEMPLATE_DATE),
         description="Date chat templates render as today (Llama 3.1+); pinned so a resumed run builds the same prompts.",
     )
+
+    @field_validator("dtype")
+    @classmethod
+    def _known_dtype(cls, value: str) -> str:
+        return _check_dtype(value)
+
+    @field_validator("device")
+    @classmethod
+    def _device_spelling(cls, value: str) -> str:
+        return _check_device(value)
 
     @model_validator(mode="after")
     def _urls_for_openai(self) -> BackendConfig:
@@ -188,6 +238,19 @@ class OutputConfig(_Section):
         None, description="Argilla dataset to push pairs to for review (ARGILLA_API_URL / ARGILLA_API_KEY)."
     )
     argilla_workspace: str | None = Field(None, description="Argilla workspace (default: the server's default).")
+
+    @field_validator("push_to_hub")
+    @classmethod
+    def _hub_repo_id(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+        try:
+            validate_repo_id(value)
+        except HFValidationError as exc:
+            raise ValueError(f"{value!r} is not a hub dataset id (ORG/NAME): {str(exc).splitlines()[0]}") from None
+        return value
 
 
 class RecipeConfig(_Section):
@@ -363,17 +426,24 @@ def build_parser(
         parser.add_argument("--quiet", action="store_true", help="No live progress lines (for log files).")
     reverse = {path: alias for alias, path in aliases.items()}
     for path, info in _fields(schema):
+        # argparse %-formats help strings: a literal % in a description ("30% ...") must be doubled.
+        described = (info.description or "").replace("%", "%%")
         # An alias that spells the path itself (--instructions) is the same flag, listed once.
         flags = list(dict.fromkeys([f"--{path}", reverse.get(path, f"--{path}")]))
+        if "_" in path and reverse.get(path) == "--" + path.replace("_", "-"):
+            # One spelling shown (``--output-dir``, as in every recipe); the field's own
+            # (``--output_dir``) still works, unlisted, for old command lines.
+            flags = [reverse[path]]
+            parser.add_argument(f"--{path}", dest=path, default=None, help=argparse.SUPPRESS)
         if info.annotation is bool:
             parser.add_argument(*flags, dest=path, action="store_const", const=True, default=None,
-                                help=f"{info.description} (default: {info.default})")
+                                help=f"{described} (default: {info.default})")
             parser.add_argument(f"--no-{path}", dest=path, action="store_const", const=False,
                                 help=argparse.SUPPRESS)
             continue
         default = info.default if info.default_factory is None else info.default_factory()
         parser.add_argument(*flags, dest=path, default=None, metavar="VALUE",
-                            help=f"{info.description} (default: {default})")
+                            help=f"{described} (default: {default})")
     parser.set_defaults(_schema=schema, _presets=presets)
     return parser
 
@@ -399,11 +469,39 @@ def resolve(args: argparse.Namespace) -> Any:
     return validate(data, schema)
 
 
+class _DuplicateKeyError(yaml.YAMLError):
+    def __init__(self, key: Any, line: int) -> None:
+        super().__init__(f"{key} at line {line}")
+        self.key, self.line = key, line
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML that refuses a mapping naming one key twice (plain YAML silently keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *defaults` brings keys that the mapping may override
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+            except TypeError:  # an unhashable key: the base class says so
+                break
+            if duplicate:
+                raise _DuplicateKeyError(key, key_node.start_mark.line + 1)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml(path: Path) -> dict[str, Any]:
+    """A YAML config file as a mapping; every problem is a one-line ConfigError."""
     try:
-        content = yaml.safe_load(Path(path).read_text())
+        content = yaml.load(Path(path).read_text(), Loader=_UniqueKeyLoader)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
+    except _DuplicateKeyError as exc:
+        raise ConfigError(f"config file {path} sets `{exc.key}` twice (line {exc.line}); keep one") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {path} cannot be read: {exc.__class__.__name__}") from None
     except yaml.YAMLError as exc:

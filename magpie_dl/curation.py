@@ -79,6 +79,11 @@ class DedupSection(_Section):
     index_min_rows: int = Field(50_000, ge=1, description="Rows from which auto uses the index.")
     nprobe: int = Field(8, ge=1, description="IVF cells visited per query.")
 
+    @field_validator("device")
+    @classmethod
+    def _device_spelling(cls, value: str) -> str:
+        return config._check_device(value)
+
 
 class SelectionSection(_Section):
     """Thresholds and the balanced sample (magpie_dl.selection)."""
@@ -240,13 +245,19 @@ def write_outputs(rows: list[dict[str, Any]], out_dir: Path) -> tuple[int, int]:
 def main_for(build: Any, description: str, argv: list[str] | None = None) -> int:
     """The command line of the curation recipe; returns the exit code."""
     from magpie_dl.export import discard_loaded_copy
+    from magpie_dl.preflight import check_before_run
     from magpie_dl.runner import OutputLockedError, _ensure_tiny_models, output_lock, prepare, run_pipeline
+    from magpie_dl.step_errors import StepFailedError
 
+    # distilabel's rich excepthook prints every frame's locals (tokens, keys): Python's own instead.
+    sys.excepthook = sys.__excepthook__
     args = build_parser(description).parse_args(argv)
     try:
         if args.preset == "smoke":
             _ensure_tiny_models()
         cfg = resolve(args)
+        if not args.print_config:
+            check_before_run(cfg)  # devices, hub models
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -263,6 +274,9 @@ def main_for(build: Any, description: str, argv: list[str] | None = None) -> int
     except OutputLockedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
+    except StepFailedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 5
     report_path = out_dir / "selection.json"
     print(f"\ncurated instructions: {out_dir / 'dataset'} ({n_selected} rows; {n_rejected} in left_out.jsonl)")
     if report_path.exists():

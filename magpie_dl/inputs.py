@@ -8,6 +8,7 @@ problems with single rows (empty, enormous) mark the row, they never stop the ru
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 from typing import Any
@@ -70,9 +71,10 @@ def _read_saved_dataset(path: Path) -> list[dict[str, Any]]:
 
 
 def _read_file(path: Path) -> list[dict[str, Any]]:
+    # utf-8-sig: files saved by some editors (and Excel) start with a byte-order mark.
     if path.suffix == ".jsonl":
         rows = []
-        with path.open(encoding="utf-8") as handle:
+        with path.open(encoding="utf-8-sig") as handle:
             for number, line in enumerate(handle, 1):
                 if line.strip():
                     try:
@@ -82,15 +84,29 @@ def _read_file(path: Path) -> list[dict[str, Any]]:
         return rows
     if path.suffix == ".json":
         try:
-            content = json.loads(path.read_text(encoding="utf-8"))
+            content = json.loads(path.read_text(encoding="utf-8-sig"))
         except json.JSONDecodeError as exc:
             raise InstructionSourceError(f"{path}: not valid JSON (line {exc.lineno})") from None
         if not isinstance(content, list):
             raise InstructionSourceError(f"{path}: expected a JSON list of rows")
         return content
+    if path.suffix == ".csv" and not _csv_has_rows(path):
+        return []  # datasets would fail with a message about its own internals
     from datasets import load_dataset
 
     return load_dataset(_FILE_FORMATS[path.suffix], data_files=str(path), split="train").to_list()
+
+
+def _csv_has_rows(path: Path) -> bool:
+    """Whether a CSV file has a data row under its header; an empty file is refused."""
+    with path.open(encoding="utf-8-sig", newline="") as handle:
+        records = csv.reader(handle)
+        header = next((record for record in records if any(cell.strip() for cell in record)), None)
+        if header is None:
+            raise InstructionSourceError(
+                f"{path} is empty; a .csv needs a header row with an `instruction` column, then one row per instruction"
+            )
+        return any(any(cell.strip() for cell in record) for record in records)
 
 
 def normalise(row: Any, index: int, source: str, rules: CleaningRules) -> dict[str, Any]:
@@ -103,10 +119,23 @@ def normalise(row: Any, index: int, source: str, rules: CleaningRules) -> dict[s
     text = text or ""
     out = dict(row)
     out["instruction"] = text
-    out["uuid"] = str(row.get("uuid") or row_uuid(source, 0, index))
+    out["uuid"] = _row_id(row.get("uuid"), index, source)
     out["instruction_status"] = unusable_reason(text.strip(), rules) or "ok"
     out["gen_input_configs"] = row.get("gen_input_configs") or {"source": source}
     return out
+
+
+def _row_id(given: Any, index: int, source: str) -> str:
+    """The row's uuid as text: a given id is kept as written (``0`` stays ``"0"``); only a
+    missing one is derived from the source and the row's position."""
+    if given is None:
+        return row_uuid(source, 0, index)
+    if isinstance(given, bool) or not isinstance(given, (str, int, float)):
+        raise InstructionSourceError(f"{source}: row {index} `uuid` is {type(given).__name__}, not text or a number")
+    text = str(given)
+    if not text.strip():
+        raise InstructionSourceError(f"{source}: row {index} has an empty `uuid`; give an id or leave the field out")
+    return text
 
 
 def _first_line(exc: Exception) -> str:

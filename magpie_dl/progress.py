@@ -8,6 +8,7 @@ of the total, rows/s, tokens/s and an ETA.
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -117,3 +118,22 @@ def _duration(seconds: float) -> str:
     if seconds >= 60:
         return f"{seconds // 60}m{seconds % 60:02d}s"
     return f"{seconds}s"
+
+
+def silence_library_progress() -> None:
+    """``--quiet``: no progress bars from the libraries either (datasets, transformers, the
+    hub client). Their environment switches are read at import, which has happened by
+    now, so each library is also told directly; step workers fork from this process and
+    inherit that, other processes (Ray actors, plain tqdm users) read the environment."""
+    os.environ.update({"TQDM_DISABLE": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+                       "HF_HUB_DISABLE_PROGRESS_BARS": "1"})
+    try:
+        import datasets
+        import huggingface_hub.utils
+        import transformers.utils.logging
+
+        datasets.disable_progress_bars()
+        huggingface_hub.utils.disable_progress_bars()
+        transformers.utils.logging.disable_progress_bar()
+    except ImportError:
+        pass

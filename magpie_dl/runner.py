@@ -24,8 +24,10 @@ from magpie_dl.config import PRESETS, REPO_ROOT, SMOLLM2_DIR, TINY_DIR, ConfigEr
 from magpie_dl.export import Summary, discard_loaded_copy, write_dataset
 from magpie_dl.estimate import estimate
 from magpie_dl.procs import die_with_parent, shared_with_workers
-from magpie_dl.progress import ProgressMonitor
+from magpie_dl.preflight import check_before_run
+from magpie_dl.progress import ProgressMonitor, silence_library_progress
 from magpie_dl.scaleout import maybe_ray, place_steps, run_options, scaleout_of, wants_ray
+from magpie_dl.step_errors import StepFailedError, surfaced
 from magpie_dl.store import ResultStore
 from magpie_dl.report import CARD_FILENAME, write_card_and_report
 
@@ -113,7 +115,7 @@ def run_pipeline(pipeline: Pipeline | RayPipeline) -> Dataset:
     picks the run options (:func:`run_options`). Delete the loaded copy with
     :func:`discard_loaded_copy` once the rows are written out.
     """
-    with shared_with_workers():
+    with shared_with_workers(), surfaced(pipeline):  # a step's failure: one StepFailedError line
         distiset = pipeline.run(use_cache=False, **run_options(pipeline))
     return distiset["default"]["train"]
 
@@ -222,6 +224,8 @@ def main_for(build: Callable[[RecipeConfig], Pipeline], description: str, argv: 
             _check_instructions(cfg.instructions)
         if cfg.output.argilla_dataset and not (os.environ.get("ARGILLA_API_URL") and os.environ.get("ARGILLA_API_KEY")):
             raise ConfigError("--argilla-dataset needs ARGILLA_API_URL and ARGILLA_API_KEY in the environment")
+        if not (args.print_config or args.dry_run):
+            check_before_run(cfg)  # devices, hub models, hub token
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -235,12 +239,17 @@ def main_for(build: Callable[[RecipeConfig], Pipeline], description: str, argv: 
     os.environ.setdefault("DISTILABEL_LOG_LEVEL", "WARNING")
     for name in ("HF_DATASETS_DISABLE_PROGRESS_BARS", "HF_HUB_DISABLE_PROGRESS_BARS"):
         os.environ.setdefault(name, "1")
+    if args.quiet:
+        silence_library_progress()
     started = time.perf_counter()
     try:
         summary, usage = run_recipe(build, cfg, fresh=args.fresh, progress=not args.quiet)
     except OutputLockedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
+    except StepFailedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 5
     out_dir = Path(cfg.output.dir)
     print(f"\ndataset: {out_dir / 'dataset'}  (pipeline.yaml, left_out/, summary.json, README.md, report.html beside it)")
     for line in summary.lines():

@@ -39,7 +39,8 @@ def build_pipeline(cfg: RecipeConfig) -> Pipeline:
     """Magpie queries >> multi-generation >> reward scoring >> best/worst pairing."""
     resp, rm = cfg.responses, cfg.reward
     stored = {"cache_dir": str(cfg.cache_dir)}
-    with Pipeline(name="magpie-dpo-100k", description=__doc__) as pipeline:
+    with Pipeline(name="magpie-dpo-100k", description=__doc__,
+                  cache_dir=cfg.cache_dir / "distilabel") as pipeline:  # its own cache, removed after the run
         queries = query_source(cfg, stored)
         responses = MultiResponseGeneration(
             name="responses",

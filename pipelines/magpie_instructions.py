@@ -50,7 +50,8 @@ def build_pipeline(cfg: InstructionsConfig) -> Pipeline:
     """generate >> language >> judge tags (>> safety) >> instruct reward >> near-duplicates >> select."""
     gen, tag, rm, ir, dd, sel = cfg.generator, cfg.tagging, cfg.reward, cfg.instruct_reward, cfg.dedup, cfg.selection
     stored = {"cache_dir": str(cfg.cache_dir)}
-    with Pipeline(name="magpie-instructions", description=__doc__) as pipeline:
+    with Pipeline(name="magpie-instructions", description=__doc__,
+                  cache_dir=cfg.cache_dir / "distilabel") as pipeline:  # its own cache, removed after the run
         queries = query_stage(gen, cfg.backend, cfg.seed, cfg.scaleout.query_replicas, **stored)
         language = LanguageTagging(name="language", languages=tag.languages, input_batch_size=tag.batch_size)
         tags = InstructionTagging(

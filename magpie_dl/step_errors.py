@@ -1,0 +1,246 @@
+"""Failures inside distilabel's step workers, brought back to the user as one line.
+
+distilabel runs each step in a forked worker. When a step fails to load, the worker
+sends the exception back together with the step, whose loaded model, tokenizer or
+store does not pickle: the user sees a pickling error and ``Failed to load all the
+steps``, never the cause. When a step fails on a batch, distilabel logs a traceback,
+fills the batch's outputs with ``None`` and the run goes on to "succeed".
+
+Around a run, :func:`surfaced` has every worker write each failure (step, load or batch,
+the exception's first line, secrets masked) to a file of the run, and sends back to
+distilabel a stand-in that pickles. When the run ends, a recorded failure becomes a
+:class:`StepFailedError` whose message is the line to show; distilabel's own logs about
+the same failure are left out. It also gives the driver its logging back (distilabel
+leaves a handler on its closed log queue, and every later log line would print
+``--- Logging error ---``) and removes distilabel's per-run cache (batches passed
+between steps, its copy of the output) once the rows are loaded.
+
+Applies to local runs, whose workers are forked from this process; Ray actors keep
+distilabel's behaviour.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import types
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from magpie_dl.config import redact
+
+if TYPE_CHECKING:
+    from distilabel.pipeline import Pipeline, RayPipeline
+
+FAILURES_ENV = "MAGPIE_DL_STEP_FAILURES"
+# distilabel's log lines about a failure this module reports itself.
+_SURFACED_LOGS = (
+    "❌ Failed to load step",
+    "❌ Failed with an unhandled exception",
+    "❌ Failed to load all the steps",
+    "⚠️ Processing batch",
+    "Subprocess traceback",
+    "An error occurred in global step",
+    "✋ An error occurred when running global step",
+)
+
+
+class StepFailedError(RuntimeError):
+    """A step failed inside its worker; the message is one line for the user."""
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: first line of the message``, secrets masked, at most 300 characters."""
+    lines = str(exc).strip().splitlines()
+    first = lines[0].strip() if lines else ""
+    return redact(f"{type(exc).__name__}: {first}" if first else type(exc).__name__)[:300]
+
+
+def record(step: str, phase: str, exc: BaseException) -> None:
+    """In a worker: append one failure to the run's file (no-op outside a surfaced run)."""
+    path = os.environ.get(FAILURES_ENV)
+    if not path:
+        return
+    line = json.dumps({"step": step, "phase": phase, "error": describe(exc)}, ensure_ascii=False)
+    with open(path, "a", encoding="utf-8") as handle:  # one short append per failure
+        handle.write(line + "\n")
+
+
+def read_failures(path: Path) -> list[dict[str, str]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return []
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def summary_line(failures: list[dict[str, str]]) -> str:
+    """The one line for the user: the first failure, how often it happened, what else failed."""
+    first = failures[0]
+    same = [f for f in failures if f["step"] == first["step"] and f["phase"] == first["phase"]]
+    if first["phase"] == "load":
+        what = f"step '{first['step']}' failed to load: {first['error']}"
+    else:
+        batches = f"{len(same)} batch" + ("es" if len(same) > 1 else "")
+        what = f"step '{first['step']}' failed on {batches}: {first['error']}"
+    others = sorted({f["step"] for f in failures} - {first["step"]})
+    more = f" (also failed: {', '.join(others)})" if others else ""
+    return f"{what}{more}; nothing was exported, stored results are kept: fix the cause and rerun"
+
+
+@contextmanager
+def surfaced(pipeline: Pipeline | RayPipeline) -> Iterator[None]:
+    """Around ``pipeline.run``: a failed step raises :class:`StepFailedError` (one line)."""
+    _install()
+    handle, name = tempfile.mkstemp(prefix="magpie-dl-failures-", suffix=".jsonl")
+    os.close(handle)
+    path = Path(name)
+    previous = os.environ.get(FAILURES_ENV)
+    os.environ[FAILURES_ENV] = name
+    quiet = _SurfacedLogFilter(path)
+    distilabel_log = logging.getLogger("distilabel.pipeline")
+    distilabel_log.addFilter(quiet)
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    _remove_run_cache(pipeline)  # a killed run's leftovers
+    try:
+        try:
+            yield
+        except Exception:
+            failures = read_failures(path)
+            if failures:
+                raise StepFailedError(summary_line(failures)) from None
+            raise
+        failures = read_failures(path)
+        if failures:
+            raise StepFailedError(summary_line(failures))
+    finally:
+        distilabel_log.removeFilter(quiet)
+        _restore_logging(root, *saved)
+        _remove_run_cache(pipeline)
+        if previous is None:
+            os.environ.pop(FAILURES_ENV, None)
+        else:
+            os.environ[FAILURES_ENV] = previous
+        path.unlink(missing_ok=True)
+
+
+class _SurfacedLogFilter(logging.Filter):
+    """Drops distilabel's lines about a failure once it is recorded (ours says it better)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        if not message.startswith(_SURFACED_LOGS):
+            return True
+        try:
+            return self.path.stat().st_size == 0
+        except OSError:
+            return True
+
+
+def _restore_logging(root: logging.Logger, handlers: list[logging.Handler], level: int) -> None:
+    """The driver's logging as before the run: distilabel leaves the root logger writing to
+    its log queue, which it closes when the run ends."""
+    from distilabel.utils.logging import stop_logging
+
+    stop_logging()
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def _remove_run_cache(pipeline: Pipeline | RayPipeline) -> None:
+    """Delete distilabel's cache of this run when it is the run's own directory.
+
+    Our recipes point it inside their output directory (``Pipeline(cache_dir=...)``);
+    runs never resume from it (``use_cache=False``) and the output rows are loaded into
+    an Arrow copy before this runs. distilabel's shared default (``~/.cache/distilabel``)
+    may hold other pipelines' runs and is left alone.
+    """
+    from distilabel.constants import PIPELINES_CACHE_DIR
+
+    cache_dir = Path(getattr(pipeline, "_cache_dir", PIPELINES_CACHE_DIR)).resolve()
+    shared = {PIPELINES_CACHE_DIR.resolve()}
+    if os.environ.get("DISTILABEL_CACHE_DIR"):
+        shared.add(Path(os.environ["DISTILABEL_CACHE_DIR"]).resolve())
+    if cache_dir not in shared:
+        shutil.rmtree(cache_dir, ignore_errors=True)
+
+
+_installed = False
+
+
+def _install() -> None:
+    """Wrap distilabel's step wrapper once (workers forked later inherit it)."""
+    global _installed
+    if _installed:
+        return
+    from distilabel.pipeline.step_wrapper import _StepWrapper
+
+    original_run = _StepWrapper.run
+    original_impute = _StepWrapper._impute_step_outputs
+
+    def run(self: _StepWrapper) -> str:
+        try:
+            return original_run(self)
+        except Exception as exc:
+            raise _reported(self, exc) from None
+
+    def impute(self: _StepWrapper, batch: Any) -> list[dict[str, Any]]:
+        # distilabel calls this inside its `except` around a failed batch of a
+        # non-global step: the exception being handled is the batch's failure.
+        import sys
+
+        failure = sys.exc_info()[1]
+        if failure is not None:
+            record(self.step.name, "process", failure)
+            if not any(isinstance(f, _WorkerLogFilter) for f in self.step._logger.filters):
+                self.step._logger.addFilter(_WorkerLogFilter())
+            self.step._logger.warning(
+                f"step '{self.step.name}' failed on batch {batch.seq_no}: {describe(failure)} "
+                "(its rows get no result; the run will end with an error)"
+            )
+        return original_impute(self, batch)
+
+    _StepWrapper.run = run  # type: ignore[method-assign]
+    _StepWrapper._impute_step_outputs = impute  # type: ignore[method-assign]
+    _installed = True
+
+
+def _reported(wrapper: Any, exc: Exception) -> Exception:
+    """Record a worker's failure; what to send back to distilabel (it must pickle)."""
+    from distilabel.exceptions import DistilabelOfflineBatchGenerationNotFinishedException
+    from distilabel.pipeline.step_wrapper import _StepWrapperException
+
+    step = wrapper.step
+    if not isinstance(exc, _StepWrapperException):
+        record(step.name, "run", exc)
+        return RuntimeError(describe(exc))
+    cause = exc.subprocess_exception
+    if isinstance(cause, DistilabelOfflineBatchGenerationNotFinishedException):
+        return exc  # distilabel's own resume signal, not a failure
+    record(step.name, "load" if exc.is_load_error else "process", cause)
+    # The real step holds a model, tokenizer or store that does not pickle; distilabel's
+    # error callback only reads these two attributes.
+    stand_in = types.SimpleNamespace(name=step.name, is_global=step.is_global)
+    sent = _StepWrapperException(describe(cause), stand_in, exc.code, RuntimeError(describe(cause)))  # type: ignore[arg-type]
+    sent.formatted_traceback = redact(exc.formatted_traceback)
+    return sent
+
+
+class _WorkerLogFilter(logging.Filter):
+    """In a worker: distilabel's batch-failure traceback is replaced by our one-line warning."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (os.environ.get(FAILURES_ENV) and str(record.msg).startswith(_SURFACED_LOGS))
+
+
+__all__ = ["StepFailedError", "describe", "record", "summary_line", "surfaced"]
