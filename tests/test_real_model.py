@@ -21,8 +21,9 @@ from magpie_dl.provenance import model_label
 from steps.magpie import MagpieGenerator
 from steps.responses import MultiResponseGeneration
 
-# Floors, far under what the model does (usable ~0.8-0.9 of queries, ~0.7+ of 192-token
-# responses end their turn): a failure means the recipe, not the sampling, changed.
+# Floors well under what the model does (seen here: 15 of 16 queries usable; at a 192-token cap
+# only 5 of 12 responses ended their turn, so the cap here is 512): with 16 queries and 24
+# responses, sampling alone falls under a floor with odds of about 1 in 300.
 MIN_USABLE_SHARE = 0.5
 MIN_ENDED_SHARE = 0.5
 
@@ -100,10 +101,10 @@ def test_queries_are_mostly_usable_and_prompts_token_exact(smol_queries, tokeniz
 
 
 def test_responses_mostly_end_their_turn(smol_dir, smol_queries):
-    rows = [r for r in smol_queries if r["instruction_status"] == "ok"][:6]
+    rows = [r for r in smol_queries if r["instruction_status"] == "ok"][:8]
     step = MultiResponseGeneration(
         llm=TransformersBackend(model=str(smol_dir), dtype="float32", batch_size=16),
-        num_generations=2, max_tokens=192, temperature=0.8, seed=5, prompt_style="chat_template",
+        num_generations=3, max_tokens=512, temperature=0.8, seed=5, prompt_style="chat_template",
         input_batch_size=len(rows),
     )
     step.load()
