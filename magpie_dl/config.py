@@ -167,7 +167,9 @@ class RewardConfig(_Section):
     dtype: str = Field("bfloat16", description="auto | float32 | bfloat16 | float16")
     device: str = Field("cuda", description="Torch device for the reward model.")
     trust_remote_code: bool = Field(
-        False, description="Opt in to running the reward model's own code (ArmoRM needs it)."
+        False,
+        description="Opt in to running a reward model's own code, for architectures not implemented here "
+        "(ArmoRM is: it never needs this).",
     )
     input_batch_size: int = Field(500, ge=1, description="Rows per batch handed to the scoring step.")
 

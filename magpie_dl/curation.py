@@ -13,6 +13,9 @@ Outputs in ``--output-dir``:
 - ``left_out.jsonl``: every rejected row with its ``selection_reason``;
 - ``selection.json``: the selection report (drops per reason, category mix, parse failures);
 - ``config.yaml``, ``pipeline.yaml``: what ran.
+
+All of them are one release, published together when a run finishes
+(:mod:`magpie_dl.outdir`); a stopped run publishes nothing.
 """
 
 from __future__ import annotations
@@ -244,39 +247,65 @@ def write_outputs(rows: list[dict[str, Any]], out_dir: Path) -> tuple[int, int]:
 
 def main_for(build: Any, description: str, argv: list[str] | None = None) -> int:
     """The command line of the curation recipe; returns the exit code."""
+    import os
+    import signal
+
+    from magpie_dl import outdir
     from magpie_dl.export import discard_loaded_copy
+    from magpie_dl.outdir import OutputDirError
     from magpie_dl.preflight import check_before_run
-    from magpie_dl.runner import OutputLockedError, _ensure_tiny_models, output_lock, prepare, run_pipeline
+    from magpie_dl.procs import die_with_parent, own_process_group
+    from magpie_dl.runner import (
+        OutputLockedError, _ensure_tiny_models, claimed_output, prepare, recipe_name, run_pipeline,
+    )
     from magpie_dl.step_errors import StepFailedError
+    from magpie_dl.stopping import RunStopped, StopSignals
 
     # distilabel's rich excepthook prints every frame's locals (tokens, keys): Python's own instead.
     sys.excepthook = sys.__excepthook__
     args = build_parser(description).parse_args(argv)
+    recipe = recipe_name(build)
     try:
         if args.preset == "smoke":
             _ensure_tiny_models()
         cfg = resolve(args)
         if not args.print_config:
+            outdir.check_output_dir(cfg.output_dir, recipe)
             check_before_run(cfg)  # devices, hub models
-    except ConfigError as exc:
+    except (ConfigError, OutputDirError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.print_config:
         print(yaml.safe_dump(cfg.public_dict(), sort_keys=False), end="")
         return 0
     started = time.perf_counter()
-    out_dir = Path(cfg.output_dir)
     try:
-        with output_lock(out_dir):
-            output = run_pipeline(prepare(build, cfg, out_dir))
-            n_selected, n_rejected = write_outputs(output.to_list(), out_dir)
-            discard_loaded_copy(output)
+        with StopSignals() as stop, claimed_output(cfg.output_dir, recipe) as out_dir:
+            try:
+                os.register_at_fork(after_in_child=die_with_parent)
+                os.register_at_fork(after_in_child=own_process_group)
+                pipeline = prepare(build, cfg, outdir.start_in_progress(out_dir))
+                output = run_pipeline(pipeline, cfg.generator.num_instructions, stop)
+                with outdir.release(out_dir) as release:
+                    n_selected, n_rejected = write_outputs(output.to_list(), release.path)
+                    discard_loaded_copy(output)
+                    release.add_in_progress()  # config.yaml, pipeline.yaml, selection.json
+                    with stop.deferred():  # a signal now is too late: the whole release lands
+                        release.publish()
+            except KeyboardInterrupt:
+                raise RunStopped(stop.received or signal.SIGINT) from None
+    except OutputDirError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except OutputLockedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
     except StepFailedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 5
+    except RunStopped as exc:
+        print(exc.line(cfg.output_dir), file=sys.stderr)
+        return exc.exit_code
     report_path = out_dir / "selection.json"
     print(f"\ncurated instructions: {out_dir / 'dataset'} ({n_selected} rows; {n_rejected} in left_out.jsonl)")
     if report_path.exists():

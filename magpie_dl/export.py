@@ -27,7 +27,7 @@ TAG_COLUMNS = (
 )
 EXTRA_COLUMNS = (
     "chosen_index", "rejected_index", "chosen_score", "rejected_score", "score_margin",
-    "finish_reasons", "response_status", "raw_instruction",
+    "finish_reasons", "response_status", "rating_errors", "raw_instruction",
 )
 KEPT = "kept"
 

@@ -33,6 +33,30 @@ def die_with_parent() -> None:
         os._exit(1)
 
 
+def own_process_group() -> None:
+    """In a forked step worker: leave the run's process group, and its signal handlers.
+
+    A terminal's Ctrl-C (and a kill of the group) then reaches only the run's main
+    process, which stops the pipeline in order and ends its workers itself. Delivered to
+    the workers too, it can kill one while it starts or while it holds the pool's task
+    queue lock, and distilabel then fails to load its steps or waits forever.
+
+    The run's Python-level SIGINT / SIGTERM handlers are not the worker's: SIGTERM goes
+    back to the kernel's default, since that is how the pool ends its workers, and a
+    Python handler can miss it (a signal landing just before a blocking wait leaves the
+    worker waiting on the queue lock forever, and the run waiting for the worker).
+    """
+    try:
+        os.setpgid(0, 0)
+    except OSError:
+        pass
+    try:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    except (ValueError, OSError):  # not the main thread: leave them
+        pass
+
+
 @contextmanager
 def shared_with_workers() -> Iterator[None]:
     """Around a pipeline run: make what the step workers inherit stay shared.

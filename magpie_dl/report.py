@@ -560,7 +560,9 @@ def render_card(run: RunOutput, license: str | None = None, pretty_name: str | N
     lines += [
         "`rewards_armorm[i].score` is the reward of `responses[i]`; `chosen_index` / `rejected_index` point into "
         "`responses`; `response_status[i]` says whether a response could take part in a pair "
-        "(" + "; ".join(f"`{k}`: {v}" for k, v in RESPONSE_STATUSES.items()) + "). "
+        "(" + "; ".join(f"`{k}`: {v}" for k, v in RESPONSE_STATUSES.items()) + "); `rating_errors[i]` says why a "
+        "response has no score (`empty_response`, `non_finite_score:...`, or `gating_tokens_missing`: the cut at "
+        "`reward.max_length` removed the assistant header ArmoRM gates on). "
         "`gen_input_configs` and `gen_response_configs` hold the exact prompt and sampling parameters of each row.",
         "",
     ]
@@ -936,10 +938,16 @@ def write_card_and_report(
     out_dir: Path | str,
     cfg_dict: Mapping[str, Any] | None = None,
     summary: Summary | Mapping[str, Any] | None = None,
+    shown_as: Path | str | None = None,
     **card_options: Any,
 ) -> tuple[Path, Path]:
-    """Both files from one read of the output directory: what a run calls at its end."""
+    """Both files from one read of the output directory: what a run calls at its end.
+
+    ``shown_as``: the directory the files will be published in, when ``out_dir`` is a staging copy.
+    """
     run = load_output(out_dir, cfg_dict, summary)
+    if shown_as is not None:
+        run.out_dir = Path(shown_as)
     return write_card(out_dir, run=run, **card_options), write_report(out_dir, run=run)
 
 

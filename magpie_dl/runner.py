@@ -8,9 +8,11 @@ summary) is the same for every recipe and lives here.
 from __future__ import annotations
 
 import fcntl
+import inspect
 import logging
 import os
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -20,14 +22,19 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from magpie_dl.config import PRESETS, REPO_ROOT, SMOLLM2_DIR, TINY_DIR, ConfigError, RecipeConfig, build_parser, redact, resolve
+from magpie_dl import outdir
+from magpie_dl.config import (
+    PRESETS, REPO_ROOT, SMOLLM2_DIR, TINY_DIR, ConfigError, RecipeConfig, build_parser, redact, resolve,
+)
 from magpie_dl.export import Summary, discard_loaded_copy, write_dataset
 from magpie_dl.estimate import estimate
-from magpie_dl.procs import die_with_parent, shared_with_workers
+from magpie_dl.outdir import OutputDirError
 from magpie_dl.preflight import check_before_run
+from magpie_dl.procs import die_with_parent, own_process_group, shared_with_workers
 from magpie_dl.progress import ProgressMonitor, silence_library_progress
 from magpie_dl.scaleout import maybe_ray, place_steps, run_options, scaleout_of, wants_ray
 from magpie_dl.step_errors import StepFailedError, surfaced
+from magpie_dl.stopping import RunStopped, StopSignals
 from magpie_dl.store import ResultStore
 from magpie_dl.report import CARD_FILENAME, write_card_and_report
 
@@ -69,55 +76,99 @@ def output_lock(out_dir: Path) -> Iterator[None]:
         handle.close()
 
 
+@contextmanager
+def claimed_output(out: str | Path, recipe: str, inputs: list[Any] | tuple[Any, ...] = ()) -> Iterator[Path]:
+    """The output directory for a run of ``recipe``: checked and marked (:func:`outdir.claim`),
+    locked (:func:`output_lock`), cleared of dead runs' staging; yields its absolute path."""
+    out_dir = outdir.claim(out, recipe, inputs)
+    with output_lock(out_dir):
+        outdir.remove_stale_staging(out_dir)
+        yield out_dir
+
+
 def run_recipe(
-    build: Callable[[RecipeConfig], Pipeline], cfg: RecipeConfig, fresh: bool = False, progress: bool = True
+    build: Callable[[RecipeConfig], Pipeline], cfg: RecipeConfig, fresh: bool = False, progress: bool = True,
+    stop: StopSignals | None = None, recipe: str = "dpo_100k",
 ) -> tuple[Summary, dict[str, dict[str, int]]]:
-    """Build and run the pipeline, write the dataset; returns the summary and store usage.
+    """Build and run the pipeline, publish the dataset; returns the summary and store usage.
 
     Stored results under ``DIR/cache`` are reused (``fresh`` deletes them first); the
-    usage says, per step, how many results were read back and how many computed.
+    usage says, per step, how many results were read back and how many computed. A run
+    that does not reach its end raises :class:`RunStopped` and publishes nothing.
     """
-    out_dir = Path(cfg.output.dir)
-    with output_lock(out_dir):
+    own_signals = StopSignals() if stop is None else nullcontext(stop)
+    with own_signals as stop, claimed_output(cfg.output.dir, recipe, [cfg.instructions]) as out_dir:
         if fresh:
             shutil.rmtree(cfg.cache_dir, ignore_errors=True)
         store = ResultStore(cfg.cache_dir)
         store.reset_usage()
         # Every process distilabel forks (step workers, its queue manager) dies with us.
         os.register_at_fork(after_in_child=die_with_parent)
-        pipeline = prepare(build, cfg, out_dir)
+        os.register_at_fork(after_in_child=own_process_group)  # signals reach the run, not its workers
+        pipeline = prepare(build, cfg, outdir.start_in_progress(out_dir))
+        expected = instruction_count(cfg)
         # Steps that count their rows (not the query slots, duplicate marking or pairing).
-        totals = {name: instruction_count(cfg) for name in pipeline.dag
+        totals = {name: expected for name in pipeline.dag
                   if hasattr(pipeline.dag.get_step(name)["step"], "report_progress")}
-        with ProgressMonitor(store, totals) if progress else nullcontext():
-            rows = run_pipeline(pipeline)
-        # Memory-mapped Arrow: the export streams it, never a list of rows.
-        summary = write_dataset(rows, out_dir, cfg.output.test_fraction, cfg.seed)
-        discard_loaded_copy(rows)
-        write_card_and_report(out_dir, cfg.public_dict(), summary)
+        try:
+            with ProgressMonitor(store, totals) if progress else nullcontext():
+                rows = run_pipeline(pipeline, expected, stop)
+            with outdir.release(out_dir) as release:
+                # Memory-mapped Arrow: the export streams it, never a list of rows.
+                summary = write_dataset(rows, release.path, cfg.output.test_fraction, cfg.seed)
+                discard_loaded_copy(rows)
+                release.add_in_progress()
+                write_card_and_report(release.path, cfg.public_dict(), summary, shown_as=out_dir)
+                with stop.deferred():  # a signal now is too late: the whole release lands
+                    release.publish()
+        except KeyboardInterrupt:
+            raise RunStopped(stop.received or signal.SIGINT).at(store.progress(), totals) from None
+        except RunStopped as stopped:
+            raise stopped.at(store.progress(), totals)
         usage = store.usage()
     return summary, usage
 
 
-def prepare(build: Callable[[Any], Pipeline], cfg: Any, out_dir: Path) -> Pipeline | RayPipeline:
+def prepare(build: Callable[[Any], Pipeline], cfg: Any, in_progress: Path) -> Pipeline | RayPipeline:
     """A recipe's pipeline for ``cfg`` (a RayPipeline under --ray / RAY_ADDRESS), with
-    ``config.yaml`` and distilabel's ``pipeline.yaml`` written to ``out_dir``."""
+    ``config.yaml`` and distilabel's ``pipeline.yaml`` written to ``in_progress`` (the
+    run's in-progress directory: they join the dataset when the run finishes)."""
     pipeline = maybe_ray(build(cfg), cfg)
-    (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.public_dict(), sort_keys=False))
-    pipeline.save(out_dir / "pipeline.yaml", format="yaml")
+    (in_progress / "config.yaml").write_text(yaml.safe_dump(cfg.public_dict(), sort_keys=False))
+    pipeline.save(in_progress / "pipeline.yaml", format="yaml")
     return pipeline
 
 
-def run_pipeline(pipeline: Pipeline | RayPipeline) -> Dataset:
+def run_pipeline(pipeline: Pipeline | RayPipeline, expected_rows: int | None = None,
+                 stop: StopSignals | None = None) -> Dataset:
     """Run a recipe's pipeline; its output rows (memory-mapped Arrow).
 
     The step workers share the driver's imports (:func:`shared_with_workers`); scale-out
     picks the run options (:func:`run_options`). Delete the loaded copy with
-    :func:`discard_loaded_copy` once the rows are written out.
+    :func:`discard_loaded_copy` once the rows are written out. A run that did not reach
+    its end (stopped by a signal under ``stop``, or fewer than ``expected_rows`` rows)
+    raises :class:`RunStopped`.
     """
-    with shared_with_workers(), surfaced(pipeline):  # a step's failure: one StepFailedError line
-        distiset = pipeline.run(use_cache=False, **run_options(pipeline))
-    return distiset["default"]["train"]
+    try:
+        # A step's failure: one StepFailedError line (surfaced); a signal: RunStopped (stop).
+        with shared_with_workers(), surfaced(pipeline), stop.around(pipeline) if stop else nullcontext():
+            distiset = pipeline.run(use_cache=False, **run_options(pipeline))
+    except (KeyboardInterrupt, SystemExit):
+        # A signal before the workers were up, or distilabel's forced stop (sys.exit).
+        raise RunStopped((stop and stop.received) or signal.SIGINT) from None
+    except Exception:
+        if stop and stop.received:  # the signal reached step workers too (Ctrl-C goes to the group)
+            raise RunStopped(stop.received) from None
+        raise
+    # Stopped before any row reached the end, distilabel returns no "default" config at all.
+    rows = distiset["default"]["train"] if "default" in distiset else None
+    done = len(rows) if rows is not None else 0
+    received = stop.received if stop else None
+    if received or (expected_rows is not None and done < expected_rows):
+        if rows is not None:
+            discard_loaded_copy(rows)
+        raise RunStopped(received, done, expected_rows)
+    return rows
 
 
 def push_to_hub(out_dir: Path, repo_id: str, private: bool) -> None:
@@ -222,11 +273,13 @@ def main_for(build: Callable[[RecipeConfig], Pipeline], description: str, argv: 
         cfg = resolve(args)
         if cfg.instructions:
             _check_instructions(cfg.instructions)
+        if not (args.print_config or args.dry_run):
+            outdir.check_output_dir(cfg.output.dir, recipe_name(build), [cfg.instructions])
         if cfg.output.argilla_dataset and not (os.environ.get("ARGILLA_API_URL") and os.environ.get("ARGILLA_API_KEY")):
             raise ConfigError("--argilla-dataset needs ARGILLA_API_URL and ARGILLA_API_KEY in the environment")
         if not (args.print_config or args.dry_run):
             check_before_run(cfg)  # devices, hub models, hub token
-    except ConfigError as exc:
+    except (ConfigError, OutputDirError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.print_config:
@@ -241,15 +294,27 @@ def main_for(build: Callable[[RecipeConfig], Pipeline], description: str, argv: 
         os.environ.setdefault(name, "1")
     if args.quiet:
         silence_library_progress()
+    recipe = recipe_name(build)
     started = time.perf_counter()
+    stop = StopSignals()
     try:
-        summary, usage = run_recipe(build, cfg, fresh=args.fresh, progress=not args.quiet)
+        with stop:
+            summary, usage = run_recipe(build, cfg, fresh=args.fresh, progress=not args.quiet, stop=stop, recipe=recipe)
+    except KeyboardInterrupt:  # before the run's stored work was opened
+        print(RunStopped(stop.received or signal.SIGINT).line(cfg.output.dir), file=sys.stderr)
+        return 128 + (stop.received or signal.SIGINT)
+    except OutputDirError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except OutputLockedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
     except StepFailedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 5
+    except RunStopped as exc:
+        print(exc.line(cfg.output.dir), file=sys.stderr)
+        return exc.exit_code
     out_dir = Path(cfg.output.dir)
     print(f"\ndataset: {out_dir / 'dataset'}  (pipeline.yaml, left_out/, summary.json, README.md, report.html beside it)")
     for line in summary.lines():
@@ -262,6 +327,11 @@ def main_for(build: Callable[[RecipeConfig], Pipeline], description: str, argv: 
     print(f"  stored results reused: {reused or 'none'}")
     print(f"  wall time: {time.perf_counter() - started:.1f}s")
     return 0
+
+
+def recipe_name(build: Callable[..., Any]) -> str:
+    """The recipe a pipeline builder belongs to: its script's name (``dpo_100k``), as the output directory's marker records it."""
+    return Path(inspect.getfile(build)).stem
 
 
 def _check_instructions(source: str) -> None:

@@ -2,13 +2,20 @@
 
 * Input: the reward model's chat template over [user, assistant], user and model
   text tokenised as text (no turn injection), truncated at ``max_length`` tokens.
-* Output: the model output's ``score`` when it has one (ArmoRM's preference score),
-  else the single logit of a one-label sequence classifier.
+* Models: ArmoRM (``LlamaForRewardModelWithGating`` in ``config.json``) runs on this
+  library's own implementation (:mod:`magpie_dl.armorm`), never its shipped code; any
+  other reward model loads as a one-label ``AutoModelForSequenceClassification``
+  (remote code only when explicitly allowed).
+* Output: ArmoRM's preference ``score``, read at the last real token (known from each
+  sequence's length) and gated at the assistant header found from the tokenizer's chat
+  template; an input whose assistant header was cut away gets no score and the reason
+  ``gating_tokens_missing``. A sequence classifier gives its single logit.
 * Batches are grouped by length (little padding) and capped both in sequences and in
   padded tokens (``batch_tokens``): short inputs share a forward pass, long ones do not
   pad each other out. Right padding, so a sequence's score does not depend on its batch
-  neighbours: with an attention mask, or without one when a probe at load time shows the
-  model is causal (pads after a sequence change nothing in it); unmasked batches take
+  neighbours: with an attention mask, or without one when the model is causal (ArmoRM's
+  Llama backbone by construction; a classifier when a probe at load time shows it): pads
+  after a sequence change nothing in it. Unmasked batches take
   the attention kernels' causal path, which is faster than a materialised mask.
 """
 
@@ -18,10 +25,14 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from magpie_dl import armorm
 from magpie_dl.prompts import encode_markup, encode_text
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
+
+# Why a response has no score (``Scored.error``).
+GATING_TOKENS_MISSING = "gating_tokens_missing"
 
 _SLOTS = ("\u2063MAGPIE_DL_SLOT_0\u2063", "\u2063MAGPIE_DL_SLOT_1\u2063")
 
@@ -68,7 +79,8 @@ class RewardScorer:
             pass; a sequence longer than this still gets a pass of its own.
         dtype: ``auto``, ``float32``, ``bfloat16`` or ``float16``.
         device: torch device.
-        trust_remote_code: explicit opt-in (ArmoRM's architecture ships with the model).
+        trust_remote_code: explicit opt-in to a model's own code, for architectures this
+            library does not implement (ArmoRM is implemented: it never needs it).
         mask_padding: pass an attention mask for padded batches; ``None`` decides at
             load time with a probe (see :meth:`pads_are_invisible`).
     """
@@ -97,20 +109,36 @@ class RewardScorer:
         self.mask_padding = mask_padding
         self.model: Any = None
         self.tokenizer: Any = None
+        # ArmoRM only: the chat-template ids its gating reads (None for a classifier).
+        self.gating_ids: list[int] | None = None
+
+    @property
+    def is_armorm(self) -> bool:
+        return self.gating_ids is not None
 
     def load(self) -> None:
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         dtype = "auto" if self.dtype == "auto" else getattr(torch, self.dtype)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, trust_remote_code=self.trust_remote_code)
+        native = armorm.is_armorm(armorm.read_config(self.model_path))
+        self.tokenizer = AutoTokenizer.from_pretrained(
+            self.model_path, trust_remote_code=self.trust_remote_code and not native
+        )
+        if self.tokenizer.pad_token_id is None:
+            # Right padding is never read (masked, or after the read position of a causal
+            # model), so any id works; the classifier needs one set.
+            self.tokenizer.pad_token_id = self.tokenizer.eos_token_id
+        if native:
+            self.gating_ids = armorm.gating_token_ids(self.tokenizer)
+            self.model = armorm.load(self.model_path, dtype=dtype, device=self.device)
+            if self.mask_padding is None:
+                self.mask_padding = False  # a Llama backbone: causal by construction
+            return
         self.model = AutoModelForSequenceClassification.from_pretrained(
             self.model_path, dtype=dtype, trust_remote_code=self.trust_remote_code
         ).to(self.device)
         self.model.eval()
-        if self.tokenizer.pad_token_id is None:
-            # Right padding is masked out, so any id works; the classifier needs one set.
-            self.tokenizer.pad_token_id = self.tokenizer.eos_token_id
         if getattr(self.model.config, "pad_token_id", None) is None:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
         if self.mask_padding is None:
@@ -129,11 +157,13 @@ class RewardScorer:
         tolerance = 1e-4 if self.model.dtype == torch.float32 else 1e-2
 
         ids = conversation_token_ids(self.tokenizer, "Is this model causal?", "Let us find out.")
+        gating = [self._gating_position(ids) or 0]
         with torch.inference_mode():
-            alone = self._forward(torch.tensor([ids], device=self.device), None)[0]
+            alone = self.forward_batch([ids], gating, mask=False)[0]
             for pads in (1, 7, 33):
-                padded = torch.tensor([ids + [self.tokenizer.pad_token_id] * pads], device=self.device)
-                value = self._forward(padded, None)[0]
+                padded = ids + [self.tokenizer.pad_token_id] * pads
+                # Unmasked pads after the sequence, read at its last real token.
+                value = self.forward_batch([padded], gating, mask=False, lengths=[len(ids)])[0]
                 if not math.isclose(value, alone, rel_tol=tolerance, abs_tol=tolerance / 10):
                     return False
         return True
@@ -147,24 +177,29 @@ class RewardScorer:
         return self.score_token_ids(encoded)
 
     def score_token_ids(self, sequences: list[list[int]]) -> list[Scored]:
-        """Score token-id sequences; the result is in input order."""
+        """Score token-id sequences; the result is in input order.
+
+        An ArmoRM input whose gating tokens were cut away by ``max_length`` is not run:
+        its result carries no score and the reason ``gating_tokens_missing``.
+        """
         import torch
 
         results: list[Scored | None] = [None] * len(sequences)
         clipped = [seq[: self.max_length] for seq in sequences]
-        pad = self.tokenizer.pad_token_id
+        gating = [0] * len(clipped)
+        todo: list[int] = []
+        for i, seq in enumerate(clipped):
+            position = self._gating_position(seq)
+            if self.is_armorm and position is None:
+                results[i] = Scored(None, len(seq), len(sequences[i]) > self.max_length, GATING_TOKENS_MISSING)
+                continue
+            gating[i] = position or 0
+            todo.append(i)
         with torch.inference_mode():
-            for chunk in plan_batches([len(seq) for seq in clipped], self.batch_size, self.batch_tokens):
-                width = max(len(clipped[i]) for i in chunk)
-                ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-                mask = torch.zeros((len(chunk), width), dtype=torch.long)
-                for row, i in enumerate(chunk):
-                    ids[row, : len(clipped[i])] = torch.tensor(clipped[i], dtype=torch.long)
-                    mask[row, : len(clipped[i])] = 1
-                padded = len(clipped[chunk[0]]) != len(clipped[chunk[-1]])
-                scores = self._forward(ids.to(self.device), mask.to(self.device) if padded and self.mask_padding else None)
-                for row, i in enumerate(chunk):
-                    value = float(scores[row])
+            for chunk in plan_batches([len(clipped[i]) for i in todo], self.batch_size, self.batch_tokens):
+                rows = [todo[k] for k in chunk]
+                scores = self.forward_batch([clipped[i] for i in rows], [gating[i] for i in rows])
+                for i, value in zip(rows, scores):
                     results[i] = Scored(
                         score=value if math.isfinite(value) else None,
                         num_tokens=len(clipped[i]),
@@ -173,9 +208,45 @@ class RewardScorer:
                     )
         return results  # type: ignore[return-value]
 
-    def _forward(self, ids: Any, mask: Any | None) -> list[float]:
-        output = self.model(input_ids=ids) if mask is None else self.model(input_ids=ids, attention_mask=mask)
+    def forward_batch(
+        self,
+        rows: list[list[int]],
+        gating: list[int],
+        mask: bool | None = None,
+        lengths: list[int] | None = None,
+    ) -> list[float]:
+        """Scores of one forward pass over ``rows``, right-padded to the longest.
+
+        ``gating``: ArmoRM's gating position per row (ignored for a classifier).
+        ``mask``: pass an attention mask (default: when rows differ in length and the
+        model needs one). ``lengths``: where each row's real tokens end (default: its
+        length). Call under ``torch.inference_mode()``.
+        """
+        import torch
+
+        lengths = lengths or [len(row) for row in rows]
+        width = max(len(row) for row in rows)
+        flat = [token for row in rows for token in row + [self.tokenizer.pad_token_id] * (width - len(row))]
+        ids = torch.tensor(flat, dtype=torch.long).view(len(rows), width).to(self.device)
+        if mask is None:
+            mask = bool(self.mask_padding) and min(lengths) != width
+        attention = None
+        if mask:
+            attention = (torch.arange(width).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)).long().to(self.device)
+        if self.is_armorm:
+            output = self.model(
+                input_ids=ids,
+                gating_index=torch.tensor(gating, device=self.device),
+                last_index=torch.tensor(lengths, device=self.device) - 1,
+                attention_mask=attention,
+            )
+            return output.score.float().cpu().tolist()
+        # A classifier finds its read position itself (the last non-pad id).
+        output = self.model(input_ids=ids) if attention is None else self.model(input_ids=ids, attention_mask=attention)
         return extract_scores(output)
+
+    def _gating_position(self, ids: list[int]) -> int | None:
+        return armorm.gating_position(ids, self.gating_ids) if self.gating_ids is not None else None
 
 
 def plan_batches(lengths: list[int], batch_size: int, batch_tokens: int) -> list[list[int]]:

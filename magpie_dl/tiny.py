@@ -5,23 +5,34 @@
 * ``generator/``: a Llama-3.1-style byte-level BPE tokenizer (the real special tokens
   and a Llama-3.1-style chat template), and a tiny ``LlamaForCausalLM`` briefly trained
   on a synthetic chat corpus so that it writes query-like text and ends its turns;
-* ``reward/``: a tiny ``LlamaForSequenceClassification`` (one label) on the same
-  tokenizer, its backbone taken from the generator and its score head random.
+* ``reward/``: a tiny ArmoRM (``LlamaForRewardModelWithGating``: ArmoRM's config keys,
+  weight names and safetensors layout, a Llama-3 chat template) on the same tokenizer,
+  its backbone taken from the generator and its heads random.
 
 Real tokenizer machinery, real chat templates, real model classes: the pipeline runs
 the same code paths it runs on Llama-3.1-70B-Instruct and ArmoRM, only smaller.
+
+The build is as deterministic as torch allows (one thread, deterministic algorithms,
+fixed seeds), but float results still depend on the CPU's instruction set, so two
+machines may build different weights. Each build prints a fingerprint of each model's
+weights (also kept in ``manifest.json``), so such a difference is visible: tests must
+not depend on what a particular build samples.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
 import json
 import random
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 # Bump when a change here changes the built models: older builds are then rebuilt.
-BUILD_VERSION = 2
+BUILD_VERSION = 4
 
 SPECIAL_TOKENS = [
     "<|begin_of_text|>",
@@ -47,6 +58,15 @@ CHAT_TEMPLATE = (
     "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}"
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
+)
+
+# Llama-3-8B-Instruct's chat template (no system block): the one ArmoRM's tokenizer ships.
+LLAMA3_CHAT_TEMPLATE = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}"
+    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'"
+    "+ message['content'] | trim + '<|eot_id|>' %}"
+    "{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
 )
 
 _TOPICS = [
@@ -168,10 +188,42 @@ def _training_ids(tokenizer, conversations, rng: random.Random) -> list[list[int
     return seqs
 
 
+def fingerprint(model) -> str:
+    """A short hex digest of a model's weights (names, dtypes, shapes and bytes)."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        raw = tensor.detach().cpu().contiguous().view(-1).view(torch.uint8)  # any dtype, bf16 too
+        digest.update(raw.numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def _deterministic_torch() -> Iterator[None]:
+    """One thread and deterministic algorithms for the build; the caller's settings after."""
+    import torch
+
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(1)  # thread count changes the summation order of reductions
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+
+
 def build(out: Path, seed: int = 0, steps: int = 150, log: bool = True) -> dict[str, str]:
     """Build the tiny generator and reward models under ``out``; returns their paths."""
+    with _deterministic_torch():
+        return _build(out, seed=seed, steps=steps, log=log)
+
+
+def _build(out: Path, seed: int, steps: int, log: bool) -> dict[str, str]:
     import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     started = time.perf_counter()
     torch.manual_seed(seed)
@@ -225,26 +277,61 @@ def build(out: Path, seed: int = 0, steps: int = 150, log: bool = True) -> dict[
     model.save_pretrained(gen_dir)
     tokenizer.save_pretrained(gen_dir)
 
-    rm_config = LlamaConfig.from_dict(
-        {**config.to_dict(), "num_labels": 1, "id2label": {0: "score"}, "label2id": {"score": 0}}
-    )
-    reward = LlamaForSequenceClassification(rm_config)
-    missing = reward.model.load_state_dict(model.model.state_dict())
-    assert not missing.missing_keys and not missing.unexpected_keys
-    reward.eval()
+    reward = build_reward(config, model.model.state_dict(), seed=seed)
     reward.save_pretrained(rm_dir)
+    tokenizer.chat_template = LLAMA3_CHAT_TEMPLATE  # ArmoRM's tokenizer is Llama-3's
     tokenizer.save_pretrained(rm_dir)
 
+    # Equal fingerprints on two machines: the same weights. Different ones: the same build
+    # gave other floats there (another CPU), and the models will sample differently.
+    fingerprints = {"generator": fingerprint(model), "reward": fingerprint(reward)}
+    if log:
+        for name, value in fingerprints.items():
+            print(f"  tiny {name} weights sha256 {value}", flush=True)
     manifest = {
         "version": BUILD_VERSION,
         "seed": seed,
         "steps": steps,
         "final_loss": round(float(loss.item()), 4),
         "vocab_size": len(tokenizer),
+        "fingerprints": fingerprints,
         "seconds": round(time.perf_counter() - started, 1),
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return {"generator": str(gen_dir), "reward": str(rm_dir)}
+
+
+def build_reward(config: Any, backbone: dict[str, Any], seed: int = 0, gating_hidden_dim: int = 64) -> Any:
+    """A tiny ArmoRM over ``backbone`` (a ``LlamaModel`` state dict), its heads random.
+
+    ArmoRM's config keys (19 objectives, gating at temperature 10, ``gating_n_hidden`` 3)
+    with a narrower gating MLP. The heads are drawn large enough that the gate differs
+    from response to response (the default 0.02 init would make it near-uniform), and the
+    transform matrix is not the identity, so every part of the formula shows in the score.
+    """
+    import torch
+
+    from magpie_dl.armorm import armorm_config
+    from magpie_dl.armorm_model import LlamaForRewardModelWithGating
+
+    rm_config = armorm_config(config, gating_hidden_dim=gating_hidden_dim, tie_word_embeddings=False)
+    reward = LlamaForRewardModelWithGating(rm_config)
+    loaded = reward.model.load_state_dict(backbone)
+    assert not loaded.missing_keys and not loaded.unexpected_keys
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        layers = list(reward.gating.layers)
+        for layer in layers:
+            scale = (2.0 if layer is not layers[-1] else 100.0) / layer.in_features
+            layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator) * scale**0.5)
+            layer.bias.zero_()
+        head = reward.regression_layer.weight
+        head.copy_(torch.randn(head.shape, generator=generator) / head.shape[1] ** 0.5)
+        objectives = reward.reward_transform_matrix.shape[0]
+        reward.reward_transform_matrix.copy_(
+            torch.eye(objectives) + 0.1 * torch.randn((objectives, objectives), generator=generator)
+        )
+    return reward.eval()
 
 
 def is_current(out: Path) -> bool:

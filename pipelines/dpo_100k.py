@@ -12,6 +12,9 @@ from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
+from magpie_dl.stopping import exit_on_stop_signals  # noqa: E402
+
+exit_on_stop_signals()  # Ctrl-C while the libraries import: one line, not a traceback
 from magpie_dl.backends import make_backend  # noqa: E402  (first: it quiets distilabel's import warnings)
 from distilabel.pipeline import Pipeline  # noqa: E402
 from magpie_dl.config import RecipeConfig  # noqa: E402

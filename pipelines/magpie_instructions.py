@@ -17,9 +17,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
+from magpie_dl.stopping import exit_on_stop_signals  # noqa: E402
+
+exit_on_stop_signals()  # Ctrl-C while the libraries import: one line, not a traceback
 from magpie_dl.backends import make_backend  # noqa: E402  (first: it quiets distilabel's import warnings)
 from distilabel.pipeline import Pipeline  # noqa: E402
 from magpie_dl.curation import InstructionsConfig, main_for  # noqa: E402
+from magpie_dl.outdir import in_progress_dir  # noqa: E402
 from steps.curation import (  # noqa: E402
     CuratedSelection,
     InstructionTagging,
@@ -118,7 +122,8 @@ def build_pipeline(cfg: InstructionsConfig) -> Pipeline:
             category_mix=sel.category_mix,
             seed=cfg.seed,
             keep_rejected=True,  # written to left_out.jsonl with their reason
-            report_path=str(Path(cfg.output_dir) / "selection.json"),
+            # Written during the run: kept with the run's in-progress state until it finishes.
+            report_path=str(in_progress_dir(cfg.output_dir) / "selection.json"),
         )
         last >> near_dups >> select
     return pipeline

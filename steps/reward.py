@@ -1,7 +1,8 @@
 """RewardScoring: every response scored by a reward model (ArmoRM in the recipe)."""
 
+from collections import Counter
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
 from distilabel.mixins.runtime_parameters import RuntimeParameter
 from distilabel.steps import Step, StepInput
@@ -20,15 +21,19 @@ if TYPE_CHECKING:
 class RewardScoring(Step, StoredResults):
     """Scores each (instruction, response) with a reward model, batch-invariantly.
 
-    Uses the model output's ``score`` when it has one (ArmoRM), else the single logit
-    of a sequence classifier. Inputs are the reward model's chat template over
+    ArmoRM (recognised from its ``config.json``) runs on this library's implementation
+    and gives its preference ``score``; any other model is a one-label sequence
+    classifier and gives its logit. Inputs are the reward model's chat template over
     [user, assistant], cut at ``max_length`` tokens; batches are grouped by length.
-    Empty or failed responses get no score (``None``) rather than a made-up one;
-    non-finite scores become ``None`` with the reason in ``rating_errors``.
+    Empty or failed responses get no score (``None``) rather than a made-up one, and so
+    do non-finite scores and ArmoRM inputs whose assistant header the cut removed; the
+    reason is in ``rating_errors`` (``empty_response``, ``non_finite_score:...``,
+    ``gating_tokens_missing``) and the step logs how many of each.
 
     Attributes:
         model: reward model path or hub id.
-        trust_remote_code: explicit opt-in (ArmoRM needs it).
+        trust_remote_code: explicit opt-in to a model's own code, for architectures this
+            library does not implement (ArmoRM never needs it).
         dtype, device: where and how the model runs.
 
     Runtime parameters:
@@ -54,6 +59,8 @@ class RewardScoring(Step, StoredResults):
     )
 
     _scorer: Optional[RewardScorer] = PrivateAttr(default=None)
+    # 2: ArmoRM scored natively (the tiny reward model became an ArmoRM at the same path).
+    CACHE_VERSION: ClassVar[str] = "2"
 
     @classmethod
     def from_config(cls, config: "RewardConfig", **kwargs: Any) -> "RewardScoring":
@@ -115,6 +122,9 @@ class RewardScoring(Step, StoredResults):
             inputs[r]["ratings"][j] = result.score
             inputs[r]["rating_truncated"][j] = result.truncated
             inputs[r]["rating_errors"][j] = result.error
+        errors = Counter(result.error for result in scored if result.error)
+        if errors:
+            self._logger.warning(f"{sum(errors.values())} of {len(scored)} responses not scored: {dict(errors)}")
         self.report_progress(len(inputs), sum(result.num_tokens for result in scored))
         yield inputs
 

@@ -33,3 +33,16 @@ def smoke_output(tiny_models, tmp_path_factory) -> Path:
                             env={"HF_DATASETS_CACHE": str(out.parent / "hf-datasets")})
     assert result.returncode == 0, result.stderr[-4000:]
     return out
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """The tiny models' weight fingerprints: another machine's run shows whether its models differ."""
+    import json
+
+    try:
+        fingerprints = json.loads((TINY_DIR / "manifest.json").read_text()).get("fingerprints") or {}
+    except (OSError, ValueError):
+        return
+    if fingerprints:
+        listed = ", ".join(f"{name} {value}" for name, value in sorted(fingerprints.items()))
+        terminalreporter.write_line(f"tiny models ({TINY_DIR}): weights sha256 {listed}")

@@ -1,16 +1,19 @@
-"""Kill it anywhere, rerun, get the same dataset; one run per output directory; no secrets out.
+"""Kill or stop it anywhere, rerun, get the same dataset; one run per output directory; no secrets out.
 
 The harness runs a reduced smoke recipe uninterrupted once, then, for each trial,
 starts it in a fresh output directory, SIGKILLs it at a random moment (some trials
 exactly while the final dataset is being written, some killing only the main process
-so the step workers must die with it), reruns it to completion and compares.
+so the step workers must die with it), reruns it to completion and compares. The stop
+trials do the same with SIGINT (Ctrl-C) and SIGTERM over an earlier finished dataset,
+which the stopped run must leave exactly as it was.
 """
 
 from __future__ import annotations
 
-import math
+import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from compare import assert_same  # floats within a stated tolerance: a resumed run may score in another batch
 from magpie_dl.config import REPO_ROOT
 
 pytestmark = pytest.mark.slow
@@ -53,30 +57,15 @@ def rows_of(out: Path) -> dict[str, list[dict]]:
     return result
 
 
-def assert_same(a, b, path="rows"):
-    """Equal, floats up to 1e-5: a resumed run may score a response in another batch."""
-    if isinstance(a, float) and isinstance(b, float):
-        assert math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-6), f"{path}: {a} != {b}"
-    elif isinstance(a, dict) and isinstance(b, dict):
-        assert a.keys() == b.keys(), f"{path}: keys differ"
-        for key in a:
-            assert_same(a[key], b[key], f"{path}.{key}")
-    elif isinstance(a, list) and isinstance(b, list):
-        assert len(a) == len(b), f"{path}: {len(a)} != {len(b)} items"
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same(x, y, f"{path}[{i}]")
-    else:
-        assert a == b, f"{path}: {a!r} != {b!r}"
-
-
-def group_alive(pgid: int) -> bool:
-    """Whether any live (non-zombie) process is left in the group."""
+def group_alive(sid: int) -> bool:
+    """Whether any live (non-zombie) process is left in the run's session (its step
+    workers have process groups of their own, within it)."""
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
+        if int(fields[3]) == sid and fields[0] != "Z":
             return True
     return False
 
@@ -99,14 +88,7 @@ def test_killed_runs_rerun_to_the_same_dataset(reference, tmp_path):
     for number, (moment, target) in enumerate(trials):
         out = tmp_path / f"trial{number}"
         proc = start(out)
-        if moment == "writing":
-            # Wait until the final dataset is being staged, then kill at once.
-            deadline = time.time() + 300
-            while not any(out.glob(".dataset.tmp-*")) and not any(out.glob(".left_out.tmp-*")):
-                assert proc.poll() is None and time.time() < deadline, "run ended before writing was seen"
-                time.sleep(0.002)
-        else:
-            time.sleep(rng.uniform(0.5, 0.8 * ref_seconds))
+        wait_for(proc, out, moment, rng, ref_seconds)
         if target == "group":
             os.killpg(proc.pid, signal.SIGKILL)
         else:
@@ -117,16 +99,144 @@ def test_killed_runs_rerun_to_the_same_dataset(reference, tmp_path):
         while group_alive(proc.pid) and time.time() < deadline:
             time.sleep(0.1)
         assert not group_alive(proc.pid), f"trial {number}: workers survived the kill"
-        rerun = finish(out)
-        assert_same(rows_of(out), expected, f"trial{number}")
-        line = next(l for l in rerun.stdout.splitlines() if "stored results reused" in l)
-        reused_total += sum(int(part.split("/")[0].split()[-1]) for part in line.split(":", 1)[1].split(","))
+        reused_total += rerun_to_the_reference(out, ref_out, f"trial{number}")
     assert reused_total > 0  # reruns really read back stored work
+
+
+def wait_for(proc: subprocess.Popen, out: Path, moment: str, rng: random.Random, ref_seconds: float) -> None:
+    """Return at the trial's moment: a random one, or while the release is being written."""
+    if moment == "started":
+        # The pipeline is built and starting: distilabel is setting up its workers.
+        deadline = time.time() + 300
+        while not any(out.rglob("in_progress/pipeline.yaml")):
+            assert proc.poll() is None and time.time() < deadline, "the run never started its pipeline"
+            time.sleep(0.002)
+    elif moment == "writing":
+        # Wait until the release (dataset, card, ...) is being staged, then strike at once.
+        deadline = time.time() + 300
+        while not any(out.glob(".release-*")):
+            assert proc.poll() is None and time.time() < deadline, "run ended before writing was seen"
+            time.sleep(0.002)
+    else:
+        time.sleep(rng.uniform(0.5, 0.8 * ref_seconds))
+
+
+def rerun_to_the_reference(out: Path, ref_out: Path, label: str) -> int:
+    """Rerun in ``out``: the same dataset and description as the uninterrupted run, no
+    staging left behind; returns how many stored results it reused."""
+    rerun = finish(out)
+    assert_same(rows_of(out), rows_of(ref_out), label)
+    assert config_of(out) == config_of(ref_out), f"{label}: config.yaml is not the run's"
+    leftovers = [p.name for p in out.iterdir() if p.name.startswith(".") and p.name not in (".lock", ".magpie_dl.json")]
+    assert not leftovers, f"{label}: staging left behind: {leftovers}"
+    assert not (out / "cache" / "in_progress").exists(), label
+    line = next(l for l in rerun.stdout.splitlines() if "stored results reused" in l)
+    return sum(int(part.split("/")[0].split()[-1]) for part in line.split(":", 1)[1].split(","))
+
+
+def config_of(out: Path) -> dict:
+    """config.yaml, but for where it was written."""
+    import yaml
+
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    cfg.get("output", {}).pop("dir", None)
+    cfg.pop("output_dir", None)  # the curation recipe's spelling
+    return cfg
+
+
+def release_of(out: Path) -> dict[str, bytes]:
+    """Every file of a finished run's release (not its stored work or lock), with its bytes."""
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file() and p.relative_to(out).parts[0] not in ("cache", ".lock")}
+
+
+@pytest.fixture(scope="module")
+def earlier(tmp_path_factory, tiny_models):
+    """A finished run with another seed: the dataset an interrupted run must leave alone."""
+    out = tmp_path_factory.mktemp("earlier") / "out"
+    finish(out, "--seed", "7")
+    return out
+
+
+def test_stopped_runs_publish_nothing_and_rerun_to_the_same_dataset(reference, earlier, tmp_path):
+    """SIGINT (Ctrl-C) and SIGTERM at random moments and while the release is written:
+    the run exits non-zero with one line, the earlier dataset and everything describing it
+    stay byte for byte, and a rerun gives the uninterrupted run's dataset."""
+    ref_out, ref_seconds = reference
+    before = release_of(earlier)
+    rng = random.Random(99)
+    trials = [(signal.SIGINT, "random", "group"), (signal.SIGINT, "random", "main"),
+              (signal.SIGTERM, "random", "main"), (signal.SIGTERM, "random", "group"),
+              (signal.SIGTERM, "started", "main"), (signal.SIGINT, "started", "group"),
+              (signal.SIGINT, "writing", "group"), (signal.SIGTERM, "writing", "main")]
+    for number, (signum, moment, target) in enumerate(trials):
+        label = f"trial{number} {signum.name} {moment} {target}"
+        out = tmp_path / f"stop{number}"
+        shutil.copytree(earlier, out)
+        proc = start(out)
+        wait_for(proc, out, moment, rng, ref_seconds)
+        if target == "group":  # as a terminal's Ctrl-C, or a service manager's stop
+            os.killpg(proc.pid, signum)
+        else:
+            proc.send_signal(signum)
+        _, stderr = proc.communicate(timeout=300)
+        deadline = time.time() + 20
+        while group_alive(proc.pid) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not group_alive(proc.pid), f"{label}: workers survived the stop"
+        if proc.returncode == 0:
+            # The signal came once the whole release was being moved into place: too late
+            # to stop, and what landed is the complete run.
+            assert_same(rows_of(out), rows_of(ref_out), label)
+        else:
+            assert proc.returncode == 128 + signum, f"{label}: rc {proc.returncode}: {stderr[-3000:]}"
+            last = stderr.strip().splitlines()[-1]
+            assert last.startswith(f"error: the run stopped by {signum.name} before it finished"), f"{label}: {stderr[-3000:]}"
+            assert "rerun the same command to resume" in last and "Traceback" not in stderr, label
+            assert release_of(out) == before, f"{label}: the earlier dataset changed"
+        rerun_to_the_reference(out, ref_out, label)
+
+
+def test_a_killed_rerun_leaves_the_finished_description_alone(reference, earlier, tmp_path):
+    """config.yaml, pipeline.yaml, the card and the report stay the finished run's while
+    a rerun with another seed is under way, and after it is killed."""
+    out = tmp_path / "killed"
+    shutil.copytree(earlier, out)
+    before = release_of(out)
+    proc = start(out)
+    deadline = time.time() + 300
+    while not any(out.rglob("in_progress/pipeline.yaml")) and release_of(out) == before:
+        assert proc.poll() is None and time.time() < deadline, "the run never started its pipeline"
+        time.sleep(0.01)
+    time.sleep(2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert release_of(out) == before
+
+
+def test_ctrl_c_before_any_pair_exists_is_one_line(reference, tmp_path):
+    out = tmp_path / "early"
+    proc = start(out)
+    deadline = time.time() + 300
+    while not any(out.rglob("pipeline.yaml")):  # the pipeline is built: its steps start loading
+        assert proc.poll() is None and time.time() < deadline, "the run never started its pipeline"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 130, stderr[-3000:]
+    assert "KeyError" not in stderr and "Traceback" not in stderr, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1].startswith("error: the run stopped by SIGINT before it finished")
+    assert not (out / "dataset").exists() and not (out / "README.md").exists()
 
 
 def test_rerun_recomputes_nothing_and_fresh_recomputes_everything(reference):
     ref_out, _ = reference
+    # What runs killed while exporting used to leave: the next run removes it.
+    (ref_out / ".dataset.tmp-999999").mkdir()
+    (ref_out / ".dataset.tmp-999999" / "data.arrow").write_text("half")
+    (ref_out / ".released-999999.arrow").write_text("half")
     rerun = finish(ref_out)
+    assert not any(ref_out.glob(".dataset.tmp-*")) and not any(ref_out.glob(".released-*"))
     line = next(l for l in rerun.stdout.splitlines() if "stored results reused" in l)
     for part in line.split(":", 1)[1].split(","):
         done, total = part.split()[-1].split("/")
@@ -181,3 +291,37 @@ def test_secrets_never_reach_logs_files_or_errors(tmp_path, tiny_models):
             blob = path.read_bytes()
             assert hf.encode() not in blob and argilla.encode() not in blob, path
     assert (out / "pipeline.yaml").exists() and (out / "dataset").exists()
+
+
+CURATION = str(REPO_ROOT / "pipelines" / "magpie_instructions.py")
+CURATION_ARGS = ["--preset", "smoke", "--generator.num_instructions", "16", "--generator.batch_size", "8",
+                 "--tagging.batch_size", "8", "--tagging.max_tokens", "24", "--instruct_reward.batch_size", "8",
+                 "--instruct_reward.max_tokens", "24", "--reward.input_batch_size", "8", "--selection.target_size", "8"]
+
+
+def test_a_stopped_curation_run_publishes_nothing(tiny_models, tmp_path):
+    """The curation recipe: SIGTERM mid-run leaves its earlier release as it was; a rerun finishes."""
+    out = tmp_path / "curated"
+    first = subprocess.run([sys.executable, CURATION, *CURATION_ARGS, "--seed", "3", "--output-dir", str(out)],
+                           capture_output=True, text=True, cwd=REPO_ROOT, timeout=900)
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = release_of(out)
+    assert "selection.json" in before and "instructions.jsonl" in before
+    proc = subprocess.Popen([sys.executable, CURATION, *CURATION_ARGS, "--output-dir", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    while not (out / "cache" / "in_progress" / "pipeline.yaml").exists():
+        assert proc.poll() is None and time.time() < deadline, "the run never started its pipeline"
+        time.sleep(0.01)
+    time.sleep(3)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 143, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1].startswith("error: the run stopped by SIGTERM before it finished")
+    assert release_of(out) == before
+    rerun = subprocess.run([sys.executable, CURATION, *CURATION_ARGS, "--output-dir", str(out)],
+                           capture_output=True, text=True, cwd=REPO_ROOT, timeout=900)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert config_of(out)["seed"] == 42 and json.loads((out / "selection.json").read_text())["input_rows"] == 16
+    assert not (out / "cache" / "in_progress").exists()

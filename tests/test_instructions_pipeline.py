@@ -31,7 +31,10 @@ def test_curated_instructions_feed_the_dpo_recipe(tiny_models, tmp_path) -> None
     left_out = [json.loads(line) for line in (curated / "left_out.jsonl").read_text().splitlines()]
     # Every generated row is accounted for: selected, or left out with its reason.
     assert report["input_rows"] == 24 == len(selected) + len(left_out)
-    assert report["selected_rows"] == len(selected) == 12
+    # The target is met unless fewer rows were eligible: how many are depends on what the tiny
+    # model wrote on this machine (unusable or near-duplicate queries), not on the code.
+    eligible = sum(report["category_mix_eligible"].values())
+    assert report["selected_rows"] == len(selected) == min(12, eligible) > 0
     assert sum(report["dropped"].values()) == len(left_out)
     assert all(r["selection_reason"] in report["dropped"] for r in left_out)
     # The tiny judge's unparsable answers are counted, with the raw output kept on the row.

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from compare import assert_same
+from forced_queries import query_seeds, run_args
 from magpie_dl.config import REPO_ROOT
 
 pytest.importorskip("ray")
@@ -44,12 +46,16 @@ PROBE = textwrap.dedent(
     }))
     """
 )
-# Seed 35: the query of row 15 repeats that of row 3 (an exact duplicate across two query batches).
-SMOKE = ("--preset", "smoke", "--seed", "35", "--num-instructions", "16", "--generator.batch_size", "8",
+# Row 15's query repeats row 3's (case and spacing folded), an exact duplicate across the two
+# query batches: forced at the model boundary (tests/forced_queries.py), so both runs hold it
+# whatever the tiny model samples on this machine; every other query is the model's own.
+SEED = 35
+FORCED = query_seeds(SEED, {3: "Which rows repeat this exact query?", 15: "which rows  repeat this EXACT query?"})
+SMOKE = ("--preset", "smoke", "--seed", str(SEED), "--num-instructions", "16", "--generator.batch_size", "8",
          "--responses.batch_size", "4", "--responses.max_tokens", "24", "--reward.input_batch_size", "4", "--quiet")
 RECIPE = REPO_ROOT / "pipelines" / "dpo_100k.py"
 CURATION = REPO_ROOT / "pipelines" / "magpie_instructions.py"
-CURATION_SMOKE = ("--preset", "smoke", "--seed", "35", "--generator.num_instructions", "16",
+CURATION_SMOKE = ("--preset", "smoke", "--seed", str(SEED), "--generator.num_instructions", "16",
                   "--generator.batch_size", "8", "--tagging.batch_size", "8", "--tagging.max_tokens", "24",
                   "--instruct_reward.batch_size", "8", "--instruct_reward.max_tokens", "24",
                   "--reward.input_batch_size", "8", "--selection.target_size", "8")
@@ -71,6 +77,9 @@ def ray_head():
         **os.environ,
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # see magpie_dl.scaleout: keeps 127.0.0.1
         "RAY_USAGE_STATS_ENABLED": "0",
+        # The workers (which inherit the head's environment) rebuild the runs' steps, the stub
+        # backend of tests/forced_queries.py among them: they must be able to import it.
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")])),
     }
     ray_cli = str(Path(sys.executable).parent / "ray")
     head = subprocess.Popen(
@@ -135,12 +144,12 @@ def test_recipe_on_ray_matches_local_run(ray_head, tiny_models, tmp_path):
     # The CLI's environment does not carry the head's loopback pinning: the recipe must pin itself.
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     local = subprocess.run(
-        [sys.executable, str(RECIPE), *SMOKE, "--output-dir", str(tmp_path / "local")],
+        [sys.executable, *run_args(FORCED, RECIPE), *SMOKE, "--output-dir", str(tmp_path / "local")],
         env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
     )
     assert local.returncode == 0, local.stderr[-3000:]
     on_ray = subprocess.run(
-        [sys.executable, str(RECIPE), *SMOKE, "--output-dir", str(tmp_path / "ray"),
+        [sys.executable, *run_args(FORCED, RECIPE), *SMOKE, "--output-dir", str(tmp_path / "ray"),
          "--scaleout.query_replicas", "2", "--scaleout.generation_replicas", "2", "--scaleout.reward_replicas", "2"],
         env={**env, "RAY_ADDRESS": address}, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
     )
@@ -160,26 +169,29 @@ def test_recipe_on_ray_matches_local_run(ray_head, tiny_models, tmp_path):
     }
 
     # Per-row seeds and duplicates marked in row order: every row equal to the single-generator
-    # local run (queries, provenance, responses, scores, pairs), whichever replica served it.
+    # local run (queries, provenance, responses, pairs exactly; scores, computed in other
+    # batches and processes, within tests/compare.py's tolerance), whichever replica served it.
     local_rows, ray_rows = _rows(tmp_path / "local"), _rows(tmp_path / "ray")
     assert len(local_rows) == 16
     assert [r["uuid"] for r in local_rows] == [r["uuid"] for r in ray_rows]
     for a, b in zip(local_rows, ray_rows):
-        assert a == b, a["uuid"]
+        assert_same(a, b, a["uuid"])
     assert sum(len(r["responses"]) for r in ray_rows) > 0
-    assert [r.get("pair_status") for r in ray_rows].count("instruction_duplicate") == 1
+    original, repeat = _forced_rows(ray_rows)
+    assert repeat["pair_status"] == "instruction_duplicate" and repeat["responses"] == []
+    assert original["pair_status"] != "instruction_duplicate" and len(original["responses"]) == 5
 
 
 def test_curation_recipe_on_ray_matches_local_run(ray_head, tiny_models, tmp_path):
     address, _, _ = ray_head
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     local = subprocess.run(
-        [sys.executable, str(CURATION), *CURATION_SMOKE, "--output-dir", str(tmp_path / "local")],
+        [sys.executable, *run_args(FORCED, CURATION), *CURATION_SMOKE, "--output-dir", str(tmp_path / "local")],
         env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
     )
     assert local.returncode == 0, local.stderr[-3000:]
     on_ray = subprocess.run(
-        [sys.executable, str(CURATION), *CURATION_SMOKE, "--output-dir", str(tmp_path / "ray"), "--ray",
+        [sys.executable, *run_args(FORCED, CURATION), *CURATION_SMOKE, "--output-dir", str(tmp_path / "ray"), "--ray",
          "--scaleout.ray_address", address, "--scaleout.query_replicas", "2",
          "--scaleout.tagging_replicas", "2", "--scaleout.reward_replicas", "2"],
         env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
@@ -193,11 +205,28 @@ def test_curation_recipe_on_ray_matches_local_run(ray_head, tiny_models, tmp_pat
             "instruct_reward_model-0", "instruct_reward_model-1", "selection-0"} <= actors
     assert "instruct_response-1" not in actors  # generation_replicas stays 1
 
-    # The same curated set, left-out rows and selection report as the local run.
+    # The same curated set, left-out rows and selection report as the local run (instruct
+    # rewards and neighbour distances within tests/compare.py's tolerance, all else exactly).
     for name in ("instructions.jsonl", "left_out.jsonl", "selection.json"):
-        assert (tmp_path / "ray" / name).read_text() == (tmp_path / "local" / name).read_text(), name
-    left_out = [json.loads(line) for line in (tmp_path / "ray" / "left_out.jsonl").read_text().splitlines()]
-    assert [r["instruction_status"] for r in left_out].count("duplicate") == 1
+        assert_same(_json_of(tmp_path / "ray" / name), _json_of(tmp_path / "local" / name), name)
+    selected, left_out = (_json_of(tmp_path / "ray" / name) for name in ("instructions.jsonl", "left_out.jsonl"))
+    original, repeat = _forced_rows(selected + left_out)
+    assert repeat in left_out and repeat["instruction_status"] == "duplicate"
+    assert original["instruction_status"] == "ok"
+
+
+def _json_of(path: Path) -> list | dict:
+    """A ``.json`` file's value, or a ``.jsonl`` file's rows."""
+    text = path.read_text()
+    return [json.loads(line) for line in text.splitlines()] if path.suffix == ".jsonl" else json.loads(text)
+
+
+def _forced_rows(rows: list[dict]) -> tuple[dict, dict]:
+    """The rows of the forced queries: (row 3's, row 15's), found by their sampling seeds."""
+    by_seed = {r["gen_input_configs"]["seed"]: r for r in rows}
+    original, repeat = (by_seed[int(seed)] for seed in FORCED)
+    assert [original["instruction"], repeat["instruction"]] == list(FORCED.values())
+    return original, repeat
 
 
 def _probe(address: str, env: dict[str, str]) -> dict:

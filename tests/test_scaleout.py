@@ -8,6 +8,7 @@ import json
 import pytest
 
 from magpie_dl.config import PRESETS, REPO_ROOT, validate
+from magpie_dl.outdir import in_progress_dir
 from magpie_dl.scaleout import ScaleoutConfig, is_loopback, load_groups, place_steps, wants_ray
 
 
@@ -90,7 +91,7 @@ def test_curation_recipe_placement():
     }
     # The selection report is written by a Ray worker: an absolute path.
     report = pipeline.dag.get_step("selection")["step"].report_path
-    assert report == str((cfg.output_dir / "selection.json").resolve())
+    assert report == str((in_progress_dir(cfg.output_dir) / "selection.json").resolve())
 
 
 def test_global_steps_split_what_must_fit_at_once():

@@ -1,4 +1,8 @@
-"""Reward scoring: batch invariance, ArmoRM's `score`, truncation, non-finite scores."""
+"""Reward scoring: batch invariance, ArmoRM's `score`, truncation, non-finite scores.
+
+``scorer`` is the tiny ArmoRM the smoke recipe uses; ``classifier`` a plain one-label
+Llama sequence classifier (FsfairX / Skywork style) on the same backbone.
+"""
 
 from __future__ import annotations
 
@@ -28,7 +32,27 @@ def scorer(tiny_models):
     return s
 
 
-def test_scores_do_not_depend_on_the_batch(scorer):
+@pytest.fixture(scope="module")
+def classifier(tiny_models, tmp_path_factory):
+    """A plain one-label sequence classifier, loaded through AutoModelForSequenceClassification."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+
+    out = tmp_path_factory.mktemp("classifier")
+    backbone = LlamaForCausalLM.from_pretrained(tiny_models["generator"], dtype=torch.float32).model
+    config = LlamaConfig.from_pretrained(tiny_models["generator"], num_labels=1)
+    torch.manual_seed(0)
+    model = LlamaForSequenceClassification(config)
+    model.model.load_state_dict(backbone.state_dict())
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_models["generator"]).save_pretrained(out)
+    s = RewardScorer(str(out), max_length=512, batch_size=4, dtype="float32")
+    s.load()
+    return s
+
+
+@pytest.mark.parametrize("which", ["scorer", "classifier"])
+def test_scores_do_not_depend_on_the_batch(request, which):
+    scorer = request.getfixturevalue(which)
     alone = []
     for pair in PAIRS:
         scorer.batch_size = 1
@@ -67,10 +91,12 @@ def test_passes_respect_both_caps_and_cover_every_sequence():
     assert plan[0] == [5]  # longest first: a pass too big for memory fails at once
 
 
-def test_a_causal_model_is_scored_without_a_mask(scorer):
-    # The tiny Llama classifier is causal: the load-time probe drops the mask, and the
-    # batch-invariance tests above then run the unmasked path.
-    assert scorer.mask_padding is False
+def test_a_causal_model_is_scored_without_a_mask(scorer, classifier):
+    # The Llama classifier is causal: the load-time probe drops the mask, and the
+    # batch-invariance tests above then run the unmasked path. ArmoRM's backbone is
+    # Llama: causal by construction.
+    assert classifier.mask_padding is False and not classifier.is_armorm
+    assert scorer.mask_padding is False and scorer.is_armorm
 
 
 def test_a_bidirectional_model_keeps_its_mask(tiny_models, tmp_path):
@@ -93,8 +119,9 @@ def test_a_bidirectional_model_keeps_its_mask(tiny_models, tmp_path):
     assert [r.score for r in encoder.score_pairs(PAIRS)] != pytest.approx(alone, abs=1e-5, rel=1e-5)
 
 
-def test_score_is_read_at_the_last_real_token(scorer):
+def test_score_is_read_at_the_last_real_token(classifier):
     """Right padding with a mask equals no padding; reading a padded position would not."""
+    scorer = classifier
     ids = conversation_token_ids(scorer.tokenizer, *PAIRS[5])
     pad = scorer.tokenizer.pad_token_id
     padded = torch.tensor([ids + [pad] * 30])
@@ -108,12 +135,12 @@ def test_score_is_read_at_the_last_real_token(scorer):
 
 
 def test_inputs_are_cut_at_max_length_and_flagged(tiny_models):
-    s = RewardScorer(tiny_models["reward"], max_length=16, batch_size=2, dtype="float32")
+    s = RewardScorer(tiny_models["reward"], max_length=32, batch_size=2, dtype="float32")
     s.load()
     long_pair = ("Tell me a story.", "Once upon a time " * 50)
     result = s.score_pairs([long_pair, PAIRS[5]])
-    assert result[0].truncated and result[0].num_tokens == 16
-    ids = conversation_token_ids(s.tokenizer, *long_pair)[:16]
+    assert result[0].truncated and result[0].num_tokens == 32 and result[0].score is not None
+    ids = conversation_token_ids(s.tokenizer, *long_pair)[:32]
     assert result[0].score == pytest.approx(s.score_token_ids([ids])[0].score, abs=1e-6)
 
 
@@ -140,7 +167,7 @@ def test_multi_label_classifier_without_score_is_an_error():
 
 
 def test_non_finite_scores_become_none_with_a_reason(scorer, monkeypatch):
-    monkeypatch.setattr(scorer, "_forward", lambda ids, mask: [float("nan"), float("inf")][: ids.shape[0]])
+    monkeypatch.setattr(scorer, "forward_batch", lambda rows, gating: [float("nan"), float("inf")][: len(rows)])
     scorer.batch_size = 2
     results = scorer.score_pairs(PAIRS[:2])
     assert [r.score for r in results] == [None, None]

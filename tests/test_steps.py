@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from forced_queries import ForcedQueriesBackend, query_seeds
 from magpie_dl.backends.transformers import TransformersBackend
 from magpie_dl.cleaning import mark_exact_duplicates
 from steps.magpie import ExactDuplicateQueries, MagpieGenerator, MagpieQueries, QuerySlots
@@ -92,12 +93,14 @@ def test_exact_duplicates_are_marked_in_row_order_whatever_the_arrival():
     step = ExactDuplicateQueries(name="exact_duplicates")
     step.load()
     arrivals = [[rows[4], rows[5]], [rows[2], rows[3]], [rows[0], rows[1]]]
-    out = [[r["uuid"] for r in batch] for rows_in in arrivals for batch in step.process([dict(r) for r in rows_in])]
+    out = [batch for rows_in in arrivals for batch in step.process([dict(r) for r in rows_in])]
     # Held back until every lower index has passed, then released in row order.
-    assert out == [[], [], [f"u{i}" for i in range(6)]]
+    assert [[r["uuid"] for r in batch] for batch in out] == [[], [], [f"u{i}" for i in range(6)]]
+    statuses = ["ok", "duplicate", "too_short", "duplicate", "ok", "duplicate"]
+    assert [r["instruction_status"] for r in out[-1]] == statuses  # row 5, first to arrive, is the duplicate
     step.load()
     [released] = list(step.process([dict(r) for r in rows]))
-    assert [r["instruction_status"] for r in released] == ["ok", "duplicate", "too_short", "duplicate", "ok", "duplicate"]
+    assert [r["instruction_status"] for r in released] == statuses
     assert all("query_index" not in r for r in released)
     # The single generator's rule, applied batch after batch, gives the same statuses.
     in_order = [dict(r) for r in rows]
@@ -109,14 +112,19 @@ def test_exact_duplicates_are_marked_in_row_order_whatever_the_arrival():
 
 def test_replicated_query_steps_give_the_generator_rows(tiny_models):
     """QuerySlots >> MagpieQueries (batches out of order) >> ExactDuplicateQueries == MagpieGenerator."""
+    # Row 15 repeats row 3 (case and spacing folded), across the two query batches: built
+    # at the model boundary, not hoped for from the tiny model's samples.
+    forced = query_seeds(7, {3: "Which rows repeat this exact query?", 15: "which rows  repeat this EXACT query?"})
+
     def kw() -> dict:
-        llm = TransformersBackend(model=tiny_models["generator"], dtype="float32")
-        return {"llm": llm, "max_tokens": 48, "temperature": 1.0, "seed": 35}  # seed 35: row 15 repeats row 3
+        llm = ForcedQueriesBackend(model=tiny_models["generator"], dtype="float32", forced=forced)
+        return {"llm": llm, "max_tokens": 48, "temperature": 1.0, "seed": 7}
 
     single = MagpieGenerator(num_rows=16, batch_size=8, **kw())
     single.load()
     expected = all_rows(single)
-    assert [i for i, r in enumerate(expected) if r["instruction_status"] == "duplicate"] == [15]
+    assert [expected[i]["raw_instruction"] for i in (3, 15)] == list(forced.values())
+    assert expected[3]["instruction_status"] == "ok" and expected[15]["instruction_status"] == "duplicate"
 
     slots = QuerySlots(num_rows=16, batch_size=8)
     slots.load()
@@ -128,8 +136,10 @@ def test_replicated_query_steps_give_the_generator_rows(tiny_models):
     assert all(r["instruction_status"] != "duplicate" for r in written)  # not known per batch
     marker = ExactDuplicateQueries()
     marker.load()
-    rows = [row for out in marker.process(written[8:]) for row in out]  # batch 1 came back first
-    rows += [row for out in marker.process(written[:8]) for row in out]
+    assert [r["uuid"] for r in written[:8]] == [r["uuid"] for r in expected[8:]]  # batch 1 came back first
+    rows = [row for out in marker.process(written[:8]) for row in out]
+    assert rows == []  # held back until rows 0-7 (row 3 among them) have passed
+    rows += [row for out in marker.process(written[8:]) for row in out]
     assert rows == expected
 
 
