@@ -26,3 +26,16 @@ def model_label(ref: str) -> str:
         return named
     parts = path.resolve().parts
     return "/".join(parts[-2:])
+
+
+def stand_in_reward_note(reward_model: str) -> str | None:
+    """One line saying the scores come from a stand-in, when the reward model is the tiny local one."""
+    from magpie_dl.config import TINY_DIR
+
+    path = Path(reward_model)
+    if not (path.is_dir() and path.resolve().is_relative_to(TINY_DIR.resolve())):
+        return None
+    return (
+        "scores come from the tiny ArmoRM-layout reward model built here (random heads): no real reward "
+        "model can be had offline, so chosen and rejected show the recipe at work, not a quality judgement"
+    )

@@ -36,7 +36,8 @@ from magpie_dl.scaleout import maybe_ray, place_steps, run_options, scaleout_of,
 from magpie_dl.step_errors import StepFailedError, surfaced
 from magpie_dl.stopping import RunStopped, StopSignals
 from magpie_dl.store import ResultStore
-from magpie_dl.report import CARD_FILENAME, write_card_and_report
+from magpie_dl.provenance import stand_in_reward_note
+from magpie_dl.report import CARD_FILENAME, example_lines, write_card_and_report
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -318,6 +319,10 @@ def main_for(build: Callable[[RecipeConfig], Pipeline], description: str, argv: 
     out_dir = Path(cfg.output.dir)
     print(f"\ndataset: {out_dir / 'dataset'}  (pipeline.yaml, left_out/, summary.json, README.md, report.html beside it)")
     for line in summary.lines():
+        print(f"  {line}")
+    if note := stand_in_reward_note(cfg.reward.model):
+        print(f"  note: {note}")
+    for line in example_lines(out_dir):
         print(f"  {line}")
     if cfg.output.push_to_hub and not push_for_hub(cfg):
         return 4
