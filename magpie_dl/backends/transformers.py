@@ -130,7 +130,7 @@ class TransformersBackend(CompletionLLM):
                 logits_to_keep=1,
                 **{self._cache_kwarg: cache},
             )
-            cache = out.past_key_values
+            cache = getattr(out, self._cache_kwarg)  # the output field has the same name
             logits = out.logits[:, -1, :].float().cpu()
             if penalise:
                 if seen is None:
@@ -206,24 +206,30 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: 
 def _sample_rows(
     logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor, generators: list[torch.Generator]
 ) -> torch.Tensor:
-    """One token per row: greedy at temperature 0, else nucleus sampling with the row's generator."""
+    """One token per row: greedy at temperature 0, else nucleus sampling with the row's generator.
+
+    Inverse-CDF sampling: one uniform draw per row from its own generator, located in the
+    row's cumulative distribution for the whole batch at once (a per-row ``multinomial`` over a
+    large vocabulary cost most of a decoding step). The vocabulary is sorted only when some
+    row keeps less than the whole distribution (``top_p < 1``).
+    """
     import torch
 
     greedy = logits.argmax(dim=-1)
-    scaled = logits / temperature.clamp(min=1e-6).unsqueeze(1)
-    probs = torch.softmax(scaled, dim=-1)
-    sorted_probs, order = probs.sort(dim=-1, descending=True)
-    # Keep the smallest prefix whose mass reaches top_p (always at least one token).
-    outside = (sorted_probs.cumsum(dim=-1) - sorted_probs) >= top_p.unsqueeze(1)
-    sorted_probs = sorted_probs.masked_fill(outside, 0.0)
-    picks = torch.empty(len(generators), dtype=torch.long)
-    for row, generator in enumerate(generators):
-        if temperature[row] == 0:
-            picks[row] = greedy[row]
-        else:
-            choice = torch.multinomial(sorted_probs[row], 1, generator=generator)
-            picks[row] = order[row, choice]
-    return picks
+    probs = torch.softmax(logits / temperature.clamp(min=1e-6).unsqueeze(1), dim=-1)
+    order = None
+    if bool((top_p < 1).any()):
+        probs, order = probs.sort(dim=-1, descending=True)
+        # Keep the smallest prefix whose mass reaches top_p (always at least one token).
+        outside = (probs.cumsum(dim=-1) - probs) >= top_p.unsqueeze(1)
+        probs = probs.masked_fill(outside, 0.0)
+    cdf = probs.cumsum(dim=-1)
+    draws = torch.cat([torch.rand(1, generator=generator) for generator in generators])
+    picks = torch.searchsorted(cdf, (draws * cdf[:, -1]).unsqueeze(1), right=True).squeeze(1)
+    picks = picks.clamp(max=probs.shape[-1] - 1)
+    if order is not None:
+        picks = order.gather(1, picks.unsqueeze(1)).squeeze(1)
+    return torch.where(temperature == 0, greedy, picks)
 
 
 def _stop_string_cut(tokenizer: Any, token_ids: list[int], stops: tuple[str, ...]) -> str | None:
