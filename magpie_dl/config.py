@@ -27,6 +27,8 @@ from magpie_dl.scaleout import ScaleoutConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TINY_DIR = REPO_ROOT / "models" / "tiny"
+# SmolLM2-135M-Instruct converted from its PyPI wheel (magpie_dl.smollm2; `make models`).
+SMOLLM2_DIR = REPO_ROOT / "models" / "smollm2"
 
 
 class ConfigError(ValueError):
@@ -338,6 +340,27 @@ def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any
         else:
             merged[key] = value
     return merged
+
+
+# The demo: a real aligned chat model writes the queries and the responses; the tiny
+# ArmoRM-layout model scores them (no real reward model can be had offline).
+PRESETS["demo"] = _deep_merge(
+    PRESETS["smoke"],
+    {
+        "generator": {
+            "model": str(SMOLLM2_DIR),
+            "family": "smollm2",
+            "num_instructions": 32,
+            "temperature": 0.9,
+            "max_tokens": 96,
+            "batch_size": 32,
+        },
+        "responses": {"max_tokens": 256, "batch_size": 32},
+        "reward": {"input_batch_size": 32},
+        "backend": {"max_model_len": 2048, "transformers_batch_size": 160},
+        "output": {"dir": "out/demo"},
+    },
+)
 
 
 def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:

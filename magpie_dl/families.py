@@ -117,6 +117,15 @@ FAMILIES: dict[str, ModelFamily] = {
             default_system="You are Qwen, created by Alibaba Cloud. You are a helpful assistant.",
             **_QWEN,
         ),
+        # SmolLM2's ChatML template inserts this system block when a conversation has none;
+        # with it before the user header the model writes real requests, without it code.
+        # Not a family of the reference's scripts: no newline stop, so multi-line requests
+        # reach the cleaner whole.
+        ModelFamily(
+            name="smollm2",
+            default_system="You are a helpful AI assistant named SmolLM, trained by Hugging Face",
+            **{**_QWEN, "stop_at_newline": False},
+        ),
         ModelFamily(
             name="gemma-2",
             bos="<bos>",
@@ -172,6 +181,8 @@ def detect_family(tokenizer: PreTrainedTokenizerBase) -> ModelFamily:
         # 3.1 and 3.3 share a template (with its "Cutting Knowledge Date" block); 3.0 has none.
         return FAMILIES["llama-3.1" if "Cutting Knowledge Date" in template else "llama-3"]
     if "<|im_start|>" in vocab:
+        if "named SmolLM" in template:
+            return FAMILIES["smollm2"]
         return FAMILIES["qwen2.5" if "You are Qwen, created by Alibaba Cloud" in template else "qwen2"]
     if "<start_of_turn>" in vocab:
         return FAMILIES["gemma-2"]

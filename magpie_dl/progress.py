@@ -52,14 +52,15 @@ def rates(
 ) -> list[StepRate]:
     """Per-step rates, in the order of ``totals``.
 
-    A step's rate counts from the moment it was first seen making progress (model
-    loading and waiting for upstream steps would otherwise drag it down);
-    ``first_seen`` maps a step to (time, rows, tokens) at that moment.
+    A step's rate counts from the moment it was first seen working: its counter appears
+    when it starts its first batch (:meth:`StoredResults.report_started`), so model loading
+    and waiting for upstream steps do not drag it down, and a step that finishes in one
+    batch still shows its real rate. ``first_seen`` maps a step to (time, rows, tokens) then.
     """
     out = []
     for name, total in totals.items():
         done, tokens = counters.get(name, (0, 0))
-        if done and name not in first_seen:
+        if name in counters and name not in first_seen:
             first_seen[name] = (now, done, tokens)
         since, rows0, tokens0 = first_seen.get(name, (now, done, tokens))
         elapsed = now - since

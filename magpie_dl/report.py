@@ -40,6 +40,7 @@ import yaml
 from magpie_dl.config import secret_values
 from magpie_dl.export import _atomic_write_text
 from magpie_dl.pairing import ALL_TIED, FEWER_THAN_TWO, LOW_MARGIN
+from magpie_dl.provenance import stand_in_reward_note
 from magpie_dl.tagging import DIFFICULTY_LEVELS, QUALITY_LEVELS
 
 if TYPE_CHECKING:
@@ -425,6 +426,23 @@ def example_pairs(run: RunOutput, k: int = 3) -> list[dict[str, Any]]:
     return [split[i] for i in picks]
 
 
+def example_lines(out_dir: Path | str, k: int = 2, width: int = 160) -> list[str]:
+    """``k`` example pairs of a finished run, a few short lines each, for the terminal summary."""
+    lines: list[str] = []
+    for i, row in enumerate(example_pairs(load_output(out_dir), k), 1):
+        lines += [
+            f"example {i} (margin {_num(row.get('score_margin'))}): {_one_line(row['instruction'], width)}",
+            f"  chosen:   {_one_line(_assistant_text(row.get('chosen')), width)}",
+            f"  rejected: {_one_line(_assistant_text(row.get('rejected')), width)}",
+        ]
+    return lines
+
+
+def _one_line(text: str, width: int) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 3].rstrip() + "..."
+
+
 def _assistant_text(messages: Sequence[Mapping[str, Any]] | None) -> str:
     return str(messages[-1].get("content") or "") if messages else ""
 
@@ -500,7 +518,8 @@ def render_card(run: RunOutput, license: str | None = None, pretty_name: str | N
         f"`report.html` beside this card in the output directory has the plots.",
         "",
     ]
-    notes = [n for n in (license_note, language_note) if n]
+    reward_note = stand_in_reward_note(str((cfg.get("reward") or {}).get("model") or ""))
+    notes = [n for n in (license_note, language_note, reward_note) if n]
     if notes:
         lines += ["> **Notes:** " + "; ".join(notes) + ".", ""]
 

@@ -23,7 +23,9 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from magpie_dl import outdir
-from magpie_dl.config import PRESETS, TINY_DIR, ConfigError, RecipeConfig, build_parser, redact, resolve
+from magpie_dl.config import (
+    PRESETS, REPO_ROOT, SMOLLM2_DIR, TINY_DIR, ConfigError, RecipeConfig, build_parser, redact, resolve,
+)
 from magpie_dl.export import Summary, discard_loaded_copy, write_dataset
 from magpie_dl.estimate import estimate
 from magpie_dl.outdir import OutputDirError
@@ -34,7 +36,8 @@ from magpie_dl.scaleout import maybe_ray, place_steps, run_options, scaleout_of,
 from magpie_dl.step_errors import StepFailedError, surfaced
 from magpie_dl.stopping import RunStopped, StopSignals
 from magpie_dl.store import ResultStore
-from magpie_dl.report import CARD_FILENAME, write_card_and_report
+from magpie_dl.provenance import stand_in_reward_note
+from magpie_dl.report import CARD_FILENAME, example_lines, write_card_and_report
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -264,8 +267,10 @@ def main_for(build: Callable[[RecipeConfig], Pipeline], description: str, argv: 
     sys.excepthook = sys.__excepthook__
     args = build_parser(description).parse_args(argv)
     try:
-        if args.preset == "smoke":
+        if args.preset in ("smoke", "demo"):
             _ensure_tiny_models()
+        if args.preset == "demo":
+            _ensure_smollm2()
         cfg = resolve(args)
         if cfg.instructions:
             _check_instructions(cfg.instructions)
@@ -315,6 +320,10 @@ def main_for(build: Callable[[RecipeConfig], Pipeline], description: str, argv: 
     print(f"\ndataset: {out_dir / 'dataset'}  (pipeline.yaml, left_out/, summary.json, README.md, report.html beside it)")
     for line in summary.lines():
         print(f"  {line}")
+    if note := stand_in_reward_note(cfg.reward.model):
+        print(f"  note: {note}")
+    for line in example_lines(out_dir):
+        print(f"  {line}")
     if cfg.output.push_to_hub and not push_for_hub(cfg):
         return 4
     if cfg.output.argilla_dataset and not push_for_review(cfg):
@@ -347,6 +356,24 @@ def _ensure_tiny_models() -> None:
     if not tiny.is_current(TINY_DIR):
         logging.getLogger("magpie_dl").warning("building tiny local models in %s", TINY_DIR)
         tiny.ensure(TINY_DIR)
+
+
+def _ensure_smollm2() -> None:
+    """The demo preset's real chat model, converted once from its PyPI wheel (`make models`)."""
+    from magpie_dl import smollm2
+
+    if smollm2.is_current(SMOLLM2_DIR):
+        return
+    wheel = REPO_ROOT / ".whl" / smollm2.WHEEL_NAME
+    if not wheel.is_file():
+        raise ConfigError(
+            f"the demo preset needs {smollm2.MODEL_ID} in {SMOLLM2_DIR}: run `make models` "
+            f"(downloads the {smollm2.PACKAGE} wheel, no dependencies, and converts it)"
+        )
+    try:
+        smollm2.ensure(wheel, SMOLLM2_DIR)
+    except smollm2.ConversionError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 __all__ = ["PRESETS", "main_for", "output_lock", "run_recipe"]

@@ -33,6 +33,10 @@ class StoredResults(BaseModel):
     def store(self) -> Optional[ResultStore]:
         return self._store
 
+    def report_started(self) -> None:
+        """Call when a batch starts: the live display times the step's rate from its first one."""
+        self.report_progress(0, 0)
+
     def report_progress(self, rows: int, tokens: int) -> None:
         """Count finished rows and tokens for the run's live progress display."""
         if self._store is not None:

@@ -126,6 +126,7 @@ class MagpieQueryWriter(StoredResults):
 
     def write_queries(self, indices: Sequence[int]) -> list[dict[str, Any]]:
         """Sample, clean and annotate the queries of rows ``indices``; counts progress."""
+        self.report_started()
         tokenizer, family = self.llm.tokenizer, self._family
         rules = CleaningRules(min_chars=self.min_chars, max_chars=self.max_chars)
         picks = [self._plan.pick(self.seed, i) for i in indices]
@@ -147,7 +148,7 @@ class MagpieQueryWriter(StoredResults):
                     "instruction_status": cleaned.reason or _status_of(completion.finish_reason),
                     "system_prompt_category": category,
                     "gen_input_configs": {
-                        "input_generator": self.llm.model_name,
+                        "input_generator": self.llm.provenance_name,
                         "temperature": spec.temperature,
                         "top_p": spec.top_p,
                         "max_tokens": spec.max_tokens,

@@ -90,6 +90,7 @@ class MultiResponseGeneration(Step, StoredResults):
         return ["generations", "finish_reasons", "generation_tokens", "gen_response_configs"]
 
     def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
+        self.report_started()
         tokenizer, stops = self.llm.tokenizer, self._stops
         todo = [row for row in inputs if row.get("instruction_status", "ok") == "ok"]
         prompts = [
@@ -134,7 +135,7 @@ class MultiResponseGeneration(Step, StoredResults):
             "repetition_penalty": self.repetition_penalty,
             "max_tokens": self.max_tokens,
             "stop_tokens": list(stop_tokens),
-            "output_generator": self.llm.model_name,
+            "output_generator": self.llm.provenance_name,
             "engine": self.engine,
             "seed": spec.seed if spec else None,
             "prompt_style": self.prompt_style,

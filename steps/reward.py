@@ -106,6 +106,7 @@ class RewardScoring(Step, StoredResults):
         return ["ratings", "rating_truncated", "rating_errors"]
 
     def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
+        self.report_started()
         wanted = [
             (r, j)
             for r, row in enumerate(inputs)

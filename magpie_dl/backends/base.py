@@ -20,6 +20,8 @@ from pydantic import Field, PrivateAttr, field_validator
 
 from magpie_dl.prompts import DEFAULT_TEMPLATE_DATE, chat_token_ids, check_template_date
 
+from magpie_dl.provenance import model_label
+
 if TYPE_CHECKING:
     from distilabel.typing import FormattedInput, GenerateOutput
     from transformers import PreTrainedTokenizerBase
@@ -135,6 +137,11 @@ class CompletionLLM(LLM):
     @property
     def model_name(self) -> str:
         return self.model
+
+    @property
+    def provenance_name(self) -> str:
+        """The model as rows name it: a hub id or the model a local directory holds, never a local path."""
+        return model_label(self.model_name)
 
     def load(self) -> None:
         super().load()

@@ -8,6 +8,7 @@ completion from its own ``torch.Generator`` seeded like vLLM (``seed + index``).
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +49,7 @@ class TransformersBackend(CompletionLLM):
     )
 
     _model: Any = PrivateAttr(default=None)
+    _cache_kwarg: str = PrivateAttr(default="past_key_values")
 
     def load(self) -> None:
         super().load()
@@ -59,6 +61,9 @@ class TransformersBackend(CompletionLLM):
             self.model, dtype=dtype, trust_remote_code=self.trust_remote_code
         ).to(self.device)
         self._model.eval()
+        # transformers 5 renamed the forward's KV-cache argument (`past_key_values` -> `cache`).
+        params = inspect.signature(self._model.forward).parameters
+        self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
 
     def unload(self) -> None:
         self._model = None
@@ -111,47 +116,59 @@ class TransformersBackend(CompletionLLM):
         texts: list[str | None] = [None] * batch
         max_steps = max(job.spec.max_tokens for job in jobs)
 
-        past = None
+        # Rows still sampling: finished rows leave the batch (and the KV cache) at once, so a
+        # batch with long-tailed lengths does not keep computing its finished rows.
+        alive = list(range(batch))
+        cache = None
         step_ids, step_positions = ids, positions
         for step in range(max_steps):
             out = model(
                 input_ids=step_ids,
                 attention_mask=mask,
                 position_ids=step_positions,
-                past_key_values=past,
                 use_cache=True,
+                logits_to_keep=1,
+                **{self._cache_kwarg: cache},
             )
-            past = out.past_key_values
+            cache = getattr(out, self._cache_kwarg)  # the output field has the same name
             logits = out.logits[:, -1, :].float().cpu()
             if penalise:
                 if seen is None:
-                    seen = torch.zeros(logits.shape, dtype=torch.bool)
+                    seen = torch.zeros((batch, logits.shape[-1]), dtype=torch.bool)
                     for row, job in enumerate(jobs):
                         seen[row, list(job.token_ids)] = True
-                logits = apply_repetition_penalty(logits, seen, penalties)
+                logits = apply_repetition_penalty(logits, seen[alive], penalties[alive])
             if step == 0:
-                for row, job in enumerate(jobs):
-                    if job.spec.first_token_ban_ids:
-                        logits[row, list(job.spec.first_token_ban_ids)] = float("-inf")
-            next_ids = _sample_rows(logits, temperature, top_p, [job.generator for job in jobs])
+                for pos, row in enumerate(alive):
+                    if jobs[row].spec.first_token_ban_ids:
+                        logits[pos, list(jobs[row].spec.first_token_ban_ids)] = float("-inf")
+            next_ids = _sample_rows(
+                logits, temperature[alive], top_p[alive], [jobs[row].generator for row in alive]
+            )
             if seen is not None:
-                seen[torch.arange(batch), next_ids] = True
-            for row, job in enumerate(jobs):
-                if finish[row] is not None:
-                    continue
-                token = int(next_ids[row])
+                seen[alive, next_ids] = True
+            keep: list[int] = []
+            for pos, row in enumerate(alive):
+                token = int(next_ids[pos])
                 generated[row].append(token)
                 if token in stop_ids[row]:
                     finish[row] = "stop"
-                elif job.spec.stop and (cut := _stop_string_cut(tokenizer, generated[row], job.spec.stop)):
+                elif jobs[row].spec.stop and (cut := _stop_string_cut(tokenizer, generated[row], jobs[row].spec.stop)):
                     finish[row], texts[row] = "stop", cut
-                elif len(generated[row]) >= job.spec.max_tokens:
+                elif len(generated[row]) >= jobs[row].spec.max_tokens:
                     finish[row] = "length"
-            if all(reason is not None for reason in finish):
+                else:
+                    keep.append(pos)
+            if not keep:
                 break
+            if len(keep) < len(alive):
+                index = torch.tensor(keep, device=mask.device)
+                cache.batch_select_indices(index)
+                mask, step_positions, next_ids = mask[index], step_positions[index], next_ids[keep]
+                alive = [alive[pos] for pos in keep]
             step_ids = next_ids.view(-1, 1).to(self.device)
             step_positions = step_positions[:, -1:] + 1
-            mask = torch.cat([mask, torch.ones((batch, 1), dtype=mask.dtype, device=mask.device)], dim=1)
+            mask = torch.cat([mask, torch.ones((len(alive), 1), dtype=mask.dtype, device=mask.device)], dim=1)
 
         completions = []
         for row in range(batch):
@@ -189,24 +206,30 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: 
 def _sample_rows(
     logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor, generators: list[torch.Generator]
 ) -> torch.Tensor:
-    """One token per row: greedy at temperature 0, else nucleus sampling with the row's generator."""
+    """One token per row: greedy at temperature 0, else nucleus sampling with the row's generator.
+
+    Inverse-CDF sampling: one uniform draw per row from its own generator, located in the
+    row's cumulative distribution for the whole batch at once (a per-row ``multinomial`` over a
+    large vocabulary cost most of a decoding step). The vocabulary is sorted only when some
+    row keeps less than the whole distribution (``top_p < 1``).
+    """
     import torch
 
     greedy = logits.argmax(dim=-1)
-    scaled = logits / temperature.clamp(min=1e-6).unsqueeze(1)
-    probs = torch.softmax(scaled, dim=-1)
-    sorted_probs, order = probs.sort(dim=-1, descending=True)
-    # Keep the smallest prefix whose mass reaches top_p (always at least one token).
-    outside = (sorted_probs.cumsum(dim=-1) - sorted_probs) >= top_p.unsqueeze(1)
-    sorted_probs = sorted_probs.masked_fill(outside, 0.0)
-    picks = torch.empty(len(generators), dtype=torch.long)
-    for row, generator in enumerate(generators):
-        if temperature[row] == 0:
-            picks[row] = greedy[row]
-        else:
-            choice = torch.multinomial(sorted_probs[row], 1, generator=generator)
-            picks[row] = order[row, choice]
-    return picks
+    probs = torch.softmax(logits / temperature.clamp(min=1e-6).unsqueeze(1), dim=-1)
+    order = None
+    if bool((top_p < 1).any()):
+        probs, order = probs.sort(dim=-1, descending=True)
+        # Keep the smallest prefix whose mass reaches top_p (always at least one token).
+        outside = (probs.cumsum(dim=-1) - probs) >= top_p.unsqueeze(1)
+        probs = probs.masked_fill(outside, 0.0)
+    cdf = probs.cumsum(dim=-1)
+    draws = torch.cat([torch.rand(1, generator=generator) for generator in generators])
+    picks = torch.searchsorted(cdf, (draws * cdf[:, -1]).unsqueeze(1), right=True).squeeze(1)
+    picks = picks.clamp(max=probs.shape[-1] - 1)
+    if order is not None:
+        picks = order.gather(1, picks.unsqueeze(1)).squeeze(1)
+    return torch.where(temperature == 0, greedy, picks)
 
 
 def _stop_string_cut(tokenizer: Any, token_ids: list[int], stops: tuple[str, ...]) -> str | None:
