@@ -426,6 +426,8 @@ def build_parser(
         parser.add_argument("--dry-run", action="store_true",
                             help="Print the graph, the resolved config and a work estimate; load no model.")
         parser.add_argument("--quiet", action="store_true", help="No live progress lines (for log files).")
+        parser.add_argument("--verbose", action="store_true",
+                            help="Show the libraries' own progress bars, warnings and logs too.")
     reverse = {path: alias for alias, path in aliases.items()}
     for path, info in _fields(schema):
         # argparse %-formats help strings: a literal % in a description ("30% ...") must be doubled.

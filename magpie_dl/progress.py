@@ -121,7 +121,7 @@ def _duration(seconds: float) -> str:
 
 
 def silence_library_progress() -> None:
-    """``--quiet``: no progress bars from the libraries either (datasets, transformers, the
+    """No progress bars from the libraries (the default, and ``--quiet``) (datasets, transformers, the
     hub client). Their environment switches are read at import, which has happened by
     now, so each library is also told directly; step workers fork from this process and
     inherit that, other processes (Ray actors, plain tqdm users) read the environment."""
@@ -137,3 +137,24 @@ def silence_library_progress() -> None:
         transformers.utils.logging.disable_progress_bar()
     except ImportError:
         pass
+
+
+def quiet_libraries() -> None:
+    """The default output: our progress lines and summary only. No progress bars, and only
+    errors from the libraries' loggers and warnings (``--verbose`` keeps them all)."""
+    import logging
+    import warnings
+
+    silence_library_progress()
+    for category in (FutureWarning, DeprecationWarning, UserWarning):
+        warnings.filterwarnings("ignore", category=category)
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")  # processes that do not fork from this one
+    for name in ("transformers", "datasets", "huggingface_hub", "accelerate", "torch"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        import transformers.utils.logging
+
+        transformers.utils.logging.set_verbosity_error()
+    except ImportError:
+        pass
+

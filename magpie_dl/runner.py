@@ -31,7 +31,7 @@ from magpie_dl.estimate import estimate
 from magpie_dl.outdir import OutputDirError
 from magpie_dl.preflight import check_before_run
 from magpie_dl.procs import die_with_parent, own_process_group, shared_with_workers
-from magpie_dl.progress import ProgressMonitor, silence_library_progress
+from magpie_dl.progress import ProgressMonitor, quiet_libraries
 from magpie_dl.scaleout import maybe_ray, place_steps, run_options, scaleout_of, wants_ray
 from magpie_dl.step_errors import StepFailedError, surfaced
 from magpie_dl.stopping import RunStopped, StopSignals
@@ -293,8 +293,8 @@ def main_for(build: Callable[[RecipeConfig], Pipeline], description: str, argv: 
     os.environ.setdefault("DISTILABEL_LOG_LEVEL", "WARNING")
     for name in ("HF_DATASETS_DISABLE_PROGRESS_BARS", "HF_HUB_DISABLE_PROGRESS_BARS"):
         os.environ.setdefault(name, "1")
-    if args.quiet:
-        silence_library_progress()
+    if not args.verbose:
+        quiet_libraries()
     recipe = recipe_name(build)
     started = time.perf_counter()
     stop = StopSignals()

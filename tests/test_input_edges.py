@@ -107,3 +107,20 @@ def test_quiet_run_prints_no_progress_bars_and_leaves_no_distilabel_cache(tmp_pa
     assert not (out / "cache" / "distilabel").exists()
     assert not (home / ".cache" / "distilabel").exists()
     assert (out / "dataset").exists()
+
+
+@pytest.mark.slow
+def test_default_output_has_no_library_noise_and_verbose_brings_it_back(tmp_path, tiny_models):
+    """What a newcomer sees: our progress lines and summary, no bars or warnings of the libraries."""
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"instruction": "How do I bake bread?"}\n{"instruction": "Explain SQL joins."}\n')
+    noise = ("it/s]", "examples/s]", "Loading weights", "Saving the dataset", "FutureWarning", "deprecated")
+    plain = run_recipe_cli("--preset", "smoke", "--instructions", str(source), "--output-dir", str(tmp_path / "a"),
+                           timeout=300)
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    assert not [n for n in noise if n in plain.stdout + plain.stderr], (plain.stdout + plain.stderr)[-3000:]
+    assert "pairs kept:" in plain.stdout
+    verbose = run_recipe_cli("--preset", "smoke", "--instructions", str(source), "--output-dir", str(tmp_path / "b"),
+                             "--verbose", "--quiet", timeout=300)
+    assert verbose.returncode == 0, verbose.stderr[-3000:]
+    assert [n for n in noise if n in verbose.stdout + verbose.stderr]

@@ -21,9 +21,9 @@ from magpie_dl.provenance import model_label
 from steps.magpie import MagpieGenerator
 from steps.responses import MultiResponseGeneration
 
-# Floors well under what the model does (seen here: 15 of 16 queries usable; at a 192-token cap
-# only 5 of 12 responses ended their turn, so the cap here is 512): with 16 queries and 24
-# responses, sampling alone falls under a floor with odds of about 1 in 300.
+# Floors well under what the model does (seen here: 15 and 16 of 16 queries usable in two runs;
+# at a 192-token cap only 5 of 12 responses ended their turn, at 512 13 and 19 of 24, the second
+# with the current sampler). A failure means the recipe changed, not the sampling.
 MIN_USABLE_SHARE = 0.5
 MIN_ENDED_SHARE = 0.5
 
