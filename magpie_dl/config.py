@@ -355,7 +355,7 @@ PRESETS["demo"] = _deep_merge(
             "max_tokens": 96,
             "batch_size": 32,
         },
-        "responses": {"max_tokens": 256, "batch_size": 32},
+        "responses": {"max_tokens": 320, "batch_size": 32},
         "reward": {"input_batch_size": 32},
         "backend": {"max_model_len": 2048, "transformers_batch_size": 160},
         "output": {"dir": "out/demo"},

@@ -63,7 +63,12 @@ def rates(
         if name in counters and name not in first_seen:
             first_seen[name] = (now, done, tokens)
         since, rows0, tokens0 = first_seen.get(name, (now, done, tokens))
-        elapsed = now - since
+        if done >= total and name in first_seen:
+            # A finished step keeps the rate it ended with (the clock stops at its last row).
+            until = first_seen.setdefault(f"{name}\0finished", (now, done, tokens))[0]
+        else:
+            until = now
+        elapsed = until - since
         rows_per_s = (done - rows0) / elapsed if elapsed > 0 else 0.0
         tokens_per_s = (tokens - tokens0) / elapsed if elapsed > 0 else 0.0
         out.append(StepRate(name, min(done, total), total, rows_per_s, tokens_per_s))

@@ -31,6 +31,8 @@ def test_a_step_done_in_one_batch_shows_its_real_rate():
     [r] = rates({"responses": (24, 4800)}, {"responses": 24}, first, now=112.0)
     assert r.rows_per_s == pytest.approx(2.0) and r.tokens_per_s == pytest.approx(400.0)
     assert "24/24 (100%) 2.0 rows/s 400 tok/s" in r.line()
+    [r] = rates({"responses": (24, 4800)}, {"responses": 24}, first, now=200.0)
+    assert r.rows_per_s == pytest.approx(2.0)  # finished: its rate no longer decays with the clock
 
 
 def test_monitor_reads_counters_written_by_step_processes(tmp_path):
