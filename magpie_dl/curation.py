@@ -254,7 +254,7 @@ def main_for(build: Any, description: str, argv: list[str] | None = None) -> int
     from magpie_dl.export import discard_loaded_copy
     from magpie_dl.outdir import OutputDirError
     from magpie_dl.preflight import check_before_run
-    from magpie_dl.procs import die_with_parent, own_process_group
+    from magpie_dl.procs import die_with_parent, own_process_group, preload_worker_imports
     from magpie_dl.runner import (
         OutputLockedError, _ensure_tiny_models, claimed_output, prepare, recipe_name, run_pipeline,
     )
@@ -278,6 +278,7 @@ def main_for(build: Any, description: str, argv: list[str] | None = None) -> int
     if args.print_config:
         print(yaml.safe_dump(cfg.public_dict(), sort_keys=False), end="")
         return 0
+    preload_worker_imports()  # under the start-up handlers: a signal here ends the process with one line
     started = time.perf_counter()
     try:
         with StopSignals() as stop, claimed_output(cfg.output_dir, recipe) as out_dir:

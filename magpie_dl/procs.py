@@ -57,6 +57,17 @@ def own_process_group() -> None:
         pass
 
 
+def preload_worker_imports() -> None:
+    """Import what every step worker imports (torch, transformers' tokenizers); a missing
+    package is skipped. Recipes call it before their stop handling takes over: a Ctrl-C that
+    lands inside torch's import, raised there as KeyboardInterrupt, aborts the process."""
+    try:
+        import torch  # noqa: F401
+        from transformers import AutoTokenizer, PreTrainedTokenizerFast  # noqa: F401
+    except ImportError:
+        pass
+
+
 @contextmanager
 def shared_with_workers() -> Iterator[None]:
     """Around a pipeline run: make what the step workers inherit stay shared.
@@ -70,11 +81,7 @@ def shared_with_workers() -> Iterator[None]:
     the shared copies into private ones. Nothing is loaded that the run would not import
     anyway; a missing package is skipped. The objects are unfrozen afterwards.
     """
-    try:
-        import torch  # noqa: F401
-        from transformers import AutoTokenizer, PreTrainedTokenizerFast  # noqa: F401
-    except ImportError:
-        pass
+    preload_worker_imports()
     gc.collect()
     gc.freeze()
     try:

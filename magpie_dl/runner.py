@@ -30,7 +30,7 @@ from magpie_dl.export import Summary, discard_loaded_copy, write_dataset
 from magpie_dl.estimate import estimate
 from magpie_dl.outdir import OutputDirError
 from magpie_dl.preflight import check_before_run
-from magpie_dl.procs import die_with_parent, own_process_group, shared_with_workers
+from magpie_dl.procs import die_with_parent, own_process_group, preload_worker_imports, shared_with_workers
 from magpie_dl.progress import ProgressMonitor, quiet_libraries
 from magpie_dl.scaleout import maybe_ray, place_steps, run_options, scaleout_of, wants_ray
 from magpie_dl.step_errors import StepFailedError, surfaced
@@ -296,6 +296,7 @@ def main_for(build: Callable[[RecipeConfig], Pipeline], description: str, argv: 
     if not args.verbose:
         quiet_libraries()
     recipe = recipe_name(build)
+    preload_worker_imports()  # under the start-up handlers: a signal here ends the process with one line
     started = time.perf_counter()
     stop = StopSignals()
     try:
