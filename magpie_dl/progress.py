@@ -49,13 +49,15 @@ def rates(
     totals: dict[str, int],
     first_seen: dict[str, tuple[float, int, int]],
     now: float,
+    finished: dict[str, float] | None = None,
 ) -> list[StepRate]:
     """Per-step rates, in the order of ``totals``.
 
     A step's rate counts from the moment it was first seen working: its counter appears
     when it starts its first batch (:meth:`StoredResults.report_started`), so model loading
     and waiting for upstream steps do not drag it down, and a step that finishes in one
-    batch still shows its real rate. ``first_seen`` maps a step to (time, rows, tokens) then.
+    batch still shows its real rate. ``first_seen`` maps a step to (time, rows, tokens) then;
+    ``finished`` (kept by the caller) to the time it was first seen done.
     """
     out = []
     for name, total in totals.items():
@@ -64,8 +66,8 @@ def rates(
             first_seen[name] = (now, done, tokens)
         since, rows0, tokens0 = first_seen.get(name, (now, done, tokens))
         if done >= total and name in first_seen:
-            # A finished step keeps the rate it ended with (the clock stops at its last row).
-            until = first_seen.setdefault(f"{name}\0finished", (now, done, tokens))[0]
+            # A finished step keeps the rate it ended with: its clock stops when it is first seen done.
+            until = finished.setdefault(name, now) if finished is not None else now
         else:
             until = now
         elapsed = until - since
@@ -88,6 +90,7 @@ class ProgressMonitor:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="magpie-progress", daemon=True)
         self._first_seen: dict[str, tuple[float, int, int]] = {}
+        self._finished: dict[str, float] = {}
 
     def __enter__(self) -> ProgressMonitor:
         self._thread.start()
@@ -98,7 +101,7 @@ class ProgressMonitor:
         self._thread.join(timeout=5)
 
     def snapshot(self) -> list[StepRate]:
-        return rates(self.store.progress(), self.totals, self._first_seen, time.perf_counter())
+        return rates(self.store.progress(), self.totals, self._first_seen, time.perf_counter(), self._finished)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):

@@ -26,12 +26,13 @@ def test_rates_count_from_first_progress_and_give_an_eta():
 def test_a_step_done_in_one_batch_shows_its_real_rate():
     """The step reports its start (a zero counter), then all its rows at once."""
     first: dict = {}
-    [r] = rates({"responses": (0, 0)}, {"responses": 24}, first, now=100.0)
+    finished: dict = {}
+    [r] = rates({"responses": (0, 0)}, {"responses": 24}, first, now=100.0, finished=finished)
     assert r.rows_per_s == 0 and r.done == 0
-    [r] = rates({"responses": (24, 4800)}, {"responses": 24}, first, now=112.0)
+    [r] = rates({"responses": (24, 4800)}, {"responses": 24}, first, now=112.0, finished=finished)
     assert r.rows_per_s == pytest.approx(2.0) and r.tokens_per_s == pytest.approx(400.0)
     assert "24/24 (100%) 2.0 rows/s 400 tok/s" in r.line()
-    [r] = rates({"responses": (24, 4800)}, {"responses": 24}, first, now=200.0)
+    [r] = rates({"responses": (24, 4800)}, {"responses": 24}, first, now=200.0, finished=finished)
     assert r.rows_per_s == pytest.approx(2.0)  # finished: its rate no longer decays with the clock
 
 
