@@ -14,10 +14,10 @@ import os
 import re
 from datetime import date
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from magpie_dl.estimate import EstimateConfig
 from magpie_dl.families import FAMILIES
@@ -79,6 +79,15 @@ def _check_device(value: str) -> str:
     return value
 
 
+# Field types that carry their check: every section declaring a model, dtype or device
+# validates it the same way.
+ModelRef = Annotated[str, AfterValidator(_check_model_ref)]
+# Annotated outside the union, so the field's annotation stays `str | None` (a flag's text is kept as is).
+OptionalModelRef = Annotated[str | None, AfterValidator(lambda value: None if value is None else _check_model_ref(value))]
+DType = Annotated[str, AfterValidator(_check_dtype)]
+Device = Annotated[str, AfterValidator(_check_device)]
+
+
 def _check_family(value: str) -> str:
     if value != "auto" and value not in FAMILIES:
         raise ValueError(f"unknown family {value!r}; use auto or one of: {', '.join(FAMILIES)}")
@@ -88,7 +97,7 @@ def _check_family(value: str) -> str:
 class GeneratorConfig(_Section):
     """Magpie query synthesis."""
 
-    model: str = Field("meta-llama/Llama-3.1-70B-Instruct", description="Aligned chat model that writes the queries.")
+    model: ModelRef = Field("meta-llama/Llama-3.1-70B-Instruct", description="Aligned chat model that writes the queries.")
     family: str = Field("auto", description=f"Chat-template family: auto or one of {', '.join(FAMILIES)}.")
     num_instructions: int = Field(100_000, ge=1, description="How many queries to write.")
     temperature: float = Field(0.9, ge=0.0, le=2.0, description="Query sampling temperature.")
@@ -105,11 +114,6 @@ class GeneratorConfig(_Section):
         "family's default (on for llama-3, qwen2, qwen2.5, phi-3, mistral; off for llama-3.1/3.3, gemma-2)."
     )
     batch_size: int = Field(1000, ge=1, description="Queries per batch sent to the engine.")
-
-    @field_validator("model")
-    @classmethod
-    def _model_ref(cls, value: str) -> str:
-        return _check_model_ref(value)
 
     @field_validator("family")
     @classmethod
@@ -136,7 +140,7 @@ class GeneratorConfig(_Section):
 class ResponsesConfig(_Section):
     """Multi-generation of responses."""
 
-    model: str | None = Field(None, description="Response model; defaults to the generator's model.")
+    model: OptionalModelRef = Field(None, description="Response model; defaults to the generator's model.")
     num_generations: int = Field(5, ge=2, description="Responses per instruction (at least 2 to make a pair).")
     temperature: float = Field(0.8, ge=0.0, le=2.0, description="Response sampling temperature.")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Response nucleus sampling mass.")
@@ -149,23 +153,18 @@ class ResponsesConfig(_Section):
     )
     batch_size: int = Field(500, ge=1, description="Instructions per batch sent to the engine.")
 
-    @field_validator("model")
-    @classmethod
-    def _model_ref(cls, value: str | None) -> str | None:
-        return None if value is None else _check_model_ref(value)
-
 
 class RewardConfig(_Section):
     """Reward scoring."""
 
-    model: str = Field("RLHFlow/ArmoRM-Llama3-8B-v0.1", description="Reward model (ArmoRM in the recipe).")
+    model: ModelRef = Field("RLHFlow/ArmoRM-Llama3-8B-v0.1", description="Reward model (ArmoRM in the recipe).")
     max_length: int = Field(4096, ge=8, description="Inputs are cut to this many tokens.")
     batch_size: int = Field(64, ge=1, description="Most sequences per forward pass.")
     batch_tokens: int = Field(
         32768, ge=1, description="Most padded tokens (sequences x longest) per forward pass; ~1024 suits a CPU."
     )
-    dtype: str = Field("bfloat16", description="auto | float32 | bfloat16 | float16")
-    device: str = Field("cuda", description="Torch device for the reward model.")
+    dtype: DType = Field("bfloat16", description="auto | float32 | bfloat16 | float16")
+    device: Device = Field("cuda", description="Torch device for the reward model.")
     trust_remote_code: bool = Field(
         False,
         description="Opt in to running a reward model's own code, for architectures not implemented here "
@@ -173,29 +172,14 @@ class RewardConfig(_Section):
     )
     input_batch_size: int = Field(500, ge=1, description="Rows per batch handed to the scoring step.")
 
-    @field_validator("model")
-    @classmethod
-    def _model_ref(cls, value: str) -> str:
-        return _check_model_ref(value)
-
-    @field_validator("dtype")
-    @classmethod
-    def _known_dtype(cls, value: str) -> str:
-        return _check_dtype(value)
-
-    @field_validator("device")
-    @classmethod
-    def _device_spelling(cls, value: str) -> str:
-        return _check_device(value)
-
 
 class BackendConfig(_Section):
     """Where generation runs."""
 
     kind: Literal["transformers", "vllm", "openai"] = Field("vllm", description="transformers | vllm | openai")
     base_urls: list[str] = Field(default_factory=list, description="vLLM server URLs for --backend openai.")
-    device: str = Field("cuda", description="Torch device for the transformers backend.")
-    dtype: str = Field("bfloat16", description="Model dtype: auto | float32 | bfloat16 | float16")
+    device: Device = Field("cuda", description="Torch device for the transformers backend.")
+    dtype: DType = Field("bfloat16", description="Model dtype: auto | float32 | bfloat16 | float16")
     tensor_parallel_size: int = Field(8, ge=1, description="vLLM: GPUs per engine.")
     max_model_len: int | None = Field(8192, description="vLLM: context length.")
     gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0, description="vLLM: fraction of GPU memory.")
@@ -205,16 +189,6 @@ class BackendConfig(_Section):
         date.fromisoformat(DEFAULT_TEMPLATE_DATE),
         description="Date chat templates render as today (Llama 3.1+); pinned so a resumed run builds the same prompts.",
     )
-
-    @field_validator("dtype")
-    @classmethod
-    def _known_dtype(cls, value: str) -> str:
-        return _check_dtype(value)
-
-    @field_validator("device")
-    @classmethod
-    def _device_spelling(cls, value: str) -> str:
-        return _check_device(value)
 
     @model_validator(mode="after")
     def _urls_for_openai(self) -> BackendConfig:

@@ -75,17 +75,12 @@ class DedupSection(_Section):
 
     embedding_model: str = Field(REFERENCE_MODEL, description=f"Sentence encoder; {PACKAGED_MINILM} works offline.")
     embedding_batch_size: int = Field(64, ge=1, description="Texts per encoder forward pass.")
-    device: str = Field("cuda", description="Torch device of the encoder.")
+    device: config.Device = Field("cuda", description="Torch device of the encoder.")
     threshold: float = Field(0.05, gt=0.0, description="Squared L2 near-duplicate threshold.")
     k: int = Field(500, ge=1, description="Neighbours searched per row.")
     method: Literal["auto", "exact", "index"] = Field("auto", description="Exact search, FAISS index, or auto.")
     index_min_rows: int = Field(50_000, ge=1, description="Rows from which auto uses the index.")
     nprobe: int = Field(8, ge=1, description="IVF cells visited per query.")
-
-    @field_validator("device")
-    @classmethod
-    def _device_spelling(cls, value: str) -> str:
-        return config._check_device(value)
 
 
 class SelectionSection(_Section):
