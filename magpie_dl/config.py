@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 from datetime import date
 from pathlib import Path
@@ -504,18 +503,3 @@ def validate(data: dict[str, Any], schema: type[BaseModel] = RecipeConfig) -> An
         # A check across sections has no one field to name: its message names them.
         raise ConfigError(f"--{where}: {message}{extra}" if where else f"{message}{extra}") from None
 
-
-def secret_env_names() -> tuple[str, ...]:
-    """Environment variables that hold secrets; their values must never be written out."""
-    return ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "ARGILLA_API_KEY", "OPENAI_API_KEY", "VLLM_API_KEY")
-
-
-def secret_values() -> list[str]:
-    return [v for name in secret_env_names() if (v := os.environ.get(name)) and len(v) >= 4]
-
-
-def redact(text: str) -> str:
-    """``text`` with the value of every secret environment variable masked."""
-    for value in secret_values():
-        text = text.replace(value, "***")
-    return text

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
+from magpie_dl.reasons import KEPT, is_usable
+
 if TYPE_CHECKING:
     from datasets import Dataset, Features
 
@@ -29,7 +31,6 @@ EXTRA_COLUMNS = (
     "chosen_index", "rejected_index", "chosen_score", "rejected_score", "score_margin",
     "finish_reasons", "response_status", "rating_errors", "raw_instruction",
 )
-KEPT = "kept"
 
 
 def released_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -84,7 +85,7 @@ def summarize(rows: Iterable[dict[str, Any]]) -> Summary:
     left: Counter[str] = Counter()
     for row in rows:
         summary.instructions += 1
-        if row.get("instruction_status", "ok") == "ok":
+        if is_usable(row):
             summary.usable_instructions += 1
         summary.responses += len(row.get("generations") or [])
         statuses.update(row.get("response_status") or [])

@@ -15,6 +15,7 @@ from typing import Any
 
 from magpie_dl.cleaning import CleaningRules, unusable_reason
 from magpie_dl.magpie import row_uuid
+from magpie_dl.reasons import OK
 
 _FILE_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
@@ -120,7 +121,7 @@ def normalise(row: Any, index: int, source: str, rules: CleaningRules) -> dict[s
     out = dict(row)
     out["instruction"] = text
     out["uuid"] = _row_id(row.get("uuid"), index, source)
-    out["instruction_status"] = unusable_reason(text.strip(), rules) or "ok"
+    out["instruction_status"] = unusable_reason(text.strip(), rules) or OK
     out["gen_input_configs"] = row.get("gen_input_configs") or {"source": source}
     return out
 

@@ -11,20 +11,25 @@ margin is below the configured minimum.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-# Per-response statuses.
-OK = "ok"
-EMPTY = "empty"
-TRUNCATED = "truncated"
-FAILED = "failed"
-NO_SCORE = "no_score"
-
-# Per-row reasons for leaving a row out of the pairs.
-FEWER_THAN_TWO = "fewer_than_two_usable"
-ALL_TIED = "all_scores_tied"
-LOW_MARGIN = "margin_below_min"
+# Per-response statuses and per-row reasons for leaving a row out (the vocabulary lives in reasons).
+from magpie_dl.reasons import (
+    ALL_TIED,
+    EMPTY,
+    FAILED,
+    FEWER_THAN_TWO,
+    FINISH_LENGTH,
+    FINISH_STOP,
+    KEPT,
+    LOW_MARGIN,
+    NO_SCORE,
+    OK,
+    TRUNCATED,
+    pair_status,
+)
 
 
 @dataclass(frozen=True)
@@ -64,11 +69,11 @@ class Pair:
 
 def response_status(text: str | None, finish_reason: str | None, score: float | None) -> str:
     """Why a response can or cannot take part in a pair."""
-    if finish_reason not in (None, "stop", "length"):
+    if finish_reason not in (None, FINISH_STOP, FINISH_LENGTH):
         return FAILED
     if text is None or not text.strip():
         return EMPTY
-    if finish_reason == "length":
+    if finish_reason == FINISH_LENGTH:
         return TRUNCATED
     if score is None or not math.isfinite(score):
         return NO_SCORE
@@ -98,3 +103,26 @@ def pick_best_worst(
     if pair.margin < rules.min_margin:  # type: ignore[operator]
         return Pair(statuses, best, worst, pair.chosen_score, pair.rejected_score, reason=LOW_MARGIN)
     return pair
+
+
+def pair_messages(instruction: str, response: str) -> list[dict[str, str]]:
+    """One side of a pair in distilabel's chat shape: the user's instruction, then the response."""
+    return [{"role": "user", "content": instruction}, {"role": "assistant", "content": response}]
+
+
+def pair_columns(row: Mapping[str, Any], rules: PairingRules = PairingRules()) -> dict[str, Any]:
+    """The pairing columns of one scored row (see ``BestWorstPairing``); the row's pair is ``None`` unless kept."""
+    pair = pick_best_worst(row["generations"], row["ratings"], row["finish_reasons"], rules)
+    status = pair_status(row.get("instruction_status", OK), pair.reason)
+    kept = status == KEPT
+    return {
+        "pair_status": status,
+        "response_status": list(pair.statuses),
+        "chosen_index": pair.chosen_index if kept else None,
+        "rejected_index": pair.rejected_index if kept else None,
+        "chosen_score": pair.chosen_score if kept else None,
+        "rejected_score": pair.rejected_score if kept else None,
+        "score_margin": pair.margin if kept else None,
+        "chosen": pair_messages(row["instruction"], row["generations"][pair.chosen_index]) if kept else None,
+        "rejected": pair_messages(row["instruction"], row["generations"][pair.rejected_index]) if kept else None,
+    }

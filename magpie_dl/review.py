@@ -73,6 +73,7 @@ from typing import (
 from urllib.parse import urlsplit, urlunsplit
 
 from magpie_dl import review_dataset as rd
+from magpie_dl.scrub import scrub_text
 
 if TYPE_CHECKING:
     import argilla as rg
@@ -131,11 +132,8 @@ class ArgillaCredentials:
         return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
     def scrub(self, text: str) -> str:
-        """``text`` with the key (and the raw URL, which may carry a password) replaced."""
-        text = text.replace(self.api_key, "***")
-        if self.api_url != self.safe_url:
-            text = text.replace(self.api_url, self.safe_url)
-        return text
+        """``text`` with the key replaced and the password cut out of any URL."""
+        return scrub_text(text, [self.api_key])
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ import yaml
 
 from magpie_dl import outdir
 from magpie_dl.config import (
-    PRESETS, REPO_ROOT, SMOLLM2_DIR, TINY_DIR, ConfigError, RecipeConfig, build_parser, redact, resolve,
+    PRESETS, REPO_ROOT, SMOLLM2_DIR, TINY_DIR, ConfigError, RecipeConfig, build_parser, resolve,
 )
 from magpie_dl.export import Summary, discard_loaded_copy, write_dataset
 from magpie_dl.estimate import estimate
@@ -33,6 +33,7 @@ from magpie_dl.preflight import check_before_run
 from magpie_dl.procs import die_with_parent, own_process_group, preload_worker_imports, shared_with_workers
 from magpie_dl.progress import ProgressMonitor, quiet_libraries
 from magpie_dl.scaleout import maybe_ray, place_steps, run_options, scaleout_of, wants_ray
+from magpie_dl.scrub import scrub_text
 from magpie_dl.step_errors import StepFailedError, surfaced
 from magpie_dl.stopping import RunStopped, StopSignals
 from magpie_dl.store import ResultStore
@@ -236,7 +237,7 @@ def push_for_hub(cfg: RecipeConfig) -> bool:
     except Exception as exc:  # any client or network error: the user needs one clean line
         first = (str(exc).strip().splitlines() or [""])[0][:300]
         print(
-            f"error: hub push failed: {redact(f'{exc.__class__.__name__}: {first}')}; "
+            f"error: hub push failed: {scrub_text(f'{exc.__class__.__name__}: {first}')}; "
             f"the local dataset in {cfg.output.dir} is intact",
             file=sys.stderr,
         )

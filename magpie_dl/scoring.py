@@ -27,12 +27,10 @@ from typing import TYPE_CHECKING, Any
 
 from magpie_dl import armorm
 from magpie_dl.prompts import encode_markup, encode_text
+from magpie_dl.reasons import GATING_TOKENS_MISSING, non_finite_score
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
-
-# Why a response has no score (``Scored.error``).
-GATING_TOKENS_MISSING = "gating_tokens_missing"
 
 _SLOTS = ("\u2063MAGPIE_DL_SLOT_0\u2063", "\u2063MAGPIE_DL_SLOT_1\u2063")
 
@@ -204,7 +202,7 @@ class RewardScorer:
                         score=value if math.isfinite(value) else None,
                         num_tokens=len(clipped[i]),
                         truncated=len(sequences[i]) > self.max_length,
-                        error=None if math.isfinite(value) else f"non_finite_score:{value}",
+                        error=None if math.isfinite(value) else non_finite_score(value),
                     )
         return results  # type: ignore[return-value]
 

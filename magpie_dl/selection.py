@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from magpie_dl.reasons import CATEGORY_QUOTA, INSTRUCTION_UNUSABLE, NEAR_DUPLICATE, SELECTION_CHECKS, is_usable
 from magpie_dl.tagging import DIFFICULTY_LEVELS, QUALITY_LEVELS
 
 CategoryMix = Literal["reference", "uniform", "natural"] | Mapping[str, float]
@@ -41,23 +42,9 @@ REFERENCE_MIX: tuple[tuple[frozenset[str] | None, float], ...] = (
     (None, 0.7),
 )
 
-# Checks in the order a row's drop reason is chosen.
-CHECKS: tuple[str, ...] = (
-    "instruction_unusable",
-    "difficulty_missing",
-    "difficulty_below_min",
-    "input_quality_missing",
-    "input_quality_below_min",
-    "instruct_reward_missing",
-    "instruct_reward_below_min",
-    "language_not_allowed",
-    "safety_missing",
-    "unsafe",
-    "near_duplicate",
-    "task_category_missing",
-    "category_not_in_mix",
-)
-QUOTA_REASON = "category_quota"
+# Checks in the order a row's drop reason is chosen (described in reasons.SELECTION_CHECKS).
+CHECKS: tuple[str, ...] = tuple(SELECTION_CHECKS)
+QUOTA_REASON = CATEGORY_QUOTA
 MISSING = "(missing)"  # the category stratum of untagged rows
 
 
@@ -175,8 +162,8 @@ def failed_checks(row: Mapping[str, Any], config: SelectionConfig) -> list[str]:
     """Every check ``row`` fails, in :data:`CHECKS` order (empty: eligible)."""
     failed: list[str] = []
     # The generator marks unusable queries (empty, truncated, exact repeats) and keeps them.
-    if row.get("instruction_status", "ok") != "ok":
-        failed.append("instruction_unusable")
+    if not is_usable(row):
+        failed.append(INSTRUCTION_UNUSABLE)
     if config.min_difficulty is not None:
         rank = _rank(row.get("difficulty"), DIFFICULTY_LEVELS)
         if rank is None:
@@ -208,7 +195,7 @@ def failed_checks(row: Mapping[str, Any], config: SelectionConfig) -> list[str]:
     if config.remove_duplicates:
         rep = row.get("min_similar_uuid")
         if rep is not None and rep != row.get("uuid"):
-            failed.append("near_duplicate")
+            failed.append(NEAR_DUPLICATE)
     cat = _category(row)
     if cat is None:
         if config.require_category:

@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from magpie_dl.config import redact
+from magpie_dl.scrub import scrub_text
 
 if TYPE_CHECKING:
     from distilabel.pipeline import Pipeline, RayPipeline
@@ -58,7 +58,7 @@ def describe(exc: BaseException) -> str:
     """``Type: first line of the message``, secrets masked, at most 300 characters."""
     lines = str(exc).strip().splitlines()
     first = lines[0].strip() if lines else ""
-    return redact(f"{type(exc).__name__}: {first}" if first else type(exc).__name__)[:300]
+    return scrub_text(f"{type(exc).__name__}: {first}" if first else type(exc).__name__)[:300]
 
 
 def record(step: str, phase: str, exc: BaseException) -> None:
@@ -232,7 +232,7 @@ def _reported(wrapper: Any, exc: Exception) -> Exception:
     # error callback only reads these two attributes.
     stand_in = types.SimpleNamespace(name=step.name, is_global=step.is_global)
     sent = _StepWrapperException(describe(cause), stand_in, exc.code, RuntimeError(describe(cause)))  # type: ignore[arg-type]
-    sent.formatted_traceback = redact(exc.formatted_traceback)
+    sent.formatted_traceback = scrub_text(exc.formatted_traceback)
     return sent
 
 

@@ -19,6 +19,7 @@ from pydantic import Field, PrivateAttr, field_validator
 
 from magpie_dl.backends.base import CompletionLLM, PromptInput, SamplingSpec
 from magpie_dl.embeddings import PACKAGED_MINILM
+from magpie_dl.reasons import FINISH_ERROR, is_usable
 from magpie_dl.store import cached_complete
 from magpie_dl.tagging import TAG_TASKS, TagTask
 from steps.base import StoredResults
@@ -36,7 +37,7 @@ _log = logging.getLogger("magpie_dl.curation")
 
 def _usable(row: dict[str, Any]) -> bool:
     """Rows the generator marked unusable (empty, truncated...) are passed through untagged."""
-    return row.get("instruction_status", "ok") == "ok" and bool((row.get("instruction") or "").strip())
+    return is_usable(row) and bool((row.get("instruction") or "").strip())
 
 
 class InstructionTagging(Step, StoredResults):
@@ -124,7 +125,7 @@ class InstructionTagging(Step, StoredResults):
         failures = 0
         for (r, task), [completion] in zip(jobs, results):
             row = inputs[r]
-            if completion.finish_reason == "error":
+            if completion.finish_reason == FINISH_ERROR:
                 value, error = None, f"backend error: {completion.error}"
             else:
                 value, error = task.parse(completion.text)
@@ -201,7 +202,7 @@ class SafetyTagging(Step, StoredResults):
             row.update({"safety": None, "safety_categories": [], "safety_model": self.llm.model_name})
             row["tagging_errors"] = list(row.get("tagging_errors") or [])
         for row, [completion] in zip(todo, results):
-            value, error = parse_guard_output(completion.text) if completion.finish_reason != "error" else (
+            value, error = parse_guard_output(completion.text) if completion.finish_reason != FINISH_ERROR else (
                 None, f"backend error: {completion.error}")
             if value is None:
                 row["tagging_errors"].append({"task": "safety", "error": error,

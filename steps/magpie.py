@@ -19,6 +19,7 @@ from magpie_dl.families import (
 )
 from magpie_dl.magpie import SystemPromptPlan, derive_seed, row_uuid
 from magpie_dl.prompts import pre_query_token_ids
+from magpie_dl.reasons import instruction_status_of
 from magpie_dl.store import cached_complete
 from steps.base import StoredResults
 
@@ -367,4 +368,4 @@ def query_stage(
 
 def _status_of(finish_reason: str) -> str:
     """A query that hit max_tokens or failed is not a finished query."""
-    return {"stop": "ok", "length": "truncated"}.get(finish_reason, "generation_failed")
+    return instruction_status_of(finish_reason)

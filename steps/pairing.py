@@ -6,12 +6,10 @@ from distilabel.mixins.runtime_parameters import RuntimeParameter
 from distilabel.steps import Step, StepInput
 from pydantic import Field
 
-from magpie_dl.pairing import PairingRules, pick_best_worst
+from magpie_dl.pairing import PairingRules, pair_columns
 
 if TYPE_CHECKING:
     from distilabel.typing import StepColumns, StepOutput
-
-KEPT = "kept"
 
 
 class BestWorstPairing(Step):
@@ -53,23 +51,5 @@ class BestWorstPairing(Step):
     def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
         rules = PairingRules(min_margin=self.min_margin)
         for row in inputs:
-            pair = pick_best_worst(row["generations"], row["ratings"], row["finish_reasons"], rules)
-            status = row.get("instruction_status", "ok")
-            row["pair_status"] = f"instruction_{status}" if status != "ok" else (pair.reason or KEPT)
-            row["response_status"] = list(pair.statuses)
-            kept = row["pair_status"] == KEPT
-            row["chosen_index"] = pair.chosen_index if kept else None
-            row["rejected_index"] = pair.rejected_index if kept else None
-            row["chosen_score"] = pair.chosen_score if kept else None
-            row["rejected_score"] = pair.rejected_score if kept else None
-            row["score_margin"] = pair.margin if kept else None
-            row["chosen"] = _messages(row, pair.chosen_index) if kept else None
-            row["rejected"] = _messages(row, pair.rejected_index) if kept else None
+            row.update(pair_columns(row, rules))
         yield inputs
-
-
-def _messages(row: dict, index: int) -> list[dict[str, str]]:
-    return [
-        {"role": "user", "content": row["instruction"]},
-        {"role": "assistant", "content": row["generations"][index]},
-    ]

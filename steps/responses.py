@@ -10,6 +10,7 @@ from magpie_dl.backends.base import CompletionLLM, PromptInput, SamplingSpec
 from magpie_dl.families import ModelFamily, ResolvedStops, resolve_family, resolve_stops
 from magpie_dl.magpie import derive_seed
 from magpie_dl.prompts import render_response_prompt, response_prompt_template, response_token_ids
+from magpie_dl.reasons import is_usable
 from magpie_dl.store import cached_complete
 from steps.base import StoredResults
 
@@ -92,7 +93,7 @@ class MultiResponseGeneration(Step, StoredResults):
     def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
         self.report_started()
         tokenizer, stops = self.llm.tokenizer, self._stops
-        todo = [row for row in inputs if row.get("instruction_status", "ok") == "ok"]
+        todo = [row for row in inputs if is_usable(row)]
         prompts = [
             PromptInput(
                 tuple(response_token_ids(tokenizer, self._template, row["instruction"])),

@@ -8,6 +8,7 @@ from distilabel.mixins.runtime_parameters import RuntimeParameter
 from distilabel.steps import Step, StepInput
 from pydantic import Field, PrivateAttr
 
+from magpie_dl.reasons import EMPTY_RESPONSE, FINISH_ERROR
 from magpie_dl.scoring import RewardScorer, Scored, conversation_token_ids
 from magpie_dl.store import cached_map, result_key
 from steps.base import StoredResults
@@ -111,13 +112,13 @@ class RewardScoring(Step, StoredResults):
             (r, j)
             for r, row in enumerate(inputs)
             for j, text in enumerate(row["generations"] or [])
-            if text and text.strip() and _finish(row, j) != "error"
+            if text and text.strip() and _finish(row, j) != FINISH_ERROR
         ]
         scored = self.score([(inputs[r]["instruction"], inputs[r]["generations"][j]) for r, j in wanted])
         for row in inputs:
             size = len(row["generations"] or [])
             row["ratings"], row["rating_truncated"] = [None] * size, [False] * size
-            row["rating_errors"] = [None if _has_text(row, j) else "empty_response" for j in range(size)]
+            row["rating_errors"] = [None if _has_text(row, j) else EMPTY_RESPONSE for j in range(size)]
         for (r, j), result in zip(wanted, scored):
             inputs[r]["ratings"][j] = result.score
             inputs[r]["rating_truncated"][j] = result.truncated
