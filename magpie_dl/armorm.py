@@ -16,7 +16,7 @@ architecture from the checkpoint's own ``config.json`` and weight names:
 * score = sum over objectives of gate x (rewards @ transform).
 
 The torch module itself is in :mod:`magpie_dl.armorm_model` (heavy imports); this module
-holds the logic around it and imports that one only when a model loads.
+holds the logic around it; the scorer imports that one (and its ``load``) only when a model loads.
 """
 
 from __future__ import annotations
@@ -108,17 +108,3 @@ def armorm_config(base: LlamaConfig, **overrides: Any) -> LlamaConfig:
     values = {**base.to_dict(), **DEFAULTS, **overrides, "architectures": [ARCHITECTURE]}
     return LlamaConfig.from_dict(values)
 
-
-def load(model: str, dtype: Any = "auto", device: str = "cpu") -> Any:
-    """ArmoRM from its checkpoint (local directory or hub id), weights checked by name.
-
-    Every weight the architecture has must be in the checkpoint and every tensor there
-    must be used: a checkpoint of another layout is an error, not a half-random model.
-    """
-    from magpie_dl.armorm_model import LlamaForRewardModelWithGating
-
-    loaded, info = LlamaForRewardModelWithGating.from_pretrained(model, dtype=dtype, output_loading_info=True)
-    problems = {k: sorted(v) for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
-    if problems:
-        raise ValueError(f"{model}: not an ArmoRM checkpoint layout: {problems}")
-    return loaded.to(device).eval()

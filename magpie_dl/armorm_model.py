@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -97,3 +98,16 @@ class LlamaForRewardModelWithGating(LlamaPreTrainedModel):
 
 def _get(config: LlamaConfig, key: str) -> float:
     return getattr(config, key, DEFAULTS[key])
+
+
+def load(model: str, dtype: Any = "auto", device: str = "cpu") -> Any:
+    """ArmoRM from its checkpoint (local directory or hub id), weights checked by name.
+
+    Every weight the architecture has must be in the checkpoint and every tensor there
+    must be used: a checkpoint of another layout is an error, not a half-random model.
+    """
+    loaded, info = LlamaForRewardModelWithGating.from_pretrained(model, dtype=dtype, output_loading_info=True)
+    problems = {k: sorted(v) for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
+    if problems:
+        raise ValueError(f"{model}: not an ArmoRM checkpoint layout: {problems}")
+    return loaded.to(device).eval()

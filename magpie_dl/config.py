@@ -22,7 +22,7 @@ from magpie_dl.estimate import EstimateConfig
 from magpie_dl.families import FAMILIES
 from magpie_dl.magpie import CONTROL_TASKS
 from magpie_dl.prompts import DEFAULT_TEMPLATE_DATE
-from magpie_dl.scaleout import ScaleoutConfig
+from magpie_dl.scaleout_config import ScaleoutConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TINY_DIR = REPO_ROOT / "models" / "tiny"

@@ -30,9 +30,9 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from magpie_dl.scaleout_config import ScaleoutConfig
 
 if TYPE_CHECKING:
     from distilabel.pipeline import Pipeline, RayPipeline
@@ -52,33 +52,6 @@ _LOOPBACK_ENV = {
 _logger = logging.getLogger("magpie_dl.scaleout")
 # Step fields that name a path on the driver's machine (the result store, a report file).
 _LOCAL_PATHS = ("cache_dir", "report_path")
-
-
-class ScaleoutConfig(BaseModel):
-    """Where and how wide the pipeline runs (the ``scaleout`` config section)."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    ray: bool = Field(False, description="Run on a Ray cluster (also implied when RAY_ADDRESS is set).")
-    ray_address: str | None = Field(
-        None, description="Ray cluster to join, host:port; default RAY_ADDRESS, else a local cluster on 127.0.0.1."
-    )
-    query_replicas: int = Field(
-        1, ge=1, description="Ray: query-writing engines (magpie_queries); each reserves backend.tensor_parallel_size "
-        "GPUs. Above 1 the query stage is query_slots >> magpie_queries >> exact_duplicates (same rows).",
-    )
-    generation_replicas: int = Field(
-        1, ge=1, description="Ray: response-generation engines; each reserves backend.tensor_parallel_size GPUs."
-    )
-    reward_replicas: int = Field(1, ge=1, description="Ray: reward-scoring replicas (one GPU each on cuda).")
-    tagging_replicas: int = Field(
-        1, ge=1, description="Ray: instruction-tagging judge engines (curation recipe), tensor_parallel_size GPUs each."
-    )
-    stages: Literal["auto", "together", "sequential"] = Field(
-        "auto",
-        description="Ray: load GPU steps together, one after another (sequential), or sequentially "
-        "only when the cluster lacks the GPUs for all at once (auto).",
-    )
 
 
 def scaleout_of(cfg: RecipeConfig) -> ScaleoutConfig:
@@ -151,42 +124,29 @@ def connect(scale: ScaleoutConfig) -> dict[str, Any]:
 def engine_gpus(step: _Step, cfg: RecipeConfig) -> int:
     """GPUs one replica of ``step`` must hold: its engine's tensor-parallel size, or 0.
 
-    vLLM engines take ``tensor_parallel_size`` GPUs (the backend checks that its step
-    reserves them); a transformers model or reward model on cuda takes one.
+    An engine that declares ``gpus_per_replica`` (vLLM: its ``tensor_parallel_size``; the
+    backend checks that its step reserves them) takes that many; any other model on cuda
+    (transformers, the reward model) takes one.
     """
     llm = getattr(step, "llm", None)
-    if llm is not None:
-        if type(llm).__name__ == "VLLMBackend":
-            return int(getattr(llm, "tensor_parallel_size", 1) or 1)
-        device = str(getattr(llm, "device", "") or "")
-        return 1 if device.startswith("cuda") else 0
-    device = str(getattr(step, "device", "") or "")
+    holder = llm if llm is not None else step  # a step without an LLM holds its model itself
+    declared = getattr(holder, "gpus_per_replica", None)
+    if declared is not None:
+        return int(declared)
+    device = str(getattr(holder, "device", "") or "")
     return 1 if device.startswith("cuda") else 0
 
 
 def step_replicas(step: _Step, scale: ScaleoutConfig) -> int:
-    """Data-parallel replicas for ``step`` by role; generator and global steps run once.
+    """Data-parallel replicas for ``step`` by the role it declares; generator and global steps run once.
 
     distilabel runs one instance of a generator step and of a global step (it sees all
     rows at once). That is why replicated queries come from ``MagpieQueries`` (a normal
     step fed row slots), not from ``MagpieGenerator``.
     """
-    from steps.curation import InstructionTagging, SafetyTagging
-    from steps.magpie import MagpieQueries
-    from steps.responses import MultiResponseGeneration
-    from steps.reward import RewardScoring
-
     if not step.is_normal:
         return 1
-    if isinstance(step, MagpieQueries):
-        return scale.query_replicas
-    if isinstance(step, MultiResponseGeneration):
-        return scale.generation_replicas
-    if isinstance(step, RewardScoring):
-        return scale.reward_replicas
-    if isinstance(step, (InstructionTagging, SafetyTagging)):
-        return scale.tagging_replicas
-    return 1
+    return scale.replicas_for(getattr(step, "role", None))
 
 
 def place_steps(

@@ -129,7 +129,9 @@ class RewardScorer:
             self.tokenizer.pad_token_id = self.tokenizer.eos_token_id
         if native:
             self.gating_ids = armorm.gating_token_ids(self.tokenizer)
-            self.model = armorm.load(self.model_path, dtype=dtype, device=self.device)
+            from magpie_dl.armorm_model import load  # torch modules: only when a model loads
+
+            self.model = load(self.model_path, dtype=dtype, device=self.device)
             if self.mask_padding is None:
                 self.mask_padding = False  # a Llama backbone: causal by construction
             return

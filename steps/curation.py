@@ -11,7 +11,7 @@ response per instruction, and :class:`InstructReward` lifts its score into the r
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Union
+from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Optional, Union
 
 from distilabel.mixins.runtime_parameters import RuntimeParameter
 from distilabel.steps import GlobalStep, Step, StepInput
@@ -70,6 +70,8 @@ class InstructionTagging(Step, StoredResults):
         >>> tagger = InstructionTagging(llm=TransformersBackend(model="models/tiny/generator"))
         >>> tagger.load(); rows = next(tagger.process([{"instruction": "Sort a list in Python"}]))
     """
+
+    role: ClassVar[str] = "tagging"  # replicated by scaleout.tagging_replicas
 
     llm: CompletionLLM
     tasks: List[str] = Field(default_factory=lambda: list(TAG_TASKS))
@@ -166,6 +168,8 @@ class SafetyTagging(Step, StoredResults):
         - safety (``safe`` | ``unsafe`` | None), safety_categories (list[str]), safety_model (str),
           tagging_errors (list of dict: failures appended).
     """
+
+    role: ClassVar[str] = "tagging"  # replicated by scaleout.tagging_replicas
 
     llm: CompletionLLM
     max_tokens: RuntimeParameter[int] = Field(default=16, description="Answer budget.")

@@ -7,6 +7,7 @@ puts the rows back in row order and marks exact duplicates. :func:`query_stage` 
 """
 
 from typing import Any, Optional, Sequence, TYPE_CHECKING
+from typing import ClassVar
 
 from distilabel.mixins.runtime_parameters import RuntimeParameter
 from distilabel.steps import GeneratorStep, Step, StepInput
@@ -271,6 +272,8 @@ class MagpieQueries(Step, MagpieQueryWriter):
     Output columns:
         - the columns of :class:`MagpieGenerator`.
     """
+
+    role: ClassVar[str] = "queries"  # replicated by scaleout.query_replicas
 
     @classmethod
     def from_config(

@@ -1,6 +1,7 @@
 """MultiResponseGeneration: N responses per instruction from one prompt (not N calls)."""
 
 from typing import Any, Literal, Optional, TYPE_CHECKING
+from typing import ClassVar
 
 from distilabel.mixins.runtime_parameters import RuntimeParameter
 from distilabel.steps import Step, StepInput
@@ -49,6 +50,8 @@ class MultiResponseGeneration(Step, StoredResults):
         - generations (list[str]), finish_reasons (list[str]), generation_tokens (list[int]),
           gen_response_configs (dict: the exact prompt and sampling parameters).
     """
+
+    role: ClassVar[str] = "responses"  # replicated by scaleout.generation_replicas
 
     llm: CompletionLLM
     num_generations: int = Field(default=5, ge=1)

@@ -49,6 +49,8 @@ class RewardScoring(Step, StoredResults):
         - ratings (list[float | None]), rating_truncated (list[bool]), rating_errors (list[str | None]).
     """
 
+    role: ClassVar[str] = "reward"  # replicated by scaleout.reward_replicas
+
     model: str
     trust_remote_code: bool = False
     dtype: str = "auto"

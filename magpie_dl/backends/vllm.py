@@ -96,6 +96,11 @@ class VLLMBackend(CompletionLLM, CudaDevicePlacementMixin):
     _on_gpu: bool = PrivateAttr(default=False)
     _ban_processor: str | None = PrivateAttr(default=None)
 
+    @property
+    def gpus_per_replica(self) -> int:
+        """GPUs one engine holds (what scale-out reserves for each replica of its step)."""
+        return int(self.tensor_parallel_size or 1)
+
     def load(self) -> None:
         """Start the engine (model load and warm-up take most of the time)."""
         CompletionLLM.load(self)

@@ -10,8 +10,8 @@ import yaml
 
 from magpie_dl.export import _atomic_write_text
 from magpie_dl.provenance import stand_in_reward_note
+from magpie_dl.reasons import RESPONSE_STATUSES
 from magpie_dl.report.facts import (
-    RESPONSE_STATUSES,
     TAGS,
     _assistant_text,
     _fmt_stats,

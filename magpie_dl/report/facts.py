@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from magpie_dl.reasons import LEFT_OUT_REASONS, RESPONSE_STATUSES, UNDESCRIBED  # noqa: F401 (re-exported)
+from magpie_dl.reasons import LEFT_OUT_REASONS, UNDESCRIBED
 from magpie_dl.report.load import RunOutput, _column, load_output
 from magpie_dl.tagging import DIFFICULTY_LEVELS, QUALITY_LEVELS
 

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from magpie_dl.export import _atomic_write_text
+from magpie_dl.reasons import RESPONSE_STATUSES
 from magpie_dl.report.facts import (
-    RESPONSE_STATUSES,
     _assistant_text,
     _fmt_stats,
     _num,

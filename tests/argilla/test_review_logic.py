@@ -180,7 +180,7 @@ def test_credentials_come_from_the_environment_and_never_show_the_key(monkeypatc
 def test_reviewed_dataset_in_chunks_and_with_every_row_dropped(make_dpo_row, monkeypatch):
     from datasets import Dataset, DatasetDict
 
-    monkeypatch.setattr(review, "_ROWS_PER_CHUNK", 2)
+    monkeypatch.setattr(review.pull, "_ROWS_PER_CHUNK", 2)
     train = [make_dpo_row(i) for i in range(5)]
     test = [make_dpo_row(i, seed=1) for i in range(2)]
     local = DatasetDict({"train": Dataset.from_list(train), "test": Dataset.from_list(test)})
