@@ -21,13 +21,15 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from magpie_dl.estimate import EstimateConfig
 from magpie_dl.families import FAMILIES
 from magpie_dl.magpie import CONTROL_TASKS
+from magpie_dl.paths import models_dir
 from magpie_dl.prompts import DEFAULT_TEMPLATE_DATE
 from magpie_dl.scaleout_config import ScaleoutConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-TINY_DIR = REPO_ROOT / "models" / "tiny"
+# Local models: $MAGPIE_DL_MODELS, else the checkout's models/, else a user cache (magpie_dl.paths).
+TINY_DIR = models_dir() / "tiny"
 # SmolLM2-135M-Instruct converted from its PyPI wheel (magpie_dl.smollm2; `make models`).
-SMOLLM2_DIR = REPO_ROOT / "models" / "smollm2"
+SMOLLM2_DIR = models_dir() / "smollm2"
 
 
 class ConfigError(ValueError):

@@ -354,8 +354,12 @@ def _check_instructions(source: str) -> None:
 def _ensure_tiny_models() -> None:
     """The smoke preset builds its tiny local models on first use (deterministic, offline)."""
     from magpie_dl import tiny
+    from magpie_dl.paths import models_dir_problem
 
     if not tiny.is_current(TINY_DIR):
+        problem = models_dir_problem(TINY_DIR)
+        if problem:
+            raise ConfigError(problem)
         logging.getLogger("magpie_dl").warning("building tiny local models in %s", TINY_DIR)
         tiny.ensure(TINY_DIR)
 

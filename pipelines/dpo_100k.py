@@ -67,5 +67,10 @@ def build_pipeline(cfg: RecipeConfig) -> Pipeline:
     return pipeline
 
 
+def main() -> int:
+    """The recipe's command line (also the console script)."""
+    return main_for(build_pipeline, __doc__)
+
+
 if __name__ == "__main__":
-    sys.exit(main_for(build_pipeline, __doc__))
+    sys.exit(main())
