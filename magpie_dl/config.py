@@ -386,21 +386,26 @@ def build_parser(
     schema: type[BaseModel] = RecipeConfig,
     presets: dict[str, dict[str, Any]] = PRESETS,
     aliases: dict[str, str] = ALIASES,
-    run_flags: bool = True,
+    run_flags: bool | tuple[str, ...] = True,
 ) -> argparse.ArgumentParser:
     """``--preset``, ``--config FILE``, ``--print-config``, one flag per field of ``schema``.
 
-    ``run_flags`` adds the flags of a recipe run (``--fresh``, ``--dry-run``, ``--quiet``).
+    ``run_flags`` adds the flags of a recipe run (``--fresh``, ``--dry-run``, ``--quiet``,
+    ``--verbose``): all of them, or the ones named (``("fresh", "dry_run")``).
     """
     parser = argparse.ArgumentParser(description=description, formatter_class=_HelpFormatter)
     parser.add_argument("--preset", choices=sorted(presets), default="full", help="Starting point for the config.")
     parser.add_argument("--config", type=Path, help="YAML file with overrides (same structure as --print-config).")
     parser.add_argument("--print-config", action="store_true", help="Print the resolved config and exit.")
-    if run_flags:
+    wanted = ("fresh", "dry_run", "quiet", "verbose") if run_flags is True else tuple(run_flags or ())
+    if "fresh" in wanted:
         parser.add_argument("--fresh", action="store_true", help="Ignore stored results from earlier runs.")
+    if "dry_run" in wanted:
         parser.add_argument("--dry-run", action="store_true",
                             help="Print the graph, the resolved config and a work estimate; load no model.")
+    if "quiet" in wanted:
         parser.add_argument("--quiet", action="store_true", help="No live progress lines (for log files).")
+    if "verbose" in wanted:
         parser.add_argument("--verbose", action="store_true",
                             help="Show the libraries' own progress bars, warnings and logs too.")
     reverse = {path: alias for alias, path in aliases.items()}

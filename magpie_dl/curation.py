@@ -204,7 +204,7 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     """``--preset``, ``--config FILE``, ``--print-config``, and one flag per config field."""
     return config.build_parser(
         description, InstructionsConfig, PRESETS, {"--output-dir": "output_dir", "--ray": "scaleout.ray"},
-        run_flags=False,
+        run_flags=("fresh", "dry_run"),
     )
 
 
@@ -243,6 +243,7 @@ def write_outputs(rows: list[dict[str, Any]], out_dir: Path) -> tuple[int, int]:
 def main_for(build: Any, description: str, argv: list[str] | None = None) -> int:
     """The command line of the curation recipe; returns the exit code."""
     import os
+    import shutil
     import signal
 
     from magpie_dl import outdir
@@ -251,7 +252,7 @@ def main_for(build: Any, description: str, argv: list[str] | None = None) -> int
     from magpie_dl.preflight import check_before_run
     from magpie_dl.procs import die_with_parent, own_process_group, preload_worker_imports
     from magpie_dl.runner import (
-        OutputLockedError, _ensure_tiny_models, claimed_output, prepare, recipe_name, run_pipeline,
+        OutputLockedError, _ensure_tiny_models, claimed_output, prepare, print_plan, recipe_name, run_pipeline,
     )
     from magpie_dl.step_errors import StepFailedError
     from magpie_dl.stopping import RunStopped, StopSignals
@@ -264,7 +265,7 @@ def main_for(build: Any, description: str, argv: list[str] | None = None) -> int
         if args.preset == "smoke":
             _ensure_tiny_models()
         cfg = resolve(args)
-        if not args.print_config:
+        if not (args.print_config or args.dry_run):
             outdir.check_output_dir(cfg.output_dir, recipe)
             check_before_run(cfg)  # devices, hub models
     except (ConfigError, OutputDirError) as exc:
@@ -273,11 +274,16 @@ def main_for(build: Any, description: str, argv: list[str] | None = None) -> int
     if args.print_config:
         print(yaml.safe_dump(cfg.public_dict(), sort_keys=False), end="")
         return 0
+    if args.dry_run:
+        print_plan(build(cfg), cfg)
+        return 0
     preload_worker_imports()  # under the start-up handlers: a signal here ends the process with one line
     started = time.perf_counter()
     try:
         with StopSignals() as stop, claimed_output(cfg.output_dir, recipe) as out_dir:
             try:
+                if args.fresh:
+                    shutil.rmtree(cfg.cache_dir, ignore_errors=True)
                 os.register_at_fork(after_in_child=die_with_parent)
                 os.register_at_fork(after_in_child=own_process_group)
                 pipeline = prepare(build, cfg, outdir.start_in_progress(out_dir))

@@ -157,7 +157,7 @@ def describe_mismatch(expected: Dict[str, Any], found: Dict[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class RecordPayload:
-    """One review record as plain data; ``review.py`` turns it into an ``rg.Record``."""
+    """One review record as plain data; ``magpie_dl.review.push`` turns it into an ``rg.Record``."""
 
     id: str
     fields: Dict[str, str]

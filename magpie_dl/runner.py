@@ -33,12 +33,12 @@ from magpie_dl.preflight import check_before_run
 from magpie_dl.procs import die_with_parent, own_process_group, preload_worker_imports, shared_with_workers
 from magpie_dl.progress import ProgressMonitor, quiet_libraries
 from magpie_dl.scaleout import maybe_ray, place_steps, run_options, scaleout_of, wants_ray
-from magpie_dl.scrub import scrub_text
+from magpie_dl.scrub import REDACTED, scrub_text
 from magpie_dl.step_errors import StepFailedError, surfaced
 from magpie_dl.stopping import RunStopped, StopSignals
 from magpie_dl.store import ResultStore
 from magpie_dl.provenance import stand_in_reward_note
-from magpie_dl.report import CARD_FILENAME, example_lines, write_card_and_report
+from magpie_dl.report import CARD_FILENAME, REPORT_FILENAME, example_lines, write_card_and_report
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -173,23 +173,44 @@ def run_pipeline(pipeline: Pipeline | RayPipeline, expected_rows: int | None = N
     return rows
 
 
+# Uploaded beside the data (distilabel's own convention uploads the pipeline too): the
+# card, then what reproduces and explains the run.
+HUB_FILES = (CARD_FILENAME, "config.yaml", "pipeline.yaml", REPORT_FILENAME)
+
+
+def hub_files(out_dir: Path) -> dict[str, bytes]:
+    """The files of :data:`HUB_FILES` that ``out_dir`` has, by name, with every secret value redacted.
+
+    The card and the report were scrubbed when written (and the report's embedded images
+    must not be touched); the two YAML files are scrubbed here.
+    """
+    files: dict[str, bytes] = {}
+    for name in HUB_FILES:
+        path = out_dir / name
+        if path.is_file():
+            files[name] = scrub_text(path.read_text(), mask=REDACTED).encode() if name.endswith(".yaml") else path.read_bytes()
+    return files
+
+
 def push_to_hub(out_dir: Path, repo_id: str, private: bool) -> None:
-    """Push the dataset card, then ``out_dir/dataset``; the token comes from HF_TOKEN, never from flags.
+    """Push the card, config, pipeline and report, then ``out_dir/dataset``; the token comes from HF_TOKEN, never from flags.
 
     The card goes first because ``DatasetDict.push_to_hub`` reads the repo's README.md
     and only refreshes its ``configs`` / ``dataset_info`` (byte sizes), keeping the rest;
     uploading the card afterwards would overwrite those with the local estimates.
     """
     from datasets import load_from_disk
-    from huggingface_hub import HfApi
+    from huggingface_hub import CommitOperationAdd, HfApi
 
     token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
-    card = out_dir / CARD_FILENAME
-    if card.exists():
+    files = hub_files(out_dir)
+    if files:
         api = HfApi(token=token)
         api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-        api.upload_file(path_or_fileobj=str(card), path_in_repo=CARD_FILENAME, repo_id=repo_id,
-                        repo_type="dataset", commit_message="Dataset card")
+        api.create_commit(
+            repo_id=repo_id, repo_type="dataset", commit_message="Dataset card, config, pipeline and report",
+            operations=[CommitOperationAdd(path_in_repo=name, path_or_fileobj=data) for name, data in files.items()],
+        )
     load_from_disk(str(out_dir / "dataset")).push_to_hub(repo_id, private=private, token=token)
 
 
@@ -202,9 +223,8 @@ def instruction_count(cfg: RecipeConfig) -> int:
     return cfg.generator.num_instructions
 
 
-def dry_run(build: Callable[[RecipeConfig], Pipeline], cfg: RecipeConfig) -> None:
-    """Print the graph, the resolved config and the work estimate; nothing is loaded."""
-    pipeline = build(cfg)
+def print_plan(pipeline: Pipeline, cfg: Any) -> None:
+    """The graph, the resolved config and (with Ray) the placement of a recipe's pipeline; nothing is loaded."""
     print("graph:")
     for level in pipeline.dag.iter_based_on_trophic_levels():
         for name in level:
@@ -222,6 +242,11 @@ def dry_run(build: Callable[[RecipeConfig], Pipeline], cfg: RecipeConfig) -> Non
             print(f"  {name}: {replicas} x {gpus}")
         wanted = sum(replicas * gpus for replicas, gpus in placement.values())
         print(f"  GPUs for every stage at once: {wanted} (fewer: scaleout.stages=auto loads stages in turn)")
+
+
+def dry_run(build: Callable[[RecipeConfig], Pipeline], cfg: RecipeConfig) -> None:
+    """Print the graph, the resolved config and the work estimate; nothing is loaded."""
+    print_plan(build(cfg), cfg)
     work = estimate(instruction_count(cfg), cfg.responses.num_generations, not cfg.instructions, cfg.estimate)
     print("estimate (assumptions under `estimate:` above; set them with --estimate.*):")
     for line in work.lines():

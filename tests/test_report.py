@@ -656,3 +656,18 @@ def test_smoke_run_card_and_report(smoke_output: Path, chromium: str, tmp_path: 
     summary = json.loads((out / "summary.json").read_text())
     assert f"| pairs kept | {summary['pairs_kept']} |" in card.text
     assert_renders(chromium, out / "report.html", tmp_path / "profile", {"scores", "margin", "lengths"})
+
+
+def test_hub_push_uploads_config_pipeline_and_report_beside_the_card(tagged_output: Path, tmp_path: Path,
+                                                                      monkeypatch) -> None:
+    from magpie_dl.runner import hub_files
+
+    out = tmp_path / "run"
+    shutil.copytree(tagged_output, out)
+    (out / "pipeline.yaml").write_text(f"pipeline:\n  name: x\n  note: {SECRET}\n")
+    monkeypatch.setenv("HF_TOKEN", SECRET)
+    files = hub_files(out)
+    assert list(files) == ["README.md", "config.yaml", "pipeline.yaml", "report.html"]
+    assert all(SECRET.encode() not in data for data in files.values())
+    assert files["report.html"] == (out / "report.html").read_bytes()
+    assert yaml.safe_load(files["config.yaml"])["output"] == yaml.safe_load((out / "config.yaml").read_text())["output"]
