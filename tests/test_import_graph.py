@@ -123,3 +123,12 @@ def test_the_checks_can_fail(tmp_path, monkeypatch):
     with pytest.raises(CycleError):
         TopologicalSorter(graph).prepare()
     assert _imports(tmp_path / "steps" / "x.py", "steps.x") == [("torch", True)]
+
+
+def test_the_config_schema_does_not_import_the_ray_code():
+    graph, seen, todo = import_graph(), set(), ["magpie_dl.config"]
+    while todo:
+        for target in graph[todo.pop()] - seen:
+            seen.add(target)
+            todo.append(target)
+    assert "magpie_dl.scaleout" not in seen
