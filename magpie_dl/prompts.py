@@ -96,11 +96,13 @@ def render_chat(
     *,
     add_generation_prompt: bool = True,
     template_date: str = DEFAULT_TEMPLATE_DATE,
+    enable_thinking: bool = False,
 ) -> str:
     """The tokenizer's chat template over ``messages`` as text, "today" pinned to ``template_date``.
 
     Llama 3.1-3.3 templates read ``date_string`` when it is given; templates that call
-    ``strftime_now`` get the pinned date through :func:`_pinned_template`.
+    ``strftime_now`` get the pinned date through :func:`_pinned_template`. Templates with
+    a thinking switch (Qwen3's ``enable_thinking``) render thinking off unless asked.
     """
     template, formats = _pinned_template(tokenizer.get_chat_template(), check_template_date(template_date))
     return tokenizer.apply_chat_template(
@@ -109,6 +111,7 @@ def render_chat(
         add_generation_prompt=add_generation_prompt,
         tokenize=False,
         date_string=date.fromisoformat(template_date).strftime("%d %b %Y"),
+        enable_thinking=enable_thinking,
         **{_PINNED_DATES: dict(formats)},
     )
 
