@@ -266,6 +266,10 @@ def derived_family(parts: TemplateParts, note: str = "") -> ModelFamily:
     if parts.default_block and parts.default_system is None:
         bos += parts.default_block
     response_stop = parts.response_stop()
+    # A header of plain text ("### Response:") is where a query runs into an answer.
+    plain = [] if set(split_atoms(parts.assistant_header, parts.special_atoms)) & set(parts.special_atoms) else [
+        line.strip() for line in parts.assistant_header.splitlines() if line.strip()
+    ]
     return ModelFamily(
         name="derived",
         bos=bos,
@@ -274,7 +278,7 @@ def derived_family(parts: TemplateParts, note: str = "") -> ModelFamily:
         system_in_user=parts.system_in_user,
         assistant_header=parts.assistant_header,
         thinking_header=parts.thinking_header,
-        stop=tuple(dict.fromkeys(response_stop + _QUERY_EXTRA_STOPS)),
+        stop=tuple(dict.fromkeys(response_stop + tuple(plain) + _QUERY_EXTRA_STOPS)),
         response_stop=response_stop,
         default_system=default_system,
         source="derived",
@@ -312,8 +316,10 @@ def mismatches(family: ModelFamily, parts: TemplateParts) -> list[str]:
     if bool(parts.default_block) != family.template_default_block:
         found.append("default system block " + ("missing from the template" if family.template_default_block
                                                  else f"{parts.default_block!r} not expected"))
-    elif family.default_system is not None and parts.default_system != family.default_system:
-        found.append(f"default system prompt {family.default_system!r} but the template's is {parts.default_system!r}")
+    else:
+        expected = family.template_default if family.template_default is not None else family.default_system
+        if parts.default_block and expected is not None and parts.default_system != expected:
+            found.append(f"default system prompt {expected!r} but the template's is {parts.default_system!r}")
     if family.system_template is not None:
         before, after = family.system_template.split(SYSTEM_SLOT)
         theirs = parts.system_template
@@ -338,3 +344,25 @@ def with_template(family: ModelFamily, parts: TemplateParts, **changes: Any) -> 
     if family.use_template_default:
         changes.setdefault("default_system", parts.default_system or None)
     return replace(family, template_date=parts.template_date if parts.dated else None, **changes)
+
+
+_THINK_OPEN, _THINK_CLOSE = "<think>", "</think>"
+
+
+def split_thinking(text: str) -> tuple[str | None, str]:
+    """(reasoning, answer) of a response written with thinking on, both stripped.
+
+    The ``<think>...</think>`` block at the start is the reasoning (also when the
+    generation prompt opened it, so only ``</think>`` was written); a block never closed
+    (the response ran out of tokens) is all reasoning and leaves no answer. A response
+    without a block has ``None`` reasoning.
+    """
+    body = text.strip()
+    if body.startswith(_THINK_OPEN):
+        body = body[len(_THINK_OPEN):]
+    elif _THINK_CLOSE not in body:
+        return None, body
+    reasoning, closed, answer = body.partition(_THINK_CLOSE)
+    if not closed:
+        return reasoning.strip(), ""
+    return reasoning.strip(), answer.strip()

@@ -45,6 +45,8 @@ class ModelFamily:
         stop_at_newline: also stop query sampling at the first ``\\n`` by default.
         template_default_block: the family's template inserts a system block of its own
             when a conversation has none (whether or not the family's prompts use it).
+        template_default: the system prompt of that block, when the table knows it
+            ("" for an empty one); checked against the template.
         use_template_default: the family's default system prompt is its template's.
         reference_spacing: the reference spells this family's markup with other
             whitespace than its template (SentencePiece-era decoding); compared without it.
@@ -71,6 +73,7 @@ class ModelFamily:
     # llama-3.1 / 3.3 and gemma-2 scripts do.
     stop_at_newline: bool = False
     template_default_block: bool = False
+    template_default: str | None = None
     use_template_default: bool = False
     reference_spacing: bool = False
     source: str = "table"
@@ -156,6 +159,7 @@ FAMILIES: dict[str, ModelFamily] = {
             stop=_LLAMA3_TURN + ("assistant",),
             first_token_ban=_MARKDOWN_BAN,
             template_default_block=True,
+            template_default="",
             **_LLAMA3,
         ),
         ModelFamily(
@@ -163,9 +167,11 @@ FAMILIES: dict[str, ModelFamily] = {
             stop=_LLAMA3_TURN + ("assistant",),
             first_token_ban=_MARKDOWN_BAN,
             template_default_block=True,
+            template_default="",
             **_LLAMA3,
         ),
-        ModelFamily(name="qwen2", **_QWEN),
+        # Qwen2's template inserts "You are a helpful assistant."; the reference leaves it out.
+        ModelFamily(name="qwen2", template_default_block=True, template_default="You are a helpful assistant.", **_QWEN),
         ModelFamily(
             name="qwen2.5",
             default_system="You are Qwen, created by Alibaba Cloud. You are a helpful assistant.",
@@ -398,3 +404,79 @@ def resolve_single_token_ids(tokenizer: PreTrainedTokenizerBase, texts: tuple[st
         if len(encoded) == 1 and encoded[0] not in ids:
             ids.append(encoded[0])
     return tuple(ids)
+
+
+def describe(family: ModelFamily, tokenizer: PreTrainedTokenizerBase, system_prompt: str | None = None,
+             thinking: bool = False) -> dict[str, object]:
+    """What Magpie will send a model of ``family``: prompts (``{instruction}`` where the
+    query goes), stops, bans, and where the strings came from."""
+    from magpie_dl.prompts import response_prompt_template
+
+    out: dict[str, object] = {
+        "family": family.name,
+        "source": family.source,
+        "pre_query_template": family.pre_query_template,
+    }
+    if system_prompt is not None:
+        out["system_pre_query_template"] = family.pre_query_prompt(system_prompt)
+    out.update(
+        response_prompt_template=response_prompt_template(tokenizer, family, "magpie", thinking=thinking),
+        stop=list(family.query_stop(family.stop_at_newline)),
+        response_stop=list(family.response_stop),
+        first_token_ban=list(family.first_token_ban),
+        thinking_switch=family.thinking_header is not None,
+        chat_template_date=family.template_date,
+        note=family.note or None,
+    )
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m magpie_dl.families MODEL_DIR``: the family and prompts Magpie will use."""
+    import argparse
+    import json
+    import sys
+
+    from magpie_dl.chat_template import ChatTemplateError
+
+    parser = argparse.ArgumentParser(
+        prog="python -m magpie_dl.families",
+        description="Show the family, pre-query prompt, response prompt and stops Magpie uses for a model "
+        "(loads its tokenizer only).",
+    )
+    parser.add_argument("model", help="model directory or hub id (its tokenizer is loaded, never the model)")
+    parser.add_argument("--system-prompt", default=None, help="also show the pre-query prompt with this system prompt")
+    parser.add_argument("--family", default="auto", help="force a table family (default: auto)")
+    parser.add_argument("--thinking", action="store_true", help="response prompt with thinking on (Qwen3)")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    args = parser.parse_args(argv)
+    try:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(args.model)
+    except Exception as exc:  # noqa: BLE001 - one line, whatever the loader raised
+        print(f"error: cannot load a tokenizer from {args.model}: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
+    try:
+        family = resolve_family(args.family, tokenizer)
+        shown = describe(family, tokenizer, args.system_prompt, args.thinking)
+    except (ChatTemplateError, UnknownFamilyError, ValueError) as exc:
+        print(f"error: {args.model}: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(shown, indent=2, ensure_ascii=False))
+        return 0
+    plain = {"family", "source", "note", "chat_template_date"}  # shown as is; the rest as JSON (escapes visible)
+    for key, value in shown.items():
+        if value is not None:
+            print(f"{key + ':':27} {value if key in plain else json.dumps(value, ensure_ascii=False)}")
+    return 0
+
+
+if __name__ == "__main__":
+    # Run the imported module's main, so its ModelFamily is the one the rest of the package uses.
+    import sys
+
+    from magpie_dl.families import main as _main
+
+    sys.exit(_main())

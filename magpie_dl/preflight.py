@@ -3,9 +3,10 @@
 The config validates what a value says (``--reward.dtype``, a device's spelling, a local
 model directory); this module checks what only the machine can answer: is there a CUDA
 device for ``--reward.device cuda``, can a hub model be fetched (offline, no network,
-not in the local cache), is there a token for ``--push-to-hub``. Each failure is one
+not in the local cache), is there a token for ``--push-to-hub``, does the chat model's
+tokenizer carry a chat template. Each failure is one
 :class:`~magpie_dl.config.ConfigError` line saying what to change. Only the standard
-library, torch and ``huggingface_hub`` are used.
+library, torch, ``huggingface_hub`` and transformers' tokenizers are used.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def check_before_run(cfg: BaseModel) -> None:
     check_model_sources(cfg)
     check_endpoints(cfg)
     check_hub_token(cfg)
+    check_chat_templates(cfg)
 
 
 def _values(cfg: BaseModel, leaf: str) -> Iterator[tuple[str, Any]]:
@@ -133,6 +135,37 @@ def check_hub_token(cfg: BaseModel) -> None:
 
     if not (os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN") or get_token()):
         raise ConfigError("--push-to-hub needs a Hugging Face token: set HF_TOKEN (or log in with `hf auth login`)")
+
+
+def check_chat_templates(cfg: BaseModel) -> None:
+    """The models that write queries and responses have a chat template Magpie can read.
+
+    Loads their tokenizers only. With ``--generator.family`` named, the table's strings
+    serve and no template is needed. A tokenizer that will not load here is left to the
+    step to explain.
+    """
+    generator = getattr(cfg, "generator", None)
+    if generator is None or generator.family not in ("auto", None):
+        return
+    models = [] if getattr(cfg, "instructions", None) else [("generator.model", generator.model)]
+    responses = getattr(cfg, "responses", None)
+    if responses is not None and responses.model:
+        models.append(("responses.model", responses.model))
+    elif not models:
+        models.append(("generator.model", generator.model))  # it writes the responses
+    from magpie_dl.chat_template import ChatTemplateError, derive_parts
+
+    for path, ref in models:
+        try:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(ref)
+        except Exception:
+            continue
+        try:
+            derive_parts(tokenizer)
+        except ChatTemplateError as exc:
+            raise ConfigError(f"--{path} {ref}: {exc}") from None
 
 
 def hub_offline() -> bool:

@@ -176,18 +176,23 @@ def response_prompt_template(
     family: ModelFamily,
     style: ResponsePromptStyle,
     template_date: str = DEFAULT_TEMPLATE_DATE,
+    thinking: bool = False,
 ) -> str:
     """The response prompt as a string with ``{instruction}`` (one slot) where the query goes.
 
     ``magpie`` (the recipe's default) is the reference's bare prompt, as in every released
     row: the pre-query template, the instruction, the assistant header, no system block.
     ``chat_template`` is the model's own template (Llama-3.1's adds a "Cutting Knowledge
-    Date" system block), "today" pinned to ``template_date``.
+    Date" system block), "today" pinned to ``template_date``. ``thinking`` opens the
+    assistant turn with thinking on, for families with a switch (Qwen3); off by default.
     """
     if style == "magpie":
-        rendered = family.pre_query_prompt(None) + _SENTINEL + family.assistant_header
+        rendered = family.pre_query_prompt(None) + _SENTINEL + family.response_header(thinking)
     elif style == "chat_template":
-        rendered = render_chat(tokenizer, [{"role": "user", "content": _SENTINEL}], template_date=template_date)
+        family.response_header(thinking)  # a family without a switch refuses thinking here too
+        rendered = render_chat(
+            tokenizer, [{"role": "user", "content": _SENTINEL}], template_date=template_date, enable_thinking=thinking
+        )
     else:
         raise ValueError(f"unknown response prompt style {style!r}; use 'chat_template' or 'magpie'")
     return rendered.replace(_SENTINEL, INSTRUCTION_SLOT)
