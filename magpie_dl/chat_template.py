@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from magpie_dl.prompts import DEFAULT_TEMPLATE_DATE, render_chat
@@ -61,10 +62,10 @@ class TemplateParts:
             header; ``None`` when the template puts the system prompt elsewhere or nowhere.
         system_in_user: the system prompt folded into the first user turn, with
             ``{system}``, written right after the user header; ``None`` otherwise.
-        specials: the tokenizer's special and added tokens found in the markup, in order.
         dated: the rendering changes with "today" (it was pinned to ``template_date``).
         template_date: the date "today" rendered as.
         eos: the tokenizer's EOS token, if any.
+        special_atoms: the tokenizer's special and added tokens (longest first).
     """
 
     bos: str
@@ -97,11 +98,16 @@ class TemplateParts:
         return tuple(dict.fromkeys(s for s in stops if s))
 
 
+@lru_cache(maxsize=16)
+def _atom_pattern(specials: tuple[str, ...]) -> re.Pattern[str]:
+    return re.compile("|".join(re.escape(s) for s in sorted(specials, key=len, reverse=True)))
+
+
 def split_atoms(text: str, specials: tuple[str, ...]) -> list[str]:
     """``text`` as atoms: each special token whole, every other character alone."""
     if not specials:
         return list(text)
-    pattern = re.compile("|".join(re.escape(s) for s in sorted(specials, key=len, reverse=True)))
+    pattern = _atom_pattern(specials)
     atoms: list[str] = []
     pos = 0
     for match in pattern.finditer(text):
@@ -267,9 +273,10 @@ def derived_family(parts: TemplateParts, note: str = "") -> ModelFamily:
         bos += parts.default_block
     response_stop = parts.response_stop()
     # A header of plain text ("### Response:") is where a query runs into an answer.
-    plain = [] if set(split_atoms(parts.assistant_header, parts.special_atoms)) & set(parts.special_atoms) else [
+    header_atoms = split_atoms(parts.assistant_header, parts.special_atoms)
+    plain = () if any(a in parts.special_atoms for a in header_atoms) else tuple(
         line.strip() for line in parts.assistant_header.splitlines() if line.strip()
-    ]
+    )
     return ModelFamily(
         name="derived",
         bos=bos,
@@ -278,7 +285,7 @@ def derived_family(parts: TemplateParts, note: str = "") -> ModelFamily:
         system_in_user=parts.system_in_user,
         assistant_header=parts.assistant_header,
         thinking_header=parts.thinking_header,
-        stop=tuple(dict.fromkeys(response_stop + tuple(plain) + _QUERY_EXTRA_STOPS)),
+        stop=tuple(dict.fromkeys(response_stop + plain + _QUERY_EXTRA_STOPS)),
         response_stop=response_stop,
         default_system=default_system,
         source="derived",

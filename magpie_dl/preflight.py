@@ -138,24 +138,25 @@ def check_hub_token(cfg: BaseModel) -> None:
 
 
 def check_chat_templates(cfg: BaseModel) -> None:
-    """The models that write queries and responses have a chat template Magpie can read.
+    """The models that write queries and responses have a chat template Magpie can read,
+    and a thinking switch when ``--responses.thinking`` asks for one.
 
     Loads their tokenizers only. With ``--generator.family`` named, the table's strings
     serve and no template is needed. A tokenizer that will not load here is left to the
     step to explain.
     """
     generator = getattr(cfg, "generator", None)
-    if generator is None or generator.family not in ("auto", None):
+    if generator is None:
         return
-    models = [] if getattr(cfg, "instructions", None) else [("generator.model", generator.model)]
-    responses = getattr(cfg, "responses", None)
-    if responses is not None and responses.model:
-        models.append(("responses.model", responses.model))
-    elif not models:
-        models.append(("generator.model", generator.model))  # it writes the responses
-    from magpie_dl.chat_template import ChatTemplateError, derive_parts
+    from magpie_dl.chat_template import ChatTemplateError
+    from magpie_dl.families import resolve_family
 
-    for path, ref in models:
+    responses = getattr(cfg, "responses", None)
+    response_model = (responses.model if responses is not None else None) or generator.model
+    # (flag, model, writes responses): the generator writes queries unless instructions are given.
+    models = [] if getattr(cfg, "instructions", None) else [("generator.model", generator.model, False)]
+    models.append(("responses.model" if response_model != generator.model else "generator.model", response_model, True))
+    for path, ref, writes_responses in models:
         try:
             from transformers import AutoTokenizer
 
@@ -163,9 +164,13 @@ def check_chat_templates(cfg: BaseModel) -> None:
         except Exception:
             continue
         try:
-            derive_parts(tokenizer)
+            family = resolve_family(generator.family, tokenizer)
         except ChatTemplateError as exc:
             raise ConfigError(f"--{path} {ref}: {exc}") from None
+        if writes_responses and getattr(responses, "thinking", False) and family.thinking_header is None:
+            raise ConfigError(
+                f"--responses.thinking: {ref} (family {family.name}) has no thinking switch in its chat template; drop it"
+            )
 
 
 def hub_offline() -> bool:

@@ -340,3 +340,12 @@ def test_recipe_runs_end_to_end_on_a_qwen3_style_model(tmp_path, family_model):
         assert row["gen_input_configs"]["family"] == "qwen3"
         assert row["gen_input_configs"]["pre_query_template"] == "<|im_start|>user\n"
         assert row["gen_response_configs"]["prompt"].endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+
+
+def test_recipe_refuses_thinking_for_a_model_without_a_switch(tmp_path, tiny_models):
+    done = run_recipe_cli("--preset", "smoke", "--responses.thinking", "--output-dir", str(tmp_path / "out"))
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"error: --responses.thinking: {tiny_models['generator']} (family llama-3.1) has no thinking switch "
+        "in its chat template; drop it"
+    ]

@@ -9,13 +9,11 @@ and the family the model's own chat template implies.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from magpie_dl import smollm2
 from magpie_dl.backends.transformers import TransformersBackend
-from magpie_dl.config import REPO_ROOT, SMOLLM2_DIR
 from magpie_dl.families import detect_family
 from magpie_dl.provenance import model_label
 from steps.magpie import MagpieGenerator
