@@ -368,6 +368,8 @@ def _build_family(out: Path, name: str, seed: int, steps: int, log: bool) -> str
     rng = random.Random(seed)
     conversations = synthetic_conversations(4000, seed=seed)
     tokenizer = family_tokenizer(spec, [f"{s or ''}\n{u}\n{a}" for s, u, a in conversations], vocab_size=2048)
+    if tokenizer.pad_token is None:  # Mistral's tokenizers have none; padding is masked anyway
+        tokenizer.pad_token = tokenizer.eos_token
     family = detect_family(tokenizer)
     turn_end = derive_parts(tokenizer).turn_end_tokens()[0]
     eos_ids = list(dict.fromkeys(i for i in (tokenizer.convert_tokens_to_ids(turn_end), tokenizer.eos_token_id) if i is not None))
