@@ -1,9 +1,15 @@
 """Model-family knowledge as data: pre-query templates, stop strings, first-token bans.
 
 Magpie prompts an aligned chat model with only the left part of its chat template, up
-to where a user message starts; the model then writes a user query. Everything that
-differs between families lives in one table here. Token ids are always resolved from
+to where a user message starts; the model then writes a user query. The strings are
+read from the model's own chat template (:mod:`magpie_dl.chat_template`); the table
+here names the known families and adds what a template cannot tell (first-token bans,
+the reference's newline stop and spellings, default system prompts), and an entry is
+used only when the template renders its strings. Token ids are always resolved from
 the tokenizer at run time, never hard-coded.
+
+``python -m magpie_dl.families MODEL_DIR [--system-prompt TEXT] [--json]`` shows what a
+model gets (its tokenizer is loaded, never the model).
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ if TYPE_CHECKING:
 
 
 class UnknownFamilyError(ValueError):
-    """The model family is not in the table (or could not be detected)."""
+    """A named model family is not in the table."""
 
 
 @dataclass(frozen=True)

@@ -371,6 +371,8 @@ def _build_family(out: Path, name: str, seed: int, steps: int, log: bool) -> str
     if tokenizer.pad_token is None:  # Mistral's tokenizers have none; padding is masked anyway
         tokenizer.pad_token = tokenizer.eos_token
     family = detect_family(tokenizer)
+    if family.system_template is None and family.system_in_user is None:  # no system role (gemma-2)
+        conversations = [(None, user, assistant) for _, user, assistant in conversations]
     turn_end = derive_parts(tokenizer).turn_end_tokens()[0]
     eos_ids = list(dict.fromkeys(i for i in (tokenizer.convert_tokens_to_ids(turn_end), tokenizer.eos_token_id) if i is not None))
     model, config, loss = _train_generator(tokenizer, conversations, rng, eos_ids, steps, log, family, turn_end)
