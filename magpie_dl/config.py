@@ -112,7 +112,7 @@ class GeneratorConfig(_Section):
     ban_first_token_markdown: bool = Field(True, description="Ban markdown tokens at a query's first position.")
     stop_at_newline: bool | None = Field(
         None, description="Stop queries at their first newline (the reference's early stop); null: the "
-        "family's default (on for llama-3, qwen2, qwen2.5, phi-3, mistral; off for llama-3.1/3.3, gemma-2)."
+        "family's default (on for llama-3, qwen2, qwen2.5, phi-3, mistral-v0.3; off for the others)."
     )
     batch_size: int = Field(1000, ge=1, description="Queries per batch sent to the engine.")
 
@@ -151,6 +151,10 @@ class ResponsesConfig(_Section):
     )
     prompt_style: Literal["chat_template", "magpie"] = Field(
         "magpie", description="magpie (the released rows' bare prompt, no system block) or chat_template (model's own)."
+    )
+    thinking: bool = Field(
+        False, description="Thinking on for models with a switch (Qwen3): the think block goes to `reasoning`, "
+        "unscored; off by default."
     )
     batch_size: int = Field(500, ge=1, description="Instructions per batch sent to the engine.")
 

@@ -31,6 +31,8 @@ EXTRA_COLUMNS = (
     "chosen_index", "rejected_index", "chosen_score", "rejected_score", "score_margin",
     "finish_reasons", "response_status", "rating_errors", "raw_instruction",
 )
+# Present only when a step wrote them: the think blocks of responses written with thinking on.
+OPTIONAL_COLUMNS = ("reasoning",)
 
 
 def released_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -48,6 +50,7 @@ def released_row(row: dict[str, Any]) -> dict[str, Any]:
     out["chosen"] = row.get("chosen")
     out["rejected"] = row.get("rejected")
     out.update({name: row.get(name) for name in EXTRA_COLUMNS})
+    out.update({name: row[name] for name in OPTIONAL_COLUMNS if name in row})
     return out
 
 
@@ -208,7 +211,9 @@ def released_features(source: Features) -> Features:
     types["responses"] = like("generations", List(Value("string")))
     types["gen_response_configs"] = like("gen_response_configs")
     types["rewards_armorm"] = List({"score": Value("float64")})
-    types.update({name: like(name) for name in ("chosen", "rejected", *EXTRA_COLUMNS, "pair_status")})
+    types.update({name: like(name) for name in ("chosen", "rejected", *EXTRA_COLUMNS)})
+    types.update({name: source[name] for name in OPTIONAL_COLUMNS if name in source})
+    types["pair_status"] = like("pair_status")
     return Features(types)
 
 

@@ -1,9 +1,15 @@
 """Model-family knowledge as data: pre-query templates, stop strings, first-token bans.
 
 Magpie prompts an aligned chat model with only the left part of its chat template, up
-to where a user message starts; the model then writes a user query. Everything that
-differs between families lives in one table here. Token ids are always resolved from
+to where a user message starts; the model then writes a user query. The strings are
+read from the model's own chat template (:mod:`magpie_dl.chat_template`); the table
+here names the known families and adds what a template cannot tell (first-token bans,
+the reference's newline stop and spellings, default system prompts), and an entry is
+used only when the template renders its strings. Token ids are always resolved from
 the tokenizer at run time, never hard-coded.
+
+``python -m magpie_dl.families MODEL_DIR [--system-prompt TEXT] [--json]`` shows what a
+model gets (its tokenizer is loaded, never the model).
 """
 
 from __future__ import annotations
@@ -16,26 +22,43 @@ if TYPE_CHECKING:
 
 
 class UnknownFamilyError(ValueError):
-    """The model family is not in the table (or could not be detected)."""
+    """A named model family is not in the table."""
 
 
 @dataclass(frozen=True)
 class ModelFamily:
     """What Magpie needs to know about one chat-template family.
 
+    Most of it is read from the model's own chat template
+    (:mod:`magpie_dl.chat_template`); a table entry adds what a template cannot tell
+    (first-token bans, a default system prompt, the reference's quirks) and names the
+    strings the template must render for the entry to be used.
+
     Attributes:
-        name: the family's name (``llama-3.1``).
-        pre_query_template: the chat template up to where a user message starts.
-        system_template: a system block with ``{system}`` in it, rendered *before* the
-            user header; ``None`` where the family has no system role.
+        name: the family's name (``llama-3.1``; ``derived`` when read from the template only).
         bos: the literal BOS string the templates start with ("" when none).
         user_header: the user-turn opening that follows the BOS or a system block.
+        system_template: a system block with ``{system}`` in it, rendered *before* the
+            user header; ``None`` where the system prompt goes elsewhere or nowhere.
+        system_in_user: the system prompt folded into the user turn (Gemma 3), with
+            ``{system}``, written right after the user header.
         stop: stop strings for query sampling (end/turn markers, ``assistant``).
-        stop_at_newline: also stop query sampling at the first ``\\n`` by default.
         response_stop: stop strings for response sampling (end/turn markers only).
         first_token_ban: strings banned at the first generated position of a query.
         assistant_header: what closes the user turn and opens the assistant's.
+        thinking_header: the same with thinking on (Qwen3); ``None``: no thinking switch.
         default_system: a system prompt the family's queries need by default.
+        stop_at_newline: also stop query sampling at the first ``\\n`` by default.
+        template_default_block: the family's template inserts a system block of its own
+            when a conversation has none (whether or not the family's prompts use it).
+        template_default: the system prompt of that block, when the table knows it
+            ("" for an empty one); checked against the template.
+        use_template_default: the family's default system prompt is its template's.
+        reference_spacing: the reference spells this family's markup with other
+            whitespace than its template (SentencePiece-era decoding); compared without it.
+        source: ``table`` or ``derived`` (read from the chat template alone).
+        note: why the family in use is not the table's, in one line ("" when it is).
+        template_date: the date "today" rendered as, when the template renders one.
     """
 
     name: str
@@ -47,12 +70,21 @@ class ModelFamily:
     first_token_ban: tuple[str, ...] = ()
     # Closes the user turn and opens the assistant's (the Magpie response prompt).
     assistant_header: str = ""
+    thinking_header: str | None = None
+    system_in_user: str | None = None
     # A fixed system block the family's queries need (qwen2.5 degrades without it).
     default_system: str | None = None
     # The reference's "early stopping": its query writer stops at the first "\n" (models
     # sometimes answer right after one) unless a family's script turns that off, as the
     # llama-3.1 / 3.3 and gemma-2 scripts do.
     stop_at_newline: bool = False
+    template_default_block: bool = False
+    template_default: str | None = None
+    use_template_default: bool = False
+    reference_spacing: bool = False
+    source: str = "table"
+    note: str = ""
+    template_date: str | None = None
 
     def query_stop(self, newline: bool) -> tuple[str, ...]:
         """Stop strings for query sampling, with ``"\\n"`` added when ``newline``."""
@@ -64,14 +96,26 @@ class ModelFamily:
         return self.pre_query_prompt(self.default_system)
 
     def pre_query_prompt(self, system_prompt: str | None = None) -> str:
-        """The pre-query prompt, with ``system_prompt`` as a system block before the user header."""
+        """The pre-query prompt, with ``system_prompt`` where the template puts one.
+
+        That is a system block before the user header, or (Gemma 3) the system prompt
+        at the start of the user turn, as the template folds it.
+        """
         if system_prompt is None:
             system_prompt = self.default_system
         if system_prompt is None:
             return self.bos + self.user_header
-        if self.system_template is None:
-            raise ValueError(f"family {self.name!r} has no system role; drop the system prompt")
-        return self.bos + self.system_template.format(system=system_prompt) + self.user_header
+        if self.system_template is not None:
+            return self.bos + self.system_template.replace("{system}", system_prompt, 1) + self.user_header
+        if self.system_in_user is not None:
+            return self.bos + self.user_header + self.system_in_user.replace("{system}", system_prompt, 1)
+        raise ValueError(f"family {self.name!r} has no system role; drop the system prompt")
+
+    def response_header(self, thinking: bool = False) -> str:
+        """What follows the instruction in the response prompt, thinking on or off."""
+        if thinking and self.thinking_header is None:
+            raise ValueError(f"family {self.name!r} has no thinking switch; drop --responses.thinking")
+        return self.thinking_header if thinking else self.assistant_header
 
 
 _LLAMA3_TURN = ("<|eot_id|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>")
@@ -95,26 +139,49 @@ _QWEN = dict(
 )
 _MARKDOWN_BAN = ("#", "##", "###", "####", "**", " **", "**:")
 
+
+def _with_assistant(stops: tuple[str, ...]) -> tuple[str, ...]:
+    """Query stops: the response stops and the literal ``assistant``, as the reference stops."""
+    return stops + ("assistant",)
+
+
+# Families after the reference (2025): stops are the template's turn end, the token that
+# opens the next turn and EOS. Their queries are not cut at a newline (as smollm2's).
+_LLAMA4_TURN = ("<|eot|>", "<|eom|>", "<|end_of_text|>", "<|header_start|>")
+_GEMMA3_TURN = ("<end_of_turn>", "<start_of_turn>", "<eos>")
+_PHI4_TURN = ("<|im_end|>", "<|im_start|>", "<|endoftext|>")
+_PHI4_MINI_TURN = ("<|end|>", "<|user|>", "<|endoftext|>")
+_MISTRAL_SMALL_TURN = ("</s>", "[INST]")
+_DEEPSEEK_TURN = ("<｜end▁of▁sentence｜>", "<｜User｜>")
+
 FAMILIES: dict[str, ModelFamily] = {
     f.name: f
     for f in [
         ModelFamily(name="llama-3", stop=_LLAMA3_TURN + ("assistant",), stop_at_newline=True, **_LLAMA3),
+        # 3.1 and 3.3 share a template with a "Cutting Knowledge Date" system block of its
+        # own; the reference's prompts leave that block out.
         ModelFamily(
             name="llama-3.1",
             stop=_LLAMA3_TURN + ("assistant",),
             first_token_ban=_MARKDOWN_BAN,
+            template_default_block=True,
+            template_default="",
             **_LLAMA3,
         ),
         ModelFamily(
             name="llama-3.3",
             stop=_LLAMA3_TURN + ("assistant",),
             first_token_ban=_MARKDOWN_BAN,
+            template_default_block=True,
+            template_default="",
             **_LLAMA3,
         ),
-        ModelFamily(name="qwen2", **_QWEN),
+        # Qwen2's template inserts "You are a helpful assistant."; the reference leaves it out.
+        ModelFamily(name="qwen2", template_default_block=True, template_default="You are a helpful assistant.", **_QWEN),
         ModelFamily(
             name="qwen2.5",
             default_system="You are Qwen, created by Alibaba Cloud. You are a helpful assistant.",
+            template_default_block=True,
             **_QWEN,
         ),
         # SmolLM2's ChatML template inserts this system block when a conversation has none;
@@ -124,18 +191,54 @@ FAMILIES: dict[str, ModelFamily] = {
         ModelFamily(
             name="smollm2",
             default_system="You are a helpful AI assistant named SmolLM, trained by Hugging Face",
+            template_default_block=True,
             **{**_QWEN, "stop_at_newline": False},
+        ),
+        # Qwen3: ChatML; thinking off renders an empty <think></think> block after the
+        # assistant header, and that is the default here for queries and responses.
+        ModelFamily(
+            name="qwen3",
+            **{
+                **_QWEN,
+                "assistant_header": "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n",
+                "stop_at_newline": False,
+            },
+            thinking_header="<|im_end|>\n<|im_start|>assistant\n",
         ),
         ModelFamily(
             name="gemma-2",
             bos="<bos>",
-            # Gemma has no system role; its template folds a system prompt into the user turn.
+            # Gemma-2 has no system role (its template refuses one). The reference writes
+            # the user header with an extra "\n".
             user_header="<start_of_turn>user\n\n",
             system_template=None,
             assistant_header="<end_of_turn>\n<start_of_turn>model\n",
             stop=("<eos>", "<bos>", "<end_of_turn>", "assistant"),
             response_stop=("<eos>", "<end_of_turn>"),
+            reference_spacing=True,
         ),
+        ModelFamily(
+            name="gemma-3",
+            bos="<bos>",
+            user_header="<start_of_turn>user\n",
+            system_template=None,
+            system_in_user="{system}\n\n",  # Gemma 3 folds a system prompt into the first user turn
+            assistant_header="<end_of_turn>\n<start_of_turn>model\n",
+            stop=_with_assistant(_GEMMA3_TURN),
+            response_stop=_GEMMA3_TURN,
+        ),
+        ModelFamily(
+            name="llama-4",
+            bos="<|begin_of_text|>",
+            user_header="<|header_start|>user<|header_end|>\n\n",
+            system_template="<|header_start|>system<|header_end|>\n\n{system}<|eot|>",
+            assistant_header="<|eot|><|header_start|>assistant<|header_end|>\n\n",
+            stop=_with_assistant(_LLAMA4_TURN),
+            response_stop=_LLAMA4_TURN,
+            first_token_ban=_MARKDOWN_BAN,  # carried over from Llama-3.1's scripts
+        ),
+        # The reference's Phi-3 and Mistral prompts put a space after <s> (decoded
+        # SentencePiece text); their templates write none.
         ModelFamily(
             name="phi-3",
             bos="<s>",
@@ -148,6 +251,25 @@ FAMILIES: dict[str, ModelFamily] = {
             ),
             stop_at_newline=True,
             response_stop=("</s>", "<|endoftext|>", "<|end|>", "<|user|>"),
+            reference_spacing=True,
+        ),
+        ModelFamily(
+            name="phi-4",
+            bos="",
+            user_header="<|im_start|>user<|im_sep|>",
+            system_template="<|im_start|>system<|im_sep|>{system}<|im_end|>",
+            assistant_header="<|im_end|><|im_start|>assistant<|im_sep|>",
+            stop=_with_assistant(_PHI4_TURN),
+            response_stop=_PHI4_TURN,
+        ),
+        ModelFamily(
+            name="phi-4-mini",
+            bos="",
+            user_header="<|user|>",
+            system_template="<|system|>{system}<|end|>",
+            assistant_header="<|end|><|assistant|>",
+            stop=_with_assistant(_PHI4_MINI_TURN),
+            response_stop=_PHI4_MINI_TURN,
         ),
         ModelFamily(
             name="mistral-v0.3",
@@ -158,6 +280,29 @@ FAMILIES: dict[str, ModelFamily] = {
             stop=("<s>", "</s>", "[INST]", "[/INST]", "assistant"),
             stop_at_newline=True,
             response_stop=("</s>", "[INST]"),
+            reference_spacing=True,
+        ),
+        # Mistral Small 3.x: its template inserts a dated default system prompt, used here.
+        ModelFamily(
+            name="mistral-small-3",
+            bos="<s>",
+            user_header="[INST]",
+            system_template="[SYSTEM_PROMPT]{system}[/SYSTEM_PROMPT]",
+            assistant_header="[/INST]",
+            stop=_with_assistant(_MISTRAL_SMALL_TURN),
+            response_stop=_MISTRAL_SMALL_TURN,
+            template_default_block=True,
+            use_template_default=True,
+        ),
+        # DeepSeek-V3: a system prompt is bare text right after the BOS.
+        ModelFamily(
+            name="deepseek-v3",
+            bos="<｜begin▁of▁sentence｜>",
+            user_header="<｜User｜>",
+            system_template="{system}",
+            assistant_header="<｜Assistant｜>",
+            stop=_with_assistant(_DEEPSEEK_TURN),
+            response_stop=_DEEPSEEK_TURN,
         ),
     ]
 }
@@ -173,34 +318,57 @@ def get_family(name: str) -> ModelFamily:
         ) from None
 
 
-def detect_family(tokenizer: PreTrainedTokenizerBase) -> ModelFamily:
-    """Detect the family from the tokenizer's special tokens and chat template."""
-    vocab = tokenizer.get_vocab()
-    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
-    if "<|start_header_id|>" in vocab:
-        # 3.1 and 3.3 share a template (with its "Cutting Knowledge Date" block); 3.0 has none.
-        return FAMILIES["llama-3.1" if "Cutting Knowledge Date" in template else "llama-3"]
-    if "<|im_start|>" in vocab:
-        if "named SmolLM" in template:
-            return FAMILIES["smollm2"]
-        return FAMILIES["qwen2.5" if "You are Qwen, created by Alibaba Cloud" in template else "qwen2"]
-    if "<start_of_turn>" in vocab:
-        return FAMILIES["gemma-2"]
-    if "<|user|>" in vocab and "<|end|>" in vocab:
-        return FAMILIES["phi-3"]
-    if "[INST]" in vocab:
-        return FAMILIES["mistral-v0.3"]
-    raise UnknownFamilyError(
-        "could not detect the model family from the tokenizer; name it explicitly "
-        f"(--family), one of: {', '.join(FAMILIES)}"
+def detect_family(tokenizer: PreTrainedTokenizerBase, template_date: str | None = None) -> ModelFamily:
+    """The family whose strings the tokenizer's chat template renders; else the derived one.
+
+    Every table entry is compared with what the template renders
+    (:func:`magpie_dl.chat_template.mismatches`): exact matches are preferred to matches
+    up to the reference's whitespace, then table order. With no match, the strings read
+    from the template are used (``source="derived"``) and :attr:`ModelFamily.note` says
+    why in one line. A tokenizer without a chat template is a
+    :class:`~magpie_dl.chat_template.ChatTemplateError`.
+    """
+    from magpie_dl.chat_template import derive_parts, derived_family, mismatches, with_template
+    from magpie_dl.prompts import DEFAULT_TEMPLATE_DATE
+
+    parts = derive_parts(tokenizer, template_date or DEFAULT_TEMPLATE_DATE)
+    found = {name: mismatches(family, parts) for name, family in FAMILIES.items()}
+    matching = sorted((f for f in FAMILIES.values() if not found[f.name]), key=lambda f: f.reference_spacing)
+    if matching:
+        return with_template(matching[0], parts)
+    # Name the nearest entry, so the line says what differs from a family the user may expect.
+    nearest = min(FAMILIES, key=lambda name: len(found[name]))
+    note = (
+        f"the chat template matches no known family (nearest {nearest}: {found[nearest][0]}); "
+        "using the prompts and stops read from the template"
     )
+    return derived_family(parts, note=note)
 
 
-def resolve_family(name: str | None, tokenizer: PreTrainedTokenizerBase) -> ModelFamily:
-    """``name`` when given ("auto" or None means detect), else detected from the tokenizer."""
-    if name and name != "auto":
-        return get_family(name)
-    return detect_family(tokenizer)
+def resolve_family(
+    name: str | None, tokenizer: PreTrainedTokenizerBase, template_date: str | None = None
+) -> ModelFamily:
+    """``name`` when given ("auto" or None means detect), else detected from the tokenizer.
+
+    A named family is used as the table has it (``--generator.family`` forces it); when
+    the tokenizer's template renders something else, :attr:`ModelFamily.note` says what.
+    """
+    if not name or name == "auto":
+        return detect_family(tokenizer, template_date)
+    from dataclasses import replace
+
+    from magpie_dl.chat_template import ChatTemplateError, derive_parts, mismatches, with_template
+    from magpie_dl.prompts import DEFAULT_TEMPLATE_DATE
+
+    family = get_family(name)
+    try:
+        parts = derive_parts(tokenizer, template_date or DEFAULT_TEMPLATE_DATE)
+    except ChatTemplateError as exc:
+        return replace(family, note=f"family {name} forced; the chat template was not read ({exc})")
+    differ = mismatches(family, parts)
+    if differ:
+        return replace(family, note=f"family {name} forced although the chat template differs: {differ[0]}")
+    return with_template(family, parts)
 
 
 @dataclass(frozen=True)
@@ -242,3 +410,79 @@ def resolve_single_token_ids(tokenizer: PreTrainedTokenizerBase, texts: tuple[st
         if len(encoded) == 1 and encoded[0] not in ids:
             ids.append(encoded[0])
     return tuple(ids)
+
+
+def describe(family: ModelFamily, tokenizer: PreTrainedTokenizerBase, system_prompt: str | None = None,
+             thinking: bool = False) -> dict[str, object]:
+    """What Magpie will send a model of ``family``: prompts (``{instruction}`` where the
+    query goes), stops, bans, and where the strings came from."""
+    from magpie_dl.prompts import response_prompt_template
+
+    out: dict[str, object] = {
+        "family": family.name,
+        "source": family.source,
+        "pre_query_template": family.pre_query_template,
+    }
+    if system_prompt is not None:
+        out["system_pre_query_template"] = family.pre_query_prompt(system_prompt)
+    out.update(
+        response_prompt_template=response_prompt_template(tokenizer, family, "magpie", thinking=thinking),
+        stop=list(family.query_stop(family.stop_at_newline)),
+        response_stop=list(family.response_stop),
+        first_token_ban=list(family.first_token_ban),
+        thinking_switch=family.thinking_header is not None,
+        chat_template_date=family.template_date,
+        note=family.note or None,
+    )
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m magpie_dl.families MODEL_DIR``: the family and prompts Magpie will use."""
+    import argparse
+    import json
+    import sys
+
+    from magpie_dl.chat_template import ChatTemplateError
+
+    parser = argparse.ArgumentParser(
+        prog="python -m magpie_dl.families",
+        description="Show the family, pre-query prompt, response prompt and stops Magpie uses for a model "
+        "(loads its tokenizer only).",
+    )
+    parser.add_argument("model", help="model directory or hub id (its tokenizer is loaded, never the model)")
+    parser.add_argument("--system-prompt", default=None, help="also show the pre-query prompt with this system prompt")
+    parser.add_argument("--family", default="auto", help="force a table family (default: auto)")
+    parser.add_argument("--thinking", action="store_true", help="response prompt with thinking on (Qwen3)")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    args = parser.parse_args(argv)
+    try:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(args.model)
+    except Exception as exc:  # noqa: BLE001 - one line, whatever the loader raised
+        print(f"error: cannot load a tokenizer from {args.model}: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
+    try:
+        family = resolve_family(args.family, tokenizer)
+        shown = describe(family, tokenizer, args.system_prompt, args.thinking)
+    except (ChatTemplateError, UnknownFamilyError, ValueError) as exc:
+        print(f"error: {args.model}: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(shown, indent=2, ensure_ascii=False))
+        return 0
+    plain = {"family", "source", "note", "chat_template_date"}  # shown as is; the rest as JSON (escapes visible)
+    for key, value in shown.items():
+        if value is not None:
+            print(f"{key + ':':27} {value if key in plain else json.dumps(value, ensure_ascii=False)}")
+    return 0
+
+
+if __name__ == "__main__":
+    # Run the imported module's main, so its ModelFamily is the one the rest of the package uses.
+    import sys
+
+    from magpie_dl.families import main as _main
+
+    sys.exit(_main())

@@ -3,9 +3,10 @@
 The config validates what a value says (``--reward.dtype``, a device's spelling, a local
 model directory); this module checks what only the machine can answer: is there a CUDA
 device for ``--reward.device cuda``, can a hub model be fetched (offline, no network,
-not in the local cache), is there a token for ``--push-to-hub``. Each failure is one
+not in the local cache), is there a token for ``--push-to-hub``, does the chat model's
+tokenizer carry a chat template. Each failure is one
 :class:`~magpie_dl.config.ConfigError` line saying what to change. Only the standard
-library, torch and ``huggingface_hub`` are used.
+library, torch, ``huggingface_hub`` and transformers' tokenizers are used.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def check_before_run(cfg: BaseModel) -> None:
     check_model_sources(cfg)
     check_endpoints(cfg)
     check_hub_token(cfg)
+    check_chat_templates(cfg)
 
 
 def _values(cfg: BaseModel, leaf: str) -> Iterator[tuple[str, Any]]:
@@ -133,6 +135,42 @@ def check_hub_token(cfg: BaseModel) -> None:
 
     if not (os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN") or get_token()):
         raise ConfigError("--push-to-hub needs a Hugging Face token: set HF_TOKEN (or log in with `hf auth login`)")
+
+
+def check_chat_templates(cfg: BaseModel) -> None:
+    """The models that write queries and responses have a chat template Magpie can read,
+    and a thinking switch when ``--responses.thinking`` asks for one.
+
+    Loads their tokenizers only. With ``--generator.family`` named, the table's strings
+    serve and no template is needed. A tokenizer that will not load here is left to the
+    step to explain.
+    """
+    generator = getattr(cfg, "generator", None)
+    if generator is None:
+        return
+    from magpie_dl.chat_template import ChatTemplateError
+    from magpie_dl.families import resolve_family
+
+    responses = getattr(cfg, "responses", None)
+    response_model = (responses.model if responses is not None else None) or generator.model
+    # (flag, model, writes responses): the generator writes queries unless instructions are given.
+    models = [] if getattr(cfg, "instructions", None) else [("generator.model", generator.model, False)]
+    models.append(("responses.model" if response_model != generator.model else "generator.model", response_model, True))
+    for path, ref, writes_responses in models:
+        try:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(ref)
+        except Exception:
+            continue
+        try:
+            family = resolve_family(generator.family, tokenizer)
+        except ChatTemplateError as exc:
+            raise ConfigError(f"--{path} {ref}: {exc}") from None
+        if writes_responses and getattr(responses, "thinking", False) and family.thinking_header is None:
+            raise ConfigError(
+                f"--responses.thinking: {ref} (family {family.name}) has no thinking switch in its chat template; drop it"
+            )
 
 
 def hub_offline() -> bool:

@@ -96,11 +96,13 @@ def render_chat(
     *,
     add_generation_prompt: bool = True,
     template_date: str = DEFAULT_TEMPLATE_DATE,
+    enable_thinking: bool = False,
 ) -> str:
     """The tokenizer's chat template over ``messages`` as text, "today" pinned to ``template_date``.
 
     Llama 3.1-3.3 templates read ``date_string`` when it is given; templates that call
-    ``strftime_now`` get the pinned date through :func:`_pinned_template`.
+    ``strftime_now`` get the pinned date through :func:`_pinned_template`. Templates with
+    a thinking switch (Qwen3's ``enable_thinking``) render thinking off unless asked.
     """
     template, formats = _pinned_template(tokenizer.get_chat_template(), check_template_date(template_date))
     return tokenizer.apply_chat_template(
@@ -109,6 +111,7 @@ def render_chat(
         add_generation_prompt=add_generation_prompt,
         tokenize=False,
         date_string=date.fromisoformat(template_date).strftime("%d %b %Y"),
+        enable_thinking=enable_thinking,
         **{_PINNED_DATES: dict(formats)},
     )
 
@@ -173,18 +176,23 @@ def response_prompt_template(
     family: ModelFamily,
     style: ResponsePromptStyle,
     template_date: str = DEFAULT_TEMPLATE_DATE,
+    thinking: bool = False,
 ) -> str:
     """The response prompt as a string with ``{instruction}`` (one slot) where the query goes.
 
     ``magpie`` (the recipe's default) is the reference's bare prompt, as in every released
     row: the pre-query template, the instruction, the assistant header, no system block.
     ``chat_template`` is the model's own template (Llama-3.1's adds a "Cutting Knowledge
-    Date" system block), "today" pinned to ``template_date``.
+    Date" system block), "today" pinned to ``template_date``. ``thinking`` opens the
+    assistant turn with thinking on, for families with a switch (Qwen3); off by default.
     """
     if style == "magpie":
-        rendered = family.pre_query_prompt(None) + _SENTINEL + family.assistant_header
+        rendered = family.pre_query_prompt(None) + _SENTINEL + family.response_header(thinking)
     elif style == "chat_template":
-        rendered = render_chat(tokenizer, [{"role": "user", "content": _SENTINEL}], template_date=template_date)
+        family.response_header(thinking)  # a family without a switch refuses thinking here too
+        rendered = render_chat(
+            tokenizer, [{"role": "user", "content": _SENTINEL}], template_date=template_date, enable_thinking=thinking
+        )
     else:
         raise ValueError(f"unknown response prompt style {style!r}; use 'chat_template' or 'magpie'")
     return rendered.replace(_SENTINEL, INSTRUCTION_SLOT)

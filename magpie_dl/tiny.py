@@ -165,7 +165,7 @@ def _conversation_messages(system: str | None, user: str, assistant: str) -> lis
     return messages + [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
 
 
-def _training_ids(tokenizer, conversations, rng: random.Random) -> list[list[int]]:
+def _training_ids(tokenizer, conversations, rng: random.Random, family=None, turn_end: str = "<|eot_id|>") -> list[list[int]]:
     """Token ids of training sequences: chat-template conversations and Magpie-style ones.
 
     Half the conversations use the bare Magpie form (no system block), so the model also
@@ -173,11 +173,11 @@ def _training_ids(tokenizer, conversations, rng: random.Random) -> list[list[int
     """
     from magpie_dl.families import FAMILIES
 
-    family = FAMILIES["llama-3.1"]
+    family = family or FAMILIES["llama-3.1"]
     seqs = []
     for system, user, assistant in conversations:
         if rng.random() < 0.5:
-            text = family.pre_query_prompt(system) + user + family.assistant_header + assistant + "<|eot_id|>"
+            text = family.pre_query_prompt(system) + user + family.assistant_header + assistant + turn_end
             seqs.append(tokenizer.encode(text, add_special_tokens=False))
         else:
             seqs.append(
@@ -221,17 +221,11 @@ def build(out: Path, seed: int = 0, steps: int = 150, log: bool = True) -> dict[
         return _build(out, seed=seed, steps=steps, log=log)
 
 
-def _build(out: Path, seed: int, steps: int, log: bool) -> dict[str, str]:
+def _train_generator(tokenizer, conversations, rng: random.Random, eos_ids: list[int], steps: int, log: bool,
+                     family=None, turn_end: str = "<|eot_id|>") -> tuple[Any, Any, Any]:
+    """A tiny ``LlamaForCausalLM`` over ``tokenizer``, briefly trained on ``conversations``."""
     import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
-
-    started = time.perf_counter()
-    torch.manual_seed(seed)
-    rng = random.Random(seed)
-    conversations = synthetic_conversations(4000, seed=seed)
-    tokenizer = build_tokenizer([f"{s or ''}\n{u}\n{a}" for s, u, a in conversations])
-    vocab = tokenizer.get_vocab()
-    eos_ids = [vocab["<|eot_id|>"], vocab["<|end_of_text|>"]]
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -242,13 +236,13 @@ def _build(out: Path, seed: int, steps: int, log: bool) -> dict[str, str]:
         num_key_value_heads=2,
         head_dim=64,  # vLLM's CPU attention needs a supported head size; 64 works.
         max_position_embeddings=2048,
-        bos_token_id=vocab["<|begin_of_text|>"],
+        bos_token_id=tokenizer.bos_token_id,
         eos_token_id=eos_ids,
-        pad_token_id=vocab["<|finetune_right_pad_id|>"],
+        pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=True,
     )
     model = LlamaForCausalLM(config)
-    seqs = [s[:160] for s in _training_ids(tokenizer, conversations, rng)]
+    seqs = [s[:160] for s in _training_ids(tokenizer, conversations, rng, family, turn_end)]
     pad = config.pad_token_id
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     model.train()
@@ -269,10 +263,26 @@ def _build(out: Path, seed: int, steps: int, log: bool) -> dict[str, str]:
         if log and (step % 100 == 0 or step == steps - 1):
             print(f"  tiny generator step {step + 1}/{steps} loss {loss.item():.3f}", flush=True)
     model.eval()
+    return model, config, loss
+
+
+def _build(out: Path, seed: int, steps: int, log: bool) -> dict[str, str]:
+    import torch
+    from transformers import GenerationConfig
+
+    started = time.perf_counter()
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    conversations = synthetic_conversations(4000, seed=seed)
+    tokenizer = build_tokenizer([f"{s or ''}\n{u}\n{a}" for s, u, a in conversations])
+    vocab = tokenizer.get_vocab()
+    eos_ids = [vocab["<|eot_id|>"], vocab["<|end_of_text|>"]]
+
+    model, config, loss = _train_generator(tokenizer, conversations, rng, eos_ids, steps, log)
 
     gen_dir, rm_dir = out / "generator", out / "reward"
     model.generation_config = GenerationConfig(
-        bos_token_id=config.bos_token_id, eos_token_id=eos_ids, pad_token_id=pad
+        bos_token_id=config.bos_token_id, eos_token_id=eos_ids, pad_token_id=config.pad_token_id
     )
     model.save_pretrained(gen_dir)
     tokenizer.save_pretrained(gen_dir)
@@ -334,6 +344,49 @@ def build_reward(config: Any, backbone: dict[str, Any], seed: int = 0, gating_hi
     return reward.eval()
 
 
+def build_family(out: Path, family: str, seed: int = 0, steps: int = 150, log: bool = True) -> str:
+    """A tiny generator under ``out`` whose tokenizer carries ``family``'s special tokens and
+    reproduced chat template (:mod:`magpie_dl.family_templates`); returns its path.
+
+    Trained like the default generator, in that family's format, so it writes queries
+    and ends its turns with the family's own turn end.
+    """
+    with _deterministic_torch():
+        return _build_family(out, family, seed=seed, steps=steps, log=log)
+
+
+def _build_family(out: Path, name: str, seed: int, steps: int, log: bool) -> str:
+    import torch
+    from transformers import GenerationConfig
+
+    from magpie_dl.chat_template import derive_parts
+    from magpie_dl.families import detect_family
+    from magpie_dl.family_templates import FAMILY_TEMPLATES, UNSEEN, family_tokenizer
+
+    spec = {**FAMILY_TEMPLATES, **UNSEEN}[name]
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    conversations = synthetic_conversations(4000, seed=seed)
+    tokenizer = family_tokenizer(spec, [f"{s or ''}\n{u}\n{a}" for s, u, a in conversations], vocab_size=2048)
+    if tokenizer.pad_token is None:  # Mistral's tokenizers have none; padding is masked anyway
+        tokenizer.pad_token = tokenizer.eos_token
+    family = detect_family(tokenizer)
+    if family.system_template is None and family.system_in_user is None:  # no system role (gemma-2)
+        conversations = [(None, user, assistant) for _, user, assistant in conversations]
+    turn_end = derive_parts(tokenizer).turn_end_tokens()[0]
+    eos_ids = list(dict.fromkeys(i for i in (tokenizer.convert_tokens_to_ids(turn_end), tokenizer.eos_token_id) if i is not None))
+    model, config, loss = _train_generator(tokenizer, conversations, rng, eos_ids, steps, log, family, turn_end)
+    model.generation_config = GenerationConfig(
+        bos_token_id=config.bos_token_id, eos_token_id=eos_ids, pad_token_id=config.pad_token_id
+    )
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    manifest = {"version": BUILD_VERSION, "family": name, "seed": seed, "steps": steps,
+                "final_loss": round(float(loss.item()), 4), "fingerprint": fingerprint(model)}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return str(out)
+
+
 def is_current(out: Path) -> bool:
     """Whether ``out`` holds a complete build made by this version of the builder."""
     try:
@@ -364,7 +417,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed for data, tokenizer and weights")
     parser.add_argument("--steps", type=int, default=150, help="training steps for the generator")
     parser.add_argument("--force", action="store_true", help="rebuild even if a build exists")
+    parser.add_argument("--family", default=None,
+                        help="build one generator with this family's tokens and reproduced chat template instead")
     args = parser.parse_args(argv)
+    if args.family:
+        print(json.dumps({"generator": build_family(args.out, args.family, seed=args.seed, steps=args.steps)}))
+        return
     if args.force:
         paths = build(args.out, seed=args.seed, steps=args.steps)
     else:

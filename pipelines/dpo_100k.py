@@ -53,6 +53,7 @@ def build_pipeline(cfg: RecipeConfig) -> Pipeline:
             family=cfg.generator.family,
             num_generations=resp.num_generations,
             prompt_style=resp.prompt_style,
+            thinking=resp.thinking,
             input_batch_size=resp.batch_size,
             temperature=resp.temperature,
             top_p=resp.top_p,

@@ -106,7 +106,9 @@ class MagpieQueryWriter(StoredResults):
         self._plan = SystemPromptPlan.build(self.system_prompt, self.system_prompts, self.control_task)
         self.llm.load()
         tokenizer = self.llm.tokenizer
-        self._family = family = resolve_family(self.family, tokenizer)
+        self._family = family = resolve_family(self.family, tokenizer, self.llm.chat_template_date)
+        if family.note:
+            self._logger.warning(family.note)  # one line: why the prompts are not the table's
         self._newline = family.stop_at_newline if self.stop_at_newline is None else self.stop_at_newline
         self._stops = resolve_stops(tokenizer, family.query_stop(self._newline))
         bans = family.first_token_ban if self.ban_first_token_markdown else ()
@@ -157,6 +159,8 @@ class MagpieQueryWriter(StoredResults):
                         "seed": spec.seed,
                         "pre_query_template": family.pre_query_prompt(system),
                         "family": family.name,
+                        "family_source": family.source,
+                        "chat_template_date": family.template_date,
                         "stop_at_newline": self._newline,
                         "finish_reason": completion.finish_reason,
                         "num_tokens": completion.num_tokens,

