@@ -24,12 +24,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
+from magpie_dl.model_family import ModelFamily
 from magpie_dl.prompts import DEFAULT_TEMPLATE_DATE, render_chat
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
-
-    from magpie_dl.families import ModelFamily
 
 
 class ChatTemplateError(ValueError):
@@ -266,7 +265,6 @@ def derived_family(parts: TemplateParts, note: str = "") -> ModelFamily:
     deployed: SmolLM2 writes code fragments without its block). A default block that does
     not read as a system block stays as markup after the BOS.
     """
-    from magpie_dl.families import ModelFamily
 
     bos, default_system = parts.bos, parts.default_system  # "" is a default: an empty system block
     if parts.default_block and parts.default_system is None:

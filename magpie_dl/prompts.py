@@ -21,7 +21,7 @@ from datetime import date
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal
 
-from magpie_dl.families import ModelFamily
+from magpie_dl.model_family import ModelFamily
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
