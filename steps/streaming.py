@@ -8,7 +8,9 @@ tail. A step that mixes in :class:`StreamingStep` opts into another loop (instal
 over distilabel's on import of this module, for those steps only): it keeps taking queued
 batches into one :class:`~magpie_dl.streaming.OrderedBatches` while earlier ones run, up
 to ``max_in_flight`` sequences, and sends each batch as distilabel would (same batch
-object, ``seq_no`` and ``last_batch``), complete and in the order received.
+object, ``seq_no`` and ``last_batch``), complete and in the order received. A generator
+step feeding such a step is asked for its next batch as soon as it delivers one (not
+when the step has finished the last), so there is something queued to take.
 
 The step's ``process()`` still completes one batch on its own (standalone use, and
 pipelines run without the loop), through the same two hooks.
@@ -214,26 +216,53 @@ def _send(wrapper: _StepWrapper, item: _Held) -> None:
     wrapper._send_batch(item.batch)
 
 
-def _install() -> None:
-    """Route :class:`StreamingStep` steps to :func:`streaming_loop`; others keep distilabel's loop.
+def _feeds_streaming_step(pipeline: Any, step_name: str) -> bool:
+    from distilabel.constants import STEP_ATTR_NAME
 
-    Done on import of this module, which every streaming step's module imports: in a
-    local run's workers (forked from the driver) and in a Ray actor (which imports the
-    step's module to unpickle it) alike.
+    return any(
+        isinstance(pipeline.dag.get_step(name)[STEP_ATTR_NAME], StreamingStep)
+        for name in pipeline.dag.get_step_successors(step_name)
+    )
+
+
+def _install() -> None:
+    """Route :class:`StreamingStep` steps to :func:`streaming_loop` (others keep distilabel's
+    loop), and let a generator step that feeds one run ahead.
+
+    distilabel asks a generator for its next batch only once its successor has finished
+    the previous one, so a step fed by a generator would never find a batch queued: the
+    driver asks for the next batch as soon as one arrives (the streaming step bounds what
+    it takes; the rest waits in distilabel's buffers).
+
+    Done on import of this module, which every streaming step's module imports: in the
+    driver that builds the pipeline, in a local run's workers (forked from it) and in a
+    Ray actor (which imports the step's module to unpickle it) alike.
     """
+    from distilabel.pipeline.base import BasePipeline
     from distilabel.pipeline.step_wrapper import _StepWrapper
 
-    original = _StepWrapper._non_generator_process_loop
-    if getattr(original, "_streams", False):
+    original_loop = _StepWrapper._non_generator_process_loop
+    if getattr(original_loop, "_streams", False):
         return
+    original_flow = BasePipeline._manage_batch_flow
 
     def loop(self: _StepWrapper) -> None:
         if isinstance(self.step, StreamingStep) and not self.step.is_global:
             return streaming_loop(self)
-        return original(self)
+        return original_loop(self)
+
+    def manage_batch_flow(self: BasePipeline, batch: _Batch) -> None:
+        step = self._get_step_from_batch(batch)
+        if not step.is_generator or batch.last_batch or not _feeds_streaming_step(self, batch.step_name):
+            return original_flow(self, batch)
+        asked = self._batch_manager.get_last_batch_sent(batch.step_name)
+        original_flow(self, batch)
+        if self._batch_manager.get_last_batch_sent(batch.step_name) is asked:  # distilabel did not ask for more
+            self._request_batch_from_generator(batch.step_name)
 
     loop._streams = True  # type: ignore[attr-defined]
     _StepWrapper._non_generator_process_loop = loop  # type: ignore[method-assign]
+    BasePipeline._manage_batch_flow = manage_batch_flow  # type: ignore[method-assign]
 
 
 _install()

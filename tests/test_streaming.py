@@ -8,6 +8,7 @@ the step loop is tested in a real distilabel pipeline on the tiny transformers m
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Hashable, Sequence
 from typing import ClassVar
 
@@ -184,14 +185,30 @@ def test_a_failed_backend_raises_from_poll(llm):
 
 
 class ThreadRecordingBackend(TransformersBackend):
-    """The tiny transformers backend, noting which thread each ``complete`` call ran on."""
+    """The tiny transformers backend, noting which thread each ``complete`` call ran on and
+    how many requests were still in flight when each batch was submitted to its stream."""
 
     record: str
+    delay_s: float = 0.0  # a slower engine: the next batch surely arrives while one runs
 
     def complete(self, prompts, sampling):
-        with open(self.record, "a") as f:
-            f.write(f"{threading.current_thread().name} {len(prompts)}\n")
+        self.note(f"complete {threading.current_thread().name} {len(prompts)}")
+        time.sleep(self.delay_s)
         return super().complete(prompts, sampling)
+
+    def open_stream(self) -> CallStream:
+        backend = self
+
+        class NotingStream(CallStream):
+            def submit(self, requests):
+                backend.note(f"submit {self.in_flight}")
+                super().submit(requests)
+
+        return NotingStream(self)
+
+    def note(self, line: str) -> None:
+        with open(self.record, "a") as f:
+            f.write(line + "\n")
 
 
 def response_rows(count: int) -> list[dict]:
@@ -206,7 +223,9 @@ def test_the_response_step_streams_inside_a_pipeline_and_keeps_rows_in_order(tin
     from steps.responses import MultiResponseGeneration
 
     def step(**kw) -> MultiResponseGeneration:
-        llm = ThreadRecordingBackend(model=tiny_models["generator"], dtype="float32", record=str(tmp_path / "calls"))
+        llm = ThreadRecordingBackend(
+            model=tiny_models["generator"], dtype="float32", record=str(tmp_path / "calls"), delay_s=0.5
+        )
         return MultiResponseGeneration(
             llm=llm, num_generations=2, max_tokens=12, seed=5, cache_dir=str(tmp_path / "store"), **kw
         )
@@ -217,11 +236,15 @@ def test_the_response_step_streams_inside_a_pipeline_and_keeps_rows_in_order(tin
         respond = step(name="responses", input_batch_size=3)
         load >> respond
     out = pipeline.run(use_cache=False)["default"]["train"].to_list()
-    calls = (tmp_path / "calls").read_text().split("\n")[:-1]
+    notes = [line.split() for line in (tmp_path / "calls").read_text().split("\n")[:-1]]
+    calls = [n[1:] for n in notes if n[0] == "complete"]
     # Batches went through the step's stream (one complete() per batch, off the step's
-    # own thread), not through distilabel's one-batch-at-a-time process() calls.
-    assert [c.split()[0].startswith("completion-stream") for c in calls] == [True] * 4
-    assert [int(c.split()[1]) for c in calls] == [3, 3, 3, 2]
+    # own thread), not through distilabel's one-batch-at-a-time process() calls...
+    assert [c[0].startswith("completion-stream") for c in calls] == [True] * 4
+    assert [int(c[1]) for c in calls] == [3, 3, 3, 2]
+    # ...and a batch was taken while an earlier one was still being generated (the
+    # generator upstream ran ahead instead of waiting for the step to finish each batch).
+    assert any(int(n[1]) > 0 for n in notes if n[0] == "submit")
     assert [r["uuid"] for r in out] == [r["uuid"] for r in rows]
 
     # The same rows as the step run standalone, batch by batch, on a fresh store.
