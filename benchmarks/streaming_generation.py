@@ -12,14 +12,19 @@ to what a tiny model on a CPU gets through in a minute.
 
 For each step batch size (the recipe's ``responses.batch_size``, 500, and a small one):
 
-1. **step**: ``LoadDataFromDicts >> MultiResponseGeneration`` in a distilabel pipeline,
-   as the recipe runs it (the streaming loop, ``VLLMBackend``), one response per
-   instruction with its fixed length. The backend times its stream from the first
-   request submitted to the last completion returned: output tokens / that window.
-2. **one call**: in the same process, on the same warm engine, right after: one
-   ``LLM.generate`` over exactly the requests the step sent (same token ids and seeds).
-3. **batch by batch**: the same requests, one ``generate`` call per step batch, one after
-   another: what the step did before it streamed (distilabel's hand-offs not included).
+1. **step in the pipeline**: ``LoadDataFromDicts >> MultiResponseGeneration`` in a
+   distilabel pipeline, as the recipe runs it (the streaming loop, ``VLLMBackend``), one
+   response per instruction with its fixed length. The backend times its stream from the
+   first request submitted to the last completion returned: output tokens / that window.
+   Run once (each pipeline starts an engine).
+2. Then, in the same process on the same warm engine, interleaved ``--repeats`` times
+   (medians reported; this machine's load moves single timings by 2x):
+   - **stream replay**: the step's batches through the same stream and ordering code,
+     without distilabel;
+   - **one call**: one ``LLM.generate`` over exactly the requests the step sent (same
+     token ids and seeds);
+   - **batch by batch**: one ``generate`` per step batch, one after another: what the
+     step did before it streamed (distilabel's hand-offs not included).
 
 Each measurement starts with an empty prefix cache. ``--serve`` repeats the comparison
 through ``vllm serve`` (one, then two endpoints) with ``OpenAIBackend``: the step's
@@ -32,9 +37,9 @@ import argparse
 import json
 import math
 import os
-import pickle
 import platform
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -52,6 +57,7 @@ from pydantic import PrivateAttr  # noqa: E402
 from magpie_dl.backends.base import Completion, CompletionStream, PromptInput, SamplingSpec  # noqa: E402
 from magpie_dl.backends.openai import OpenAIBackend  # noqa: E402
 from magpie_dl.backends.vllm import VLLMBackend  # noqa: E402
+from magpie_dl.streaming import OrderedBatches, complete_in_batches  # noqa: E402
 from steps.responses import MultiResponseGeneration  # noqa: E402
 from vllm_generation import instructions  # noqa: E402
 
@@ -82,13 +88,17 @@ class TimedStream(CompletionStream):
 
     def submit(self, requests: Any) -> None:
         requests = list(requests)
-        self.log.setdefault("first_submit", time.perf_counter())
-        self.log["batches"].append([(p, s) for _, p, s in requests])
+        if self.log["recording"]:
+            self.log.setdefault("first_submit", time.perf_counter())
+            self.log["batches"].append([(p, s) for _, p, s in requests])
+            self.log.setdefault("events", []).append((time.perf_counter(), "submit", len(requests)))
         self.inner.submit(requests)
 
     def poll(self, timeout: float) -> list[tuple[Any, list[Completion]]]:
         finished = self.inner.poll(timeout)
-        if finished:
+        if self.log["recording"]:
+            self.log.setdefault("events", []).append((time.perf_counter(), "poll", len(finished)))
+        if finished and self.log["recording"]:
             self.log["last_finish"] = time.perf_counter()
             self.log["tokens"] += sum(c.num_tokens for _, cs in finished for c in cs)
         return finished
@@ -102,7 +112,7 @@ class TimedStream(CompletionStream):
 
 
 def _new_log() -> dict[str, Any]:
-    return {"batches": [], "tokens": 0}
+    return {"batches": [], "tokens": 0, "recording": True}
 
 
 def _reset_cache(backend: Any) -> None:
@@ -110,24 +120,41 @@ def _reset_cache(backend: Any) -> None:
         backend.engine.reset_prefix_cache()
 
 
-def baselines(backend: Any, log: dict[str, Any]) -> dict[str, Any]:
-    """One call over every request the step sent, then one call per step batch; both timed."""
-    prompts = [p for batch in log["batches"] for p, _ in batch]
-    specs = [s for batch in log["batches"] for _, s in batch]
+def _timed(backend: Any, run: Any) -> tuple[int, float]:
     _reset_cache(backend)
     start = time.perf_counter()
-    tokens = sum(c.num_tokens for cs in backend.complete(prompts, specs) for c in cs)
-    one_call = (tokens, time.perf_counter() - start)
-    _reset_cache(backend)
-    start = time.perf_counter()
-    batch_tokens = 0
-    for batch in log["batches"]:
-        batch_tokens += sum(c.num_tokens for cs in backend.complete([p for p, _ in batch], [s for _, s in batch]) for c in cs)
-    by_batch = (batch_tokens, time.perf_counter() - start)
-    return {"one_call": one_call, "batch_by_batch": by_batch}
+    tokens = run()
+    return tokens, time.perf_counter() - start
 
 
-def _finish(backend: Any, record_path: str, log: dict[str, Any]) -> None:
+def baselines(backend: Any, log: dict[str, Any], repeats: int) -> dict[str, Any]:
+    """Interleaved, ``repeats`` times: the step's batches replayed through the stream (the
+    step's path without distilabel), one call over all its requests, one call per batch."""
+    batches = log["batches"]
+    prompts = [p for batch in batches for p, _ in batch]
+    specs = [s for batch in batches for _, s in batch]
+
+    def count(results: Any) -> int:
+        return sum(c.num_tokens for cs in results for c in cs)
+
+    def stream() -> int:
+        ordered = OrderedBatches(backend.open_stream(), None, "bench", "1", backend.model_name)
+        work = [(k, [p for p, _ in b], [s for _, s in b]) for k, b in enumerate(batches)]
+        return sum(count(results) for _, results in complete_in_batches(ordered, work))
+
+    def by_batch() -> int:
+        return sum(count(backend.complete([p for p, _ in b], [s for _, s in b])) for b in batches)
+
+    log["recording"] = False
+    runs: dict[str, list] = {"stream_replay": [], "one_call": [], "batch_by_batch": []}
+    for _ in range(repeats):
+        runs["stream_replay"].append(_timed(backend, stream))
+        runs["one_call"].append(_timed(backend, lambda: count(backend.complete(prompts, specs))))
+        runs["batch_by_batch"].append(_timed(backend, by_batch))
+    return runs
+
+
+def _finish(backend: Any, record_path: str, log: dict[str, Any], repeats: int) -> None:
     """At unload, still in the step's process: the baselines on the same engine, then the record."""
     if log["batches"]:
         result = {
@@ -135,7 +162,8 @@ def _finish(backend: Any, record_path: str, log: dict[str, Any]) -> None:
             "batches": len(log["batches"]),
             "requests": sum(len(b) for b in log["batches"]),
             "expected_tokens": sum(s.max_tokens * s.n for b in log["batches"] for _, s in b),
-            **baselines(backend, log),
+            "events": [(t - log["first_submit"], kind, n) for t, kind, n in log.get("events", [])],
+            **baselines(backend, log, repeats),
         }
         Path(record_path).write_text(json.dumps(result))
 
@@ -149,6 +177,7 @@ class TimedVLLMBackend(VLLMBackend):
     """VLLMBackend whose stream is timed; runs the baselines at unload (benchmark only)."""
 
     record_path: str
+    repeats: int = 2
     _log: dict = PrivateAttr(default_factory=_new_log)
 
     def load(self) -> None:
@@ -161,7 +190,7 @@ class TimedVLLMBackend(VLLMBackend):
 
     def unload(self) -> None:
         if self._llm is not None:
-            _finish(self, self.record_path, self._log)
+            _finish(self, self.record_path, self._log, self.repeats)
         super().unload()
 
 
@@ -169,6 +198,7 @@ class TimedOpenAIBackend(OpenAIBackend):
     """OpenAIBackend whose stream is timed; runs the baselines at unload (benchmark only)."""
 
     record_path: str
+    repeats: int = 2
     _log: dict = PrivateAttr(default_factory=_new_log)
 
     def load(self) -> None:
@@ -180,7 +210,7 @@ class TimedOpenAIBackend(OpenAIBackend):
 
     def unload(self) -> None:
         if self._client is not None:
-            _finish(self, self.record_path, self._log)
+            _finish(self, self.record_path, self._log, self.repeats)
         super().unload()
 
 
@@ -202,9 +232,8 @@ def run_step(args: argparse.Namespace, batch_size: int, llm: Any, rows: list[dic
     record = json.loads(Path(llm.record_path).read_text())
     assert [r["uuid"] for r in out] == [r["uuid"] for r in rows], "rows out of order"
     got = sum(sum(r["generation_tokens"]) for r in out)
-    assert got == record["expected_tokens"] == record["step"][0] == record["one_call"][0] == record["batch_by_batch"][0], (
-        "every way must generate exactly the fixed lengths"
-    )
+    totals = {tokens for way in ("stream_replay", "one_call", "batch_by_batch") for tokens, _ in record[way]}
+    assert {got, record["expected_tokens"], record["step"][0]} | totals == {got}, "every way must generate exactly the fixed lengths"
     return {"batch_size": batch_size, "pipeline_wall_s_incl_startup": wall, **record}
 
 
@@ -212,16 +241,19 @@ def load_average() -> float:
     return os.getloadavg()[0]
 
 
-def _rate(entry: tuple[int, float]) -> float:
-    return entry[0] / entry[1]
+def _median_rate(runs: list) -> float:
+    return statistics.median(tokens / seconds for tokens, seconds in runs)
 
 
 def report(name: str, result: dict[str, Any]) -> str:
-    step, one, by_batch = _rate(result["step"]), _rate(result["one_call"]), _rate(result["batch_by_batch"])
+    step = result["step"][0] / result["step"][1]
+    replay, one, by_batch = (_median_rate(result[k]) for k in ("stream_replay", "one_call", "batch_by_batch"))
+    spread = lambda k: "-".join(f"{t / s:,.0f}" for t, s in sorted(result[k], key=lambda r: r[0] / r[1]))  # noqa: E731
     return (
         f"| {name} | {result['batch_size']} ({result['batches']} batches) | {step:,.0f} tok/s ({result['step'][1]:.1f} s) "
-        f"| {one:,.0f} tok/s ({result['one_call'][1]:.1f} s) | **{step / one:.0%}** "
-        f"| {by_batch:,.0f} tok/s ({by_batch / one:.0%}) | {result['load_before']:.1f} / {result['load_after']:.1f} |"
+        f"| **{step / one:.0%}** | {replay:,.0f} tok/s ({spread('stream_replay')}) | **{replay / one:.0%}** "
+        f"| {one:,.0f} tok/s ({spread('one_call')}) | {by_batch:,.0f} tok/s ({by_batch / one:.0%}) "
+        f"| {result['load_before']:.1f} / {result['load_after']:.1f} |"
     )
 
 
@@ -238,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-offline", action="store_true")
     parser.add_argument("--endpoints", default="1,2")
     parser.add_argument("--concurrency", type=int, default=256, help="OpenAIBackend.max_concurrency (both ways)")
+    parser.add_argument("--repeats", type=int, default=2, help="interleaved repeats of the same-engine measurements")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args(argv)
 
@@ -260,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_offline:
             for size in [int(s) for s in args.batch_sizes.split(",")]:
                 before = load_average()
-                llm = TimedVLLMBackend(record_path=f"{tmp}/offline-{size}.json", **engine)
+                llm = TimedVLLMBackend(record_path=f"{tmp}/offline-{size}.json", repeats=args.repeats, **engine)
                 result = run_step(args, size, llm, rows)
                 result.update(way="offline vLLM", load_before=before, load_after=load_average())
                 results["runs"].append(result)
@@ -286,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
                         before = load_average()
                         llm = TimedOpenAIBackend(
                             model=args.model, base_urls=urls, max_concurrency=args.concurrency,
-                            record_path=f"{tmp}/serve{count}-{size}.json",
+                            record_path=f"{tmp}/serve{count}-{size}.json", repeats=args.repeats,
                         )  # fmt: skip
                         result = run_step(args, size, llm, rows)
                         result.update(way=f"vllm serve x{count}", load_before=before, load_after=load_average())
@@ -296,8 +329,11 @@ def main(argv: list[str] | None = None) -> int:
                 finally:
                     for proc in servers:
                         stop_process(proc)
-    print("\n| way | step batch size | step (streaming) | one call | step / one call | batch by batch (/ one call) | load before / after |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "\n| way | step batch size | step in the pipeline | / one call | stream replay (median, range) "
+        "| / one call | one call (median, range) | batch by batch (/ one call) | load before / after |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     print("\n".join(lines))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
