@@ -91,7 +91,10 @@ class OrderedBatches:
         return self._sequences
 
     def add(self, key: Hashable, prompts: Sequence[PromptInput], specs: Sequence[SamplingSpec]) -> None:
-        """Queue a batch under ``key``: stored results are read back, the rest submitted."""
+        """Queue a batch under ``key``: stored results are read back, the rest submitted.
+
+        A batch the stream refuses (bad sampling parameters) raises here and is not held.
+        """
         if len(prompts) != len(specs):
             raise ValueError(f"{len(prompts)} prompts but {len(specs)} sampling specs")
         store_keys = [completion_key(self._version, self._model, p, s) for p, s in zip(prompts, specs)]
@@ -106,12 +109,12 @@ class OrderedBatches:
                 requests.append(((serial, i), prompt, spec))
                 batch.sequences[i] = spec.n
         batch.missing = len(requests)
+        self._stream.submit(requests)  # first: a batch the stream refuses is not held
         if self._store is not None:
             self._store.count_usage(self._step, reused=len(prompts) - len(requests), computed=len(requests))
         self._held.append(batch)
         self._by_serial[serial] = batch
         self._sequences += sum(batch.sequences.values())
-        self._stream.submit(requests)
 
     def poll(self, timeout: float) -> list[tuple[Hashable, list[list[Completion]]]]:
         """Batches now complete, in the order added, as ``(key, completions per prompt)``.

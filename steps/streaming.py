@@ -188,10 +188,10 @@ def _take(wrapper: _StepWrapper, ordered: OrderedBatches, batch: _Batch, key: in
     try:
         step.report_started()
         item.context, prompts, specs = step.completion_requests(rows)
+        ordered.add(key, prompts, specs)
     except Exception:
         item.result = _imputed(wrapper, batch)
-        prompts, specs = [], []
-    ordered.add(key, prompts, specs)  # a failed batch holds its place in the order
+        ordered.add(key, [], [])  # nothing to run, but it holds its place in the order
     return item
 
 

@@ -255,3 +255,32 @@ def test_the_response_step_streams_inside_a_pipeline_and_keeps_rows_in_order(tin
     keys = ["generations", "finish_reasons", "generation_tokens", "gen_response_configs"]
     assert [{k: r[k] for k in keys} for r in out] == [{k: r[k] for k in keys} for r in expected]
     assert len(ResultStore(tmp_path / "store")) == 11
+
+
+def test_a_batch_the_stream_refuses_is_not_held(llm):
+    ordered = OrderedBatches(llm.open_stream(), None, "responses", "1", llm.model_name)
+    llm._streams[0].submit = lambda requests: (_ for _ in ()).throw(ValueError("bad ban ids"))
+    with pytest.raises(ValueError, match="bad ban ids"):
+        ordered.add(0, *batch(0, [2]))
+    assert ordered.pending == 0 and ordered.sequences_in_flight == 0
+
+
+def test_a_failing_batch_is_sent_empty_in_its_place_and_the_others_go_on(tiny_models, tmp_path):
+    """As distilabel's own loop: the failed batch's outputs are None, the run continues, order holds."""
+    from distilabel.pipeline import Pipeline
+    from distilabel.steps import LoadDataFromDicts
+
+    from steps.responses import MultiResponseGeneration
+
+    rows = response_rows(7)
+    rows[4]["instruction"] = None  # the step cannot build this row's prompt: batch 1 (rows 3-5) fails
+    with Pipeline(name="streaming-failure", cache_dir=str(tmp_path / "distilabel")) as pipeline:
+        load = LoadDataFromDicts(name="load", data=rows, batch_size=3)
+        respond = MultiResponseGeneration(
+            name="responses", llm=TransformersBackend(model=tiny_models["generator"], dtype="float32"),
+            num_generations=2, max_tokens=6, seed=5, input_batch_size=3,
+        )  # fmt: skip
+        load >> respond
+    out = pipeline.run(use_cache=False)["default"]["train"].to_list()
+    assert [r["uuid"] for r in out] == [r["uuid"] for r in rows]
+    assert [r["generations"] is None for r in out] == [False] * 3 + [True] * 3 + [False]

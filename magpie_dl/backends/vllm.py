@@ -312,13 +312,17 @@ class VLLMStream(CompletionStream):
 
         if self._engine is None:
             raise RuntimeError("the stream is closed")
-        for tag, prompt, spec in requests:
+        refused, accepted = [], []
+        for tag, prompt, spec in requests:  # all checked before any is added: all or nothing
             reason = self._backend.refusal(prompt)
             if reason is not None:
-                self._ready.append((tag, error_completions(spec.n, reason)))
+                refused.append((tag, error_completions(spec.n, reason)))
                 continue
             params = self._backend.sampling_params(spec)
             params.output_kind = RequestOutputKind.FINAL_ONLY  # as generate(): no partial outputs
+            accepted.append((tag, prompt, params))
+        self._ready.extend(refused)
+        for tag, prompt, params in accepted:
             # Our own ids: they cannot collide with generate()'s counter, and outputs carry them.
             request_id = f"magpie-stream-{next(self._ids)}"
             self._engine.add_request(request_id, TokensPrompt(prompt_token_ids=list(prompt.token_ids)), params)
