@@ -183,6 +183,8 @@ class MagpieGenerator(GeneratorStep, MagpieQueryWriter):
     Runtime parameters:
         - `batch_size`: rows per batch sent to the backend.
         - `temperature`, `top_p`, `max_tokens`, `seed`: sampling.
+        - `max_in_flight`: sequences in flight across batches: later batches' queries enter
+          the engine while a batch's longest finish (:mod:`steps.streaming`).
 
     Output columns:
         - uuid (str), instruction (str), raw_instruction (str), cleaning_actions (list[str]:
@@ -273,6 +275,8 @@ class MagpieQueries(Step, StreamingStep, MagpieQueryWriter):
     Runtime parameters:
         - `input_batch_size`: slots per batch sent to the backend.
         - `temperature`, `top_p`, `max_tokens`, `seed`: sampling.
+        - `max_in_flight`: sequences in flight across batches (in a pipeline, queued batches
+          stream into the engine: :mod:`steps.streaming`).
 
     Input columns:
         - query_index (int)
