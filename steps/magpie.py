@@ -216,6 +216,7 @@ class MagpieGenerator(GeneratorStep, MagpieQueryWriter):
         self.load_writer()
 
     def unload(self) -> None:
+        self.close_batches()
         self.llm.unload()
         super().unload()
 
@@ -297,6 +298,7 @@ class MagpieQueries(Step, StreamingStep, MagpieQueryWriter):
         self.load_writer()
 
     def unload(self) -> None:
+        self.close_batches()
         self.llm.unload()
         super().unload()
 

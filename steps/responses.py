@@ -79,6 +79,7 @@ class MultiResponseGeneration(Step, StreamingStep):
         self._stops = resolve_stops(self.llm.tokenizer, self._family.response_stop)  # scans the vocabulary
 
     def unload(self) -> None:
+        self.close_batches()
         self.llm.unload()
         super().unload()
 

@@ -22,10 +22,10 @@ import queue
 import time
 import traceback
 from abc import abstractmethod
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
 from distilabel.mixins.runtime_parameters import RuntimeParameter
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from magpie_dl.backends.base import Completion, PromptInput, SamplingSpec
 from magpie_dl.store import cached_complete
@@ -58,12 +58,22 @@ class StreamedCompletions(StoredResults):
         description="Sequences in flight across batches before the step waits for some to finish.",
     )
 
+    _batches: Optional[OrderedBatches] = PrivateAttr(default=None)
+
     def open_batches(self) -> OrderedBatches:
         """A fresh stream on the step's backend, batches ordered, results stored."""
         llm = self.llm  # type: ignore[attr-defined]
-        return OrderedBatches(
+        self._batches = OrderedBatches(
             llm.open_stream(), self.store, self.name, self.CACHE_VERSION, llm.model_name, self.max_in_flight  # type: ignore[attr-defined]
         )
+        return self._batches
+
+    def close_batches(self) -> None:
+        """Call from ``unload()``: drop what the last stream still runs (a stopped run must
+        not compute the batches it had queued ahead before its worker can exit)."""
+        if self._batches is not None:
+            self._batches.close()
+            self._batches = None
 
 
 class StreamingStep(StreamedCompletions):
