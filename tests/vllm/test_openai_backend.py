@@ -192,7 +192,7 @@ def test_stream_sends_requests_as_submitted_and_returns_them_as_they_finish(serv
     backend.load()
     try:
         prompt = PromptInput(tuple(pre_query_token_ids(backend.tokenizer, FAMILY)))
-        long = query_spec(backend.tokenizer, n=2, min_tokens=150, max_tokens=150, ignore_eos=True, stop=(), stop_token_ids=())
+        long = query_spec(backend.tokenizer, n=2, min_tokens=600, max_tokens=600, ignore_eos=True, stop=(), stop_token_ids=())
         short = query_spec(backend.tokenizer, n=1, max_tokens=4, seed=3)
         too_long = PromptInput(tuple(prompt.token_ids) + (300,) * 1100)
         with backend.open_stream() as stream:
@@ -204,7 +204,7 @@ def test_stream_sends_requests_as_submitted_and_returns_them_as_they_finish(serv
         order = [tag for tag, _ in finished]
         assert order.index("short") < order.index("long")
         got = dict(finished)
-        assert [(c.finish_reason, c.num_tokens) for c in got["long"]] == [("length", 150)] * 2
+        assert [(c.finish_reason, c.num_tokens) for c in got["long"]] == [("length", 600)] * 2
         assert [c.finish_reason for c in got["refused"]] == ["error"]
         [expected_long, expected_short] = backend.complete([prompt, prompt], [long, short])
         assert [c.token_ids for c in got["long"]] == [c.token_ids for c in expected_long]
