@@ -284,3 +284,16 @@ def test_a_failing_batch_is_sent_empty_in_its_place_and_the_others_go_on(tiny_mo
     out = pipeline.run(use_cache=False)["default"]["train"].to_list()
     assert [r["uuid"] for r in out] == [r["uuid"] for r in rows]
     assert [r["generations"] is None for r in out] == [False] * 3 + [True] * 3 + [False]
+
+
+def test_fixed_length_sampling_keeps_existing_store_keys():
+    """min_tokens / ignore_eos (benchmarks) are recorded only when set: keys stored before them stay valid."""
+    assert set(SamplingSpec().as_config()) == {
+        "n", "temperature", "top_p", "max_tokens", "seed", "stop", "stop_token_ids", "first_token_ban_ids",
+    }  # fmt: skip
+    fixed = SamplingSpec(min_tokens=5, max_tokens=5, ignore_eos=True).as_config()
+    assert fixed["min_tokens"] == 5 and fixed["ignore_eos"] is True
+    with pytest.raises(ValueError, match="min_tokens"):
+        SamplingSpec(min_tokens=9, max_tokens=5)
+    with pytest.raises(ValueError, match="vLLM backend"):
+        TransformersBackend(model="unused").complete([PromptInput((1,))], [SamplingSpec(min_tokens=1)])
