@@ -146,19 +146,32 @@ def cached_complete(
     specs: list[SamplingSpec],
 ) -> list[list[Completion]]:
     """``llm.complete`` through the store; failed completions are not stored."""
-    keys = [
-        result_key("complete", version, llm.model_name, list(p.token_ids), spec.as_config(), spec.json_schema)
-        for p, spec in zip(prompts, specs)
-    ]
+    keys = [completion_key(version, llm.model_name, p, spec) for p, spec in zip(prompts, specs)]
 
     def compute(indices: list[int]) -> list[list[dict[str, Any]]]:
         done = llm.complete([prompts[i] for i in indices], [specs[i] for i in indices])
-        # vars() rather than asdict(): asdict deep-copies every token id list (measured: the
-        # largest engine-free cost per instruction in benchmarks/overhead.py).
-        return [[dict(vars(c)) for c in completions] for completions in done]
+        return [stored_form(completions) for completions in done]
 
-    def storable(value: list[dict[str, Any]]) -> bool:
-        return all(c["finish_reason"] != "error" for c in value)
+    values = cached_map(store, step, keys, compute, storable_completions)
+    return [from_stored(value) for value in values]
 
-    values = cached_map(store, step, keys, compute, storable)
-    return [[Completion(**c) for c in completions] for completions in values]
+
+def completion_key(version: str, model_name: str, prompt: PromptInput, spec: SamplingSpec) -> str:
+    """The store key of one prompt's completions: everything that decides them."""
+    return result_key("complete", version, model_name, list(prompt.token_ids), spec.as_config(), spec.json_schema)
+
+
+def stored_form(completions: list[Completion]) -> list[dict[str, Any]]:
+    """One prompt's completions as the store keeps them."""
+    # vars() rather than asdict(): asdict deep-copies every token id list (measured: the
+    # largest engine-free cost per instruction in benchmarks/overhead.py).
+    return [dict(vars(c)) for c in completions]
+
+
+def from_stored(value: list[dict[str, Any]]) -> list[Completion]:
+    return [Completion(**c) for c in value]
+
+
+def storable_completions(value: list[dict[str, Any]]) -> bool:
+    """Failed completions are not stored: a rerun tries them again."""
+    return all(c["finish_reason"] != "error" for c in value)

@@ -13,7 +13,7 @@ from distilabel.mixins.runtime_parameters import RuntimeParameter
 from distilabel.steps import GeneratorStep, Step, StepInput
 from pydantic import Field, PrivateAttr
 
-from magpie_dl.backends.base import CompletionLLM, PromptInput, SamplingSpec
+from magpie_dl.backends.base import Completion, CompletionLLM, PromptInput, SamplingSpec
 from magpie_dl.cleaning import CleaningRules, clean_query, mark_exact_duplicates
 from magpie_dl.families import (
     ModelFamily, ResolvedStops, resolve_family, resolve_single_token_ids, resolve_stops,
@@ -21,8 +21,8 @@ from magpie_dl.families import (
 from magpie_dl.magpie import SystemPromptPlan, derive_seed, row_uuid
 from magpie_dl.prompts import pre_query_token_ids
 from magpie_dl.reasons import instruction_status_of
-from magpie_dl.store import cached_complete
-from steps.base import StoredResults
+from magpie_dl.streaming import complete_in_batches
+from steps.streaming import StreamedCompletions, StreamingStep
 
 if TYPE_CHECKING:
     from distilabel.steps.base import _Step
@@ -38,7 +38,7 @@ QUERY_COLUMNS = [
 INDEX_COLUMN = "query_index"
 
 
-class MagpieQueryWriter(StoredResults):
+class MagpieQueryWriter(StreamedCompletions):
     """Mixin: writes, cleans and annotates the Magpie queries of given row indices.
 
     Each row's system prompt and sampling seed derive from (``seed``, row index), so a
@@ -128,17 +128,21 @@ class MagpieQueryWriter(StoredResults):
             first_token_ban_ids=bans,
         )
 
-    def write_queries(self, indices: Sequence[int]) -> list[dict[str, Any]]:
-        """Sample, clean and annotate the queries of rows ``indices``; counts progress."""
-        self.report_started()
+    def query_requests(self, indices: Sequence[int]) -> tuple[Any, list[PromptInput], list[SamplingSpec]]:
+        """The requests of rows ``indices``: ``(context, prompts, specs)`` for :meth:`query_rows`."""
         tokenizer, family = self.llm.tokenizer, self._family
-        rules = CleaningRules(min_chars=self.min_chars, max_chars=self.max_chars)
         picks = [self._plan.pick(self.seed, i) for i in indices]
         prompts, specs = [], []
         for i, (_, system) in zip(indices, picks):
             prompts.append(PromptInput(tuple(pre_query_token_ids(tokenizer, family, system))))
             specs.append(self.sampling_spec(derive_seed("query", self.seed, i)))
-        completions = cached_complete(self.store, self.name, self.CACHE_VERSION, self.llm, prompts, specs)
+        return (list(indices), picks, specs), prompts, specs
+
+    def query_rows(self, context: Any, completions: list[list[Completion]]) -> list[dict[str, Any]]:
+        """Clean and annotate the queries of :meth:`query_requests`' rows; counts progress."""
+        family = self._family
+        rules = CleaningRules(min_chars=self.min_chars, max_chars=self.max_chars)
+        indices, picks, specs = context
         rows = []
         for i, (category, system), spec, [completion] in zip(indices, picks, specs, completions):
             cleaned = clean_query(completion.text, rules)
@@ -149,7 +153,7 @@ class MagpieQueryWriter(StoredResults):
                     "raw_instruction": completion.text,
                     "cleaning_actions": list(cleaned.actions),
                     "cleaning_removed": list(cleaned.removed),
-                    "instruction_status": cleaned.reason or _status_of(completion.finish_reason),
+                    "instruction_status": cleaned.reason or instruction_status_of(completion.finish_reason),
                     "system_prompt_category": category,
                     "gen_input_configs": {
                         "input_generator": self.llm.provenance_name,
@@ -185,6 +189,8 @@ class MagpieGenerator(GeneratorStep, MagpieQueryWriter):
     Runtime parameters:
         - `batch_size`: rows per batch sent to the backend.
         - `temperature`, `top_p`, `max_tokens`, `seed`: sampling.
+        - `max_in_flight`: sequences in flight across batches: later batches' queries enter
+          the engine while a batch's longest finish (:mod:`steps.streaming`).
 
     Output columns:
         - uuid (str), instruction (str), raw_instruction (str), cleaning_actions (list[str]:
@@ -216,6 +222,7 @@ class MagpieGenerator(GeneratorStep, MagpieQueryWriter):
         self.load_writer()
 
     def unload(self) -> None:
+        self.close_batches()
         self.llm.unload()
         super().unload()
 
@@ -224,12 +231,18 @@ class MagpieGenerator(GeneratorStep, MagpieQueryWriter):
         return list(QUERY_COLUMNS)
 
     def process(self, offset: int = 0) -> "GeneratorStepOutput":
+        # Later batches are already in the engine while a batch's longest queries finish
+        # (and while distilabel hands the batch on); batches still come out in row order.
         seen: set[bytes] = set()
-        for start in range(offset, self.num_rows, self.batch_size):
-            indices = range(start, min(start + self.batch_size, self.num_rows))
-            rows = self.write_queries(indices)
+        for context, completions in complete_in_batches(self.open_batches(), self._query_batches(offset)):
+            rows = self.query_rows(context, completions)
             mark_exact_duplicates(rows, seen)
-            yield rows, indices[-1] == self.num_rows - 1
+            yield rows, context[0][-1] == self.num_rows - 1
+
+    def _query_batches(self, offset: int) -> Any:
+        for start in range(offset, self.num_rows, self.batch_size):
+            self.report_started()
+            yield self.query_requests(range(start, min(start + self.batch_size, self.num_rows)))
 
 
 class QuerySlots(GeneratorStep):
@@ -260,7 +273,7 @@ class QuerySlots(GeneratorStep):
             yield [{INDEX_COLUMN: i} for i in range(start, stop)], stop == self.num_rows
 
 
-class MagpieQueries(Step, MagpieQueryWriter):
+class MagpieQueries(Step, StreamingStep, MagpieQueryWriter):
     """Writes the Magpie queries of the row slots it receives; replicable (one engine each).
 
     The rows equal :class:`MagpieGenerator`'s except for exact duplicates, which
@@ -269,6 +282,8 @@ class MagpieQueries(Step, MagpieQueryWriter):
     Runtime parameters:
         - `input_batch_size`: slots per batch sent to the backend.
         - `temperature`, `top_p`, `max_tokens`, `seed`: sampling.
+        - `max_in_flight`: sequences in flight across batches (in a pipeline, queued batches
+          stream into the engine: :mod:`steps.streaming`).
 
     Input columns:
         - query_index (int)
@@ -291,6 +306,7 @@ class MagpieQueries(Step, MagpieQueryWriter):
         self.load_writer()
 
     def unload(self) -> None:
+        self.close_batches()
         self.llm.unload()
         super().unload()
 
@@ -303,9 +319,15 @@ class MagpieQueries(Step, MagpieQueryWriter):
         return list(QUERY_COLUMNS)
 
     def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
-        for slot, row in zip(inputs, self.write_queries([slot[INDEX_COLUMN] for slot in inputs])):
+        yield self.complete_rows(inputs)
+
+    def completion_requests(self, rows: list[dict[str, Any]]) -> tuple[Any, list[PromptInput], list[SamplingSpec]]:
+        return self.query_requests([slot[INDEX_COLUMN] for slot in rows])
+
+    def rows_from_completions(self, rows: list[dict[str, Any]], context: Any, completions: list[list[Completion]]) -> list[dict[str, Any]]:
+        for slot, row in zip(rows, self.query_rows(context, completions)):
             slot.update(row)
-        yield inputs
+        return rows
 
 
 class ExactDuplicateQueries(Step):
@@ -371,8 +393,3 @@ def query_stage(
     in_order = ExactDuplicateQueries(name="exact_duplicates", input_batch_size=config.batch_size)
     slots >> queries >> in_order
     return in_order
-
-
-def _status_of(finish_reason: str) -> str:
-    """A query that hit max_tokens or failed is not a finished query."""
-    return instruction_status_of(finish_reason)

@@ -7,20 +7,19 @@ from distilabel.mixins.runtime_parameters import RuntimeParameter
 from distilabel.steps import Step, StepInput
 from pydantic import Field, PrivateAttr
 
-from magpie_dl.backends.base import CompletionLLM, PromptInput, SamplingSpec
+from magpie_dl.backends.base import Completion, CompletionLLM, PromptInput, SamplingSpec
 from magpie_dl.chat_template import split_thinking
 from magpie_dl.families import ModelFamily, ResolvedStops, resolve_family, resolve_stops
 from magpie_dl.magpie import derive_seed
 from magpie_dl.prompts import render_response_prompt, response_prompt_template, response_token_ids
 from magpie_dl.reasons import is_usable
-from magpie_dl.store import cached_complete
-from steps.base import StoredResults
+from steps.streaming import StreamingStep
 
 if TYPE_CHECKING:
     from distilabel.typing import StepColumns, StepOutput
 
 
-class MultiResponseGeneration(Step, StoredResults):
+class MultiResponseGeneration(Step, StreamingStep):
     """Samples ``num_generations`` responses per instruction in one request.
 
     The prompt is the Magpie reference's bare prompt (``prompt_style="magpie"``, the
@@ -31,7 +30,8 @@ class MultiResponseGeneration(Step, StoredResults):
     ``instruction_status`` is not ``ok`` are passed through with no responses.
     Responses are stripped of surrounding whitespace, as the reference does, before
     anything scores or exports them; one that was only whitespace becomes ``""`` and is
-    marked empty downstream.
+    marked empty downstream. In a pipeline, batches overlap on one stream (see
+    :mod:`steps.streaming`): the next rows' requests run while this batch's longest finish.
 
     Attributes:
         llm: a ``CompletionLLM`` backend.
@@ -46,6 +46,7 @@ class MultiResponseGeneration(Step, StoredResults):
         - `temperature`, `top_p`, `max_tokens`, `seed`: sampling.
         - `repetition_penalty`: vLLM's repetition penalty (1.0, none, in the recipe); sent to
           every backend and recorded in ``gen_response_configs``.
+        - `max_in_flight`: sequences in flight across batches (see :class:`~steps.streaming.StreamedCompletions`).
 
     Input columns:
         - instruction (str), uuid (str); optional instruction_status (str).
@@ -90,6 +91,7 @@ class MultiResponseGeneration(Step, StoredResults):
         self._stops = resolve_stops(self.llm.tokenizer, self._family.response_stop)  # scans the vocabulary
 
     def unload(self) -> None:
+        self.close_batches()
         self.llm.unload()
         super().unload()
 
@@ -104,9 +106,12 @@ class MultiResponseGeneration(Step, StoredResults):
         )
 
     def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
-        self.report_started()
-        tokenizer, stops = self.llm.tokenizer, self._stops
-        todo = [row for row in inputs if is_usable(row)]
+        yield self.complete_rows(inputs)
+
+    def completion_requests(self, rows: list[dict[str, Any]]) -> tuple[Any, list[PromptInput], list[SamplingSpec]]:
+        """One request (``n`` samples) per row whose instruction is usable."""
+        tokenizer = self.llm.tokenizer
+        todo = [row for row in rows if is_usable(row)]
         prompts = [
             PromptInput(
                 tuple(response_token_ids(tokenizer, self._template, row["instruction"])),
@@ -114,36 +119,44 @@ class MultiResponseGeneration(Step, StoredResults):
             )
             for row in todo
         ]
-        specs = [
-            SamplingSpec(
-                n=self.num_generations,
-                temperature=self.temperature,
-                top_p=self.top_p,
-                max_tokens=self.max_tokens,
-                seed=derive_seed("responses", self.seed, row["uuid"]),
-                repetition_penalty=self.repetition_penalty,
-                stop=stops.strings,
-                stop_token_ids=stops.token_ids,
-            )
-            for row in todo
-        ]
-        results = cached_complete(self.store, self.name, self.CACHE_VERSION, self.llm, prompts, specs)
-        by_uuid = {row["uuid"]: (spec, done) for row, spec, done in zip(todo, specs, results)}
-        for row in inputs:
-            spec, completions = by_uuid.get(row["uuid"], (None, []))
+        specs = [self.sampling_spec(row) for row in todo]
+        return (todo, specs), prompts, specs
+
+    def sampling_spec(self, row: dict[str, Any]) -> SamplingSpec:
+        """How one row's responses are sampled (its seed derives from the run seed and its uuid)."""
+        stops = self._stops
+        return SamplingSpec(
+            n=self.num_generations,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            max_tokens=self.max_tokens,
+            seed=derive_seed("responses", self.seed, row["uuid"]),
+            repetition_penalty=self.repetition_penalty,
+            stop=stops.strings,
+            stop_token_ids=stops.token_ids,
+        )
+
+    def rows_from_completions(
+        self, rows: list[dict[str, Any]], context: Any, completions: list[list[Completion]]
+    ) -> list[dict[str, Any]]:
+        """Each row with its responses and their provenance (rows not asked for get none)."""
+        tokenizer, stops = self.llm.tokenizer, self._stops
+        stop_tokens = stops.strings + tuple(tokenizer.convert_ids_to_tokens(list(stops.token_ids)))
+        todo, specs = context
+        by_uuid = {row["uuid"]: (spec, done) for row, spec, done in zip(todo, specs, completions)}
+        for row in rows:
+            spec, done = by_uuid.get(row["uuid"], (None, []))
             if self.thinking:  # the think block is kept apart and never scored
-                split = [split_thinking(c.text) for c in completions]
+                split = [split_thinking(c.text) for c in done]
                 row["reasoning"] = [reasoning for reasoning, _ in split]
                 row["generations"] = [answer for _, answer in split]
             else:
-                row["generations"] = [c.text.strip() for c in completions]
-            row["finish_reasons"] = [c.finish_reason for c in completions]
-            row["generation_tokens"] = [c.num_tokens for c in completions]
-            row["gen_response_configs"] = self._provenance(row, spec, stops.strings + tuple(
-                tokenizer.convert_ids_to_tokens(list(stops.token_ids))
-            ))
-        self.report_progress(len(inputs), sum(sum(row["generation_tokens"]) for row in inputs))
-        yield inputs
+                row["generations"] = [c.text.strip() for c in done]
+            row["finish_reasons"] = [c.finish_reason for c in done]
+            row["generation_tokens"] = [c.num_tokens for c in done]
+            row["gen_response_configs"] = self._provenance(row, spec, stop_tokens)
+        self.report_progress(len(rows), sum(sum(row["generation_tokens"]) for row in rows))
+        return rows
 
     def _provenance(self, row: dict[str, Any], spec: SamplingSpec | None, stop_tokens: tuple[str, ...]) -> dict[str, Any]:
         """The released schema's gen_response_configs, plus the row seed, prompt style and template date."""

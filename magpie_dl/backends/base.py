@@ -11,7 +11,11 @@ chat messages), so it serialises into ``pipeline.yaml`` and can drive stock task
 from __future__ import annotations
 
 import math
-from abc import abstractmethod
+import queue
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Hashable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -51,6 +55,10 @@ class SamplingSpec:
     first_token_ban_ids: tuple[int, ...] = ()
     # A JSON schema the completion must follow (structured outputs), or None.
     json_schema: dict[str, Any] | None = None
+    # Fixed-length sampling for benchmarks (vLLM backends only): at least this many tokens,
+    # and the end-of-sequence token does not end the completion.
+    min_tokens: int = 0
+    ignore_eos: bool = False
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -63,6 +71,8 @@ class SamplingSpec:
             raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
         if not self.repetition_penalty > 0.0:
             raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        if not 0 <= self.min_tokens <= self.max_tokens:
+            raise ValueError(f"min_tokens must be in [0, max_tokens={self.max_tokens}], got {self.min_tokens}")
 
     def as_config(self) -> dict[str, Any]:
         """The provenance record of these parameters (JSON-able)."""
@@ -79,6 +89,10 @@ class SamplingSpec:
         # Only when it does something: stored results keyed before the field existed stay valid.
         if self.repetition_penalty != 1.0:
             config["repetition_penalty"] = self.repetition_penalty
+        if self.min_tokens:
+            config["min_tokens"] = self.min_tokens
+        if self.ignore_eos:
+            config["ignore_eos"] = True
         return config
 
 
@@ -107,6 +121,98 @@ class Completion:
     @property
     def num_tokens(self) -> int:
         return len(self.token_ids)
+
+
+def error_completions(n: int, reason: str) -> list[Completion]:
+    """``n`` failed completions carrying ``reason``."""
+    return [Completion("", [], "error", reason) for _ in range(n)]
+
+
+Request = tuple[Hashable, PromptInput, SamplingSpec]
+"""One request of a stream: the caller's tag, the prompt and how to sample it."""
+
+
+class CompletionStream(ABC):
+    """Requests in, completions out as each finishes: the engine stays busy across batches.
+
+    A batch-at-a-time caller waits for its slowest sequence while the engine idles; a
+    stream takes the next requests while the current ones finish. :meth:`submit` does not
+    wait for generation; :meth:`poll` returns what finished since the last poll, in the
+    order it finished. A stream owns its backend's engine while open: do not call
+    ``complete`` on the same backend until :meth:`close`.
+    """
+
+    @abstractmethod
+    def submit(self, requests: Sequence[Request]) -> None:
+        """Start ``requests`` (tags are the caller's; each comes back once from :meth:`poll`)."""
+
+    @abstractmethod
+    def poll(self, timeout: float) -> list[tuple[Hashable, list[Completion]]]:
+        """Finished requests as ``(tag, completions)``; waits up to about ``timeout``
+        seconds when none is ready. Raises when the backend as a whole failed."""
+
+    @property
+    @abstractmethod
+    def in_flight(self) -> int:
+        """Requests submitted and not yet returned by :meth:`poll`."""
+
+    def close(self) -> None:
+        """Abandon what is in flight and release the engine; safe to call twice."""
+
+    def __enter__(self) -> CompletionStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class CallStream(CompletionStream):
+    """A stream over :meth:`CompletionLLM.complete`: each :meth:`submit` is one call, run in
+    submission order on one worker thread.
+
+    The default for every backend: the caller still gets to submit ahead (the next batch
+    is ready when the engine frees), and each call's prompts are exactly one submission,
+    so results are those of the same ``complete`` calls made one after another.
+    """
+
+    def __init__(self, llm: CompletionLLM) -> None:
+        self._llm = llm
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="completion-stream")
+        self._done: queue.Queue[tuple[Sequence[Request], Future]] = queue.Queue()
+        self._in_flight = 0
+        self._lock = threading.Lock()
+
+    def submit(self, requests: Sequence[Request]) -> None:
+        requests = list(requests)
+        if not requests:
+            return
+        with self._lock:
+            self._in_flight += len(requests)
+        future = self._pool.submit(self._llm.complete, [p for _, p, _ in requests], [s for _, _, s in requests])
+        future.add_done_callback(lambda f: self._done.put((requests, f)))
+
+    def poll(self, timeout: float) -> list[tuple[Hashable, list[Completion]]]:
+        finished: list[tuple[Hashable, list[Completion]]] = []
+        block = True
+        while True:
+            try:
+                requests, future = self._done.get(block=block and self.in_flight > 0, timeout=timeout)
+            except queue.Empty:
+                return finished
+            block = False
+            with self._lock:
+                self._in_flight -= len(requests)
+            results = future.result()  # a failed call raises here, as `complete` would
+            finished.extend((tag, completions) for (tag, _, _), completions in zip(requests, results, strict=True))
+
+    @property
+    def in_flight(self) -> int:
+        with self._lock:
+            return self._in_flight
+
+    def close(self) -> None:
+        # Calls not started are dropped; one already running finishes (it cannot be interrupted).
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 class CompletionLLM(LLM):
@@ -175,6 +281,11 @@ class CompletionLLM(LLM):
         A failure confined to one prompt is returned as completions with
         ``finish_reason="error"``; only failures of the whole backend raise.
         """
+
+    def open_stream(self) -> CompletionStream:
+        """A :class:`CompletionStream` on this backend (load it first). Backends that can take
+        requests while others run (vLLM's engine, servers) override this."""
+        return CallStream(self)
 
     def generate(
         self,

@@ -11,20 +11,26 @@ Requests (one per prompt, ``n`` samples each) are spread over the endpoints, the
 busy first, under one concurrency limit; transient failures (5xx, 429, dropped
 connections, timeouts) are retried with exponential backoff on another endpoint where
 there is one. An unreachable endpoint is a one-line error at :meth:`OpenAIBackend.load`.
+A stream (:meth:`OpenAIBackend.open_stream`) sends requests the same way, but takes new
+ones while earlier ones run, so the servers never wait for a batch's slowest request.
 """
 
 from __future__ import annotations
 
 import os
+import queue
 import random
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Hashable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, PrivateAttr, field_validator
 
-from magpie_dl.backends.base import Completion, CompletionLLM, PromptInput, SamplingSpec
+from magpie_dl.backends.base import (
+    Completion, CompletionLLM, CompletionStream, PromptInput, Request, SamplingSpec, error_completions,
+)
 from magpie_dl.backends.first_token_ban import (
     FIRST_TOKEN_BAN_ARG,
     FIRST_TOKEN_BAN_V1_FQCN,
@@ -186,6 +192,17 @@ class OpenAIBackend(CompletionLLM):
             raise RuntimeError("OpenAIBackend is not loaded: call load() first")
         if len(prompts) != len(sampling):
             raise ValueError(f"{len(prompts)} prompts but {len(sampling)} sampling specs")
+        self._check_ban(sampling)
+        workers = min(self.max_concurrency, max(1, len(prompts)))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="openai-backend") as pool:
+            outcomes = list(pool.map(self._complete_one, prompts, sampling))
+        if outcomes and all(unreachable for _, unreachable in outcomes):
+            # Nothing got through anywhere: that is the backend failing, not the prompts.
+            raise ConnectionError(f"no endpoint answered: {outcomes[0][0][0].error}")
+        return [completions for completions, _ in outcomes]
+
+    def _check_ban(self, sampling: Sequence[SamplingSpec]) -> None:
+        """A first-token ban needs the processor on every endpoint (else it would be ignored)."""
         if any(s.first_token_ban_ids for s in sampling):
             missing = [url for url, ready in self._ban_ready.items() if not ready]
             if missing:
@@ -194,13 +211,12 @@ class OpenAIBackend(CompletionLLM):
                     f"processor: start vllm serve with --logits-processors {FIRST_TOKEN_BAN_V1_FQCN} "
                     f"(CPU / V1 model runner) or {FIRST_TOKEN_BAN_V2_FQCN} (GPU V2 model runner)"
                 )
-        workers = min(self.max_concurrency, max(1, len(prompts)))
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="openai-backend") as pool:
-            outcomes = list(pool.map(self._complete_one, prompts, sampling))
-        if outcomes and all(unreachable for _, unreachable in outcomes):
-            # Nothing got through anywhere: that is the backend failing, not the prompts.
-            raise ConnectionError(f"no endpoint answered: {outcomes[0][0][0].error}")
-        return [completions for completions, _ in outcomes]
+
+    def open_stream(self) -> OpenAIStream:
+        """A stream over the endpoints: ``max_concurrency`` requests in flight, retries as in ``complete``."""
+        if self._client is None:
+            raise RuntimeError("OpenAIBackend is not loaded: call load() first")
+        return OpenAIStream(self)
 
     def request_body(self, prompt: PromptInput, spec: SamplingSpec) -> tuple[str, dict[str, Any]]:
         """The endpoint path and JSON body for one prompt."""
@@ -218,6 +234,10 @@ class OpenAIBackend(CompletionLLM):
         }
         if spec.seed is not None:
             body["seed"] = spec.seed
+        if spec.min_tokens:
+            body["min_tokens"] = spec.min_tokens  # vLLM server extras, like the two below
+        if spec.ignore_eos:
+            body["ignore_eos"] = True
         if spec.first_token_ban_ids:
             body["vllm_xargs"] = first_token_ban_args(spec.first_token_ban_ids)
         if spec.json_schema is not None:
@@ -237,7 +257,7 @@ class OpenAIBackend(CompletionLLM):
         try:
             path, body = self.request_body(prompt, spec)
         except ValueError as e:
-            return _errors(spec.n, str(e)), False
+            return error_completions(spec.n, str(e)), False
         last_error = ""
         connection = False
         tried: list[str] = []
@@ -255,7 +275,7 @@ class OpenAIBackend(CompletionLLM):
                 with self._lock:  # type: ignore[union-attr]
                     self._in_flight[url] -= 1
         reason = f"gave up after {self.max_retries + 1} attempts; last: {last_error}"
-        return _errors(spec.n, reason), connection
+        return error_completions(spec.n, reason), connection
 
     def _pick(self, avoid: list[str]) -> str:
         """The endpoint with the fewest requests in flight (not the one that just failed)."""
@@ -279,15 +299,68 @@ class OpenAIBackend(CompletionLLM):
             raise _TransientError(f"HTTP {response.status_code}: {_short(response.text)}", connection=False)
         if response.status_code != 200:
             # A request the server refuses (too long, bad parameter) fails alone, unretried.
-            return _errors(n, f"HTTP {response.status_code}: {_short(response.text)}")
+            return error_completions(n, f"HTTP {response.status_code}: {_short(response.text)}")
         return _parse_choices(response.json(), n, chat=path.endswith("chat/completions"))
+
+
+class OpenAIStream(CompletionStream):
+    """Requests sent as they are submitted, on the backend's endpoints and retry rules;
+    at most ``max_concurrency`` run at once, the rest wait their turn in order."""
+
+    def __init__(self, backend: OpenAIBackend) -> None:
+        self._backend = backend
+        self._pool = ThreadPoolExecutor(max_workers=backend.max_concurrency, thread_name_prefix="openai-stream")
+        self._done: queue.Queue[tuple[Hashable, SamplingSpec, Future]] = queue.Queue()
+        self._in_flight = 0
+        self._lock = threading.Lock()
+
+    def submit(self, requests: Sequence[Request]) -> None:
+        requests = list(requests)
+        self._backend._check_ban([spec for _, _, spec in requests])
+        for tag, prompt, spec in requests:
+            with self._lock:
+                self._in_flight += 1
+            future = self._pool.submit(self._backend._complete_one, prompt, spec)
+            future.add_done_callback(lambda f, tag=tag, spec=spec: self._done.put((tag, spec, f)))
+
+    def poll(self, timeout: float) -> list[tuple[Hashable, list[Completion]]]:
+        finished: list[tuple[Hashable, list[Completion]]] = []
+        unreachable = 0
+        block = self.in_flight > 0
+        while True:
+            try:
+                tag, spec, future = self._done.get(block=block, timeout=timeout)
+            except queue.Empty:
+                break
+            block = False
+            with self._lock:
+                self._in_flight -= 1
+            try:
+                completions, no_answer = future.result()
+            except Exception as e:  # a bug in one request's handling fails that request only
+                completions, no_answer = error_completions(spec.n, f"{type(e).__name__}: {e}"), False
+            unreachable += no_answer
+            finished.append((tag, completions))
+        if finished and unreachable == len(finished):
+            # Nothing got through anywhere: that is the backend failing, not the prompts.
+            raise ConnectionError(f"no endpoint answered: {finished[0][1][0].error}")
+        return finished
+
+    @property
+    def in_flight(self) -> int:
+        with self._lock:
+            return self._in_flight
+
+    def close(self) -> None:
+        # Requests not yet sent are dropped; those on the wire finish in the background.
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _parse_choices(payload: dict[str, Any], n: int, chat: bool) -> list[Completion]:
     """Completions from a (chat) completions response, in sample order."""
     choices = sorted(payload.get("choices", []), key=lambda c: c.get("index", 0))
     if len(choices) != n:
-        return _errors(n, f"server returned {len(choices)} choices for n={n}")
+        return error_completions(n, f"server returned {len(choices)} choices for n={n}")
     completions = []
     for choice in choices:
         text = (choice.get("message") or {}).get("content") if chat else choice.get("text")
@@ -300,10 +373,6 @@ def _parse_choices(payload: dict[str, Any], n: int, chat: bool) -> list[Completi
         else:
             completions.append(Completion(text or "", list(token_ids), "error", f"finish_reason={reason!r}"))
     return completions
-
-
-def _errors(n: int, reason: str) -> list[Completion]:
-    return [Completion("", [], "error", reason) for _ in range(n)]
 
 
 def _short(text: str, limit: int = 300) -> str:

@@ -74,6 +74,8 @@ class TransformersBackend(CompletionLLM):
 
         if len(prompts) != len(sampling):
             raise ValueError(f"{len(prompts)} prompts but {len(sampling)} sampling specs")
+        if any(spec.min_tokens or spec.ignore_eos for spec in sampling):
+            raise ValueError("min_tokens / ignore_eos (fixed-length benchmark sampling) need a vLLM backend")
         jobs = [
             _Job(i, child, prompt.token_ids, spec, _generator(spec.seed, child))
             for i, (prompt, spec) in enumerate(zip(prompts, sampling))

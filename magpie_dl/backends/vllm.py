@@ -8,6 +8,9 @@ vLLM. This backend talks to the current API only:
   second BOS in front of a pre-query template that already has one;
 * one ``LLM.generate`` call per batch with one ``SamplingParams`` per prompt, so the
   engine schedules everything at once (``n`` samples share the prompt's prefix cache);
+* or a stream (:meth:`VLLMBackend.open_stream`): requests enter the running engine one by
+  one and come back as each finishes, so the next batch fills the engine while the
+  current one's longest sequences finish;
 * the first-token markdown ban is an engine-level logits processor
   (:mod:`magpie_dl.backends.vllm_logits`), chosen for the engine's model runner;
 * JSON-schema constrained decoding through ``StructuredOutputsParams``.
@@ -18,13 +21,18 @@ vLLM is imported in :meth:`VLLMBackend.load` only, so this module imports anywhe
 from __future__ import annotations
 
 import gc
+import itertools
+import time
+from collections.abc import Hashable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from distilabel.mixins.runtime_parameters import RuntimeParameter
 from distilabel.models.mixins.cuda_device_placement import CudaDevicePlacementMixin
 from pydantic import Field, PrivateAttr
 
-from magpie_dl.backends.base import Completion, CompletionLLM, PromptInput, SamplingSpec
+from magpie_dl.backends.base import (
+    Completion, CompletionLLM, CompletionStream, PromptInput, Request, SamplingSpec, error_completions,
+)
 from magpie_dl.backends.first_token_ban import first_token_ban_args, first_token_ban_fqcn
 
 if TYPE_CHECKING:
@@ -93,6 +101,7 @@ class VLLMBackend(CompletionLLM, CudaDevicePlacementMixin):
     )
 
     _llm: LLM | None = PrivateAttr(default=None)
+    _stream: VLLMStream | None = PrivateAttr(default=None)
     _on_gpu: bool = PrivateAttr(default=False)
     _ban_processor: str | None = PrivateAttr(default=None)
 
@@ -171,6 +180,8 @@ class VLLMBackend(CompletionLLM, CudaDevicePlacementMixin):
         explicitly rather than relying on garbage collection at interpreter exit, which is
         where distilabel runs hang.
         """
+        if self._stream is not None:
+            self._stream.close()
         llm, self._llm = self._llm, None
         if llm is not None:
             if callable(getattr(llm, "shutdown", None)):  # newer vLLM
@@ -221,6 +232,8 @@ class VLLMBackend(CompletionLLM, CudaDevicePlacementMixin):
             temperature=spec.temperature,
             top_p=spec.top_p,
             max_tokens=spec.max_tokens,
+            min_tokens=spec.min_tokens,
+            ignore_eos=spec.ignore_eos,
             seed=spec.seed,
             repetition_penalty=spec.repetition_penalty,
             stop=list(spec.stop) or None,
@@ -232,6 +245,15 @@ class VLLMBackend(CompletionLLM, CudaDevicePlacementMixin):
             ),
         )
 
+    def refusal(self, prompt: PromptInput) -> str | None:
+        """Why the engine would refuse ``prompt`` (empty, or no room left in the context), or None."""
+        max_len = self.engine.llm_engine.model_config.max_model_len
+        if not prompt.token_ids:
+            return "empty prompt"
+        if len(prompt.token_ids) >= max_len:
+            return f"prompt has {len(prompt.token_ids)} tokens; max_model_len is {max_len}"
+        return None
+
     def complete(
         self, prompts: list[PromptInput], sampling: list[SamplingSpec]
     ) -> list[list[Completion]]:
@@ -241,20 +263,18 @@ class VLLMBackend(CompletionLLM, CudaDevicePlacementMixin):
 
         if len(prompts) != len(sampling):
             raise ValueError(f"{len(prompts)} prompts but {len(sampling)} sampling specs")
+        if self._stream is not None:
+            # generate() would collect (and drop) the stream's outputs as well as its own.
+            raise RuntimeError("a stream is open on this engine: close it before calling complete()")
         llm = self.engine
-        max_len = llm.llm_engine.model_config.max_model_len
         results: list[list[Completion] | None] = [None] * len(prompts)
         batch: list[int] = []
         for i, (prompt, spec) in enumerate(zip(prompts, sampling, strict=True)):
-            reason = None
-            if not prompt.token_ids:
-                reason = "empty prompt"
-            elif len(prompt.token_ids) >= max_len:
-                reason = f"prompt has {len(prompt.token_ids)} tokens; max_model_len is {max_len}"
+            reason = self.refusal(prompt)
             if reason is None:
                 batch.append(i)
             else:
-                results[i] = [Completion("", [], "error", reason) for _ in range(spec.n)]
+                results[i] = error_completions(spec.n, reason)
 
         if batch:
             outputs = llm.generate(
@@ -263,12 +283,89 @@ class VLLMBackend(CompletionLLM, CudaDevicePlacementMixin):
                 use_tqdm=False,
             )
             for i, output in zip(batch, outputs, strict=True):
-                # The engine reports the ids it conditioned on; any rewrite (an added BOS)
-                # would silently change every sample, so it is a hard error.
-                if list(output.prompt_token_ids or ()) != list(prompts[i].token_ids):
-                    raise RuntimeError(f"vLLM changed prompt {i}'s token ids (a template or BOS was added)")
-                results[i] = _completions(output)
+                results[i] = _checked_completions(output, prompts[i], i)
         return [r for r in results if r is not None]
+
+    def open_stream(self) -> VLLMStream:
+        """A stream on the running engine (one at a time)."""
+        if self._stream is not None:
+            raise RuntimeError("a stream is already open on this engine")
+        self._stream = VLLMStream(self)
+        return self._stream
+
+
+class VLLMStream(CompletionStream):
+    """Requests added to the running vLLM engine one by one, collected as each finishes.
+
+    What ``LLM.generate`` does in one call (add every request, step the engine until all
+    are finished), split so that requests can join while others run: :meth:`submit` adds
+    them (final output only, as ``generate`` asks), :meth:`poll` steps the engine.
+    Sampling is the same as ``generate``'s: same ``SamplingParams``, per-request seeds.
+    """
+
+    _ids = itertools.count()
+
+    def __init__(self, backend: VLLMBackend) -> None:
+        self._backend = backend
+        self._engine = backend.engine.llm_engine
+        self._running: dict[str, tuple[Hashable, PromptInput]] = {}
+        self._ready: list[tuple[Hashable, list[Completion]]] = []
+
+    def submit(self, requests: Sequence[Request]) -> None:
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        if self._engine is None:
+            raise RuntimeError("the stream is closed")
+        refused, accepted = [], []
+        for tag, prompt, spec in requests:  # all checked before any is added: all or nothing
+            reason = self._backend.refusal(prompt)
+            if reason is not None:
+                refused.append((tag, error_completions(spec.n, reason)))
+                continue
+            params = self._backend.sampling_params(spec)
+            params.output_kind = RequestOutputKind.FINAL_ONLY  # as generate(): no partial outputs
+            accepted.append((tag, prompt, params))
+        self._ready.extend(refused)
+        for tag, prompt, params in accepted:
+            # Our own ids: they cannot collide with generate()'s counter, and outputs carry them.
+            request_id = f"magpie-stream-{next(self._ids)}"
+            self._engine.add_request(request_id, TokensPrompt(prompt_token_ids=list(prompt.token_ids)), params)
+            self._running[request_id] = (tag, prompt)
+
+    def poll(self, timeout: float) -> list[tuple[Hashable, list[Completion]]]:
+        deadline = time.monotonic() + timeout
+        while self._running and not self._ready:
+            for output in self._engine.step():  # one engine iteration's finished requests
+                if output.finished:
+                    tag, prompt = self._running.pop(output.request_id)
+                    self._ready.append((tag, _checked_completions(output, prompt, tag)))
+            if time.monotonic() >= deadline:
+                break
+        finished, self._ready = self._ready, []
+        return finished
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._running) + len(self._ready)
+
+    def close(self) -> None:
+        if self._engine is not None and self._running:
+            self._engine.abort_request(list(self._running))
+        self._running.clear()
+        self._ready.clear()
+        self._engine = None
+        if self._backend._stream is self:
+            self._backend._stream = None
+
+
+def _checked_completions(output: RequestOutput, prompt: PromptInput, which: object) -> list[Completion]:
+    """The completions of ``output``, after checking the engine conditioned on ``prompt`` as sent."""
+    # The engine reports the ids it conditioned on; any rewrite (an added BOS) would
+    # silently change every sample, so it is a hard error.
+    if list(output.prompt_token_ids or ()) != list(prompt.token_ids):
+        raise RuntimeError(f"vLLM changed prompt {which}'s token ids (a template or BOS was added)")
+    return _completions(output)
 
 
 def _completions(output: RequestOutput) -> list[Completion]:

@@ -183,3 +183,31 @@ def test_backends_survive_distilabels_deep_copy(tiny_generator) -> None:
     ):
         copied = backend.model_copy(deep=True)
         assert copied.dump() == backend.dump()
+
+
+def test_stream_sends_requests_as_submitted_and_returns_them_as_they_finish(server, tiny_generator, api_key) -> None:
+    """A short request submitted after a long one comes back first (both run at once); the
+    samples equal ``complete``'s; the concurrency limit holds; a refused prompt fails alone."""
+    backend = OpenAIBackend(model=str(tiny_generator), base_urls=[server], max_concurrency=2, max_retries=0)
+    backend.load()
+    try:
+        prompt = PromptInput(tuple(pre_query_token_ids(backend.tokenizer, FAMILY)))
+        long = query_spec(backend.tokenizer, n=2, min_tokens=600, max_tokens=600, ignore_eos=True, stop=(), stop_token_ids=())
+        short = query_spec(backend.tokenizer, n=1, max_tokens=4, seed=3)
+        too_long = PromptInput(tuple(prompt.token_ids) + (300,) * 1100)
+        with backend.open_stream() as stream:
+            stream.submit([("long", prompt, long), ("short", prompt, short), ("refused", too_long, short)])
+            assert stream.in_flight == 3
+            finished = []
+            while stream.in_flight:
+                finished += stream.poll(1.0)
+        order = [tag for tag, _ in finished]
+        assert order.index("short") < order.index("long")
+        got = dict(finished)
+        assert [(c.finish_reason, c.num_tokens) for c in got["long"]] == [("length", 600)] * 2
+        assert [c.finish_reason for c in got["refused"]] == ["error"]
+        [expected_long, expected_short] = backend.complete([prompt, prompt], [long, short])
+        assert [c.token_ids for c in got["long"]] == [c.token_ids for c in expected_long]
+        assert [c.token_ids for c in got["short"]] == [c.token_ids for c in expected_short]
+    finally:
+        backend.unload()

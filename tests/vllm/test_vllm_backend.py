@@ -278,3 +278,41 @@ def test_repetition_penalty_goes_into_the_sampling_params(tiny_generator: Path) 
     backend = VLLMBackend(model=str(tiny_generator))
     assert backend.sampling_params(SamplingSpec(repetition_penalty=1.3)).repetition_penalty == 1.3
     assert backend.sampling_params(SamplingSpec()).repetition_penalty == 1.0
+
+
+def test_stream_gives_generates_samples_as_each_request_finishes(engine) -> None:
+    """Requests join the running engine and come back as they finish: a short one submitted
+    after a long one overtakes it; samples equal ``complete``'s; refusals come back as errors;
+    and a batch stream releases whole batches in order."""
+    from magpie_dl.streaming import OrderedBatches
+
+    prompt = pre_query(engine)
+    fixed = dict(ignore_eos=True, stop=(), stop_token_ids=())  # lengths that do not depend on the samples
+    long, short = query_spec(engine, n=3, min_tokens=120, max_tokens=120, **fixed), query_spec(engine, n=2, max_tokens=5, seed=9)
+    too_long = PromptInput(tuple(prompt.token_ids) + (300,) * 1100)
+    with engine.open_stream() as stream:
+        stream.submit([("long", prompt, long)])
+        stream.submit([("short", prompt, short), ("refused", too_long, short)])
+        with pytest.raises(RuntimeError, match="stream is open"):
+            engine.complete([prompt], [short])  # generate() would swallow the stream's outputs
+        finished = []
+        while stream.in_flight:
+            finished += stream.poll(1.0)
+    order = [tag for tag, _ in finished]
+    assert order.index("short") < order.index("long") and set(order) == {"long", "short", "refused"}
+    got = dict(finished)
+    assert [(c.finish_reason, c.num_tokens) for c in got["long"]] == [("length", 120)] * 3
+    assert [c.finish_reason for c in got["refused"]] == ["error", "error"] and "max_model_len" in got["refused"][0].error
+    [expected_long, expected_short] = engine.complete([prompt, prompt], [long, short])  # the stream is closed now
+    assert [c.token_ids for c in got["long"]] == [c.token_ids for c in expected_long]
+    assert [c.token_ids for c in got["short"]] == [c.token_ids for c in expected_short]
+
+    ordered = OrderedBatches(engine.open_stream(), None, "responses", "1", engine.model_name)
+    ordered.add("first", [prompt], [long])
+    ordered.add("second", [prompt, prompt], [short, short])
+    released = []
+    while ordered.pending:
+        released += ordered.poll(1.0)
+    ordered.close()
+    assert [key for key, _ in released] == ["first", "second"]
+    assert [len(r) for _, r in released] == [1, 2]

@@ -1,0 +1,278 @@
+"""Steps that keep the engine full across batches: a stream under distilabel's batch loop.
+
+distilabel's worker loop (``_StepWrapper._non_generator_process_loop``, the same in a
+local process and in a Ray actor) takes one batch, runs ``process()`` on it, sends the
+result and only then looks at the next batch, although the pipeline has usually queued
+it already. With long-tailed generation lengths the engine idles through every batch's
+tail. A step that mixes in :class:`StreamingStep` opts into another loop (installed
+over distilabel's on import of this module, for those steps only): it keeps taking queued
+batches into one :class:`~magpie_dl.streaming.OrderedBatches` while earlier ones run, up
+to ``max_in_flight`` sequences, and sends each batch as distilabel would (same batch
+object, ``seq_no`` and ``last_batch``), complete and in the order received. A generator
+step feeding such a step is asked for its next batch as soon as it delivers one (not
+when the step has finished the last), so there is something queued to take.
+
+The step's ``process()`` still completes one batch on its own (standalone use, and
+pipelines run without the loop), through the same two hooks.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+import traceback
+from abc import abstractmethod
+from typing import TYPE_CHECKING, Any, Optional
+
+from distilabel.mixins.runtime_parameters import RuntimeParameter
+from pydantic import Field, PrivateAttr
+
+from magpie_dl.backends.base import Completion, PromptInput, SamplingSpec
+from magpie_dl.store import cached_complete
+from magpie_dl.streaming import DEFAULT_MAX_IN_FLIGHT, OrderedBatches
+from steps.base import StoredResults
+
+if TYPE_CHECKING:
+    from distilabel.pipeline.batch import _Batch
+    from distilabel.pipeline.step_wrapper import _StepWrapper
+
+# How often a busy loop looks for newly queued batches (a queue read is an IPC round trip).
+_PULL_EVERY_S = 0.1
+# How long one poll of the stream may wait for a finished request.
+_POLL_S = 0.05
+
+
+class StreamedCompletions(StoredResults):
+    """Mixin: a step that sends its completions through a stream on its backend.
+
+    The step needs an ``llm`` (a ``CompletionLLM``) and ``CACHE_VERSION``.
+
+    Attributes:
+        max_in_flight: sequences (prompts x samples) in flight above which no further
+            batch is taken; what a kill can lose at most.
+    """
+
+    max_in_flight: RuntimeParameter[int] = Field(
+        default=DEFAULT_MAX_IN_FLIGHT,
+        ge=1,
+        description="Sequences in flight across batches before the step waits for some to finish.",
+    )
+
+    _batches: Optional[OrderedBatches] = PrivateAttr(default=None)
+
+    def open_batches(self) -> OrderedBatches:
+        """A fresh stream on the step's backend, batches ordered, results stored."""
+        llm = self.llm  # type: ignore[attr-defined]
+        self._batches = OrderedBatches(
+            llm.open_stream(), self.store, self.name, self.CACHE_VERSION, llm.model_name, self.max_in_flight  # type: ignore[attr-defined]
+        )
+        return self._batches
+
+    def close_batches(self) -> None:
+        """Call from ``unload()``: drop what the last stream still runs (a stopped run must
+        not compute the batches it had queued ahead before its worker can exit)."""
+        if self._batches is not None:
+            self._batches.close()
+            self._batches = None
+
+
+class StreamingStep(StreamedCompletions):
+    """Mixin for a normal step whose batch is prompts in, completions out, rows back.
+
+    Implement :meth:`completion_requests` and :meth:`rows_from_completions`; then
+    :meth:`complete_rows` is the whole of a plain ``process()``, and inside a pipeline
+    :func:`streaming_loop` runs the same two hooks with batches overlapping on one stream.
+    """
+
+    @abstractmethod
+    def completion_requests(self, rows: list[dict[str, Any]]) -> tuple[Any, list[PromptInput], list[SamplingSpec]]:
+        """A batch's requests: ``(context, prompts, specs)``; context goes back to
+        :meth:`rows_from_completions` untouched."""
+
+    @abstractmethod
+    def rows_from_completions(
+        self, rows: list[dict[str, Any]], context: Any, completions: list[list[Completion]]
+    ) -> list[dict[str, Any]]:
+        """The batch's output rows from its completions (in request order)."""
+
+    def complete_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """One batch, start to end (``process()`` of a step not run by the streaming loop)."""
+        self.report_started()
+        context, prompts, specs = self.completion_requests(rows)
+        results = cached_complete(self.store, self.name, self.CACHE_VERSION, self.llm, prompts, specs)  # type: ignore[attr-defined]
+        return self.rows_from_completions(rows, context, results)
+
+
+class _Held:
+    """A batch taken from the input queue and not yet sent: its rows and their mapping state."""
+
+    def __init__(self, batch: _Batch, rows: list[dict[str, Any]], overridden: list[dict[str, Any]]) -> None:
+        self.batch, self.rows, self.overridden = batch, rows, overridden
+        self.context: Any = None
+        self.result: list[dict[str, Any]] | None = None  # set when it failed before finishing
+
+
+def streaming_loop(wrapper: _StepWrapper) -> None:
+    """distilabel's non-generator loop for a :class:`StreamingStep`, overlapping batches.
+
+    As the original: ``None`` stops at once (what is in flight is dropped; what finished
+    is stored), ``LAST_BATCH_SENT_FLAG`` stops taking batches, a batch the step fails on is
+    sent with its outputs imputed (and the failure recorded), and the loop ends after
+    the ``last_batch`` is sent. Unlike it, batches already taken are finished and sent
+    before the loop ends on the flag.
+    """
+    from distilabel.constants import LAST_BATCH_SENT_FLAG
+
+    step: Any = wrapper.step
+    ordered = step.open_batches()
+    held: dict[int, _Held] = {}
+    serial = 0
+    no_more = False  # the flag or the last batch has been taken
+    last_pull = 0.0
+    try:
+        while True:
+            # Take queued batches: wait for one when idle, else look now and then.
+            while not no_more and ordered.has_room and (
+                not ordered.pending or time.monotonic() - last_pull >= _PULL_EVERY_S
+            ):
+                last_pull = time.monotonic()
+                try:
+                    batch = wrapper.input_queue.get(block=not ordered.pending)
+                except queue.Empty:
+                    break
+                if batch is None:
+                    step._logger.info(f"🛑 Stopping processing batches from step '{step.name}' (replica ID: {wrapper.replica})")
+                    return
+                if batch == LAST_BATCH_SENT_FLAG:
+                    step._logger.debug("Received `LAST_BATCH_SENT_FLAG`. Stopping...")
+                    no_more = True
+                    break
+                step._logger.info(f"📦 Processing batch {batch.seq_no} in '{batch.step_name}' (replica ID: {wrapper.replica})")
+                held[serial] = _take(wrapper, ordered, batch, serial)
+                serial += 1
+                no_more = batch.last_batch
+            if not ordered.pending:
+                if no_more:
+                    return
+                continue
+            try:
+                released = ordered.poll(_POLL_S)
+            except Exception:
+                # The backend failed as a whole: every batch in flight fails, as each would
+                # have in the original loop; a fresh stream takes the next ones.
+                for key in sorted(held):
+                    _fail(wrapper, held.pop(key))
+                ordered.close()
+                ordered = step.open_batches()
+                if no_more:
+                    return
+                continue
+            for key, completions in released:
+                item = held.pop(key)
+                if item.result is None:
+                    try:
+                        out = step.rows_from_completions(item.rows, item.context, completions)
+                        item.result = [
+                            step._apply_mappings_and_restore_overriden(row, item.overridden[i % len(item.overridden)])
+                            for i, row in enumerate(out)
+                        ]
+                    except Exception:
+                        _fail(wrapper, item)
+                        continue
+                _send(wrapper, item)
+    finally:
+        ordered.close()
+
+
+def _take(wrapper: _StepWrapper, ordered: OrderedBatches, batch: _Batch, key: int) -> _Held:
+    """Read the batch, apply the step's input mappings and add its requests (or its failure)."""
+    step: Any = wrapper.step
+    if batch.data_path is not None:
+        batch.read_batch_data_from_fs()
+    rows = batch.data[0]
+    if step.input_mappings:
+        (rows,), overridden = step._apply_input_mappings((rows,))
+    else:
+        overridden = [{} for _ in rows]
+    item = _Held(batch, rows, overridden or [{}])
+    try:
+        step.report_started()
+        item.context, prompts, specs = step.completion_requests(rows)
+        ordered.add(key, prompts, specs)
+    except Exception:
+        item.result = _imputed(wrapper, batch)
+        ordered.add(key, [], [])  # nothing to run, but it holds its place in the order
+    return item
+
+
+def _fail(wrapper: _StepWrapper, item: _Held) -> None:
+    """Send a batch the step failed on with imputed outputs (call inside the ``except``)."""
+    item.result = _imputed(wrapper, item.batch)
+    _send(wrapper, item)
+
+
+def _imputed(wrapper: _StepWrapper, batch: _Batch) -> list[dict[str, Any]]:
+    # Inside the `except`: step_errors' impute hook records the exception being handled.
+    result = wrapper._impute_step_outputs(batch)
+    wrapper.step._logger.warning(
+        f"⚠️ Processing batch {batch.seq_no} with step '{wrapper.step.name}' failed. Sending empty batch filled with `None`s..."
+    )
+    wrapper.step._logger.warning(f"Subprocess traceback:\n\n{traceback.format_exc()}")
+    return result
+
+
+def _send(wrapper: _StepWrapper, item: _Held) -> None:
+    item.batch.set_data([item.result])
+    wrapper._send_batch(item.batch)
+
+
+def _feeds_streaming_step(pipeline: Any, step_name: str) -> bool:
+    from distilabel.constants import STEP_ATTR_NAME
+
+    return any(
+        isinstance(pipeline.dag.get_step(name)[STEP_ATTR_NAME], StreamingStep)
+        for name in pipeline.dag.get_step_successors(step_name)
+    )
+
+
+def _install() -> None:
+    """Route :class:`StreamingStep` steps to :func:`streaming_loop` (others keep distilabel's
+    loop), and let a generator step that feeds one run ahead.
+
+    distilabel asks a generator for its next batch only once its successor has finished
+    the previous one, so a step fed by a generator would never find a batch queued: the
+    driver asks for the next batch as soon as one arrives (the streaming step bounds what
+    it takes; the rest waits in distilabel's buffers).
+
+    Done on import of this module, which every streaming step's module imports: in the
+    driver that builds the pipeline, in a local run's workers (forked from it) and in a
+    Ray actor (which imports the step's module to unpickle it) alike.
+    """
+    from distilabel.pipeline.base import BasePipeline
+    from distilabel.pipeline.step_wrapper import _StepWrapper
+
+    original_loop = _StepWrapper._non_generator_process_loop
+    if getattr(original_loop, "_streams", False):
+        return
+    original_flow = BasePipeline._manage_batch_flow
+
+    def loop(self: _StepWrapper) -> None:
+        if isinstance(self.step, StreamingStep) and not self.step.is_global:
+            return streaming_loop(self)
+        return original_loop(self)
+
+    def manage_batch_flow(self: BasePipeline, batch: _Batch) -> None:
+        step = self._get_step_from_batch(batch)
+        if not step.is_generator or batch.last_batch or not _feeds_streaming_step(self, batch.step_name):
+            return original_flow(self, batch)
+        asked = self._batch_manager.get_last_batch_sent(batch.step_name)
+        original_flow(self, batch)
+        if self._batch_manager.get_last_batch_sent(batch.step_name) is asked:  # distilabel did not ask for more
+            self._request_batch_from_generator(batch.step_name)
+
+    loop._streams = True  # type: ignore[attr-defined]
+    _StepWrapper._non_generator_process_loop = loop  # type: ignore[method-assign]
+    BasePipeline._manage_batch_flow = manage_batch_flow  # type: ignore[method-assign]
+
+
+_install()
