@@ -25,9 +25,13 @@ Memory is sampled from /proc every 0.5 s over the subprocess and all its childre
 part (the heap; the rest is memory-mapped files: libraries, Arrow data) and the largest
 single process RSS. ``--response-words`` sets the canned responses' length
 (default 120-380 words, ~1.5 KB); shorter ones make a 1M-instruction memory run take
-minutes instead of hours.
+minutes instead of hours. ``--tokenizers`` picks whose tokenizers the run uses: the tiny
+models' (default, ~1K-token vocabulary) or SmolLM2-135M-Instruct's (``models/smollm2``,
+49,152 tokens, ChatML) for the query writer, the responses and the reward step alike;
+costs that grow with the vocabulary show only with the real one.
 
     .venv/bin/python benchmarks/overhead.py --instructions 100000 --variants ours loop stock
+    .venv/bin/python benchmarks/overhead.py --instructions 2000 --variants ours loop --tokenizers smollm2
     .venv/bin/python benchmarks/overhead.py --instructions 100000 1000000 --variants ours --response-words 20 60
     .venv/bin/python benchmarks/overhead.py --one ours 2000        # one run, JSON on stdout
 """
@@ -60,6 +64,17 @@ from magpie_dl.scoring import Scored  # noqa: E402
 from steps.reward import RewardScoring  # noqa: E402
 
 TINY = REPO / "models" / "tiny"
+# Model directories whose tokenizers a run uses: (query writer and responses, reward step).
+TOKENIZERS = {
+    "tiny": (TINY / "generator", TINY / "reward"),
+    "smollm2": (REPO / "models" / "smollm2", REPO / "models" / "smollm2"),
+}
+
+
+def tokenizer_models() -> tuple[Path, Path]:
+    """The (generator, reward) directories of this run (a --one child inherits the choice)."""
+    return TOKENIZERS[os.environ.get("OVERHEAD_TOKENIZERS", "tiny")]
+
 NUM_GENERATIONS = 5
 _WORDS = (
     "the model data answer question time system value function process result example list "
@@ -201,14 +216,15 @@ def load_recipe() -> Any:
 
 
 def recipe_config(n: int, out_dir: Path, batch_scale: float = 1.0) -> Any:
-    """The full preset (its batch sizes) on the tiny tokenizers, N instructions."""
+    """The full preset (its batch sizes) on the chosen tokenizers, N instructions."""
     from magpie_dl.config import validate
 
     gen, resp, rm = 1000, 500, 500  # the full preset's batch sizes
+    generator, reward = tokenizer_models()
     return validate({
-        "generator": {"model": str(TINY / "generator"), "num_instructions": n, "batch_size": int(gen * batch_scale)},
+        "generator": {"model": str(generator), "num_instructions": n, "batch_size": int(gen * batch_scale)},
         "responses": {"batch_size": int(resp * batch_scale), "max_tokens": 4096},
-        "reward": {"model": str(TINY / "reward"), "device": "cpu", "dtype": "float32",
+        "reward": {"model": str(reward), "device": "cpu", "dtype": "float32",
                    "input_batch_size": int(rm * batch_scale)},
         "output": {"dir": str(out_dir)},
     })
@@ -259,14 +275,15 @@ def run_stock(n: int, work: Path, batch_scale: float) -> int:
     recipe = patched_recipe()
     cfg = recipe_config(n, work, batch_scale)
     per_instruction = int(500 * batch_scale)
+    generator, reward = tokenizer_models()
     with Pipeline(name="stock-dpo") as pipeline:
         queries = recipe.query_source(cfg, {"cache_dir": str(cfg.cache_dir)})
         generate = TextGeneration(
-            llm=InstantLLM(model=str(TINY / "generator")), num_generations=NUM_GENERATIONS,
+            llm=InstantLLM(model=str(generator)), num_generations=NUM_GENERATIONS,
             input_batch_size=per_instruction,
         )
         score = InstantRewardModelScore(
-            model=str(TINY / "reward"), input_mappings={"response": "generation"},
+            model=str(reward), input_mappings={"response": "generation"},
             input_batch_size=per_instruction * NUM_GENERATIONS,
         )
         regroup = RegroupGenerations(input_batch_size=per_instruction * NUM_GENERATIONS)
@@ -384,15 +401,18 @@ def main() -> None:
     parser.add_argument("--batch-scale", type=float, default=1.0, help="Multiply the preset's batch sizes.")
     parser.add_argument("--response-words", nargs=2, type=int, metavar=("MIN", "MAX"), default=[120, 380],
                         help="Length range of the canned responses, in words (default ~1.5 KB each).")
+    parser.add_argument("--tokenizers", choices=sorted(TOKENIZERS), default="tiny",
+                        help="Whose tokenizers: the tiny models' or SmolLM2's real one (49,152 tokens).")
     parser.add_argument("--one", nargs=2, metavar=("VARIANT", "N"))
     args = parser.parse_args()
-    if not args.one:  # a --one child inherits the parent's setting
+    if not args.one:  # a --one child inherits the parent's settings
         os.environ["OVERHEAD_RESPONSE_WORDS"] = " ".join(map(str, args.response_words))
+        os.environ["OVERHEAD_TOKENIZERS"] = args.tokenizers
     if args.one:
         print(json.dumps(run_one(args.one[0], int(args.one[1]), args.batch_scale)))
         return
     print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; "
-          f"responses of {args.response_words[0]}-{args.response_words[1]} words")
+          f"responses of {args.response_words[0]}-{args.response_words[1]} words; {args.tokenizers} tokenizers")
     print("| variant | instructions | rows out | wall s | wall ms / 1K instr. | CPU s (tree, incl. start-up) | CPU ms / instr. "
           "| peak PSS (tree) MiB | peak anon PSS (tree) MiB | largest RSS MiB |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")

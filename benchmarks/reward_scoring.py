@@ -29,8 +29,15 @@ Two ceilings bound what any batching can reach (forward passes only, unpadded, u
 
 Scores of all methods are compared with one-at-a-time (batch invariance).
 
+``--tokenizer DIR`` scores with another tokenizer: a model of ``--model``'s ArmoRM layout
+and sizes is built over DIR's tokenizer (its vocabulary and chat template; random
+weights, seeded) in a temporary directory. With ``models/smollm2`` that is SmolLM2's real
+49,152-token tokenizer beside the tiny one: the same texts become other token counts and
+the chat template adds its own markup, while the network stays the tiny one.
+
     .venv/bin/python benchmarks/reward_scoring.py --pairs 512 --lengths short
     .venv/bin/python benchmarks/reward_scoring.py --pairs 512 --lengths long
+    .venv/bin/python benchmarks/reward_scoring.py --pairs 512 --lengths long --tokenizer models/smollm2
     .venv/bin/python benchmarks/reward_scoring.py --model /path/to/armorm --device cuda --dtype bfloat16 --batch-tokens 32768
 """
 
@@ -73,6 +80,27 @@ def sample_pairs(count: int, seed: int = 0, lengths: str = "long") -> list[tuple
         response = " ".join(rng.choice(_WORDS) for _ in range(max(5, words)))
         pairs.append((instruction, response))
     return pairs
+
+
+def model_over_tokenizer(model: str, tokenizer_dir: str, out: Path) -> str:
+    """``model``'s ArmoRM layout and sizes over another tokenizer, saved to ``out`` (random weights, seeded)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaModel
+
+    from magpie_dl.tiny import build_reward
+
+    raw = armorm.read_config(model)
+    if not armorm.is_armorm(raw):
+        raise SystemExit("error: --tokenizer needs an ArmoRM-layout --model (the tiny reward model is one)")
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    ids = {"vocab_size": len(tokenizer), "bos_token_id": tokenizer.bos_token_id,
+           "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
+    base = LlamaConfig.from_dict({**raw, **ids})
+    torch.manual_seed(0)
+    reward = build_reward(base, LlamaModel(base).state_dict(), seed=0, gating_hidden_dim=raw["gating_hidden_dim"])
+    reward.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return str(out)
 
 
 def one_at_a_time(scorer: RewardScorer, sequences: list[list[int]]) -> list[float]:
@@ -224,6 +252,8 @@ def timed(method: Callable, scorer: RewardScorer, sequences: list[list[int]], de
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(REPO / "models" / "tiny" / "reward"))
+    parser.add_argument("--tokenizer", help="score with this model directory's tokenizer (e.g. models/smollm2): "
+                        "--model's layout and sizes are rebuilt over it, random weights")
     parser.add_argument("--pairs", type=int, default=384)
     parser.add_argument("--batch-size", type=int, default=64, help="ours: most sequences per pass")
     parser.add_argument("--batch-tokens", type=int, nargs="+", default=[1024],
@@ -251,7 +281,12 @@ def main() -> None:
     methods.setdefault("one_at_a_time", one_at_a_time)  # the reference for scores and speed-ups
     for cap in args.batch_tokens[1:]:
         methods[f"ours@{cap}"] = with_token_cap(cap)
-    scorer = RewardScorer(args.model, max_length=args.max_length, batch_size=args.batch_size,
+    model = args.model
+    if args.tokenizer:
+        import tempfile
+
+        model = model_over_tokenizer(args.model, args.tokenizer, Path(tempfile.mkdtemp(prefix="reward-tokenizer-")))
+    scorer = RewardScorer(model, max_length=args.max_length, batch_size=args.batch_size,
                           batch_tokens=args.batch_tokens[0], dtype=args.dtype, device=args.device)
     scorer.load()
     sequences = [conversation_token_ids(scorer.tokenizer, u, a) for u, a in sample_pairs(args.pairs, lengths=args.lengths)]
@@ -261,7 +296,8 @@ def main() -> None:
     kind = type(scorer.model).__name__
     print(f"{args.lengths} lengths: {args.pairs} sequences, {tokens} tokens (median {lengths[len(lengths) // 2]}, max {lengths[-1]}), "
           f"{kind}, batch {args.batch_size} seqs / {args.batch_tokens} tokens, {args.device}/{args.dtype}, "
-          f"torch threads {torch.get_num_threads()}")
+          f"torch threads {torch.get_num_threads()}, vocabulary {len(scorer.tokenizer):,}"
+          + (f" ({args.tokenizer}'s tokenizer)" if args.tokenizer else ""))
     timed(ours, scorer, sequences[:32], args.device)  # warm-up (allocator, kernels)
 
     # Each method runs --repeats times, interleaved with the others and with both ceilings;

@@ -16,6 +16,12 @@ line of *every* query, cuts real multi-line queries (a list of attempts, pasted 
 second question) and is not ported. A marker is never taken where the user plainly
 quotes it: after an introducing colon, inside a code block, next to the user's own
 attempt, or when the user goes on to ask a question after it.
+
+Real Magpie output (tests/data/smollm2_raw_queries.yaml, 240 queries SmolLM2 wrote) added
+three cases: a closing quote the model never opened ends the query (what follows a
+paragraph break after it is cut), an opener that answers the question right before it
+("...? Absolutely, I can do it.") is cut even where the text ends on a question, and a
+query the model ended on a space after a word, with no sentence end, is ``unfinished``.
 """
 
 from __future__ import annotations
@@ -70,6 +76,15 @@ _STEP = re.compile(r"#{1,3}[ \t]*Step 1\b")  # the reference's "# Step 1" marker
 _OPENER = re.compile(
     r"(?:Sure|Certainly|Of course|Absolutely|Great question|Good question)[!,.]|I'd be (?:happy|glad) to help"
 )
+# An opener that answers the question right before it, on the same line or the next
+# ("...data analysis? Absolutely, I can do it. What do you need from me?"): the words after
+# the opener are the assistant's, so it counts even where the text ends on a question.
+_OPENER_AFTER_QUESTION = re.compile(
+    r"(?<=[?？])[ \t]*\n?[ \t]*((?:Sure|Certainly|Of course|Absolutely)[!,.][ \t]*"
+    r"(?:I can (?:help|do|assist)|I'd be (?:happy|glad)|I'll help|I will help|here(?:'s| is| are)|let me|let's)"
+    r"|(?:Great|Good) question[!,.])",
+    re.IGNORECASE,
+)
 # The user showing an answer to be checked (their own, or one they paste to be graded):
 # a marker after this is part of the query.
 _OWN_ATTEMPT = re.compile(
@@ -88,6 +103,9 @@ _USER_VOICE = re.compile(
     r"|Answer|Respond|Reply|Help|Give|List|Identify|Classify|Correct|Fix|Edit|Improve|Please|Can|Could"
     r"|Would|Will|What|Who|Why|How|Where|When|Which|Is|Are|Do|Does|Should|Context|Note|Background)\b"
 )
+# A closing quote right after the query's last sentence with no opening quote anywhere:
+# the model closed a quotation it never opened ("...my immune system?\"").
+_STRAY_QUOTE = re.compile(r"(?<=[.?!])([\"”])(?=[ \t]*(?:\n\s*\n|$))")
 # Further queries of a list the model wrote: "\n2. ..." or "\nQuestion 2: ...".
 _NEXT_NUMBERED = re.compile(r"(?m)^[ \t]*(?:2[.)]|\(2\))[ \t]+\S")
 _NEXT_LABELLED = re.compile(
@@ -96,13 +114,17 @@ _NEXT_LABELLED = re.compile(
 _STARTS_LABELLED = re.compile(r"^[ \t]*(?:#{1,4}[ \t]*)?(?:\*\*)?(?:Question|Q)\b", re.IGNORECASE)
 
 _SENTENCE_END = (".", "?", "!", "。", "？", "！")
+# The model ended its turn on a space right after a word: it stopped mid-sentence
+# ("The internet has created a vast network of virtual ").
+_ENDS_ON_SPACE = re.compile(r"[^\W_][ \t]+$")
 _WORD = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]|[^\W\d_]+|\d+")
 # A cut that ends on one of these left half a sentence ("Find the", "plan a trip to").
 _DANGLING = frozenset(
     "a an the of to for with and or but in on at by from as about into than my your our their his her its".split()
 )
 CUT_RULES = frozenset(
-    {"cut_second_turn", "cut_answer", "cut_steps", "cut_opener", "cut_title_answer", "keep_first_query"}
+    {"cut_second_turn", "cut_answer", "cut_steps", "cut_opener", "cut_title_answer", "keep_first_query",
+     "cut_after_quote"}
 )
 
 
@@ -156,6 +178,7 @@ def clean_query(raw: str | None, rules: CleaningRules = CleaningRules()) -> Clea
     text = _strip_prefixes(stripped, edits)
 
     text = _cut_title_answer(text, edits)
+    text = _cut_after_stray_quote(text, edits)
     text = _cut_at_answer(text, edits)
     text = _keep_first_query(text, labelled, edits)
     if any(edit.rule in CUT_RULES for edit in edits):
@@ -163,8 +186,11 @@ def clean_query(raw: str | None, rules: CleaningRules = CleaningRules()) -> Clea
     text = _strip_wrapping(text, edits)
 
     reason = unusable_reason(text, rules)
-    if reason is None and any(edit.rule in CUT_RULES for edit in edits) and is_fragment(text):
+    cut = any(edit.rule in CUT_RULES for edit in edits)
+    if reason is None and cut and is_fragment(text):
         reason = "fragment"
+    elif reason is None and not cut and _ENDS_ON_SPACE.search(raw) and not text.endswith(_SENTENCE_END):
+        reason = "unfinished"
     return CleanResult(text, tuple(edits), reason)
 
 
@@ -270,6 +296,10 @@ def _first_answer_start(text: str) -> tuple[int, str] | None:
                 and not scan.head_has_dialogue(pos)):  # a dialogue the user pasted
             found.append((pos, "cut_second_turn"))
             break
+    for match in _OPENER_AFTER_QUESTION.finditer(text):
+        if not scan.in_code(match.start(1)) and not scan.head_has_dialogue(match.start(1)):
+            found.append((match.start(1), "cut_opener"))
+            break
     if not scan.asks_at_end:
         for pattern, rule in ((_ANSWER, "cut_answer"), (_STEP, "cut_steps"), (_OPENER, "cut_opener")):
             for match in pattern.finditer(text):
@@ -283,6 +313,20 @@ def _first_answer_start(text: str) -> tuple[int, str] | None:
                     found.append((pos, rule))
                     break
     return min(found) if found else None
+
+
+def _cut_after_stray_quote(text: str, edits: list[Edit]) -> str:
+    """A lone closing quote after the query ends it: drop the quote, and cut what follows a
+    paragraph break after it (the model's answer: '...get started?"\n\nMolley, the AI ...')."""
+    if text.count('"') + text.count("”") != 1 or "“" in text:
+        return text
+    match = _STRAY_QUOTE.search(text)
+    if not match or _Scan(text).in_code(match.start()):
+        return text
+    if text[match.end():].strip():
+        text = _cut(text, match.end(), "cut_after_quote", edits)
+    edits.append(Edit("strip_stray_quote", match.group(1)))
+    return text[: match.start()]
 
 
 def _cut_at_answer(text: str, edits: list[Edit]) -> str:

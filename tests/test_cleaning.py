@@ -203,3 +203,62 @@ def test_many_markers_stay_linear_time():
         start = time.perf_counter()
         clean_query(raw)
         assert time.perf_counter() - start < 2.0  # ~0.05 s here; generous for a loaded machine
+
+
+# --- issue 14: what real SmolLM2 text showed (tests/data/smollm2_raw_queries.yaml) ------
+
+
+@pytest.mark.parametrize(
+    "raw,expected",
+    [
+        # The model closed a quotation it never opened.
+        ('I need ideas for my shop. How can I make it successful?"', "I need ideas for my shop. How can I make it successful?"),
+        ("Can you help me sleep better?”", "Can you help me sleep better?"),
+    ],
+)
+def test_a_stray_closing_quote_is_stripped(raw, expected):
+    result = clean_query(raw)
+    assert (result.instruction, result.actions, result.removed, result.reason) == (
+        expected, ("strip_stray_quote",), (raw[-1],), None
+    )
+
+
+def test_an_answer_after_a_stray_closing_quote_is_cut():
+    raw = 'How do I start a drone business?"\n\nMolley, the AI chatbot, is here to assist you.'
+    result = clean_query(raw)
+    assert result.instruction == "How do I start a drone business?"
+    assert result.actions == ("cut_after_quote", "strip_stray_quote")
+    assert result.removed == ("Molley, the AI chatbot, is here to assist you.", '"')
+    assert result.reason is None
+
+
+def test_quotes_that_pair_are_the_users():
+    for raw in ('What does "carpe diem" mean?', 'He said "why?"\n\nI did not understand.',
+                "Fix this:\n```\nprint(\"hi?\")\n```", 'Is “done?” a question?'):
+        assert clean_query(raw).instruction == raw, raw
+
+
+def test_an_opener_answering_the_question_before_it_is_cut_even_before_a_question():
+    raw = "Can you help me with the most advanced data analysis? Absolutely, I can do it. What do you need from me?"
+    result = clean_query(raw)
+    assert result.instruction == "Can you help me with the most advanced data analysis?"
+    assert result.actions == ("cut_opener",) and result.reason is None
+    assert clean_query("Can I return it?\nSure! Here's how: go to Orders.").instruction == "Can I return it?"
+    # An opener of the user's own, answering their own question, is not an assistant's.
+    for raw in ("Can I cancel? Of course, I'd pay the fee. What is the process?",
+                "Should I go? Absolutely, yes, if it is cheap. What do you think?"):
+        assert clean_query(raw).instruction == raw, raw
+
+
+@pytest.mark.parametrize(
+    "raw,reason",
+    [
+        ("The internet has created a vast network of virtual ", "unfinished"),
+        ("By far, I'm the most supportive and caring AI ", "unfinished"),
+        ("How do I sort a list? ", None),  # ended after its question: a stray space only
+        ("Plan a trip to Japan for five days", None),  # no end punctuation, but not cut off
+        ("Write a haiku about autumn.\n", None),
+    ],
+)
+def test_a_query_the_model_ended_on_a_space_mid_sentence_is_unfinished(raw, reason):
+    assert clean_query(raw).reason == reason
