@@ -33,6 +33,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from magpie_dl import reasons
+
 # The reference's prefixes, then ours. Matched case-insensitively at the very start as
 # "Label:", "## Label:", "**Label:**", "**Label**", "Label 2:"; "Question 2." and "Q2." too.
 _REFERENCE_PREFIXES = (
@@ -168,7 +170,7 @@ class CleaningRules:
 def clean_query(raw: str | None, rules: CleaningRules = CleaningRules()) -> CleanResult:
     """Clean one raw query. Never raises for any string input."""
     if raw is None:
-        return CleanResult("", (), "empty")
+        return CleanResult("", (), reasons.EMPTY)
     edits: list[Edit] = []
     text = raw.replace("\r\n", "\n")
     stripped = text.strip()
@@ -188,9 +190,9 @@ def clean_query(raw: str | None, rules: CleaningRules = CleaningRules()) -> Clea
     reason = unusable_reason(text, rules)
     cut = any(edit.rule in CUT_RULES for edit in edits)
     if reason is None and cut and is_fragment(text):
-        reason = "fragment"
+        reason = reasons.FRAGMENT
     elif reason is None and not cut and _ENDS_ON_SPACE.search(raw) and not text.endswith(_SENTENCE_END):
-        reason = "unfinished"
+        reason = reasons.UNFINISHED
     return CleanResult(text, tuple(edits), reason)
 
 
@@ -405,16 +407,16 @@ def is_fragment(text: str) -> bool:
 def unusable_reason(text: str, rules: CleaningRules = CleaningRules()) -> str | None:
     """Why a (cleaned) query cannot be used, or None."""
     if not text:
-        return "empty"
+        return reasons.EMPTY
     if len(text) < rules.min_chars:
-        return "too_short"
+        return reasons.TOO_SHORT
     if len(text) > rules.max_chars:
-        return "too_long"
+        return reasons.TOO_LONG
     printable = sum(ch.isprintable() or ch in "\n\t" for ch in text)
     if printable / len(text) < rules.min_printable:
-        return "unprintable"
+        return reasons.UNPRINTABLE
     if not any(ch.isalpha() for ch in text):
-        return "no_letters"
+        return reasons.NO_LETTERS
     return None
 
 

@@ -46,6 +46,7 @@ TOO_LONG = "too_long"
 UNPRINTABLE = "unprintable"
 NO_LETTERS = "no_letters"
 FRAGMENT = "fragment"
+UNFINISHED = "unfinished"
 TRUNCATED = "truncated"
 GENERATION_FAILED = "generation_failed"
 DUPLICATE = "duplicate"
@@ -59,6 +60,7 @@ INSTRUCTION_STATUSES: dict[str, str] = {
     UNPRINTABLE: "too many unprintable characters in the query",
     NO_LETTERS: "the query has no letters",
     FRAGMENT: "cutting the model's own answer off the query left a piece of a sentence",
+    UNFINISHED: "the model ended its turn in the middle of a sentence",
     TRUNCATED: "the query hit max_tokens before it ended",
     GENERATION_FAILED: "the engine failed to produce the query",
     DUPLICATE: "an exact copy (ignoring case and spacing) of an earlier query",

@@ -93,12 +93,12 @@ def reclean(entries: list[dict]) -> list[dict]:
     status of a clean query, then mark exact duplicates in row order.
     """
     from magpie_dl.cleaning import clean_query, mark_exact_duplicates
-    from steps.magpie import _status_of
+    from magpie_dl.reasons import instruction_status_of
 
     rows = []
     for entry in entries:
         cleaned = clean_query(entry["raw"])
-        rows.append({"instruction": cleaned.instruction, "instruction_status": cleaned.reason or _status_of(entry["finish_reason"]),
+        rows.append({"instruction": cleaned.instruction, "instruction_status": cleaned.reason or instruction_status_of(entry["finish_reason"]),
                      "cleaning_actions": list(cleaned.actions), "cleaning_removed": list(cleaned.removed)})
     mark_exact_duplicates(rows, set())
     return [{key: {**entry, **row}[key] for key in ROW_KEYS if key in {**entry, **row}} for entry, row in zip(entries, rows)]

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from magpie_dl.cleaning import clean_query, mark_exact_duplicates
-from steps.magpie import _status_of
+from magpie_dl.reasons import instruction_status_of
 
 CORPUS = yaml.safe_load((Path(__file__).parent / "data" / "smollm2_raw_queries.yaml").read_text(encoding="utf-8"))
 ROWS = CORPUS["queries"]
@@ -38,7 +38,7 @@ def _writer_results(rows: list[dict]) -> list[dict]:
             "instruction": cleaned.instruction,
             "cleaning_actions": list(cleaned.actions),
             "cleaning_removed": list(cleaned.removed),
-            "instruction_status": cleaned.reason or _status_of(row["finish_reason"]),
+            "instruction_status": cleaned.reason or instruction_status_of(row["finish_reason"]),
         })
     mark_exact_duplicates(results, set())
     return results
