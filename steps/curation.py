@@ -122,7 +122,7 @@ class InstructionTagging(Step, StoredResults):
         for row in inputs:
             for task in tasks:
                 row.update(task.empty_columns())
-            row["tagging_model"] = self.llm.model_name
+            row["tagging_model"] = self.llm.provenance_name
             row["tagging_errors"] = []
         failures = 0
         for (r, task), [completion] in zip(jobs, results):
@@ -203,7 +203,7 @@ class SafetyTagging(Step, StoredResults):
         specs = [SamplingSpec(n=1, temperature=0.0, max_tokens=self.max_tokens, seed=0)] * len(prompts)
         results = cached_complete(self.store, self.name, self.CACHE_VERSION, self.llm, prompts, specs)
         for row in inputs:
-            row.update({"safety": None, "safety_categories": [], "safety_model": self.llm.model_name})
+            row.update({"safety": None, "safety_categories": [], "safety_model": self.llm.provenance_name})
             row["tagging_errors"] = list(row.get("tagging_errors") or [])
         for row, [completion] in zip(todo, results):
             value, error = parse_guard_output(completion.text) if completion.finish_reason != FINISH_ERROR else (

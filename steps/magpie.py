@@ -148,7 +148,7 @@ class MagpieQueryWriter(StreamedCompletions):
             cleaned = clean_query(completion.text, rules)
             rows.append(
                 {
-                    "uuid": row_uuid(self.llm.model_name, self.seed, i),
+                    "uuid": row_uuid(self.llm.provenance_name, self.seed, i),
                     "instruction": cleaned.instruction,
                     "raw_instruction": completion.text,
                     "cleaning_actions": list(cleaned.actions),

@@ -261,19 +261,22 @@ def test_changing_a_parameter_recomputes_only_what_it_affects(reference, tmp_pat
 
 
 def test_second_run_on_the_same_directory_is_refused(reference, tmp_path):
+    """While a run holds the directory, a second one stops at once and touches nothing.
+
+    The holder is this test process (the same lock a run takes), not a live run: a
+    live first run might finish before the second one starts, and the test would race.
+    """
+    from magpie_dl.runner import output_lock
+
     out = tmp_path / "busy"
-    first = start(out)
-    deadline = time.time() + 60
-    while not (out / ".lock").exists() and time.time() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.5)
-    second = subprocess.run([sys.executable, SCRIPT, *ARGS, "--output-dir", str(out)],
-                            capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
-    assert second.returncode == 3
+    shutil.copytree(reference[0], out)
+    before = rows_of(out)
+    with output_lock(out):
+        second = subprocess.run([sys.executable, SCRIPT, *ARGS, "--output-dir", str(out)],
+                                capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
+    assert second.returncode == 3, second.stderr[-2000:]
     assert second.stderr.strip().splitlines()[-1].startswith(f"error: another run is writing to {out}")
-    stdout, stderr = first.communicate(timeout=600)
-    assert first.returncode == 0, stderr[-2000:]
-    assert sum(len(v) for v in rows_of(out).values()) == 12  # the first run's output is whole
+    assert rows_of(out) == before  # the holder's output is whole
 
 
 def test_secrets_never_reach_logs_files_or_errors(tmp_path, tiny_models):

@@ -223,3 +223,14 @@ def test_pairing_step_outputs_pairs_and_reasons():
     assert out[0]["rejected"][1]["content"] == "a" and out[0]["score_margin"] == pytest.approx(0.2)
     assert out[1]["pair_status"] == "all_scores_tied" and out[1]["chosen"] is None
     assert out[2]["pair_status"] == "instruction_empty"
+
+
+def test_generator_rows_do_not_depend_on_where_the_model_lives(tiny_models, tmp_path):
+    """The same model reached by another path (another checkout) writes the same rows:
+    a row's uuid seeds its responses, so a path in it would change what a run samples."""
+    elsewhere = tmp_path / "another_checkout" / "tiny" / "generator"
+    elsewhere.parent.mkdir(parents=True)
+    elsewhere.symlink_to(tiny_models["generator"], target_is_directory=True)
+    here = all_rows(generator(tiny_models, num_rows=3))
+    there = all_rows(generator({"generator": str(elsewhere)}, num_rows=3))
+    assert [r["uuid"] for r in here] == [r["uuid"] for r in there]
