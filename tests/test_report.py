@@ -17,19 +17,14 @@ loader, and ``datasets``' own parsers of ``configs`` and ``dataset_info``.
 
 from __future__ import annotations
 
-import base64
-import fcntl
 import io
 import json
-import os
 import random
 import re
-import select
 import shutil
 import subprocess
 import sys
 import time
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +34,7 @@ import yaml
 from magpie_dl import report
 from magpie_dl.config import REPO_ROOT, RecipeConfig
 from magpie_dl.export import write_dataset
+from report_pages import blank_reason, chromium_path, embedded_plots, parse, render_in_chromium
 
 SECRET = "hf_report_test_secret_4f9a"
 ADVERSARIAL = 'Explain <script>console.error("injected")</script> & </pre> in ``` fences | pipes'
@@ -302,67 +298,14 @@ def test_assistant_lengths_match_python_on_chunked_sliced_data() -> None:
 # --------------------------------------------------------------------------- report (static)
 
 
-class _Page(HTMLParser):
-    """Tags, image sources and text of a page."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.tags: list[tuple[str, dict[str, str | None]]] = []
-        self.text: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.tags.append((tag, dict(attrs)))
-
-    def handle_data(self, data: str) -> None:
-        self.text.append(data)
-
-
-def _parse(path: Path) -> _Page:
-    page = _Page()
-    page.feed(path.read_text())
-    return page
-
-
-def blank_reason(png: bytes) -> str | None:
-    """Why a PNG is not a real plot (None when it is): too small, one colour, almost empty."""
-    from PIL import Image, ImageStat
-
-    image = Image.open(io.BytesIO(png)).convert("RGB")
-    if image.width < 100 or image.height < 100:
-        return f"tiny image {image.size}"
-    colors = image.getcolors(maxcolors=1 << 16)
-    if colors is not None and len(colors) < 8:
-        return f"only {len(colors)} colours"
-    if max(ImageStat.Stat(image).stddev) < 10:
-        return "almost no pixel variance"
-    background = max(colors)[0] if colors else 0
-    drawn = 1 - background / (image.width * image.height)
-    if drawn < 0.02:
-        return f"only {drawn:.1%} of pixels drawn"
-    # Axes, ticks, grid and labels are grey; the data (bars) is coloured. Empty axes are blank.
-    pixels = image.getdata()
-    coloured = sum(max(p) - min(p) > 30 for p in pixels) / (image.width * image.height)
-    return None if coloured >= 0.01 else f"only {coloured:.2%} coloured (data) pixels: empty axes?"
-
-
-def _embedded_plots(page: _Page) -> dict[str, bytes]:
-    plots = {}
-    for tag, attrs in page.tags:
-        if tag == "img":
-            src = attrs.get("src") or ""
-            assert src.startswith("data:image/png;base64,"), f"image not embedded: {src[:60]}"
-            plots[attrs.get("data-plot") or ""] = base64.b64decode(src.split(",", 1)[1], validate=True)
-    return plots
-
-
 def test_report_is_self_contained_with_real_plots(tagged_output: Path) -> None:
-    page = _parse(tagged_output / "report.html")
+    page = parse(tagged_output / "report.html")
     assert not [t for t, _ in page.tags if t in ("script", "iframe", "object", "embed")]
     for tag, attrs in page.tags:
         for attr in ("src", "href"):
             value = attrs.get(attr)
             assert value is None or value.startswith("data:"), f"<{tag} {attr}={value!r}> would leave the file"
-    plots = _embedded_plots(page)
+    plots = embedded_plots(page)
     assert set(plots) == {"scores", "margin", "lengths", "task_category", "difficulty", "input_quality"}
     for key, png in plots.items():
         assert blank_reason(png) is None, f"plot {key}: {blank_reason(png)}"
@@ -370,8 +313,8 @@ def test_report_is_self_contained_with_real_plots(tagged_output: Path) -> None:
 
 
 def test_report_notes_missing_columns_instead_of_plotting(untagged_output: Path) -> None:
-    page = _parse(untagged_output / "report.html")
-    assert set(_embedded_plots(page)) == {"scores", "margin", "lengths"}
+    page = parse(untagged_output / "report.html")
+    assert set(embedded_plots(page)) == {"scores", "margin", "lengths"}
     text = re.sub(r"\s+", " ", " ".join(page.text))
     for column in ("task_category", "difficulty", "input_quality"):
         assert f"no {column} column" in text
@@ -381,12 +324,12 @@ def test_report_escapes_example_text(tagged_output: Path) -> None:
     html_text = (tagged_output / "report.html").read_text()
     assert "<script>" not in html_text
     assert "&lt;script&gt;console.error(&quot;injected&quot;)&lt;/script&gt;" in html_text
-    assert ADVERSARIAL in " ".join(_parse(tagged_output / "report.html").text)
+    assert ADVERSARIAL in " ".join(parse(tagged_output / "report.html").text)
 
 
 def test_report_counts_match_summary(tagged_output: Path) -> None:
     summary = json.loads((tagged_output / "summary.json").read_text())
-    text = re.sub(r"\s+", " ", " ".join(_parse(tagged_output / "report.html").text))
+    text = re.sub(r"\s+", " ", " ".join(parse(tagged_output / "report.html").text))
     for reason, count in summary["left_out"].items():
         assert f"{reason} {count} " in text
     assert f"pairs kept {summary['pairs_kept']} " in text
@@ -433,8 +376,8 @@ def test_selection_stage_is_reported_when_the_run_selected(tagged_output: Path, 
     card = (out / "README.md").read_text()
     assert "| tagged instructions (selection input) | 200 |" in card
     assert "| selected instructions | 60 | dropped: difficulty_below_min: 90, category_quota: 50 |" in card
-    with_selection = _embedded_plots(_parse(out / "report.html"))["task_category"]
-    without = _embedded_plots(_parse(tagged_output / "report.html"))["task_category"]
+    with_selection = embedded_plots(parse(out / "report.html"))["task_category"]
+    without = embedded_plots(parse(tagged_output / "report.html"))["task_category"]
     assert blank_reason(with_selection) is None and with_selection != without
 
     # The usual layout: the curation recipe's selection.json beside the --instructions dataset.
@@ -458,137 +401,17 @@ def test_selection_stage_is_reported_when_the_run_selected(tagged_output: Path, 
 # --------------------------------------------------------------------------- report in chromium
 
 
-def _chromium_path() -> str | None:
-    return next((p for name in ("chromium", "chromium-browser", "google-chrome") if (p := shutil.which(name))), None)
-
-
 @pytest.fixture(scope="session")
 def chromium() -> str:
     """Debian's chromium, installed by scripts/setup_chromium.sh when missing (fresh CI machines)."""
-    path = _chromium_path()
+    path = chromium_path()
     if path is None:
         script = REPO_ROOT / "scripts" / "setup_chromium.sh"
         result = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=900)
-        path = _chromium_path()
+        path = chromium_path()
         if result.returncode != 0 or path is None:
             pytest.fail(f"chromium is needed and {script} could not install it:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
     return path
-
-
-class DevTools:
-    """Chromium driven over ``--remote-debugging-pipe`` (fd 3 in, fd 4 out, NUL-separated JSON)."""
-
-    def __init__(self, binary: str, profile: Path) -> None:
-        to_browser_r, self._to_browser = os.pipe()
-        self._from_browser, from_browser_w = os.pipe()
-        # Park the child's ends above fd 10 so dup2 onto 3/4 cannot clobber one with the other.
-        child_in = fcntl.fcntl(to_browser_r, fcntl.F_DUPFD_CLOEXEC, 10)
-        child_out = fcntl.fcntl(from_browser_w, fcntl.F_DUPFD_CLOEXEC, 10)
-        os.close(to_browser_r)
-        os.close(from_browser_w)
-
-        def wire_pipe() -> None:
-            os.dup2(child_in, 3)
-            os.dup2(child_out, 4)
-
-        self.proc = subprocess.Popen(
-            [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-extensions", "--disable-sync", "--disable-component-update", "--no-first-run",
-             "--no-default-browser-check", "--mute-audio", f"--user-data-dir={profile}",
-             "--remote-debugging-pipe", "about:blank"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            preexec_fn=wire_pipe, close_fds=False,  # our own fds are non-inheritable (PEP 446)
-        )
-        os.close(child_in)
-        os.close(child_out)
-        self._buffer = b""
-        self._next_id = 0
-        self.events: list[dict[str, Any]] = []
-
-    def _receive(self, deadline: float) -> dict[str, Any]:
-        while b"\0" not in self._buffer:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("chromium did not answer in time")
-            if select.select([self._from_browser], [], [], left)[0]:
-                chunk = os.read(self._from_browser, 1 << 20)
-                if not chunk:
-                    raise EOFError("chromium closed the DevTools pipe")
-                self._buffer += chunk
-        message, self._buffer = self._buffer.split(b"\0", 1)
-        return json.loads(message)
-
-    def call(self, method: str, params: dict[str, Any] | None = None, session: str | None = None, timeout: float = 30) -> dict:
-        self._next_id += 1
-        message: dict[str, Any] = {"id": self._next_id, "method": method, "params": params or {}}
-        if session:
-            message["sessionId"] = session
-        os.write(self._to_browser, json.dumps(message).encode() + b"\0")
-        deadline = time.monotonic() + timeout
-        while True:
-            answer = self._receive(deadline)
-            if answer.get("id") == self._next_id:
-                if "error" in answer:
-                    raise RuntimeError(f"{method}: {answer['error']}")
-                return answer["result"]
-            self.events.append(answer)
-
-    def wait_for(self, method: str, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while not any(e.get("method") == method for e in self.events):
-            self.events.append(self._receive(deadline))
-
-    def close(self) -> None:
-        try:
-            self.call("Browser.close", timeout=5)
-        except (OSError, EOFError, TimeoutError, RuntimeError):
-            pass
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        os.close(self._to_browser)
-        os.close(self._from_browser)
-
-
-def render_in_chromium(binary: str, page: Path, profile: Path) -> dict[str, Any]:
-    """Load ``page``; return its errors, its images as the browser decoded and painted them, and its text."""
-    browser = DevTools(binary, profile)
-    try:
-        target = browser.call("Target.createTarget", {"url": "about:blank"})["targetId"]
-        session = browser.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
-        for domain in ("Page", "Runtime", "Log"):
-            browser.call(f"{domain}.enable", session=session)
-        browser.call("Emulation.setDeviceMetricsOverride",
-                     {"width": 1280, "height": 900, "deviceScaleFactor": 1, "mobile": False}, session=session)
-        browser.call("Page.navigate", {"url": page.resolve().as_uri()}, session=session)
-        browser.wait_for("Page.loadEventFired")
-        probe = """JSON.stringify({
-            images: [...document.images].map(i => { const r = i.getBoundingClientRect();
-                return {key: i.dataset.plot, complete: i.complete, width: i.naturalWidth, height: i.naturalHeight,
-                        x: r.left + scrollX, y: r.top + scrollY, w: r.width, h: r.height}; }),
-            text: document.body.innerText})"""
-        result = browser.call("Runtime.evaluate", {"expression": probe, "returnByValue": True}, session=session)
-        state = json.loads(result["result"]["value"])
-        for image in state["images"]:
-            if image["w"] and image["h"]:
-                clip = {"x": image["x"], "y": image["y"], "width": image["w"], "height": image["h"], "scale": 1}
-                shot = browser.call("Page.captureScreenshot", {"format": "png", "clip": clip, "captureBeyondViewport": True},
-                                    session=session)
-                image["painted"] = base64.b64decode(shot["data"])
-        errors = []
-        for event in browser.events:
-            method, params = event.get("method"), event.get("params", {})
-            if method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert", "warning"):
-                errors.append(f"console.{params['type']}: {[a.get('value') for a in params.get('args', [])]}")
-            elif method == "Runtime.exceptionThrown":
-                errors.append(f"exception: {params['exceptionDetails'].get('text')}")
-            elif method == "Log.entryAdded" and params["entry"]["level"] in ("error", "warning"):
-                errors.append(f"{params['entry']['source']}: {params['entry']['text']}")
-        return {"errors": errors, "images": state["images"], "text": state["text"]}
-    finally:
-        browser.close()
 
 
 def assert_renders(binary: str, page: Path, profile: Path, expected_plots: set[str]) -> dict[str, Any]:
