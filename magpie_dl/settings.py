@@ -19,10 +19,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from annotated_types import Ge, Gt, Le, Lt
 from pydantic import BaseModel, Field
 
-_BOUNDS = {"gt": Gt, "ge": Ge, "lt": Lt, "le": Le}
+# Numeric bounds: pydantic keeps each as a metadata object with an attribute of its name (``Ge(ge=0)``).
+_BOUNDS = ("gt", "ge", "lt", "le")
 
 
 def setting(owner: type[BaseModel], name: str, **overrides: Any) -> Any:
@@ -34,7 +34,7 @@ def setting(owner: type[BaseModel], name: str, **overrides: Any) -> Any:
     """
     info = owner.model_fields[name]
     spec: dict[str, Any] = {
-        key: getattr(meta, key) for meta in info.metadata for key, kind in _BOUNDS.items() if isinstance(meta, kind)
+        key: getattr(meta, key) for meta in info.metadata for key in _BOUNDS if getattr(meta, key, None) is not None
     }
     spec["description"] = info.description
     if info.default_factory is not None and "default" not in overrides:
