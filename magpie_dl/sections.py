@@ -19,7 +19,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from magpie_dl.dedup import DedupConfig
+from magpie_dl.dedup import DedupConfig, SearchMethod
 from magpie_dl.embeddings import PACKAGED_MINILM, REFERENCE_MODEL
 from magpie_dl.families import FAMILIES
 from magpie_dl.magpie import CONTROL_TASKS
@@ -28,7 +28,10 @@ from magpie_dl.selection import SelectionRules
 from magpie_dl.settings import setting
 from magpie_dl.tagging import TAG_TASKS
 
+
 class _Section(BaseModel):
+    """A config section: an unknown key is an error (a typo), and assignments are validated."""
+
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
@@ -271,7 +274,7 @@ class DedupSection(_Section):
     device: Device = Field("cuda", description="Torch device of the encoder.")
     threshold: float = setting(DedupConfig, "threshold")
     k: int = setting(DedupConfig, "k")
-    method: Literal["auto", "exact", "index"] = setting(DedupConfig, "method")
+    method: SearchMethod = setting(DedupConfig, "method")
     index_min_rows: int = setting(DedupConfig, "index_min_rows")
     nprobe: int = setting(DedupConfig, "nprobe")
 
