@@ -236,7 +236,7 @@ def patched_recipe() -> Any:
 
     recipe = load_recipe()
     instant = lambda config, model, seed=0: InstantLLM(model=model)  # noqa: E731
-    # The recipe builds the response engine, the generator step its own (from_config).
+    # The recipe builds every engine (make_backend) and hands it to the steps.
     recipe.make_backend = magpie_dl.backends.make_backend = instant
     recipe.RewardScoring = InstantRewardScoring
     return recipe

@@ -25,108 +25,28 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from magpie_dl import config
-from magpie_dl.config import TINY_DIR, BackendConfig, ConfigError, GeneratorConfig, RewardConfig, _Section
-from magpie_dl.embeddings import PACKAGED_MINILM, REFERENCE_MODEL
-from magpie_dl.scaleout import ScaleoutConfig
-from magpie_dl.selection import NAMED_MIXES, SelectionConfig, SelectionReport
-from magpie_dl.tagging import DIFFICULTY_LEVELS, QUALITY_LEVELS, TAG_TASKS
-
-# The reference's instruct-reward model. `selection.min_instruct_reward`'s default (-5) is on
-# its scale; other reward models score on theirs (ArmoRM ~0.1), so -5 would filter nothing.
-INSTRUCT_REWARD_MODEL = "sfairXC/FsfairX-LLaMA3-RM-v0.1"
-DEFAULT_MIN_INSTRUCT_REWARD = -5.0
-
-class TaggingConfig(_Section):
-    """The LLM judge and the language detector."""
-
-    judge_model: str = Field("meta-llama/Meta-Llama-3-8B-Instruct", description="Judge model for the tags.")
-    tasks: list[str] = Field(default_factory=lambda: list(TAG_TASKS), description="Tag tasks to run.")
-    max_tokens: int = Field(512, ge=16, description="Answer budget per tag task.")
-    batch_size: int = Field(500, ge=1, description="Instructions per tagging batch.")
-    languages: list[str] | None = Field(None, description="Languages the detector chooses among (None: all).")
-    guard_model: str | None = Field(None, description="Guard model for the optional safety tag (e.g. Llama Guard).")
-
-
-class InstructRewardModelConfig(RewardConfig):
-    """The reward model that scores each instruction with one response (instruct reward)."""
-
-    model: str = Field(
-        INSTRUCT_REWARD_MODEL, description="Instruct-reward model (the reference's FsfairX-LLaMA3-RM)."
-    )
-
-
-class InstructRewardConfig(_Section):
-    """Instruct reward: one response per instruction, scored by the reward model."""
-
-    enabled: bool = Field(True, description="Score instructions with a response (else instruct_reward is None).")
-    temperature: float = Field(0.0, ge=0.0, le=2.0, description="Sampling temperature of that response.")
-    max_tokens: int = Field(4096, ge=1, description="Maximum tokens of that response.")
-    batch_size: int = Field(500, ge=1, description="Instructions per batch.")
-
-
-class DedupSection(_Section):
-    """Near-duplicate detection (magpie_dl.dedup)."""
-
-    embedding_model: str = Field(REFERENCE_MODEL, description=f"Sentence encoder; {PACKAGED_MINILM} works offline.")
-    embedding_batch_size: int = Field(64, ge=1, description="Texts per encoder forward pass.")
-    device: config.Device = Field("cuda", description="Torch device of the encoder.")
-    threshold: float = Field(0.05, gt=0.0, description="Squared L2 near-duplicate threshold.")
-    k: int = Field(500, ge=1, description="Neighbours searched per row.")
-    method: Literal["auto", "exact", "index"] = Field("auto", description="Exact search, FAISS index, or auto.")
-    index_min_rows: int = Field(50_000, ge=1, description="Rows from which auto uses the index.")
-    nprobe: int = Field(8, ge=1, description="IVF cells visited per query.")
-
-
-class SelectionSection(_Section):
-    """Thresholds and the balanced sample (magpie_dl.selection)."""
-
-    min_difficulty: str | None = Field("medium", description="Lowest difficulty kept (null: no check).")
-    min_input_quality: str | None = Field("good", description="Lowest input quality kept (null: no check).")
-    min_instruct_reward: float | None = Field(
-        DEFAULT_MIN_INSTRUCT_REWARD,
-        description=f"Lowest instruct reward kept, on {INSTRUCT_REWARD_MODEL}'s scale (null: no check); "
-        "set it explicitly for another reward.model.",
-    )
-    remove_duplicates: bool = Field(True, description="Drop near-duplicates.")
-    languages: list[str] | None = Field(None, description="Allowed languages, e.g. EN (null: any).")
-    require_safe: bool = Field(False, description="Keep only rows the guard judged safe (needs tagging.guard_model).")
-    require_category: bool = Field(True, description="Drop rows without a task category (else sampled as '(missing)').")
-    target_size: int | None = Field(100_000, ge=0, description="Instructions to select (null: all eligible).")
-    category_mix: str | dict[str, float] = Field(
-        "reference",
-        description="reference (the released recipe's: 30% Information + Advice seeking, 70% the rest), "
-        "uniform, natural, or weights per category.",
-    )
-
-    @field_validator("category_mix")
-    @classmethod
-    def _mix(cls, value: str | dict[str, float]) -> str | dict[str, float]:
-        if isinstance(value, str) and value not in NAMED_MIXES:
-            raise ValueError(f"must be one of {', '.join(NAMED_MIXES)} or a mapping of weights per category")
-        return value
-
-    @field_validator("min_difficulty")
-    @classmethod
-    def _difficulty(cls, value: str | None) -> str | None:
-        if value is not None and value not in DIFFICULTY_LEVELS:
-            raise ValueError(f"must be one of {', '.join(DIFFICULTY_LEVELS)}")
-        return value
-
-    @field_validator("min_input_quality")
-    @classmethod
-    def _quality(cls, value: str | None) -> str | None:
-        if value is not None and value not in QUALITY_LEVELS:
-            raise ValueError(f"must be one of {', '.join(QUALITY_LEVELS)}")
-        return value
-
-    def to_selection_config(self, seed: int) -> SelectionConfig:
-        return SelectionConfig.from_settings(self, seed)
+from magpie_dl.config import TINY_DIR, ConfigError
+from magpie_dl.embeddings import PACKAGED_MINILM
+from magpie_dl.scaleout_config import ScaleoutConfig
+from magpie_dl.sections import (  # noqa: F401  (re-exported: the curation recipe's sections)
+    DEFAULT_MIN_INSTRUCT_REWARD,
+    INSTRUCT_REWARD_MODEL,
+    BackendConfig,
+    DedupSection,
+    GeneratorConfig,
+    InstructRewardConfig,
+    InstructRewardModelConfig,
+    SelectionSection,
+    TaggingConfig,
+    _Section,
+)
+from magpie_dl.selection import SelectionReport
 
 
 class InstructionsConfig(_Section):

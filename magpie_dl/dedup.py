@@ -38,12 +38,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 SearchMethod = Literal["auto", "exact", "index"]
 
 
-@dataclass(frozen=True)
-class DedupConfig:
+class DedupConfig(BaseModel):
     """Knobs of the near-duplicate search.
 
     Attributes:
@@ -65,27 +65,19 @@ class DedupConfig:
         num_threads: OpenMP threads for FAISS (None: FAISS's default).
     """
 
-    threshold: float = 0.05
-    k: int = 500
-    method: SearchMethod = "auto"
-    index_min_rows: int = 50_000
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    threshold: float = Field(0.05, gt=0.0, description="Squared L2 near-duplicate threshold.")
+    k: int = Field(500, ge=1, description="Neighbours searched per row.")
+    method: SearchMethod = Field("auto", description="Exact search, FAISS index, or auto.")
+    index_min_rows: int = Field(50_000, ge=1, description="Rows from which auto uses the index.")
     nlist: int | None = None
-    nprobe: int = 8
+    nprobe: int = Field(8, ge=1, description="IVF cells visited per query.")
     train_size: int | None = None
     train_iterations: int = 10
     block_size: int | None = None
     seed: int = 0
     num_threads: int | None = None
-
-    def __post_init__(self) -> None:
-        if not self.threshold > 0:
-            raise ValueError(f"threshold must be > 0, got {self.threshold}")
-        if self.k < 1:
-            raise ValueError(f"k must be >= 1, got {self.k}")
-        if self.method not in ("auto", "exact", "index"):
-            raise ValueError(f"method must be auto, exact or index, got {self.method!r}")
-        if self.nprobe < 1:
-            raise ValueError(f"nprobe must be >= 1, got {self.nprobe}")
 
     def resolve_method(self, n: int) -> Literal["exact", "index"]:
         if self.method == "auto":

@@ -22,15 +22,15 @@ import math
 import zlib
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Literal
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from magpie_dl.reasons import CATEGORY_QUOTA, INSTRUCTION_UNUSABLE, NEAR_DUPLICATE, SELECTION_CHECKS, is_usable
 from magpie_dl.tagging import DIFFICULTY_LEVELS, QUALITY_LEVELS
 
-CategoryMix = Literal["reference", "uniform", "natural"] | Mapping[str, float]
 NAMED_MIXES: tuple[str, ...] = ("reference", "uniform", "natural")
 
 # The reference's mix (magpie-align/magpie, its issue #36): 30K of its 100K instructions
@@ -48,16 +48,15 @@ QUOTA_REASON = CATEGORY_QUOTA
 MISSING = "(missing)"  # the category stratum of untagged rows
 
 
-@dataclass(frozen=True)
-class SelectionConfig:
-    """What to keep and how many.
+class SelectionRules(BaseModel):
+    """What to keep and how many: the curation recipe's ``selection`` section.
 
     Attributes:
         min_difficulty: lowest difficulty kept (None: no difficulty check).
         min_input_quality: lowest input quality kept (None: no check).
         min_instruct_reward: lowest instruct reward kept (None: no check).
         remove_duplicates: drop rows whose ``min_similar_uuid`` names another row.
-        languages: allowed language codes (``EN``...), None for any.
+        languages: allowed language codes (``EN``...); None (or empty) for any.
         require_safe: keep only rows the guard model judged ``safe``.
         require_category: drop rows without a task category; when off they form their
             own stratum (``(missing)``) in the per-category sampling.
@@ -67,44 +66,57 @@ class SelectionConfig:
             ``uniform`` (equal share per category present), ``natural`` (proportional to
             what is eligible, i.e. a plain random sample), or weights per category
             (categories absent or at weight 0 are not selected).
-        seed: sampling seed.
     """
 
-    min_difficulty: str | None = "medium"
-    min_input_quality: str | None = "good"
-    min_instruct_reward: float | None = -5.0
-    remove_duplicates: bool = True
-    languages: tuple[str, ...] | None = None
-    require_safe: bool = False
-    require_category: bool = True
-    target_size: int | None = None
-    category_mix: CategoryMix = "reference"
-    seed: int = 0
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
+    min_difficulty: str | None = Field("medium", description="Lowest difficulty kept (null: no check).")
+    min_input_quality: str | None = Field("good", description="Lowest input quality kept (null: no check).")
+    min_instruct_reward: float | None = Field(-5.0, description="Lowest instruct reward kept (null: no check).")
+    remove_duplicates: bool = Field(True, description="Drop near-duplicates.")
+    languages: list[str] | None = Field(None, description="Allowed languages, e.g. EN (null: any).")
+    require_safe: bool = Field(False, description="Keep only rows the guard judged safe (needs tagging.guard_model).")
+    require_category: bool = Field(True, description="Drop rows without a task category (else sampled as '(missing)').")
+    target_size: int | None = Field(None, ge=0, description="Instructions to select (null: all eligible).")
+    category_mix: str | dict[str, float] = Field(
+        "reference",
+        description="reference (the released recipe's: 30% Information + Advice seeking, 70% the rest), "
+        "uniform, natural, or weights per category.",
+    )
+
+    @field_validator("min_difficulty")
     @classmethod
-    def from_settings(cls, settings: Any, seed: int) -> SelectionConfig:
-        """Read the same-named attributes of ``settings`` (a recipe's config section, a step)."""
-        names = [f.name for f in fields(cls) if f.name not in ("languages", "seed")]
-        languages = settings.languages
-        return cls(
-            **{name: getattr(settings, name) for name in names},
-            languages=tuple(languages) if languages else None,
-            seed=seed,
-        )
+    def _difficulty(cls, value: str | None) -> str | None:
+        if value is not None and value not in DIFFICULTY_LEVELS:
+            raise ValueError(f"must be one of {', '.join(DIFFICULTY_LEVELS)}")
+        return value
 
-    def __post_init__(self) -> None:
-        if self.min_difficulty is not None and self.min_difficulty not in DIFFICULTY_LEVELS:
-            raise ValueError(f"min_difficulty must be one of {DIFFICULTY_LEVELS}")
-        if self.min_input_quality is not None and self.min_input_quality not in QUALITY_LEVELS:
-            raise ValueError(f"min_input_quality must be one of {QUALITY_LEVELS}")
-        if self.target_size is not None and self.target_size < 0:
-            raise ValueError("target_size must be >= 0")
-        mix = self.category_mix
-        if isinstance(mix, str):
-            if mix not in NAMED_MIXES:
-                raise ValueError(f"category_mix must be one of {', '.join(NAMED_MIXES)} or a mapping, got {mix!r}")
-        elif any(not (w >= 0 and math.isfinite(w)) for w in mix.values()) or not any(mix.values()):
-            raise ValueError("category_mix weights must be finite, >= 0, and not all 0")
+    @field_validator("min_input_quality")
+    @classmethod
+    def _quality(cls, value: str | None) -> str | None:
+        if value is not None and value not in QUALITY_LEVELS:
+            raise ValueError(f"must be one of {', '.join(QUALITY_LEVELS)}")
+        return value
+
+    @field_validator("category_mix")
+    @classmethod
+    def _mix(cls, value: str | dict[str, float]) -> str | dict[str, float]:
+        if isinstance(value, str):
+            if value not in NAMED_MIXES:
+                raise ValueError(f"must be one of {', '.join(NAMED_MIXES)} or a mapping of weights per category")
+        elif any(not (w >= 0 and math.isfinite(w)) for w in value.values()) or not any(value.values()):
+            raise ValueError("weights must be finite, >= 0, and not all 0")
+        return value
+
+    def to_selection_config(self, seed: int) -> SelectionConfig:
+        """These rules with the sampling seed (a recipe's run seed)."""
+        return SelectionConfig(**self.model_dump(), seed=seed)
+
+
+class SelectionConfig(SelectionRules):
+    """The rules (:class:`SelectionRules`) and the sampling seed: what :func:`select_rows` takes."""
+
+    seed: int = Field(0, description="Sampling seed.")
 
 
 @dataclass
@@ -182,7 +194,7 @@ def failed_checks(row: Mapping[str, Any], config: SelectionConfig) -> list[str]:
             failed.append("instruct_reward_missing")
         elif reward < config.min_instruct_reward:
             failed.append("instruct_reward_below_min")
-    if config.languages is not None:
+    if config.languages:
         allowed = {code.upper() for code in config.languages}
         if str(row.get("language") or "").upper() not in allowed:
             failed.append("language_not_allowed")

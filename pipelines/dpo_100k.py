@@ -36,34 +36,22 @@ def query_source(cfg: RecipeConfig, stored: dict) -> _Step:
     gen = cfg.generator
     if cfg.instructions:
         return LoadInstructions(name="instructions", source=cfg.instructions, batch_size=gen.batch_size)
-    return query_stage(gen, cfg.backend, cfg.seed, cfg.scaleout.query_replicas, **stored)
+    llm = make_backend(cfg.backend, gen.model, cfg.seed)
+    return query_stage(gen, llm, cfg.seed, cfg.scaleout.query_replicas, **stored)
 
 
 def build_pipeline(cfg: RecipeConfig) -> Pipeline:
     """Magpie queries >> multi-generation >> reward scoring >> best/worst pairing."""
-    resp, rm = cfg.responses, cfg.reward
     stored = {"cache_dir": str(cfg.cache_dir)}
     with Pipeline(name="magpie-dpo-100k", description=__doc__,
                   cache_dir=cfg.cache_dir / "distilabel") as pipeline:  # its own cache, removed after the run
         queries = query_source(cfg, stored)
-        responses = MultiResponseGeneration(
-            name="responses",
-            llm=make_backend(cfg.backend, cfg.response_model, cfg.seed),
-            engine=cfg.backend.kind,
-            family=cfg.generator.family,
-            num_generations=resp.num_generations,
-            prompt_style=resp.prompt_style,
-            thinking=resp.thinking,
-            input_batch_size=resp.batch_size,
-            temperature=resp.temperature,
-            top_p=resp.top_p,
-            max_tokens=resp.max_tokens,
-            repetition_penalty=resp.repetition_penalty,
-            seed=cfg.seed,
-            **stored,
+        responses = MultiResponseGeneration.from_config(
+            cfg.responses, name="responses", llm=make_backend(cfg.backend, cfg.response_model, cfg.seed),
+            engine=cfg.backend.kind, family=cfg.generator.family, seed=cfg.seed, **stored,
         )
-        scores = RewardScoring.from_config(rm, name="reward", **stored)
-        pairs = BestWorstPairing(name="pairing", min_margin=cfg.pairing.min_margin, input_batch_size=rm.input_batch_size)
+        scores = RewardScoring.from_config(cfg.reward, name="reward", **stored)
+        pairs = BestWorstPairing.from_config(cfg.pairing, name="pairing", input_batch_size=cfg.reward.input_batch_size)
         queries >> responses >> scores >> pairs
     return pipeline
 

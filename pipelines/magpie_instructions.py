@@ -22,6 +22,7 @@ from magpie_dl.stopping import exit_on_stop_signals  # noqa: E402
 if __name__ == "__main__":  # a script run, not an import of its steps: leave the importer's handlers alone
     exit_on_stop_signals()  # Ctrl-C while the libraries import: one line, not a traceback
 from magpie_dl.backends import make_backend  # noqa: E402  (first: it quiets distilabel's import warnings)
+from magpie_dl.backends.base import CompletionLLM  # noqa: E402
 from distilabel.pipeline import Pipeline  # noqa: E402
 from magpie_dl.curation import InstructionsConfig, main_for  # noqa: E402
 from magpie_dl.outdir import in_progress_dir  # noqa: E402
@@ -53,75 +54,35 @@ RATING_COLUMNS = {
 
 def build_pipeline(cfg: InstructionsConfig) -> Pipeline:
     """generate >> language >> judge tags (>> safety) >> instruct reward >> near-duplicates >> select."""
-    gen, tag, rm, ir, dd, sel = cfg.generator, cfg.tagging, cfg.reward, cfg.instruct_reward, cfg.dedup, cfg.selection
+    gen, tag, ir = cfg.generator, cfg.tagging, cfg.instruct_reward
     stored = {"cache_dir": str(cfg.cache_dir)}
+
+    def llm_for(model: str) -> CompletionLLM:
+        return make_backend(cfg.backend, model, cfg.seed)
+
     with Pipeline(name="magpie-instructions", description=__doc__,
                   cache_dir=cfg.cache_dir / "distilabel") as pipeline:  # its own cache, removed after the run
-        queries = query_stage(gen, cfg.backend, cfg.seed, cfg.scaleout.query_replicas, **stored)
-        language = LanguageTagging(name="language", languages=tag.languages, input_batch_size=tag.batch_size)
-        tags = InstructionTagging(
-            name="judge_tags",
-            llm=make_backend(cfg.backend, tag.judge_model, cfg.seed),
-            tasks=tag.tasks,
-            max_tokens=tag.max_tokens,
-            input_batch_size=tag.batch_size,
-            **stored,
-        )
+        queries = query_stage(gen, llm_for(gen.model), cfg.seed, cfg.scaleout.query_replicas, **stored)
+        language = LanguageTagging.from_config(tag, name="language")
+        tags = InstructionTagging.from_config(tag, name="judge_tags", llm=llm_for(tag.judge_model), **stored)
         last = queries >> language >> tags
         if tag.guard_model:
-            guard = SafetyTagging(
-                name="safety",
-                llm=make_backend(cfg.backend, tag.guard_model, cfg.seed),
-                input_batch_size=tag.batch_size,
-                **stored,
-            )
-            last = last >> guard
+            last = last >> SafetyTagging.from_config(tag, name="safety", llm=llm_for(tag.guard_model), **stored)
         if ir.enabled:
-            response = MultiResponseGeneration(
-                name="instruct_response",
-                llm=make_backend(cfg.backend, gen.model, cfg.seed),
-                engine=cfg.backend.kind,
-                family=gen.family,
-                num_generations=1,
-                temperature=ir.temperature,
-                max_tokens=ir.max_tokens,
-                seed=cfg.seed,
-                input_batch_size=ir.batch_size,
-                output_mappings=RESPONSE_COLUMNS,
-                **stored,
+            response = MultiResponseGeneration.from_config(
+                ir, name="instruct_response", llm=llm_for(gen.model), engine=cfg.backend.kind, family=gen.family,
+                num_generations=1, seed=cfg.seed, output_mappings=RESPONSE_COLUMNS, **stored,
             )
             score = RewardScoring.from_config(
-                rm,
-                name="instruct_reward_model",
+                cfg.reward, name="instruct_reward_model",
                 # A truncated instruct response is scored too, as the reference does.
-                input_mappings={"generations": "instruct_response"},
-                output_mappings=RATING_COLUMNS,
-                **stored,
+                input_mappings={"generations": "instruct_response"}, output_mappings=RATING_COLUMNS, **stored,
             )
-            last = last >> response >> score >> InstructReward(name="instruct_reward", input_batch_size=ir.batch_size)
-        near_dups = NearDuplicateTagging(
-            name="near_duplicates",
-            embedding_model=dd.embedding_model,
-            device=dd.device,
-            embedding_batch_size=dd.embedding_batch_size,
-            threshold=dd.threshold,
-            k=dd.k,
-            method=dd.method,
-            index_min_rows=dd.index_min_rows,
-            nprobe=dd.nprobe,
-        )
-        select = CuratedSelection(
-            name="selection",
-            min_difficulty=sel.min_difficulty,
-            min_input_quality=sel.min_input_quality,
-            min_instruct_reward=sel.min_instruct_reward if ir.enabled else None,
-            remove_duplicates=sel.remove_duplicates,
-            languages=sel.languages,
-            require_safe=sel.require_safe,
-            require_category=sel.require_category,
-            target_size=sel.target_size,
-            category_mix=sel.category_mix,
-            seed=cfg.seed,
+            last = last >> response >> score >> InstructReward.from_config(ir, name="instruct_reward")
+        near_dups = NearDuplicateTagging.from_config(cfg.dedup, name="near_duplicates")
+        select = CuratedSelection.from_config(
+            cfg.selection, name="selection", seed=cfg.seed,
+            min_instruct_reward=cfg.selection.min_instruct_reward if ir.enabled else None,
             keep_rejected=True,  # written to left_out.jsonl with their reason
             # Written during the run: kept with the run's in-progress state until it finishes.
             report_path=str(in_progress_dir(cfg.output_dir) / "selection.json"),

@@ -54,13 +54,15 @@ def sample(num_rows: int, seed: int, batch_size: int) -> tuple[list[dict], dict]
     import torch
     import transformers
 
+    from magpie_dl.backends import make_backend
     from magpie_dl.config import PRESETS, SMOLLM2_DIR, validate
     from magpie_dl.smollm2 import MANIFEST, MODEL_ID
     from steps.magpie import MagpieGenerator
 
     config = validate(PRESETS["demo"])
     generator = config.generator.model_copy(update={"num_instructions": num_rows, "batch_size": batch_size})
-    step = MagpieGenerator.from_config(generator, config.backend, seed, name="magpie_generator")
+    llm = make_backend(config.backend, generator.model, seed)
+    step = MagpieGenerator.from_config(generator, llm=llm, seed=seed, name="magpie_generator")
     step.load()
     start = time.perf_counter()
     rows = [row for batch, _ in step.process() for row in batch]

@@ -20,9 +20,12 @@ from pydantic import Field, PrivateAttr, field_validator
 from magpie_dl.backends.base import CompletionLLM, PromptInput, SamplingSpec
 from magpie_dl.embeddings import PACKAGED_MINILM
 from magpie_dl.reasons import FINISH_ERROR, is_usable
+from magpie_dl.sections import DedupSection, TaggingConfig
+from magpie_dl.selection import SelectionConfig
 from magpie_dl.store import cached_complete
 from magpie_dl.tagging import TAG_TASKS, TagTask
 from steps.base import StoredResults
+from steps.settings import Configured, setting
 
 if TYPE_CHECKING:
     from distilabel.typing import StepColumns, StepOutput
@@ -40,7 +43,7 @@ def _usable(row: dict[str, Any]) -> bool:
     return is_usable(row) and bool((row.get("instruction") or "").strip())
 
 
-class InstructionTagging(Step, StoredResults):
+class InstructionTagging(Step, StoredResults, Configured):
     """Tags instructions with an LLM judge: difficulty, input quality, task category.
 
     One prompt per (instruction, tag task), rendered with the judge's chat template and
@@ -72,10 +75,12 @@ class InstructionTagging(Step, StoredResults):
     """
 
     role: ClassVar[str] = "tagging"  # replicated by scaleout.tagging_replicas
+    config_names: ClassVar[Dict[str, Optional[str]]] = {"batch_size": "input_batch_size"}  # the `tagging` section
 
     llm: CompletionLLM
-    tasks: List[str] = Field(default_factory=lambda: list(TAG_TASKS))
-    max_tokens: RuntimeParameter[int] = Field(default=512, description="Answer budget per tag task.")
+    tasks: List[str] = setting(TaggingConfig, "tasks")
+    # The recipe asks the judge for room to answer (>= 16); a standalone step may ask for less.
+    max_tokens: RuntimeParameter[int] = setting(TaggingConfig, "max_tokens", ge=1)
 
     @field_validator("tasks")
     @classmethod
@@ -148,7 +153,7 @@ class InstructionTagging(Step, StoredResults):
         yield inputs
 
 
-class SafetyTagging(Step, StoredResults):
+class SafetyTagging(Step, StoredResults, Configured):
     """Optional: a guard model's verdict on each instruction (Llama Guard in the reference).
 
     The guard's own chat template turns the instruction into its classification prompt;
@@ -170,6 +175,8 @@ class SafetyTagging(Step, StoredResults):
     """
 
     role: ClassVar[str] = "tagging"  # replicated by scaleout.tagging_replicas
+    # The `tagging` section's max_tokens is the judge's: a guard's verdict is a few tokens.
+    config_names: ClassVar[Dict[str, Optional[str]]] = {"batch_size": "input_batch_size", "max_tokens": None}
 
     llm: CompletionLLM
     max_tokens: RuntimeParameter[int] = Field(default=16, description="Answer budget.")
@@ -217,7 +224,7 @@ class SafetyTagging(Step, StoredResults):
         yield inputs
 
 
-class LanguageTagging(Step):
+class LanguageTagging(Step, Configured):
     """Adds the ISO 639-1 language (``EN``, ``ZH``, ...) of each instruction, via lingua.
 
     Runtime parameters:
@@ -231,7 +238,9 @@ class LanguageTagging(Step):
         - language (str | None: None when no language is detectable)
     """
 
-    languages: Optional[RuntimeParameter[List[str]]] = Field(default=None, description="ISO 639-1 codes to choose among.")
+    config_names: ClassVar[Dict[str, Optional[str]]] = {"batch_size": "input_batch_size"}  # the `tagging` section
+
+    languages: Optional[RuntimeParameter[List[str]]] = setting(TaggingConfig, "languages")
     low_accuracy: RuntimeParameter[bool] = Field(default=False, description="lingua's low-accuracy mode.")
 
     _detector: Optional["LanguageDetector"] = PrivateAttr(default=None)
@@ -256,7 +265,7 @@ class LanguageTagging(Step):
         yield inputs
 
 
-class InstructReward(Step):
+class InstructReward(Step, Configured):
     """Lifts the reward of an instruction's single response into ``instruct_reward``.
 
     Magpie's ``instruct_reward`` is a reward model's score of the instruction with a
@@ -270,6 +279,8 @@ class InstructReward(Step):
     Output columns:
         - instruct_reward (float | None)
     """
+
+    config_names: ClassVar[Dict[str, Optional[str]]] = {"batch_size": "input_batch_size"}  # `instruct_reward`
 
     @property
     def inputs(self) -> "StepColumns":
@@ -305,9 +316,10 @@ class InstructionEmbedding(Step):
         - embedding (list[float])
     """
 
-    model: str = Field(default=PACKAGED_MINILM, description="Sentence encoder.")
-    device: str = "cpu"
-    embedding_batch_size: RuntimeParameter[int] = Field(default=64, description="Texts per forward pass.")
+    # Standalone: the packaged encoder on the CPU, which work offline anywhere.
+    model: str = setting(DedupSection, "embedding_model", default=PACKAGED_MINILM)
+    device: str = setting(DedupSection, "device", default="cpu")
+    embedding_batch_size: RuntimeParameter[int] = setting(DedupSection, "embedding_batch_size")
 
     _embedder: Optional["SentenceEmbedder"] = PrivateAttr(default=None)
 
@@ -336,7 +348,7 @@ class InstructionEmbedding(Step):
         yield inputs
 
 
-class NearDuplicateTagging(GlobalStep):
+class NearDuplicateTagging(GlobalStep, Configured):
     """Tags near-duplicate instructions over all rows at once (see ``magpie_dl.dedup``).
 
     Rows are not removed here; ``min_similar_uuid`` says which row represents each
@@ -368,14 +380,15 @@ class NearDuplicateTagging(GlobalStep):
         - min_neighbor_distance (float | None), repeat_count (int), min_similar_uuid (str | None)
     """
 
-    embedding_model: str = Field(default=PACKAGED_MINILM, description="Sentence encoder.")
-    device: str = "cpu"
-    threshold: RuntimeParameter[float] = Field(default=0.05, description="Squared L2 near-duplicate threshold.")
-    k: RuntimeParameter[int] = Field(default=500, description="Neighbours searched per row.")
-    method: RuntimeParameter[str] = Field(default="auto", description="auto, exact or index.")
-    index_min_rows: RuntimeParameter[int] = Field(default=50_000, description="Rows from which auto uses the index.")
-    nprobe: RuntimeParameter[int] = Field(default=8, description="IVF cells visited per query.")
-    embedding_batch_size: RuntimeParameter[int] = Field(default=64, description="Texts per forward pass.")
+    # Standalone: the packaged encoder on the CPU, which work offline anywhere.
+    embedding_model: str = setting(DedupSection, "embedding_model", default=PACKAGED_MINILM)
+    device: str = setting(DedupSection, "device", default="cpu")
+    threshold: RuntimeParameter[float] = setting(DedupSection, "threshold")
+    k: RuntimeParameter[int] = setting(DedupSection, "k")
+    method: RuntimeParameter[str] = setting(DedupSection, "method")
+    index_min_rows: RuntimeParameter[int] = setting(DedupSection, "index_min_rows")
+    nprobe: RuntimeParameter[int] = setting(DedupSection, "nprobe")
+    embedding_batch_size: RuntimeParameter[int] = setting(DedupSection, "embedding_batch_size")
     keep_embedding: RuntimeParameter[bool] = Field(default=False, description="Keep the embedding column.")
 
     @property
@@ -413,7 +426,7 @@ class NearDuplicateTagging(GlobalStep):
         yield inputs
 
 
-class CuratedSelection(GlobalStep):
+class CuratedSelection(GlobalStep, Configured):
     """Keeps rows that pass the quality thresholds and are not near-duplicates, then
     samples per task category to ``target_size`` (see ``magpie_dl.selection``).
 
@@ -437,18 +450,17 @@ class CuratedSelection(GlobalStep):
         - selection_reason (str | None: None for selected rows)
     """
 
-    min_difficulty: Optional[RuntimeParameter[str]] = Field(default="medium", description="Lowest difficulty kept.")
-    min_input_quality: Optional[RuntimeParameter[str]] = Field(default="good", description="Lowest input quality kept.")
-    min_instruct_reward: Optional[RuntimeParameter[float]] = Field(default=-5.0, description="Lowest instruct reward kept.")
-    remove_duplicates: RuntimeParameter[bool] = Field(default=True, description="Drop near-duplicates.")
-    languages: Optional[RuntimeParameter[List[str]]] = Field(default=None, description="Allowed languages (None: any).")
-    require_safe: RuntimeParameter[bool] = Field(default=False, description="Keep only rows judged safe.")
-    require_category: RuntimeParameter[bool] = Field(default=True, description="Drop rows without a task category.")
-    target_size: Optional[RuntimeParameter[int]] = Field(default=None, description="Rows to select (None: all eligible).")
-    category_mix: RuntimeParameter[Union[str, Dict[str, float]]] = Field(
-        default="reference", description="reference (30% Information + Advice seeking), uniform, natural, or weights."
-    )
-    seed: RuntimeParameter[int] = Field(default=0, description="Sampling seed.")
+    # Declared by magpie_dl.selection.SelectionConfig; a recipe's `selection` section sets them.
+    min_difficulty: Optional[RuntimeParameter[str]] = setting(SelectionConfig, "min_difficulty")
+    min_input_quality: Optional[RuntimeParameter[str]] = setting(SelectionConfig, "min_input_quality")
+    min_instruct_reward: Optional[RuntimeParameter[float]] = setting(SelectionConfig, "min_instruct_reward")
+    remove_duplicates: RuntimeParameter[bool] = setting(SelectionConfig, "remove_duplicates")
+    languages: Optional[RuntimeParameter[List[str]]] = setting(SelectionConfig, "languages")
+    require_safe: RuntimeParameter[bool] = setting(SelectionConfig, "require_safe")
+    require_category: RuntimeParameter[bool] = setting(SelectionConfig, "require_category")
+    target_size: Optional[RuntimeParameter[int]] = setting(SelectionConfig, "target_size")
+    category_mix: RuntimeParameter[Union[str, Dict[str, float]]] = setting(SelectionConfig, "category_mix")
+    seed: RuntimeParameter[int] = setting(SelectionConfig, "seed")
     keep_rejected: RuntimeParameter[bool] = Field(default=False, description="Also output rejected rows.")
     report_path: Optional[RuntimeParameter[str]] = Field(default=None, description="Write the selection report here (JSON).")
 
@@ -467,10 +479,9 @@ class CuratedSelection(GlobalStep):
     def outputs(self) -> "StepColumns":
         return ["selection_reason"]
 
-    def config(self) -> Any:
-        from magpie_dl.selection import SelectionConfig
-
-        return SelectionConfig.from_settings(self, self.seed)
+    def config(self) -> SelectionConfig:
+        """The library's config from this step's fields (declared by it, same names)."""
+        return SelectionConfig(**{name: getattr(self, name) for name in SelectionConfig.model_fields})
 
     def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
         from magpie_dl.selection import select_rows

@@ -6,7 +6,7 @@ write the queries of the indices they receive, and :class:`ExactDuplicateQueries
 puts the rows back in row order and marks exact duplicates. :func:`query_stage` picks.
 """
 
-from typing import Any, Optional, Sequence, TYPE_CHECKING
+from typing import Any, Dict, Optional, Sequence, TYPE_CHECKING
 from typing import ClassVar
 
 from distilabel.mixins.runtime_parameters import RuntimeParameter
@@ -21,14 +21,14 @@ from magpie_dl.families import (
 from magpie_dl.magpie import SystemPromptPlan, derive_seed, row_uuid
 from magpie_dl.prompts import pre_query_token_ids
 from magpie_dl.reasons import instruction_status_of
+from magpie_dl.sections import GeneratorConfig
 from magpie_dl.streaming import complete_in_batches
+from steps.settings import Configured, setting
 from steps.streaming import StreamedCompletions, StreamingStep
 
 if TYPE_CHECKING:
     from distilabel.steps.base import _Step
     from distilabel.typing import GeneratorStepOutput, StepColumns, StepOutput
-
-    from magpie_dl.config import BackendConfig, GeneratorConfig
 
 QUERY_COLUMNS = [
     "uuid", "instruction", "raw_instruction", "cleaning_actions", "cleaning_removed", "instruction_status",
@@ -38,13 +38,15 @@ QUERY_COLUMNS = [
 INDEX_COLUMN = "query_index"
 
 
-class MagpieQueryWriter(StreamedCompletions):
+class MagpieQueryWriter(StreamedCompletions, Configured):
     """Mixin: writes, cleans and annotates the Magpie queries of given row indices.
 
     Each row's system prompt and sampling seed derive from (``seed``, row index), so a
     row's query does not depend on batching, on which step wrote it, or on replicas.
     Raw queries are cleaned; unusable ones are kept and marked with a reason. Exact
     duplicates are not marked here: that needs the rows before, in index order.
+    The fields are declared by the recipe's ``generator`` section, and a recipe builds
+    the steps from it: ``MagpieGenerator.from_config(cfg.generator, llm=..., seed=...)``.
 
     Attributes:
         llm: a ``CompletionLLM`` backend (transformers, vLLM, OpenAI-compatible server).
@@ -58,20 +60,18 @@ class MagpieQueryWriter(StreamedCompletions):
     """
 
     llm: CompletionLLM
-    family: str = Field(default="auto", description="Model family, or `auto` to detect it.")
-    system_prompt: str | None = None
-    system_prompts: dict[str, tuple[str | None, float]] | None = None
-    control_task: str | None = None
-    ban_first_token_markdown: bool = True
-    stop_at_newline: Optional[bool] = Field(
-        default=None, description="Stop queries at their first newline; None: the family's default."
-    )
+    family: str = setting(GeneratorConfig, "family")
+    system_prompt: Optional[str] = setting(GeneratorConfig, "system_prompt")
+    system_prompts: Optional[dict[str, tuple[Optional[str], float]]] = setting(GeneratorConfig, "system_prompts")
+    control_task: Optional[str] = setting(GeneratorConfig, "control_task")
+    ban_first_token_markdown: bool = setting(GeneratorConfig, "ban_first_token_markdown")
+    stop_at_newline: Optional[bool] = setting(GeneratorConfig, "stop_at_newline")
     min_chars: int = Field(default=3, description="Shorter cleaned queries are marked too_short.")
     max_chars: int = Field(default=8000, description="Longer cleaned queries are marked too_long.")
 
-    temperature: RuntimeParameter[float] = Field(default=1.0, description="Sampling temperature.")
-    top_p: RuntimeParameter[float] = Field(default=1.0, description="Nucleus sampling mass.")
-    max_tokens: RuntimeParameter[int] = Field(default=1024, description="Maximum query tokens.")
+    temperature: RuntimeParameter[float] = setting(GeneratorConfig, "temperature")
+    top_p: RuntimeParameter[float] = setting(GeneratorConfig, "top_p")
+    max_tokens: RuntimeParameter[int] = setting(GeneratorConfig, "max_tokens")
     seed: RuntimeParameter[int] = Field(default=0, description="Run seed; row seeds derive from it.")
 
     _family: Optional[ModelFamily] = PrivateAttr(default=None)
@@ -80,25 +80,6 @@ class MagpieQueryWriter(StreamedCompletions):
     _stops: Optional[ResolvedStops] = PrivateAttr(default=None)
     _ban_ids: tuple[int, ...] = PrivateAttr(default=())
     _newline: bool = PrivateAttr(default=False)
-
-    @staticmethod
-    def settings(config: "GeneratorConfig", backend: "BackendConfig", seed: int) -> dict[str, Any]:
-        """The writer's fields for a recipe's ``generator`` section."""
-        from magpie_dl.backends import make_backend
-
-        return {
-            "llm": make_backend(backend, config.model, seed),
-            "family": config.family,
-            "system_prompt": config.system_prompt,
-            "control_task": config.control_task,
-            "system_prompts": config.system_prompts,
-            "ban_first_token_markdown": config.ban_first_token_markdown,
-            "stop_at_newline": config.stop_at_newline,
-            "temperature": config.temperature,
-            "top_p": config.top_p,
-            "max_tokens": config.max_tokens,
-            "seed": seed,
-        }
 
     def load_writer(self) -> None:
         """Call from ``load()``: the store, the system-prompt plan, the engine, its family and stops."""
@@ -203,19 +184,10 @@ class MagpieGenerator(GeneratorStep, MagpieQueryWriter):
         >>> gen.load(); rows, last = next(gen.process())
     """
 
-    num_rows: int = Field(default=100, ge=1, description="How many queries to write.")
+    config_names: ClassVar[Dict[str, Optional[str]]] = {"num_instructions": "num_rows"}
 
-    @classmethod
-    def from_config(
-        cls, config: "GeneratorConfig", backend: "BackendConfig", seed: int, **kwargs: Any
-    ) -> "MagpieGenerator":
-        """The step for a recipe's ``generator`` section; ``kwargs`` set the rest (name, cache_dir...)."""
-        return cls(
-            **cls.settings(config, backend, seed),
-            num_rows=config.num_instructions,
-            batch_size=config.batch_size,
-            **kwargs,
-        )
+    # Standalone, a handful of queries; the recipe's section says how many it writes.
+    num_rows: int = setting(GeneratorConfig, "num_instructions", default=100)
 
     def load(self) -> None:
         super().load()
@@ -245,7 +217,7 @@ class MagpieGenerator(GeneratorStep, MagpieQueryWriter):
             yield self.query_requests(range(start, min(start + self.batch_size, self.num_rows)))
 
 
-class QuerySlots(GeneratorStep):
+class QuerySlots(GeneratorStep, Configured):
     """Emits the row indices ``0 .. num_rows - 1`` for :class:`MagpieQueries` replicas to fill.
 
     A generator step runs once; a normal step can be replicated. This cheap generator
@@ -261,7 +233,9 @@ class QuerySlots(GeneratorStep):
         - query_index (int)
     """
 
-    num_rows: int = Field(default=100, ge=1, description="How many queries to write.")
+    config_names: ClassVar[Dict[str, Optional[str]]] = {"num_instructions": "num_rows"}
+
+    num_rows: int = setting(GeneratorConfig, "num_instructions", default=100)
 
     @property
     def outputs(self) -> "StepColumns":
@@ -293,13 +267,7 @@ class MagpieQueries(Step, StreamingStep, MagpieQueryWriter):
     """
 
     role: ClassVar[str] = "queries"  # replicated by scaleout.query_replicas
-
-    @classmethod
-    def from_config(
-        cls, config: "GeneratorConfig", backend: "BackendConfig", seed: int, **kwargs: Any
-    ) -> "MagpieQueries":
-        """The step for a recipe's ``generator`` section; ``kwargs`` set the rest (name, cache_dir...)."""
-        return cls(**cls.settings(config, backend, seed), input_batch_size=config.batch_size, **kwargs)
+    config_names: ClassVar[Dict[str, Optional[str]]] = {"batch_size": "input_batch_size"}
 
     def load(self) -> None:
         super().load()
@@ -330,7 +298,7 @@ class MagpieQueries(Step, StreamingStep, MagpieQueryWriter):
         return rows
 
 
-class ExactDuplicateQueries(Step):
+class ExactDuplicateQueries(Step, Configured):
     """Marks exact duplicate queries in row order, as :class:`MagpieGenerator` does; one replica.
 
     :class:`MagpieQueries` replicas finish batches in any order. This step puts the rows
@@ -348,6 +316,8 @@ class ExactDuplicateQueries(Step):
     Output columns:
         - instruction_status (str: ``duplicate`` where the query repeats an earlier row's)
     """
+
+    config_names: ClassVar[Dict[str, Optional[str]]] = {"batch_size": "input_batch_size"}
 
     _pending: dict[int, dict[str, Any]] = PrivateAttr(default_factory=dict)
     _next_index: int = PrivateAttr(default=0)
@@ -378,18 +348,20 @@ class ExactDuplicateQueries(Step):
 
 
 def query_stage(
-    config: "GeneratorConfig", backend: "BackendConfig", seed: int, replicas: int = 1, cache_dir: str | None = None
+    config: GeneratorConfig, llm: CompletionLLM, seed: int, replicas: int = 1, cache_dir: Optional[str] = None
 ) -> "_Step":
     """The query stage of a recipe (call inside ``with Pipeline``); returns the step to connect on.
 
+    ``llm`` is the generator's engine (``make_backend(cfg.backend, config.model, seed)``).
     ``replicas == 1``: one :class:`MagpieGenerator`. More: ``QuerySlots >> MagpieQueries
     >> ExactDuplicateQueries``, whose ``magpie_queries`` step Ray replicates
     (``scaleout.query_replicas``); off Ray it runs once. Both give the same rows.
     """
+    shared = {"llm": llm, "seed": seed, "cache_dir": cache_dir}
     if replicas == 1:
-        return MagpieGenerator.from_config(config, backend, seed, name="magpie_generator", cache_dir=cache_dir)
-    slots = QuerySlots(name="query_slots", num_rows=config.num_instructions, batch_size=config.batch_size)
-    queries = MagpieQueries.from_config(config, backend, seed, name="magpie_queries", cache_dir=cache_dir)
-    in_order = ExactDuplicateQueries(name="exact_duplicates", input_batch_size=config.batch_size)
+        return MagpieGenerator.from_config(config, name="magpie_generator", **shared)
+    slots = QuerySlots.from_config(config, name="query_slots")
+    queries = MagpieQueries.from_config(config, name="magpie_queries", **shared)
+    in_order = ExactDuplicateQueries.from_config(config, name="exact_duplicates")
     slots >> queries >> in_order
     return in_order

@@ -4,15 +4,16 @@ from typing import TYPE_CHECKING
 
 from distilabel.mixins.runtime_parameters import RuntimeParameter
 from distilabel.steps import Step, StepInput
-from pydantic import Field
 
 from magpie_dl.pairing import PairingRules, pair_columns
+from magpie_dl.sections import PairingConfig
+from steps.settings import Configured, setting
 
 if TYPE_CHECKING:
     from distilabel.typing import StepColumns, StepOutput
 
 
-class BestWorstPairing(Step):
+class BestWorstPairing(Step, Configured):
     """Turns scored responses into a chosen/rejected pair, or a reason there is none.
 
     Truncated (finish reason ``length``), empty or failed responses and responses
@@ -35,7 +36,7 @@ class BestWorstPairing(Step):
           pair_status (str: ``kept`` or the reason).
     """
 
-    min_margin: RuntimeParameter[float] = Field(default=0.0, description="Smallest score margin kept.")
+    min_margin: RuntimeParameter[float] = setting(PairingConfig, "min_margin")  # the `pairing` section
 
     @property
     def inputs(self) -> "StepColumns":

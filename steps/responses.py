@@ -1,6 +1,6 @@
 """MultiResponseGeneration: N responses per instruction from one prompt (not N calls)."""
 
-from typing import Any, Literal, Optional, TYPE_CHECKING
+from typing import Any, Dict, Literal, Optional, TYPE_CHECKING
 from typing import ClassVar
 
 from distilabel.mixins.runtime_parameters import RuntimeParameter
@@ -13,13 +13,15 @@ from magpie_dl.families import ModelFamily, ResolvedStops, resolve_family, resol
 from magpie_dl.magpie import derive_seed
 from magpie_dl.prompts import render_response_prompt, response_prompt_template, response_token_ids
 from magpie_dl.reasons import is_usable
+from magpie_dl.sections import GeneratorConfig, ResponsesConfig
+from steps.settings import Configured, setting
 from steps.streaming import StreamingStep
 
 if TYPE_CHECKING:
     from distilabel.typing import StepColumns, StepOutput
 
 
-class MultiResponseGeneration(Step, StreamingStep):
+class MultiResponseGeneration(Step, StreamingStep, Configured):
     """Samples ``num_generations`` responses per instruction in one request.
 
     The prompt is the Magpie reference's bare prompt (``prompt_style="magpie"``, the
@@ -32,6 +34,9 @@ class MultiResponseGeneration(Step, StreamingStep):
     anything scores or exports them; one that was only whitespace becomes ``""`` and is
     marked empty downstream. In a pipeline, batches overlap on one stream (see
     :mod:`steps.streaming`): the next rows' requests run while this batch's longest finish.
+
+    In a recipe: ``MultiResponseGeneration.from_config(cfg.responses, llm=..., family=...,
+    engine=..., seed=...)``; its fields are declared by that section.
 
     Attributes:
         llm: a ``CompletionLLM`` backend.
@@ -59,20 +64,22 @@ class MultiResponseGeneration(Step, StreamingStep):
 
     role: ClassVar[str] = "responses"  # replicated by scaleout.generation_replicas
 
+    # The recipe's ``responses`` section (or the curation recipe's ``instruct_reward``).
+    config_names: ClassVar[Dict[str, Optional[str]]] = {"batch_size": "input_batch_size"}
+
     llm: CompletionLLM
-    num_generations: int = Field(default=5, ge=1)
-    family: str = "auto"
-    prompt_style: Literal["chat_template", "magpie"] = "magpie"
-    thinking: bool = Field(default=False, description="Thinking on (Qwen3-style templates); off by default.")
+    # One response is a use too (the instruct reward); the DPO recipe needs two to pair.
+    num_generations: int = setting(ResponsesConfig, "num_generations", ge=1)
+    family: str = setting(GeneratorConfig, "family")
+    prompt_style: Literal["chat_template", "magpie"] = setting(ResponsesConfig, "prompt_style")
+    thinking: bool = setting(ResponsesConfig, "thinking")
     engine: str = Field(default="transformers", description="Recorded as gen_response_configs.engine.")
 
-    temperature: RuntimeParameter[float] = Field(default=0.8, description="Sampling temperature.")
-    top_p: RuntimeParameter[float] = Field(default=1.0, description="Nucleus sampling mass.")
-    max_tokens: RuntimeParameter[int] = Field(default=4096, description="Maximum response tokens.")
+    temperature: RuntimeParameter[float] = setting(ResponsesConfig, "temperature")
+    top_p: RuntimeParameter[float] = setting(ResponsesConfig, "top_p")
+    max_tokens: RuntimeParameter[int] = setting(ResponsesConfig, "max_tokens")
     seed: RuntimeParameter[int] = Field(default=0, description="Run seed; row seeds derive from it.")
-    repetition_penalty: RuntimeParameter[float] = Field(
-        default=1.0, gt=0.0, description="Repetition penalty (vLLM's); 1.0 changes nothing."
-    )
+    repetition_penalty: RuntimeParameter[float] = setting(ResponsesConfig, "repetition_penalty")
 
     _family: Optional[ModelFamily] = PrivateAttr(default=None)
     _template: Optional[str] = PrivateAttr(default=None)

@@ -2,24 +2,24 @@
 
 from collections import Counter
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any, ClassVar, Optional
+from typing import TYPE_CHECKING, ClassVar, Dict, Optional
 
 from distilabel.mixins.runtime_parameters import RuntimeParameter
 from distilabel.steps import Step, StepInput
-from pydantic import Field, PrivateAttr
+from pydantic import PrivateAttr
 
 from magpie_dl.reasons import EMPTY_RESPONSE, FINISH_ERROR
 from magpie_dl.scoring import RewardScorer, Scored, conversation_token_ids
+from magpie_dl.sections import RewardConfig
 from magpie_dl.store import cached_map, result_key
 from steps.base import StoredResults
+from steps.settings import Configured, setting
 
 if TYPE_CHECKING:
     from distilabel.typing import StepColumns, StepOutput
 
-    from magpie_dl.config import RewardConfig
 
-
-class RewardScoring(Step, StoredResults):
+class RewardScoring(Step, StoredResults, Configured):
     """Scores each (instruction, response) with a reward model, batch-invariantly.
 
     ArmoRM (recognised from its ``config.json``) runs on this library's implementation
@@ -30,6 +30,8 @@ class RewardScoring(Step, StoredResults):
     do non-finite scores and ArmoRM inputs whose assistant header the cut removed; the
     reason is in ``rating_errors`` (``empty_response``, ``non_finite_score:...``,
     ``gating_tokens_missing``) and the step logs how many of each.
+
+    Built from a recipe's ``reward`` section with ``RewardScoring.from_config(cfg.reward, ...)``.
 
     Attributes:
         model: reward model path or hub id.
@@ -51,34 +53,22 @@ class RewardScoring(Step, StoredResults):
 
     role: ClassVar[str] = "reward"  # replicated by scaleout.reward_replicas
 
-    model: str
-    trust_remote_code: bool = False
-    dtype: str = "auto"
-    device: str = "cpu"
-    max_length: RuntimeParameter[int] = Field(default=4096, description="Truncation length in tokens.")
-    scoring_batch_size: RuntimeParameter[int] = Field(default=64, description="Most sequences per forward pass.")
-    scoring_batch_tokens: RuntimeParameter[int] = Field(
-        default=32768, description="Most padded tokens (sequences x longest) per forward pass."
-    )
+    config_names: ClassVar[Dict[str, Optional[str]]] = {
+        "batch_size": "scoring_batch_size", "batch_tokens": "scoring_batch_tokens",
+    }
+
+    model: str = setting(RewardConfig, "model", default=...)  # required: no default model standalone
+    trust_remote_code: bool = setting(RewardConfig, "trust_remote_code")
+    # Standalone, the step runs where any machine can: the recipe's section says bfloat16 on cuda.
+    dtype: str = setting(RewardConfig, "dtype", default="auto")
+    device: str = setting(RewardConfig, "device", default="cpu")
+    max_length: RuntimeParameter[int] = setting(RewardConfig, "max_length")
+    scoring_batch_size: RuntimeParameter[int] = setting(RewardConfig, "batch_size")
+    scoring_batch_tokens: RuntimeParameter[int] = setting(RewardConfig, "batch_tokens")
 
     _scorer: Optional[RewardScorer] = PrivateAttr(default=None)
     # 2: ArmoRM scored natively (the tiny reward model became an ArmoRM at the same path).
     CACHE_VERSION: ClassVar[str] = "2"
-
-    @classmethod
-    def from_config(cls, config: "RewardConfig", **kwargs: Any) -> "RewardScoring":
-        """The step for a recipe's ``reward`` section; ``kwargs`` set the rest (name, mappings...)."""
-        return cls(
-            model=config.model,
-            trust_remote_code=config.trust_remote_code,
-            dtype=config.dtype,
-            device=config.device,
-            max_length=config.max_length,
-            scoring_batch_size=config.batch_size,
-            scoring_batch_tokens=config.batch_tokens,
-            input_batch_size=config.input_batch_size,
-            **kwargs,
-        )
 
     def load(self) -> None:
         super().load()

@@ -57,7 +57,7 @@ def test_newline_early_stop_is_the_reference_default_per_family(name, newline):
 def _generator(tiny_models, **kw: Any) -> MagpieGenerator:
     step = MagpieGenerator(
         llm=TransformersBackend(model=tiny_models["generator"], dtype="float32"),
-        **{"num_rows": 6, "batch_size": 6, "max_tokens": 24, "seed": 5, **kw},
+        **{"num_rows": 6, "batch_size": 6, "max_tokens": 24, "temperature": 1.0, "seed": 5, **kw},
     )
     step.load()
     return step

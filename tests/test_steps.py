@@ -16,7 +16,7 @@ from steps.reward import RewardScoring
 def generator(tiny_models, **kw) -> MagpieGenerator:
     step = MagpieGenerator(
         llm=TransformersBackend(model=tiny_models["generator"], dtype="float32"),
-        **{"num_rows": 10, "batch_size": 4, "max_tokens": 40, "seed": 3, **kw},
+        **{"num_rows": 10, "batch_size": 4, "max_tokens": 40, "temperature": 1.0, "seed": 3, **kw},
     )
     step.load()
     return step
