@@ -84,7 +84,9 @@ def responses_to_score(rows: Sequence[Mapping[str, Any]]) -> list[tuple[int, int
     return wanted
 
 
-def set_ratings(rows: Sequence[dict[str, Any]], wanted: Sequence[tuple[int, int]], scored: Sequence[Scored]) -> Counter[str]:
+def set_ratings(
+    rows: Sequence[dict[str, Any]], wanted: Sequence[tuple[int, int]], scored: Sequence[Scored]
+) -> Counter[str]:
     """Write every row's ``ratings``, ``rating_truncated`` and ``rating_errors`` from the scores
     of the ``wanted`` positions (:func:`responses_to_score`). A response not scored has no
     rating; an empty one says so (``empty_response``). Returns why scored responses got no

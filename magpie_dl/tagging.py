@@ -405,7 +405,9 @@ def untagged_columns(tasks: Iterable[TagTask], model: str) -> dict[str, Any]:
 
 def unguarded_columns(model: str, tagging_errors: list[dict[str, Any]] | None) -> dict[str, Any]:
     """A row's guard columns before its answer; the judge's ``tagging_errors`` are kept (copied)."""
-    return {"safety": None, "safety_categories": [], "safety_model": model, "tagging_errors": list(tagging_errors or [])}
+    return {
+        "safety": None, "safety_categories": [], "safety_model": model, "tagging_errors": list(tagging_errors or []),
+    }
 
 
 def record_answer(

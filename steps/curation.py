@@ -107,7 +107,8 @@ class InstructionTagging(LLMStep, Step):
         )
         for row in inputs:
             row.update(untagged_columns(tasks, self.llm.provenance_name))
-        failures = sum(not record_answer(row, task.name, task.parse, answer) for (row, task), [answer] in zip(jobs, answers))
+        parsed = [record_answer(row, task.name, task.parse, answer) for (row, task), [answer] in zip(jobs, answers)]
+        failures = parsed.count(False)
         if failures:
             self._logger.info(f"{failures} of {len(jobs)} judge answers could not be parsed (see tagging_errors)")
         self.report_progress(len(inputs), sum(answer.num_tokens for [answer] in answers))
