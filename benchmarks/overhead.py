@@ -145,17 +145,19 @@ class InstantScorer:
     def score_token_ids(self, sequences: list[list[int]]) -> list[Scored]:
         return [Scored(score=instant_score(s), num_tokens=len(s), truncated=False) for s in sequences]
 
+    def load(self) -> None:
+        """Nothing to load: the tokenizer came with the constructor."""
+
     def unload(self) -> None:
-        """Nothing to free (RewardScoring.unload calls it)."""
+        """Nothing to free."""
 
 
 class InstantRewardScoring(RewardScoring):
     """Our RewardScoring step with the instant scorer in place of the model."""
 
-    def load(self) -> None:
-        Step.load(self)
-        self.open_store()
+    def model_to_load(self) -> InstantScorer:  # type: ignore[override]
         self._scorer = InstantScorer(self.model)
+        return self._scorer
 
 
 class InstantRewardModel:

@@ -22,12 +22,14 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from magpie_dl import armorm
 from magpie_dl.prompts import encode_markup, encode_text
-from magpie_dl.reasons import GATING_TOKENS_MISSING, non_finite_score
+from magpie_dl.reasons import EMPTY_RESPONSE, FINISH_ERROR, GATING_TOKENS_MISSING, non_finite_score
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -64,6 +66,40 @@ class Scored:
     num_tokens: int
     truncated: bool
     error: str | None = None
+
+
+def _has_text(text: str | None) -> bool:
+    return bool(text and text.strip())
+
+
+def responses_to_score(rows: Sequence[Mapping[str, Any]]) -> list[tuple[int, int]]:
+    """(row, response) positions worth scoring: responses with text whose generation did not
+    fail (``finish_reasons``, when a row has them, says which failed)."""
+    wanted = []
+    for r, row in enumerate(rows):
+        reasons = row.get("finish_reasons") or []
+        for j, text in enumerate(row["generations"] or []):
+            if _has_text(text) and (reasons[j] if j < len(reasons) else None) != FINISH_ERROR:
+                wanted.append((r, j))
+    return wanted
+
+
+def set_ratings(
+    rows: Sequence[dict[str, Any]], wanted: Sequence[tuple[int, int]], scored: Sequence[Scored]
+) -> Counter[str]:
+    """Write every row's ``ratings``, ``rating_truncated`` and ``rating_errors`` from the scores
+    of the ``wanted`` positions (:func:`responses_to_score`). A response not scored has no
+    rating; an empty one says so (``empty_response``). Returns why scored responses got no
+    score, counted by reason."""
+    for row in rows:
+        texts = row["generations"] or []
+        row["ratings"], row["rating_truncated"] = [None] * len(texts), [False] * len(texts)
+        row["rating_errors"] = [None if _has_text(text) else EMPTY_RESPONSE for text in texts]
+    for (r, j), result in zip(wanted, scored):
+        rows[r]["ratings"][j] = result.score
+        rows[r]["rating_truncated"][j] = result.truncated
+        rows[r]["rating_errors"][j] = result.error
+    return Counter(result.error for result in scored if result.error)
 
 
 class RewardScorer:

@@ -19,7 +19,8 @@ prose around it, raw control characters inside strings), then the same after a m
 leading brace (answers that continue a prefilled ``{``). The decoded object is then
 normalised (label case and spelling) and validated against the schema. A failure is
 returned as ``(None, reason)``, never raised, so callers record the raw output and
-count it.
+count it: :func:`record_answer` puts an answer into its row, its columns or a
+``tagging_errors`` entry, for the judge's tasks and the guard alike.
 """
 
 from __future__ import annotations
@@ -27,8 +28,11 @@ from __future__ import annotations
 import ast
 import json
 import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
+
+from magpie_dl.reasons import FINISH_ERROR, is_usable
 
 DIFFICULTY_LEVELS: tuple[str, ...] = ("very easy", "easy", "medium", "hard", "very hard")
 QUALITY_LEVELS: tuple[str, ...] = ("very poor", "poor", "average", "good", "excellent")
@@ -368,3 +372,61 @@ def parse_guard_output(text: str) -> tuple[dict[str, Any] | None, str | None]:
     if verdict == "unsafe" and len(lines) > 1:
         categories = [c.strip() for c in re.split(r"[,\s]+", lines[1]) if c.strip()]
     return {"safety": verdict, "safety_categories": categories}, None
+
+
+# --------------------------------------------------------------------------- rows
+
+SAFETY_TASK = "safety"  # the task name of the guard's failures in tagging_errors
+
+
+class Answer(Protocol):
+    """What is read of one judge or guard completion (``backends.base.Completion`` is one)."""
+
+    text: str
+    finish_reason: str
+    error: str | None
+
+
+def taggable(row: Mapping[str, Any]) -> bool:
+    """Whether a row is sent to the judge: rows the generator marked unusable (empty,
+    truncated...) or with a blank instruction are passed through untagged."""
+    return is_usable(row) and bool((row.get("instruction") or "").strip())
+
+
+def untagged_columns(tasks: Iterable[TagTask], model: str) -> dict[str, Any]:
+    """A row's judge columns before any answer: every task's columns None, no errors yet."""
+    columns: dict[str, Any] = {}
+    for task in tasks:
+        columns.update(task.empty_columns())
+    columns["tagging_model"] = model
+    columns["tagging_errors"] = []
+    return columns
+
+
+def unguarded_columns(model: str, tagging_errors: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """A row's guard columns before its answer; the judge's ``tagging_errors`` are kept (copied)."""
+    return {
+        "safety": None, "safety_categories": [], "safety_model": model, "tagging_errors": list(tagging_errors or []),
+    }
+
+
+def record_answer(
+    row: dict[str, Any],
+    task: str,
+    parse: Callable[[str], tuple[dict[str, Any] | None, str | None]],
+    answer: Answer,
+) -> bool:
+    """Put one answer into ``row``: its parsed columns, or (a failed completion or an
+    unreadable answer) a ``tagging_errors`` entry ``{task, error, finish_reason, raw_output}``.
+    True when the answer parsed."""
+    if answer.finish_reason == FINISH_ERROR:
+        value, error = None, f"backend error: {answer.error}"
+    else:
+        value, error = parse(answer.text)
+    if value is None:
+        row["tagging_errors"].append(
+            {"task": task, "error": error, "finish_reason": answer.finish_reason, "raw_output": answer.text}
+        )
+        return False
+    row.update(value)
+    return True

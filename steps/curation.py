@@ -19,12 +19,12 @@ from pydantic import Field, PrivateAttr, field_validator
 
 from magpie_dl.backends.base import CompletionLLM, PromptInput, SamplingSpec
 from magpie_dl.embeddings import PACKAGED_MINILM
-from magpie_dl.reasons import FINISH_ERROR, is_usable
 from magpie_dl.sections import DedupSection, TaggingConfig
 from magpie_dl.selection import SelectionConfig
-from magpie_dl.store import cached_complete
-from magpie_dl.tagging import TAG_TASKS, TagTask
-from steps.base import StoredResults
+from magpie_dl.tagging import (
+    SAFETY_TASK, TAG_TASKS, TagTask, parse_guard_output, record_answer, taggable, unguarded_columns, untagged_columns,
+)
+from steps.base import LLMStep
 from steps.settings import Configured, setting
 
 if TYPE_CHECKING:
@@ -38,12 +38,7 @@ TASK_COLUMNS = {task: list(TAG_TASKS[task].columns.values()) for task in TAG_TAS
 _log = logging.getLogger("magpie_dl.curation")
 
 
-def _usable(row: dict[str, Any]) -> bool:
-    """Rows the generator marked unusable (empty, truncated...) are passed through untagged."""
-    return is_usable(row) and bool((row.get("instruction") or "").strip())
-
-
-class InstructionTagging(Step, StoredResults, Configured):
+class InstructionTagging(LLMStep, Step, Configured):
     """Tags instructions with an LLM judge: difficulty, input quality, task category.
 
     One prompt per (instruction, tag task), rendered with the judge's chat template and
@@ -90,15 +85,6 @@ class InstructionTagging(Step, StoredResults, Configured):
             raise ValueError(f"tasks must be a non-empty subset of {list(TAG_TASKS)}, got {tasks}")
         return tasks
 
-    def load(self) -> None:
-        super().load()
-        self.open_store()
-        self.llm.load()
-
-    def unload(self) -> None:
-        self.llm.unload()
-        super().unload()
-
     @property
     def inputs(self) -> "StepColumns":
         return ["instruction"]
@@ -116,44 +102,25 @@ class InstructionTagging(Step, StoredResults, Configured):
         return self.llm.chat_prompt([{"role": "user", "content": task.render(instruction)}])
 
     def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
+        self.report_started()
         tasks = [TAG_TASKS[name] for name in self.tasks]
-        jobs = [(r, task) for r, row in enumerate(inputs) if _usable(row) for task in tasks]
-        prompts = [self.prompt(task, inputs[r]["instruction"]) for r, task in jobs]
-        specs = [
-            SamplingSpec(n=1, temperature=0.0, max_tokens=self.max_tokens, seed=0, json_schema=task.schema)
-            for _, task in jobs
-        ]
-        results = cached_complete(self.store, self.name, self.CACHE_VERSION, self.llm, prompts, specs)
+        jobs = [(row, task) for row in inputs if taggable(row) for task in tasks]
+        answers = self.complete(
+            [self.prompt(task, row["instruction"]) for row, task in jobs],
+            [SamplingSpec(n=1, temperature=0.0, max_tokens=self.max_tokens, seed=0, json_schema=task.schema)
+             for _, task in jobs],
+        )
         for row in inputs:
-            for task in tasks:
-                row.update(task.empty_columns())
-            row["tagging_model"] = self.llm.provenance_name
-            row["tagging_errors"] = []
-        failures = 0
-        for (r, task), [completion] in zip(jobs, results):
-            row = inputs[r]
-            if completion.finish_reason == FINISH_ERROR:
-                value, error = None, f"backend error: {completion.error}"
-            else:
-                value, error = task.parse(completion.text)
-            if value is None:
-                failures += 1
-                row["tagging_errors"].append(
-                    {
-                        "task": task.name,
-                        "error": error,
-                        "finish_reason": completion.finish_reason,
-                        "raw_output": completion.text,
-                    }
-                )
-            else:
-                row.update(value)
+            row.update(untagged_columns(tasks, self.llm.provenance_name))
+        parsed = [record_answer(row, task.name, task.parse, answer) for (row, task), [answer] in zip(jobs, answers)]
+        failures = parsed.count(False)
         if failures:
             self._logger.info(f"{failures} of {len(jobs)} judge answers could not be parsed (see tagging_errors)")
+        self.report_progress(len(inputs), sum(answer.num_tokens for [answer] in answers))
         yield inputs
 
 
-class SafetyTagging(Step, StoredResults, Configured):
+class SafetyTagging(LLMStep, Step, Configured):
     """Optional: a guard model's verdict on each instruction (Llama Guard in the reference).
 
     The guard's own chat template turns the instruction into its classification prompt;
@@ -181,15 +148,6 @@ class SafetyTagging(Step, StoredResults, Configured):
     llm: CompletionLLM
     max_tokens: RuntimeParameter[int] = Field(default=16, description="Answer budget.")
 
-    def load(self) -> None:
-        super().load()
-        self.open_store()
-        self.llm.load()
-
-    def unload(self) -> None:
-        self.llm.unload()
-        super().unload()
-
     @property
     def inputs(self) -> "StepColumns":
         return ["instruction"]
@@ -203,24 +161,15 @@ class SafetyTagging(Step, StoredResults, Configured):
         return self.llm.chat_prompt([{"role": "user", "content": instruction}])
 
     def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
-        from magpie_dl.tagging import parse_guard_output
-
-        todo = [row for row in inputs if _usable(row)]
-        prompts = [self.prompt(row["instruction"]) for row in todo]
-        specs = [SamplingSpec(n=1, temperature=0.0, max_tokens=self.max_tokens, seed=0)] * len(prompts)
-        results = cached_complete(self.store, self.name, self.CACHE_VERSION, self.llm, prompts, specs)
+        self.report_started()
+        todo = [row for row in inputs if taggable(row)]
+        spec = SamplingSpec(n=1, temperature=0.0, max_tokens=self.max_tokens, seed=0)
+        answers = self.complete([self.prompt(row["instruction"]) for row in todo], [spec] * len(todo))
         for row in inputs:
-            row.update({"safety": None, "safety_categories": [], "safety_model": self.llm.provenance_name})
-            row["tagging_errors"] = list(row.get("tagging_errors") or [])
-        for row, [completion] in zip(todo, results):
-            value, error = parse_guard_output(completion.text) if completion.finish_reason != FINISH_ERROR else (
-                None, f"backend error: {completion.error}")
-            if value is None:
-                row["tagging_errors"].append({"task": "safety", "error": error,
-                                              "finish_reason": completion.finish_reason,
-                                              "raw_output": completion.text})
-            else:
-                row.update(value)
+            row.update(unguarded_columns(self.llm.provenance_name, row.get("tagging_errors")))
+        for row, [answer] in zip(todo, answers):
+            record_answer(row, SAFETY_TASK, parse_guard_output, answer)
+        self.report_progress(len(inputs), sum(answer.num_tokens for [answer] in answers))
         yield inputs
 
 

@@ -14,13 +14,13 @@ from distilabel.steps import GeneratorStep, Step, StepInput
 from pydantic import Field, PrivateAttr
 
 from magpie_dl.backends.base import Completion, CompletionLLM, PromptInput, SamplingSpec
-from magpie_dl.cleaning import CleaningRules, clean_query, mark_exact_duplicates
+from magpie_dl.cleaning import CleaningRules, mark_exact_duplicates
 from magpie_dl.families import (
     ModelFamily, ResolvedStops, resolve_family, resolve_single_token_ids, resolve_stops,
 )
-from magpie_dl.magpie import SystemPromptPlan, derive_seed, row_uuid
+from magpie_dl.generation import query_row
+from magpie_dl.magpie import SystemPromptPlan, derive_seed
 from magpie_dl.prompts import pre_query_token_ids
-from magpie_dl.reasons import instruction_status_of
 from magpie_dl.sections import GeneratorConfig
 from magpie_dl.streaming import complete_in_batches
 from steps.settings import Configured, setting
@@ -81,11 +81,11 @@ class MagpieQueryWriter(StreamedCompletions, Configured):
     _ban_ids: tuple[int, ...] = PrivateAttr(default=())
     _newline: bool = PrivateAttr(default=False)
 
-    def load_writer(self) -> None:
-        """Call from ``load()``: the store, the system-prompt plan, the engine, its family and stops."""
-        self.open_store()
+    def load(self) -> None:
+        """The system-prompt plan (a bad one fails before the model loads), the store and the
+        engine (:class:`~steps.base.LLMStep`), then the family and its stops."""
         self._plan = SystemPromptPlan.build(self.system_prompt, self.system_prompts, self.control_task)
-        self.llm.load()
+        super().load()
         tokenizer = self.llm.tokenizer
         self._family = family = resolve_family(self.family, tokenizer, self.llm.chat_template_date)
         if family.note:
@@ -121,42 +121,20 @@ class MagpieQueryWriter(StreamedCompletions, Configured):
 
     def query_rows(self, context: Any, completions: list[list[Completion]]) -> list[dict[str, Any]]:
         """Clean and annotate the queries of :meth:`query_requests`' rows; counts progress."""
-        family = self._family
         rules = CleaningRules(min_chars=self.min_chars, max_chars=self.max_chars)
         indices, picks, specs = context
-        rows = []
-        for i, (category, system), spec, [completion] in zip(indices, picks, specs, completions):
-            cleaned = clean_query(completion.text, rules)
-            rows.append(
-                {
-                    "uuid": row_uuid(self.llm.provenance_name, self.seed, i),
-                    "instruction": cleaned.instruction,
-                    "raw_instruction": completion.text,
-                    "cleaning_actions": list(cleaned.actions),
-                    "cleaning_removed": list(cleaned.removed),
-                    "instruction_status": cleaned.reason or instruction_status_of(completion.finish_reason),
-                    "system_prompt_category": category,
-                    "gen_input_configs": {
-                        "input_generator": self.llm.provenance_name,
-                        "temperature": spec.temperature,
-                        "top_p": spec.top_p,
-                        "max_tokens": spec.max_tokens,
-                        "seed": spec.seed,
-                        "pre_query_template": family.pre_query_prompt(system),
-                        "family": family.name,
-                        "family_source": family.source,
-                        "chat_template_date": family.template_date,
-                        "stop_at_newline": self._newline,
-                        "finish_reason": completion.finish_reason,
-                        "num_tokens": completion.num_tokens,
-                    },
-                }
+        rows = [
+            query_row(
+                completion, generator=self.llm.provenance_name, seed=self.seed, index=i, category=category,
+                system_prompt=system, spec=spec, family=self._family, stop_at_newline=self._newline, rules=rules,
             )
+            for i, (category, system), spec, [completion] in zip(indices, picks, specs, completions)
+        ]
         self.report_progress(len(rows), sum(r["gen_input_configs"]["num_tokens"] for r in rows))
         return rows
 
 
-class MagpieGenerator(GeneratorStep, MagpieQueryWriter):
+class MagpieGenerator(MagpieQueryWriter, GeneratorStep):
     """Synthesises user queries with Magpie: the model sees only its pre-query template.
 
     Emits exactly ``num_rows`` rows whatever the ``batch_size``. Each row's system prompt
@@ -188,15 +166,6 @@ class MagpieGenerator(GeneratorStep, MagpieQueryWriter):
 
     # Standalone, a handful of queries; the recipe's section says how many it writes.
     num_rows: int = setting(GeneratorConfig, "num_instructions", default=100)
-
-    def load(self) -> None:
-        super().load()
-        self.load_writer()
-
-    def unload(self) -> None:
-        self.close_batches()
-        self.llm.unload()
-        super().unload()
 
     @property
     def outputs(self) -> "StepColumns":
@@ -247,7 +216,7 @@ class QuerySlots(GeneratorStep, Configured):
             yield [{INDEX_COLUMN: i} for i in range(start, stop)], stop == self.num_rows
 
 
-class MagpieQueries(Step, StreamingStep, MagpieQueryWriter):
+class MagpieQueries(StreamingStep, MagpieQueryWriter, Step):
     """Writes the Magpie queries of the row slots it receives; replicable (one engine each).
 
     The rows equal :class:`MagpieGenerator`'s except for exact duplicates, which
@@ -268,15 +237,6 @@ class MagpieQueries(Step, StreamingStep, MagpieQueryWriter):
 
     role: ClassVar[str] = "queries"  # replicated by scaleout.query_replicas
     config_names: ClassVar[Dict[str, Optional[str]]] = {"batch_size": "input_batch_size"}
-
-    def load(self) -> None:
-        super().load()
-        self.load_writer()
-
-    def unload(self) -> None:
-        self.close_batches()
-        self.llm.unload()
-        super().unload()
 
     @property
     def inputs(self) -> "StepColumns":

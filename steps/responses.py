@@ -8,9 +8,10 @@ from distilabel.steps import Step, StepInput
 from pydantic import Field, PrivateAttr
 
 from magpie_dl.backends.base import Completion, CompletionLLM, PromptInput, SamplingSpec
-from magpie_dl.chat_template import split_thinking
 from magpie_dl.families import ModelFamily, ResolvedStops, resolve_family, resolve_stops
+from magpie_dl.generation import response_columns
 from magpie_dl.magpie import derive_seed
+from magpie_dl.provenance import response_provenance
 from magpie_dl.prompts import render_response_prompt, response_prompt_template, response_token_ids
 from magpie_dl.reasons import is_usable
 from magpie_dl.sections import GeneratorConfig, ResponsesConfig
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
     from distilabel.typing import StepColumns, StepOutput
 
 
-class MultiResponseGeneration(Step, StreamingStep, Configured):
+class MultiResponseGeneration(StreamingStep, Step, Configured):
     """Samples ``num_generations`` responses per instruction in one request.
 
     The prompt is the Magpie reference's bare prompt (``prompt_style="magpie"``, the
@@ -84,23 +85,19 @@ class MultiResponseGeneration(Step, StreamingStep, Configured):
     _family: Optional[ModelFamily] = PrivateAttr(default=None)
     _template: Optional[str] = PrivateAttr(default=None)
     _stops: Optional[ResolvedStops] = PrivateAttr(default=None)
+    _stop_tokens: tuple[str, ...] = PrivateAttr(default=())
 
     def load(self) -> None:
-        super().load()
-        self.open_store()
-        self.llm.load()
+        super().load()  # the store and the engine (steps.base.LLMStep)
         self._family = resolve_family(self.family, self.llm.tokenizer, self.llm.chat_template_date)
         if self._family.note:
             self._logger.warning(self._family.note)
         self._template = response_prompt_template(
             self.llm.tokenizer, self._family, self.prompt_style, self.llm.chat_template_date, self.thinking
         )
-        self._stops = resolve_stops(self.llm.tokenizer, self._family.response_stop)  # scans the vocabulary
-
-    def unload(self) -> None:
-        self.close_batches()
-        self.llm.unload()
-        super().unload()
+        self._stops = stops = resolve_stops(self.llm.tokenizer, self._family.response_stop)  # scans the vocabulary
+        # As recorded in gen_response_configs: the stop strings, then the stop ids' tokens.
+        self._stop_tokens = stops.strings + tuple(self.llm.tokenizer.convert_ids_to_tokens(list(stops.token_ids)))
 
     @property
     def inputs(self) -> "StepColumns":
@@ -147,38 +144,28 @@ class MultiResponseGeneration(Step, StreamingStep, Configured):
         self, rows: list[dict[str, Any]], context: Any, completions: list[list[Completion]]
     ) -> list[dict[str, Any]]:
         """Each row with its responses and their provenance (rows not asked for get none)."""
-        tokenizer, stops = self.llm.tokenizer, self._stops
-        stop_tokens = stops.strings + tuple(tokenizer.convert_ids_to_tokens(list(stops.token_ids)))
         todo, specs = context
         by_uuid = {row["uuid"]: (spec, done) for row, spec, done in zip(todo, specs, completions)}
         for row in rows:
             spec, done = by_uuid.get(row["uuid"], (None, []))
-            if self.thinking:  # the think block is kept apart and never scored
-                split = [split_thinking(c.text) for c in done]
-                row["reasoning"] = [reasoning for reasoning, _ in split]
-                row["generations"] = [answer for _, answer in split]
-            else:
-                row["generations"] = [c.text.strip() for c in done]
-            row["finish_reasons"] = [c.finish_reason for c in done]
-            row["generation_tokens"] = [c.num_tokens for c in done]
-            row["gen_response_configs"] = self._provenance(row, spec, stop_tokens)
+            row.update(response_columns(done, self.thinking))
+            row["gen_response_configs"] = self._provenance(row["instruction"], spec.seed if spec else None)
         self.report_progress(len(rows), sum(sum(row["generation_tokens"]) for row in rows))
         return rows
 
-    def _provenance(self, row: dict[str, Any], spec: SamplingSpec | None, stop_tokens: tuple[str, ...]) -> dict[str, Any]:
-        """The released schema's gen_response_configs, plus the row seed, prompt style and template date."""
-        return {
-            "prompt": render_response_prompt(self._template, row["instruction"]),
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "repetition_penalty": self.repetition_penalty,
-            "max_tokens": self.max_tokens,
-            "stop_tokens": list(stop_tokens),
-            "output_generator": self.llm.provenance_name,
-            "engine": self.engine,
-            "seed": spec.seed if spec else None,
-            "prompt_style": self.prompt_style,
-            "thinking": self.thinking,
-            # The date the chat template rendered as today (None: the magpie prompt has none).
-            "chat_template_date": self.llm.chat_template_date if self.prompt_style == "chat_template" else None,
-        }
+    def _provenance(self, instruction: str, seed: int | None) -> dict[str, Any]:
+        """A row's gen_response_configs (``seed`` None: the row was not sent)."""
+        return response_provenance(
+            prompt=render_response_prompt(self._template, instruction),
+            temperature=self.temperature,
+            top_p=self.top_p,
+            repetition_penalty=self.repetition_penalty,
+            max_tokens=self.max_tokens,
+            stop_tokens=list(self._stop_tokens),
+            generator=self.llm.provenance_name,
+            engine=self.engine,
+            seed=seed,
+            prompt_style=self.prompt_style,
+            thinking=self.thinking,
+            chat_template_date=self.llm.chat_template_date,
+        )

@@ -1,6 +1,5 @@
 """RewardScoring: every response scored by a reward model (ArmoRM in the recipe)."""
 
-from collections import Counter
 from dataclasses import asdict
 from typing import TYPE_CHECKING, ClassVar, Dict, Optional
 
@@ -8,18 +7,17 @@ from distilabel.mixins.runtime_parameters import RuntimeParameter
 from distilabel.steps import Step, StepInput
 from pydantic import PrivateAttr
 
-from magpie_dl.reasons import EMPTY_RESPONSE, FINISH_ERROR
-from magpie_dl.scoring import RewardScorer, Scored, conversation_token_ids
+from magpie_dl.scoring import RewardScorer, Scored, conversation_token_ids, responses_to_score, set_ratings
 from magpie_dl.sections import RewardConfig
 from magpie_dl.store import cached_map, result_key
-from steps.base import StoredResults
+from steps.base import LLMStep
 from steps.settings import Configured, setting
 
 if TYPE_CHECKING:
     from distilabel.typing import StepColumns, StepOutput
 
 
-class RewardScoring(Step, StoredResults, Configured):
+class RewardScoring(LLMStep, Step, Configured):
     """Scores each (instruction, response) with a reward model, batch-invariantly.
 
     ArmoRM (recognised from its ``config.json``) runs on this library's implementation
@@ -70,9 +68,8 @@ class RewardScoring(Step, StoredResults, Configured):
     # 2: ArmoRM scored natively (the tiny reward model became an ArmoRM at the same path).
     CACHE_VERSION: ClassVar[str] = "2"
 
-    def load(self) -> None:
-        super().load()
-        self.open_store()
+    def model_to_load(self) -> RewardScorer:
+        """The reward scorer, loaded and freed by :class:`~steps.base.LLMStep` in place of an ``llm``."""
         self._scorer = RewardScorer(
             self.model,
             max_length=self.max_length,
@@ -82,12 +79,7 @@ class RewardScoring(Step, StoredResults, Configured):
             device=self.device,
             trust_remote_code=self.trust_remote_code,
         )
-        self._scorer.load()
-
-    def unload(self) -> None:
-        if self._scorer is not None:
-            self._scorer.unload()
-        super().unload()
+        return self._scorer
 
     @property
     def inputs(self) -> "StepColumns":
@@ -100,27 +92,13 @@ class RewardScoring(Step, StoredResults, Configured):
 
     def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
         self.report_started()
-        wanted = [
-            (r, j)
-            for r, row in enumerate(inputs)
-            for j, text in enumerate(row["generations"] or [])
-            if text and text.strip() and _finish(row, j) != FINISH_ERROR
-        ]
+        wanted = responses_to_score(inputs)
         scored = self.score([(inputs[r]["instruction"], inputs[r]["generations"][j]) for r, j in wanted])
-        for row in inputs:
-            size = len(row["generations"] or [])
-            row["ratings"], row["rating_truncated"] = [None] * size, [False] * size
-            row["rating_errors"] = [None if _has_text(row, j) else EMPTY_RESPONSE for j in range(size)]
-        for (r, j), result in zip(wanted, scored):
-            inputs[r]["ratings"][j] = result.score
-            inputs[r]["rating_truncated"][j] = result.truncated
-            inputs[r]["rating_errors"][j] = result.error
-        errors = Counter(result.error for result in scored if result.error)
+        errors = set_ratings(inputs, wanted, scored)
         if errors:
             self._logger.warning(f"{sum(errors.values())} of {len(scored)} responses not scored: {dict(errors)}")
         self.report_progress(len(inputs), sum(result.num_tokens for result in scored))
         yield inputs
-
 
     def score(self, pairs: list[tuple[str, str]]) -> list[Scored]:
         """Scores through the durable store, keyed by model, exact tokens and max length."""
@@ -135,12 +113,3 @@ class RewardScoring(Step, StoredResults, Configured):
         )
         return [Scored(**value) for value in values]
 
-
-def _finish(row: dict, j: int) -> str | None:
-    reasons = row.get("finish_reasons") or []
-    return reasons[j] if j < len(reasons) else None
-
-
-def _has_text(row: dict, j: int) -> bool:
-    text = row["generations"][j]
-    return bool(text and text.strip())

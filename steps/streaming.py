@@ -28,9 +28,8 @@ from distilabel.mixins.runtime_parameters import RuntimeParameter
 from pydantic import Field, PrivateAttr
 
 from magpie_dl.backends.base import Completion, PromptInput, SamplingSpec
-from magpie_dl.store import cached_complete
 from magpie_dl.streaming import DEFAULT_MAX_IN_FLIGHT, OrderedBatches
-from steps.base import StoredResults
+from steps.base import LLMStep
 
 if TYPE_CHECKING:
     from distilabel.pipeline.batch import _Batch
@@ -42,10 +41,8 @@ _PULL_EVERY_S = 0.1
 _POLL_S = 0.05
 
 
-class StreamedCompletions(StoredResults):
-    """Mixin: a step that sends its completions through a stream on its backend.
-
-    The step needs an ``llm`` (a ``CompletionLLM``) and ``CACHE_VERSION``.
+class StreamedCompletions(LLMStep):
+    """Mixin: an :class:`~steps.base.LLMStep` that sends its completions through a stream on its backend.
 
     Attributes:
         max_in_flight: sequences (prompts x samples) in flight above which no further
@@ -69,11 +66,15 @@ class StreamedCompletions(StoredResults):
         return self._batches
 
     def close_batches(self) -> None:
-        """Call from ``unload()``: drop what the last stream still runs (a stopped run must
-        not compute the batches it had queued ahead before its worker can exit)."""
+        """Drop what the last stream still runs (a stopped run must not compute the
+        batches it had queued ahead before its worker can exit)."""
         if self._batches is not None:
             self._batches.close()
             self._batches = None
+
+    def unload(self) -> None:
+        self.close_batches()  # before the engine goes
+        super().unload()
 
 
 class StreamingStep(StreamedCompletions):
@@ -99,8 +100,7 @@ class StreamingStep(StreamedCompletions):
         """One batch, start to end (``process()`` of a step not run by the streaming loop)."""
         self.report_started()
         context, prompts, specs = self.completion_requests(rows)
-        results = cached_complete(self.store, self.name, self.CACHE_VERSION, self.llm, prompts, specs)  # type: ignore[attr-defined]
-        return self.rows_from_completions(rows, context, results)
+        return self.rows_from_completions(rows, context, self.complete(prompts, specs))
 
 
 class _Held:

@@ -172,3 +172,27 @@ def test_non_finite_scores_become_none_with_a_reason(scorer, monkeypatch):
     results = scorer.score_pairs(PAIRS[:2])
     assert [r.score for r in results] == [None, None]
     assert all(r.error.startswith("non_finite_score") for r in results)
+
+
+def test_only_responses_with_text_that_did_not_fail_are_scored_and_every_row_gets_ratings():
+    from magpie_dl.scoring import Scored, responses_to_score, set_ratings
+
+    rows = [
+        {"generations": ["good", "  ", "", "broken"], "finish_reasons": ["stop", "stop", "length", "error"]},
+        {"generations": ["no finish reasons", "length ok"]},
+        {"generations": None},
+        {"generations": ["a", "b"], "finish_reasons": ["length"]},  # fewer reasons than responses
+    ]
+    wanted = responses_to_score(rows)
+    assert wanted == [(0, 0), (1, 0), (1, 1), (3, 0), (3, 1)]
+    scored = [Scored(0.5, 10, False), Scored(None, 12, True, "gating_tokens_missing"), Scored(0.1, 3, True),
+              Scored(None, 4, False, "non_finite_score:nan"), Scored(-1.0, 4, False)]
+    errors = set_ratings(rows, wanted, scored)
+    assert errors == {"gating_tokens_missing": 1, "non_finite_score:nan": 1}
+    assert rows[0]["ratings"] == [0.5, None, None, None]
+    # Empty and whitespace responses say why; a failed one with text is simply not scored.
+    assert rows[0]["rating_errors"] == [None, "empty_response", "empty_response", None]
+    assert rows[1]["ratings"] == [None, 0.1] and rows[1]["rating_truncated"] == [True, True]
+    assert rows[1]["rating_errors"] == ["gating_tokens_missing", None]
+    assert rows[2]["ratings"] == [] and rows[2]["rating_truncated"] == [] and rows[2]["rating_errors"] == []
+    assert rows[3]["ratings"] == [None, -1.0] and rows[3]["rating_errors"] == ["non_finite_score:nan", None]

@@ -128,3 +128,46 @@ def test_guard_garbage_is_a_reason(text: str) -> None:
 
     value, error = parse_guard_output(text)
     assert value is None and error
+
+
+# --------------------------------------------------------------------------- answers into rows
+
+
+def test_an_answer_fills_its_columns_and_a_failure_is_recorded_not_dropped():
+    from magpie_dl.backends.base import Completion
+    from magpie_dl.tagging import parse_guard_output, record_answer, untagged_columns
+
+    task = TAG_TASKS["quality"]
+    row = {"instruction": "Sort a list", **untagged_columns([task], "judge")}
+    assert row == {"instruction": "Sort a list", "quality_explanation": None, "input_quality": None,
+                   "tagging_model": "judge", "tagging_errors": []}
+    ok = Completion('{"explanation": "Clear.", "input_quality": "Good"}', finish_reason="stop")
+    assert record_answer(row, task.name, task.parse, ok)
+    assert row["input_quality"] == "good" and row["tagging_errors"] == []
+    prose = Completion("It is fine.", finish_reason="length")
+    assert not record_answer(row, task.name, task.parse, prose)
+    [error] = row["tagging_errors"]
+    assert error["task"] == "quality" and error["finish_reason"] == "length" and error["raw_output"] == "It is fine."
+    failed = Completion("", finish_reason="error", error="engine died")
+    assert not record_answer(row, "safety", parse_guard_output, failed)
+    assert row["tagging_errors"][-1]["error"] == "backend error: engine died"
+
+
+def test_guard_columns_keep_the_judge_errors_without_sharing_them():
+    from magpie_dl.tagging import unguarded_columns, untagged_columns
+
+    earlier = [{"task": "difficulty", "error": "x", "finish_reason": "stop", "raw_output": ""}]
+    columns = unguarded_columns("guard", earlier)
+    assert columns == {"safety": None, "safety_categories": [], "safety_model": "guard", "tagging_errors": earlier}
+    assert columns["tagging_errors"] is not earlier
+    assert unguarded_columns("guard", None)["tagging_errors"] == []
+    first, second = untagged_columns(TAG_TASKS.values(), "j"), untagged_columns(TAG_TASKS.values(), "j")
+    assert first["tagging_errors"] is not second["tagging_errors"]  # each row its own list
+
+
+def test_only_usable_instructions_are_tagged():
+    from magpie_dl.tagging import taggable
+
+    assert taggable({"instruction": "Sort a list"}) and taggable({"instruction": "x", "instruction_status": "ok"})
+    assert not taggable({"instruction": "Sort a list", "instruction_status": "truncated"})
+    assert not taggable({"instruction": "  "}) and not taggable({"instruction": None})
