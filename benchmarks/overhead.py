@@ -245,10 +245,11 @@ def patched_recipe() -> Any:
 
 
 def run_ours(n: int, work: Path, batch_scale: float) -> int:
+    from magpie_dl.recipes import DPO_100K
     from magpie_dl.runner import run_recipe
 
     recipe = patched_recipe()
-    summary, _ = run_recipe(recipe.build_pipeline, recipe_config(n, work / "out", batch_scale), progress=False)
+    summary, _ = run_recipe(DPO_100K, recipe.build_pipeline, recipe_config(n, work / "out", batch_scale), progress=False)
     return summary.instructions
 
 

@@ -1,10 +1,12 @@
-"""The instruction-curation recipe: config, command line and outputs.
+"""The instruction-curation recipe: config and command line.
 
 ``pipelines/magpie_instructions.py`` generates Magpie queries and curates them (tags,
 language, instruct reward, near-duplicates, balanced selection). This module holds
-what is around the graph: the validated config with its presets, the command line
-(same conventions as the DPO recipe: ``--preset``, ``--config``, dotted flags), and
-writing the curated set where ``pipelines/dpo_100k.py --instructions`` reads it.
+what is around the graph: the validated config with its presets and the command line
+(same conventions and run flags as the DPO recipe: ``--preset``, ``--config``, dotted
+flags, ``--dry-run``, ``--fresh``, ``--quiet``, ``--verbose``). The run itself is
+:func:`magpie_dl.runner.main_for`'s; :mod:`magpie_dl.curation_export` writes the curated
+set where ``pipelines/dpo_100k.py --instructions`` reads it.
 
 Outputs in ``--output-dir``:
 
@@ -22,16 +24,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import Field, model_validator
 
 from magpie_dl import config
-from magpie_dl.config import TINY_DIR, ConfigError
+from magpie_dl.config import TINY_DIR
 from magpie_dl.embeddings import PACKAGED_MINILM
 from magpie_dl.scaleout_config import ScaleoutConfig
 from magpie_dl.sections import (  # noqa: F401  (re-exported: the curation recipe's sections)
@@ -46,7 +45,6 @@ from magpie_dl.sections import (  # noqa: F401  (re-exported: the curation recip
     TaggingConfig,
     _Section,
 )
-from magpie_dl.selection import SelectionReport
 
 
 class InstructionsConfig(_Section):
@@ -124,115 +122,9 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     """``--preset``, ``--config FILE``, ``--print-config``, and one flag per config field."""
     return config.build_parser(
         description, InstructionsConfig, PRESETS, {"--output-dir": "output_dir", "--ray": "scaleout.ray"},
-        run_flags=("fresh", "dry_run"),
     )
 
 
 def resolve(args: argparse.Namespace) -> InstructionsConfig:
     """preset < YAML file < flags, validated; raises ConfigError with a one-line message."""
     return config.resolve(args)
-
-
-def split_selected(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(selected, rejected) by ``selection_reason``, each sorted by uuid.
-
-    Rows reach the end of the pipeline in the order their batches finished (on Ray,
-    whichever replica was first); sorting makes the files independent of the layout.
-    """
-    rows = sorted(rows, key=lambda row: row["uuid"])
-    selected = [r for r in rows if r.get("selection_reason") is None]
-    rejected = [r for r in rows if r.get("selection_reason") is not None]
-    return selected, rejected
-
-
-def write_outputs(rows: list[dict[str, Any]], out_dir: Path) -> tuple[int, int]:
-    """Write the curated set (``dataset/`` and ``instructions.jsonl``) and ``left_out.jsonl``."""
-    from datasets import Dataset
-
-    selected, rejected = split_selected(rows)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name, part in (("instructions.jsonl", selected), ("left_out.jsonl", rejected)):
-        with (out_dir / name).open("w", encoding="utf-8") as handle:  # "w": a rerun replaces, never appends
-            for row in part:
-                handle.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
-    if selected:
-        Dataset.from_list(selected).save_to_disk(str(out_dir / "dataset"))
-    return len(selected), len(rejected)
-
-
-def main_for(build: Any, description: str, argv: list[str] | None = None) -> int:
-    """The command line of the curation recipe; returns the exit code."""
-    import os
-    import shutil
-    import signal
-
-    from magpie_dl import outdir
-    from magpie_dl.export import discard_loaded_copy
-    from magpie_dl.outdir import OutputDirError
-    from magpie_dl.preflight import check_before_run
-    from magpie_dl.procs import die_with_parent, own_process_group, preload_worker_imports
-    from magpie_dl.runner import (
-        OutputLockedError, _ensure_tiny_models, claimed_output, prepare, print_plan, recipe_name, run_pipeline,
-    )
-    from magpie_dl.step_errors import StepFailedError
-    from magpie_dl.stopping import RunStopped, StopSignals
-
-    # distilabel's rich excepthook prints every frame's locals (tokens, keys): Python's own instead.
-    sys.excepthook = sys.__excepthook__
-    args = build_parser(description).parse_args(argv)
-    recipe = recipe_name(build)
-    try:
-        if args.preset == "smoke":
-            _ensure_tiny_models()
-        cfg = resolve(args)
-        if not (args.print_config or args.dry_run):
-            outdir.check_output_dir(cfg.output_dir, recipe)
-            check_before_run(cfg)  # devices, hub models
-    except (ConfigError, OutputDirError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if args.print_config:
-        print(yaml.safe_dump(cfg.public_dict(), sort_keys=False), end="")
-        return 0
-    if args.dry_run:
-        print_plan(build(cfg), cfg)
-        return 0
-    preload_worker_imports()  # under the start-up handlers: a signal here ends the process with one line
-    started = time.perf_counter()
-    try:
-        with StopSignals() as stop, claimed_output(cfg.output_dir, recipe) as out_dir:
-            try:
-                if args.fresh:
-                    shutil.rmtree(cfg.cache_dir, ignore_errors=True)
-                os.register_at_fork(after_in_child=die_with_parent)
-                os.register_at_fork(after_in_child=own_process_group)
-                pipeline = prepare(build, cfg, outdir.start_in_progress(out_dir))
-                output = run_pipeline(pipeline, cfg.generator.num_instructions, stop)
-                with outdir.release(out_dir) as release:
-                    n_selected, n_rejected = write_outputs(output.to_list(), release.path)
-                    discard_loaded_copy(output)
-                    release.add_in_progress()  # config.yaml, pipeline.yaml, selection.json
-                    with stop.deferred():  # a signal now is too late: the whole release lands
-                        release.publish()
-            except KeyboardInterrupt:
-                raise RunStopped(stop.received or signal.SIGINT) from None
-    except OutputDirError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OutputLockedError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 3
-    except StepFailedError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 5
-    except RunStopped as exc:
-        print(exc.line(cfg.output_dir), file=sys.stderr)
-        return exc.exit_code
-    report_path = out_dir / "selection.json"
-    print(f"\ncurated instructions: {out_dir / 'dataset'} ({n_selected} rows; {n_rejected} in left_out.jsonl)")
-    if report_path.exists():
-        report = SelectionReport(**json.loads(report_path.read_text()))
-        print("  " + report.format().replace("\n", "\n  "))
-    print(f"  next: python pipelines/dpo_100k.py --instructions {out_dir / 'dataset'}")
-    print(f"  wall time: {time.perf_counter() - started:.1f}s")
-    return 0

@@ -145,7 +145,7 @@ def write_dataset(
     from datasets import Dataset, DatasetDict
 
     source = rows if isinstance(rows, Dataset) else Dataset.from_list(list(rows))
-    summary = summarize(_iter_rows(source, [c for c in SUMMARY_COLUMNS if c in source.column_names]))
+    summary = summarize(iter_rows(source, [c for c in SUMMARY_COLUMNS if c in source.column_names]))
     staging = out_dir / f".released-{os.getpid()}.arrow"
     try:
         # One schema for every row, from the source's, so an empty split still has typed
@@ -227,8 +227,9 @@ def _rows_of(batch: dict[str, list[Any]]) -> Iterator[dict[str, Any]]:
     return (dict(zip(names, values)) for values in zip(*(batch[name] for name in names)))
 
 
-def _iter_rows(source: Dataset, columns: list[str]) -> Iterator[dict[str, Any]]:
-    for batch in source.select_columns(columns).iter(batch_size=BATCH_ROWS):
+def iter_rows(source: Dataset, columns: list[str] | None = None) -> Iterator[dict[str, Any]]:
+    """The rows of ``source`` (``columns`` only, if given) as dicts, ``BATCH_ROWS`` in memory at a time."""
+    for batch in (source if columns is None else source.select_columns(columns)).iter(batch_size=BATCH_ROWS):
         yield from _rows_of(batch)
 
 

@@ -1,14 +1,14 @@
-"""Running a recipe: config, lock, pipeline, export, summary, optional push.
+"""Running a recipe: config, lock, pipeline, progress, release, exit codes.
 
 ``pipelines/*.py`` define the graph; everything around it (parsing, validation before
-any model loads, the output directory lock, writing the dataset and printing the
-summary) is the same for every recipe and lives here.
+any model loads, the output directory lock, signals, live progress, publishing the
+release and the exit codes) is the same for every recipe and lives here, in
+:func:`main_for`. What differs between recipes is a :class:`magpie_dl.recipes.Recipe`.
 """
 
 from __future__ import annotations
 
 import fcntl
-import inspect
 import logging
 import os
 import shutil
@@ -23,26 +23,25 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from magpie_dl import outdir
-from magpie_dl.config import (
-    PRESETS, REPO_ROOT, SMOLLM2_DIR, TINY_DIR, ConfigError, RecipeConfig, build_parser, resolve,
-)
-from magpie_dl.export import Summary, discard_loaded_copy, write_dataset
-from magpie_dl.estimate import estimate
+from magpie_dl.config import REPO_ROOT, SMOLLM2_DIR, TINY_DIR, ConfigError, resolve
+from magpie_dl.export import discard_loaded_copy
 from magpie_dl.outdir import OutputDirError
 from magpie_dl.preflight import check_before_run
 from magpie_dl.procs import die_with_parent, own_process_group, preload_worker_imports, shared_with_workers
 from magpie_dl.progress import ProgressMonitor, quiet_libraries
 from magpie_dl.scaleout import maybe_ray, place_steps, run_options, scaleout_of, wants_ray
-from magpie_dl.scrub import REDACTED, scrub_text
 from magpie_dl.step_errors import StepFailedError, surfaced
 from magpie_dl.stopping import RunStopped, StopSignals
 from magpie_dl.store import ResultStore
-from magpie_dl.provenance import stand_in_reward_note
-from magpie_dl.report import CARD_FILENAME, REPORT_FILENAME, example_lines, write_card_and_report
 
 if TYPE_CHECKING:
     from datasets import Dataset
     from distilabel.pipeline import Pipeline, RayPipeline
+
+    from magpie_dl.recipes import Recipe
+
+# A recipe's pipeline from its validated config (``build_pipeline`` in ``pipelines/*.py``).
+Build = Callable[[Any], "Pipeline"]
 
 
 class OutputLockedError(RuntimeError):
@@ -89,17 +88,18 @@ def claimed_output(out: str | Path, recipe: str, inputs: list[Any] | tuple[Any, 
 
 
 def run_recipe(
-    build: Callable[[RecipeConfig], Pipeline], cfg: RecipeConfig, fresh: bool = False, progress: bool = True,
-    stop: StopSignals | None = None, recipe: str = "dpo_100k",
-) -> tuple[Summary, dict[str, dict[str, int]]]:
-    """Build and run the pipeline, publish the dataset; returns the summary and store usage.
+    recipe: Recipe, build: Build, cfg: Any, fresh: bool = False, progress: bool = True,
+    stop: StopSignals | None = None,
+) -> tuple[Any, dict[str, dict[str, int]]]:
+    """Build and run the pipeline, publish its release; returns what the recipe's export
+    returned (the DPO summary, the curation counts) and the store usage.
 
     Stored results under ``DIR/cache`` are reused (``fresh`` deletes them first); the
     usage says, per step, how many results were read back and how many computed. A run
     that does not reach its end raises :class:`RunStopped` and publishes nothing.
     """
     own_signals = StopSignals() if stop is None else nullcontext(stop)
-    with own_signals as stop, claimed_output(cfg.output.dir, recipe, [cfg.instructions]) as out_dir:
+    with own_signals as stop, claimed_output(recipe.output_dir(cfg), recipe.name, [recipe.instructions(cfg)]) as out_dir:
         if fresh:
             shutil.rmtree(cfg.cache_dir, ignore_errors=True)
         store = ResultStore(cfg.cache_dir)
@@ -108,19 +108,16 @@ def run_recipe(
         os.register_at_fork(after_in_child=die_with_parent)
         os.register_at_fork(after_in_child=own_process_group)  # signals reach the run, not its workers
         pipeline = prepare(build, cfg, outdir.start_in_progress(out_dir))
-        expected = instruction_count(cfg)
-        # Steps that count their rows (not the query slots, duplicate marking or pairing).
-        totals = {name: expected for name in pipeline.dag
-                  if hasattr(pipeline.dag.get_step(name)["step"], "report_progress")}
+        expected = instruction_count(recipe, cfg)
+        totals = progress_totals(pipeline, expected)
         try:
             with ProgressMonitor(store, totals) if progress else nullcontext():
                 rows = run_pipeline(pipeline, expected, stop)
             with outdir.release(out_dir) as release:
+                release.add_in_progress()  # config.yaml, pipeline.yaml (and what steps wrote there)
                 # Memory-mapped Arrow: the export streams it, never a list of rows.
-                summary = write_dataset(rows, release.path, cfg.output.test_fraction, cfg.seed)
+                exported = recipe.export(cfg, rows, release.path, out_dir)
                 discard_loaded_copy(rows)
-                release.add_in_progress()
-                write_card_and_report(release.path, cfg.public_dict(), summary, shown_as=out_dir)
                 with stop.deferred():  # a signal now is too late: the whole release lands
                     release.publish()
         except KeyboardInterrupt:
@@ -128,7 +125,15 @@ def run_recipe(
         except RunStopped as stopped:
             raise stopped.at(store.progress(), totals)
         usage = store.usage()
-    return summary, usage
+    return exported, usage
+
+
+def progress_totals(pipeline: Pipeline | RayPipeline, expected_rows: int) -> dict[str, int]:
+    """The steps the live progress follows, each with the rows it will handle: those that
+    count their rows (:meth:`steps.base.StoredResults.report_progress`; not query slots,
+    duplicate marking, selection or pairing)."""
+    return {name: expected_rows for name in pipeline.dag
+            if hasattr(pipeline.dag.get_step(name)["step"], "report_progress")}
 
 
 def prepare(build: Callable[[Any], Pipeline], cfg: Any, in_progress: Path) -> Pipeline | RayPipeline:
@@ -173,53 +178,13 @@ def run_pipeline(pipeline: Pipeline | RayPipeline, expected_rows: int | None = N
     return rows
 
 
-# Uploaded beside the data (distilabel's own convention uploads the pipeline too): the
-# card, then what reproduces and explains the run.
-HUB_FILES = (CARD_FILENAME, "config.yaml", "pipeline.yaml", REPORT_FILENAME)
-
-
-def hub_files(out_dir: Path) -> dict[str, bytes]:
-    """The files of :data:`HUB_FILES` that ``out_dir`` has, by name, with every secret value redacted.
-
-    The card and the report were scrubbed when written (and the report's embedded images
-    must not be touched); the two YAML files are scrubbed here.
-    """
-    files: dict[str, bytes] = {}
-    for name in HUB_FILES:
-        path = out_dir / name
-        if path.is_file():
-            files[name] = scrub_text(path.read_text(), mask=REDACTED).encode() if name.endswith(".yaml") else path.read_bytes()
-    return files
-
-
-def push_to_hub(out_dir: Path, repo_id: str, private: bool) -> None:
-    """Push the card, config, pipeline and report, then ``out_dir/dataset``; the token comes from HF_TOKEN, never from flags.
-
-    The card goes first because ``DatasetDict.push_to_hub`` reads the repo's README.md
-    and only refreshes its ``configs`` / ``dataset_info`` (byte sizes), keeping the rest;
-    uploading the card afterwards would overwrite those with the local estimates.
-    """
-    from datasets import load_from_disk
-    from huggingface_hub import CommitOperationAdd, HfApi
-
-    token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
-    files = hub_files(out_dir)
-    if files:
-        api = HfApi(token=token)
-        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-        api.create_commit(
-            repo_id=repo_id, repo_type="dataset", commit_message="Dataset card, config, pipeline and report",
-            operations=[CommitOperationAdd(path_in_repo=name, path_or_fileobj=data) for name, data in files.items()],
-        )
-    load_from_disk(str(out_dir / "dataset")).push_to_hub(repo_id, private=private, token=token)
-
-
-def instruction_count(cfg: RecipeConfig) -> int:
-    """How many instructions the run handles (generated, or read from the source)."""
-    if cfg.instructions:
+def instruction_count(recipe: Recipe, cfg: Any) -> int:
+    """How many instructions the run handles (generated, or read from the recipe's source)."""
+    source = recipe.instructions(cfg)
+    if source:
         from magpie_dl.inputs import load_instructions
 
-        return len(load_instructions(cfg.instructions))
+        return len(load_instructions(source))
     return cfg.generator.num_instructions
 
 
@@ -244,66 +209,35 @@ def print_plan(pipeline: Pipeline, cfg: Any) -> None:
         print(f"  GPUs for every stage at once: {wanted} (fewer: scaleout.stages=auto loads stages in turn)")
 
 
-def dry_run(build: Callable[[RecipeConfig], Pipeline], cfg: RecipeConfig) -> None:
-    """Print the graph, the resolved config and the work estimate; nothing is loaded."""
+def dry_run(recipe: Recipe, build: Build, cfg: Any) -> None:
+    """Print the graph, the resolved config and the recipe's work estimate; nothing is loaded."""
     print_plan(build(cfg), cfg)
-    work = estimate(instruction_count(cfg), cfg.responses.num_generations, not cfg.instructions, cfg.estimate)
-    print("estimate (assumptions under `estimate:` above; set them with --estimate.*):")
-    for line in work.lines():
-        print(f"  {line}")
+    for line in recipe.estimate(cfg, instruction_count(recipe, cfg)):
+        print(line)
 
 
-def push_for_hub(cfg: RecipeConfig) -> bool:
-    """Push to the Hub; a failure is one line, scrubbed of secrets, and the local data stays."""
-    try:
-        push_to_hub(Path(cfg.output.dir), cfg.output.push_to_hub, cfg.output.private)
-        print(f"  hub: pushed to {cfg.output.push_to_hub}")
-        return True
-    except Exception as exc:  # any client or network error: the user needs one clean line
-        first = (str(exc).strip().splitlines() or [""])[0][:300]
-        print(
-            f"error: hub push failed: {scrub_text(f'{exc.__class__.__name__}: {first}')}; "
-            f"the local dataset in {cfg.output.dir} is intact",
-            file=sys.stderr,
-        )
-        return False
+def main_for(recipe: Recipe, build: Build, description: str, argv: list[str] | None = None) -> int:
+    """The command line of a recipe script (``pipelines/*.py``'s ``main()``); returns the exit code.
 
-
-def push_for_review(cfg: RecipeConfig) -> bool:
-    """Push the written pairs to Argilla; on failure say how to retry the push alone."""
-    from magpie_dl.review import ReviewError, push_to_argilla
-
-    dataset = Path(cfg.output.dir) / "dataset"
-    try:
-        print(f"  argilla: {push_to_argilla(dataset, cfg.output.argilla_dataset, cfg.output.argilla_workspace)}")
-        return True
-    except ReviewError as exc:
-        print(
-            f"error: argilla push failed: {exc}; the local dataset is intact, retry with: "
-            f"python -m magpie_dl.review push --input {dataset} --dataset-name {cfg.output.argilla_dataset}",
-            file=sys.stderr,
-        )
-        return False
-
-
-def main_for(build: Callable[[RecipeConfig], Pipeline], description: str, argv: list[str] | None = None) -> int:
-    """The command line of a recipe script; returns the exit code."""
+    0: done; 1: the run ended with rows missing; 2: a config or output directory refused
+    before any model loads; 3: another run holds the output directory; 4: a push failed
+    (the local release is intact); 5: a step failed; 128 + N: stopped by signal N.
+    """
     # distilabel installs a rich excepthook that prints every frame's local variables,
     # tokens and API keys included; put Python's own back.
     sys.excepthook = sys.__excepthook__
-    args = build_parser(description).parse_args(argv)
+    args = recipe.parser(description).parse_args(argv)
     try:
         if args.preset in ("smoke", "demo"):
             _ensure_tiny_models()
         if args.preset == "demo":
             _ensure_smollm2()
         cfg = resolve(args)
-        if cfg.instructions:
-            _check_instructions(cfg.instructions)
+        if source := recipe.instructions(cfg):
+            _check_instructions(source)
         if not (args.print_config or args.dry_run):
-            outdir.check_output_dir(cfg.output.dir, recipe_name(build), [cfg.instructions])
-        if cfg.output.argilla_dataset and not (os.environ.get("ARGILLA_API_URL") and os.environ.get("ARGILLA_API_KEY")):
-            raise ConfigError("--argilla-dataset needs ARGILLA_API_URL and ARGILLA_API_KEY in the environment")
+            outdir.check_output_dir(recipe.output_dir(cfg), recipe.name, [source])
+        recipe.check(cfg)
         if not (args.print_config or args.dry_run):
             check_before_run(cfg)  # devices, hub models, hub token
     except (ConfigError, OutputDirError) as exc:
@@ -313,7 +247,7 @@ def main_for(build: Callable[[RecipeConfig], Pipeline], description: str, argv: 
         print(yaml.safe_dump(cfg.public_dict(), sort_keys=False), end="")
         return 0
     if args.dry_run:
-        dry_run(build, cfg)
+        dry_run(recipe, build, cfg)
         return 0
     # Our progress lines replace distilabel's per-batch INFO logs (DISTILABEL_LOG_LEVEL=INFO brings them back).
     os.environ.setdefault("DISTILABEL_LOG_LEVEL", "WARNING")
@@ -321,15 +255,14 @@ def main_for(build: Callable[[RecipeConfig], Pipeline], description: str, argv: 
         os.environ.setdefault(name, "1")
     if not args.verbose:
         quiet_libraries()
-    recipe = recipe_name(build)
     preload_worker_imports()  # under the start-up handlers: a signal here ends the process with one line
     started = time.perf_counter()
     stop = StopSignals()
     try:
         with stop:
-            summary, usage = run_recipe(build, cfg, fresh=args.fresh, progress=not args.quiet, stop=stop, recipe=recipe)
+            exported, usage = run_recipe(recipe, build, cfg, fresh=args.fresh, progress=not args.quiet, stop=stop)
     except KeyboardInterrupt:  # before the run's stored work was opened
-        print(RunStopped(stop.received or signal.SIGINT).line(cfg.output.dir), file=sys.stderr)
+        print(RunStopped(stop.received or signal.SIGINT).line(recipe.output_dir(cfg)), file=sys.stderr)
         return 128 + (stop.received or signal.SIGINT)
     except OutputDirError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -341,29 +274,15 @@ def main_for(build: Callable[[RecipeConfig], Pipeline], description: str, argv: 
         print(f"error: {exc}", file=sys.stderr)
         return 5
     except RunStopped as exc:
-        print(exc.line(cfg.output.dir), file=sys.stderr)
+        print(exc.line(recipe.output_dir(cfg)), file=sys.stderr)
         return exc.exit_code
-    out_dir = Path(cfg.output.dir)
-    print(f"\ndataset: {out_dir / 'dataset'}  (pipeline.yaml, left_out/, summary.json, README.md, report.html beside it)")
-    for line in summary.lines():
-        print(f"  {line}")
-    if note := stand_in_reward_note(cfg.reward.model):
-        print(f"  note: {note}")
-    for line in example_lines(out_dir):
-        print(f"  {line}")
-    if cfg.output.push_to_hub and not push_for_hub(cfg):
-        return 4
-    if cfg.output.argilla_dataset and not push_for_review(cfg):
-        return 4
+    code = recipe.done(cfg, exported)
+    if code:
+        return code
     reused = ", ".join(f"{step} {u['reused']}/{u['reused'] + u['computed']}" for step, u in usage.items())
     print(f"  stored results reused: {reused or 'none'}")
     print(f"  wall time: {time.perf_counter() - started:.1f}s")
     return 0
-
-
-def recipe_name(build: Callable[..., Any]) -> str:
-    """The recipe a pipeline builder belongs to: its script's name (``dpo_100k``), as the output directory's marker records it."""
-    return Path(inspect.getfile(build)).stem
 
 
 def _check_instructions(source: str) -> None:
@@ -407,4 +326,4 @@ def _ensure_smollm2() -> None:
         raise ConfigError(str(exc)) from None
 
 
-__all__ = ["PRESETS", "main_for", "output_lock", "run_recipe"]
+__all__ = ["main_for", "output_lock", "run_recipe"]

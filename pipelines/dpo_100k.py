@@ -19,6 +19,7 @@ if __name__ == "__main__":  # a script run, not an import of its steps: leave th
 from magpie_dl.backends import make_backend  # noqa: E402  (first: it quiets distilabel's import warnings)
 from distilabel.pipeline import Pipeline  # noqa: E402
 from magpie_dl.config import RecipeConfig  # noqa: E402
+from magpie_dl.recipes import DPO_100K  # noqa: E402
 from magpie_dl.runner import main_for  # noqa: E402
 from steps.instructions import LoadInstructions  # noqa: E402
 from steps.magpie import query_stage  # noqa: E402
@@ -58,7 +59,7 @@ def build_pipeline(cfg: RecipeConfig) -> Pipeline:
 
 def main() -> int:
     """The recipe's command line (also the console script)."""
-    return main_for(build_pipeline, __doc__)
+    return main_for(DPO_100K, build_pipeline, __doc__)
 
 
 if __name__ == "__main__":

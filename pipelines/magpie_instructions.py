@@ -24,8 +24,10 @@ if __name__ == "__main__":  # a script run, not an import of its steps: leave th
 from magpie_dl.backends import make_backend  # noqa: E402  (first: it quiets distilabel's import warnings)
 from magpie_dl.backends.base import CompletionLLM  # noqa: E402
 from distilabel.pipeline import Pipeline  # noqa: E402
-from magpie_dl.curation import InstructionsConfig, main_for  # noqa: E402
+from magpie_dl.curation import InstructionsConfig  # noqa: E402
 from magpie_dl.outdir import in_progress_dir  # noqa: E402
+from magpie_dl.recipes import MAGPIE_INSTRUCTIONS  # noqa: E402
+from magpie_dl.runner import main_for  # noqa: E402
 from steps.curation import (  # noqa: E402
     CuratedSelection,
     InstructionTagging,
@@ -93,7 +95,7 @@ def build_pipeline(cfg: InstructionsConfig) -> Pipeline:
 
 def main() -> int:
     """The recipe's command line (also the console script)."""
-    return main_for(build_pipeline, __doc__)
+    return main_for(MAGPIE_INSTRUCTIONS, build_pipeline, __doc__)
 
 
 if __name__ == "__main__":

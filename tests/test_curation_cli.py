@@ -42,3 +42,38 @@ def test_fresh_drops_stored_results(tmp_path, tiny_models):
     assert again.returncode == 0, again.stderr[-2000:]
     assert not marker.exists()
     assert sorted(p.relative_to(out) for p in (out / "cache").rglob("*") if p.is_file()) == stored
+
+
+def test_dry_run_estimates_the_work_and_every_run_flag_is_there(tmp_path, tiny_models):
+    """As the DPO recipe's: the plan ends with an estimate (counts of requests; the judge's and the
+    encoder's throughput are not modelled, so no GPU-hours), and --quiet / --verbose exist."""
+    out = tmp_path / "out"
+    result = _run("--dry-run", "--output-dir", str(out), "--generator.num_instructions", "1000",
+                  "--tagging.tasks", "difficulty,quality", "--quiet", "--verbose")
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    estimate = lines[lines.index("estimate (counts of work only; no token or GPU-hour figures for this recipe):"):]
+    assert estimate[1:4] == ["  query prompts: 1,000", "  judge requests: up to 2,000 (2 tag tasks per usable query)",
+                             f"  instruct responses: up to 1,000 (1 each, max 48 tokens), scored by {tiny_models['reward']}"]
+    assert estimate[-1] == "  selected: up to 32"
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_live_progress_unless_quiet(tmp_path, tiny_models):
+    """Progress lines on stderr for the steps that count their rows; none with --quiet (the rerun,
+    from the stored results, says so); the libraries' logs stay out either way."""
+    out = tmp_path / "out"
+    small = ["--generator.num_instructions", "16", "--generator.batch_size", "8", "--tagging.batch_size", "8",
+             "--tagging.max_tokens", "24", "--instruct_reward.batch_size", "8", "--instruct_reward.max_tokens", "24",
+             "--reward.input_batch_size", "8", "--selection.target_size", "8", "--output-dir", str(out)]
+    first = _run(*small)
+    assert first.returncode == 0, first.stderr[-2000:]
+    progress = [line for line in first.stderr.splitlines() if line.startswith("[progress] ")]
+    assert progress and all("magpie_generator " in line and "instruct_reward_model " in line for line in progress)
+    assert "magpie_generator 16/16 (100%)" in progress[-1]
+    assert "INFO" not in first.stderr
+    quiet = _run(*small, "--quiet")
+    assert quiet.returncode == 0, quiet.stderr[-2000:]
+    assert "[progress]" not in quiet.stderr
+    assert "magpie_generator 16/16" in next(l for l in quiet.stdout.splitlines() if "stored results reused" in l)

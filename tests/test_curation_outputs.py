@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from magpie_dl.curation import InstructionsConfig, PRESETS, build_parser, resolve, write_outputs
+from magpie_dl.curation import InstructionsConfig, PRESETS, build_parser, resolve
+from magpie_dl.curation_export import write_outputs
 from magpie_dl.export import TAG_COLUMNS, released_row
 from magpie_dl.inputs import load_instructions
 
@@ -65,10 +66,11 @@ def test_config_presets_and_flags() -> None:
 
 
 def test_full_curation_recipe_uses_the_references_instruct_reward_model_and_mix(capsys) -> None:
-    from magpie_dl.curation import main_for
+    from magpie_dl.recipes import MAGPIE_INSTRUCTIONS
+    from magpie_dl.runner import main_for
     from steps.curation import CuratedSelection
 
-    assert main_for(_no_build, "x", ["--print-config"]) == 0
+    assert main_for(MAGPIE_INSTRUCTIONS, _no_build, "x", ["--print-config"]) == 0
     import yaml
 
     printed = yaml.safe_load(capsys.readouterr().out)
@@ -87,13 +89,14 @@ def _no_build(cfg):  # a recipe whose config is refused never gets this far
 
 def test_another_instruct_reward_model_needs_its_own_threshold(capsys) -> None:
     from magpie_dl.config import ConfigError
-    from magpie_dl.curation import main_for
+    from magpie_dl.recipes import MAGPIE_INSTRUCTIONS
+    from magpie_dl.runner import main_for
 
     armorm = ["--reward.model", "RLHFlow/ArmoRM-Llama3-8B-v0.1"]
     with pytest.raises(ConfigError, match=r"min_instruct_reward.*scale"):
         resolve(build_parser("x").parse_args(armorm))
     # One clear line, exit 2, before any model loads (the pipeline is never built).
-    assert main_for(_no_build, "x", armorm + ["--output-dir", "out/never"]) == 2
+    assert main_for(MAGPIE_INSTRUCTIONS, _no_build, "x", armorm + ["--output-dir", "out/never"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--selection.min_instruct_reward" in err and "FsfairX" in err
     # Set explicitly (a value on that model's scale, or null), or no instruct reward at all: accepted.
