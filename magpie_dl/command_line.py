@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,22 @@ def _fields(model: type[BaseModel], prefix: str = ""):
             yield from _fields(annotation, f"{prefix}{name}.")
         else:
             yield f"{prefix}{name}", info
+
+
+def _defaults(schema: type[BaseModel]) -> dict[str, Any]:
+    """Every leaf field's default as the recipe has it: a section's own default can be
+    overridden by the recipe's default for the section (300K queries to curate, not 100K)."""
+
+    def walk(section: BaseModel, prefix: str) -> Iterator[tuple[str, Any]]:
+        for name, info in type(section).model_fields.items():
+            value = getattr(section, name)
+            if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
+                yield from walk(value, f"{prefix}{name}.")
+            else:
+                yield f"{prefix}{name}", value
+
+    # Defaults only, unvalidated: a default hub model need not exist here to be shown.
+    return dict(walk(schema.model_construct(), ""))
 
 
 def _parse_value(raw: str) -> Any:
@@ -105,6 +122,7 @@ def build_parser(
         parser.add_argument("--verbose", action="store_true",
                             help="Show the libraries' own progress bars, warnings and logs too.")
     reverse = {path: alias for alias, path in aliases.items()}
+    defaults = _defaults(schema)
     for path, info in _fields(schema):
         # argparse %-formats help strings: a literal % in a description ("30% ...") must be doubled.
         described = (info.description or "").replace("%", "%%")
@@ -117,13 +135,12 @@ def build_parser(
             parser.add_argument(f"--{path}", dest=path, default=None, help=argparse.SUPPRESS)
         if info.annotation is bool:
             parser.add_argument(*flags, dest=path, action="store_const", const=True, default=None,
-                                help=f"{described} (default: {info.default})")
+                                help=f"{described} (default: {defaults[path]})")
             parser.add_argument(f"--no-{path}", dest=path, action="store_const", const=False,
                                 help=argparse.SUPPRESS)
             continue
-        default = info.default if info.default_factory is None else info.default_factory()
         parser.add_argument(*flags, dest=path, default=None, metavar="VALUE",
-                            help=f"{described} (default: {default})")
+                            help=f"{described} (default: {defaults[path]})")
     parser.set_defaults(_schema=schema, _presets=presets)
     return parser
 

@@ -26,7 +26,7 @@ from magpie_dl.magpie import CONTROL_TASKS
 from magpie_dl.prompts import DEFAULT_TEMPLATE_DATE
 from magpie_dl.selection import SelectionRules
 from magpie_dl.settings import setting
-from magpie_dl.tagging import TAG_TASKS
+from magpie_dl.tagging import TAG_TASKS, TagTaskNames
 
 
 class _Section(BaseModel):
@@ -242,7 +242,7 @@ class TaggingConfig(_Section):
     """The LLM judge and the language detector."""
 
     judge_model: str = Field("meta-llama/Meta-Llama-3-8B-Instruct", description="Judge model for the tags.")
-    tasks: list[str] = Field(default_factory=lambda: list(TAG_TASKS), description="Tag tasks to run.")
+    tasks: TagTaskNames = Field(default_factory=lambda: list(TAG_TASKS), description="Tag tasks to run.")
     max_tokens: int = Field(512, ge=16, description="Answer budget per tag task.")
     batch_size: int = Field(500, ge=1, description="Instructions per tagging batch.")
     languages: list[str] | None = Field(None, description="Languages the detector chooses among (None: all).")

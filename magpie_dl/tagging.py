@@ -30,7 +30,9 @@ import json
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
+
+from pydantic import AfterValidator
 
 from magpie_dl.reasons import FINISH_ERROR, is_usable
 
@@ -231,6 +233,19 @@ TAG_TASKS: dict[str, TagTask] = {
         {"primary_tag": "task_category", "other_tags": "other_task_category"},
     ),
 }
+
+
+def check_tag_tasks(tasks: list[str]) -> list[str]:
+    """The tag tasks to run: a non-empty list of names of :data:`TAG_TASKS`."""
+    unknown = [name for name in tasks if name not in TAG_TASKS]
+    if unknown or not tasks:
+        what = f"unknown tag task {', '.join(unknown)}" if unknown else "no tag task given"
+        raise ValueError(f"{what}; use some of: {', '.join(TAG_TASKS)}")
+    return tasks
+
+
+# Checked wherever it is declared (the recipe's tagging section, the tagging step).
+TagTaskNames = Annotated[list[str], AfterValidator(check_tag_tasks)]
 
 
 # --------------------------------------------------------------------------- parsing

@@ -15,14 +15,15 @@ from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Optional, Union
 
 from distilabel.mixins.runtime_parameters import RuntimeParameter
 from distilabel.steps import GlobalStep, Step, StepInput
-from pydantic import Field, PrivateAttr, field_validator
+from pydantic import Field, PrivateAttr
 
 from magpie_dl.backends.base import CompletionLLM, PromptInput, SamplingSpec
 from magpie_dl.embeddings import PACKAGED_MINILM
 from magpie_dl.sections import DedupSection, TaggingConfig
 from magpie_dl.selection import SelectionConfig
 from magpie_dl.tagging import (
-    SAFETY_TASK, TAG_TASKS, TagTask, parse_guard_output, record_answer, taggable, unguarded_columns, untagged_columns,
+    SAFETY_TASK, TAG_TASKS, TagTask, TagTaskNames, parse_guard_output, record_answer, taggable, unguarded_columns,
+    untagged_columns,
 )
 from steps.base import LLMStep
 from steps.settings import Configured, setting
@@ -73,17 +74,10 @@ class InstructionTagging(LLMStep, Step, Configured):
     config_names: ClassVar[Dict[str, Optional[str]]] = {"batch_size": "input_batch_size"}  # the `tagging` section
 
     llm: CompletionLLM
-    tasks: List[str] = setting(TaggingConfig, "tasks")
+    tasks: TagTaskNames = setting(TaggingConfig, "tasks")
     # The recipe asks the judge for room to answer (>= 16); a standalone step may ask for less.
     max_tokens: RuntimeParameter[int] = setting(TaggingConfig, "max_tokens", ge=1)
 
-    @field_validator("tasks")
-    @classmethod
-    def _known_tasks(cls, tasks: List[str]) -> List[str]:
-        unknown = sorted(set(tasks) - set(TAG_TASKS))
-        if unknown or not tasks:
-            raise ValueError(f"tasks must be a non-empty subset of {list(TAG_TASKS)}, got {tasks}")
-        return tasks
 
     @property
     def inputs(self) -> "StepColumns":

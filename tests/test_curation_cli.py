@@ -77,3 +77,22 @@ def test_live_progress_unless_quiet(tmp_path, tiny_models):
     assert quiet.returncode == 0, quiet.stderr[-2000:]
     assert "[progress]" not in quiet.stderr
     assert "magpie_generator 16/16" in next(l for l in quiet.stdout.splitlines() if "stored results reused" in l)
+
+
+def test_an_unknown_tag_task_is_one_line_before_any_model(tmp_path):
+    out = tmp_path / "out"
+    result = _run("--tagging.tasks", "difficulty,safety", "--output-dir", str(out), timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines() == [
+        "error: --tagging.tasks: unknown tag task safety; use some of: difficulty, quality, classification"
+    ]
+    assert not out.exists()
+
+
+def test_help_shows_the_recipes_own_defaults():
+    """A section whose recipe sets another default (300K queries to curate, not the DPO recipe's 100K) shows it."""
+    result = subprocess.run([sys.executable, RECIPE, "--help"], capture_output=True, text=True, timeout=120,
+                            cwd=REPO_ROOT)
+    assert result.returncode == 0
+    flat = " ".join(result.stdout.split())
+    assert "--generator.num_instructions VALUE How many queries to write. (default: 300000)" in flat
