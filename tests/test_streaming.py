@@ -13,6 +13,7 @@ from collections.abc import Hashable, Sequence
 from typing import ClassVar
 
 import pytest
+from distilabel.steps import LoadDataFromDicts
 from pydantic import PrivateAttr
 
 from magpie_dl.backends.base import CallStream, Completion, CompletionLLM, CompletionStream, PromptInput, Request, SamplingSpec
@@ -297,3 +298,53 @@ def test_fixed_length_sampling_keeps_existing_store_keys():
         SamplingSpec(min_tokens=9, max_tokens=5)
     with pytest.raises(ValueError, match="vLLM backend"):
         TransformersBackend(model="unused").complete([PromptInput((1,))], [SamplingSpec(min_tokens=1)])
+
+
+class FinishNotingBackend(ThreadRecordingBackend):
+    """Notes ``finished`` as each ``complete`` call returns."""
+
+    def complete(self, prompts, sampling):
+        done = super().complete(prompts, sampling)
+        self.note("finished")
+        return done
+
+
+class NotingLoad(LoadDataFromDicts):
+    """An instant loader noting ``produced`` for each batch it yields."""
+
+    record: str
+
+    def process(self, offset: int = 0):
+        for produced in super().process(offset):
+            with open(self.record, "a") as f:
+                f.write("produced\n")
+            yield produced
+
+
+def test_a_fast_generator_runs_only_a_bounded_way_ahead_of_the_streaming_step(tiny_models, tmp_path):
+    """The generator is asked for more while its batches can still be taken, not for the
+    whole set: batches produced but not yet finished by the step stay bounded (by what the
+    step's stream could take plus two per replica; here 1 + 2), where an unbounded run-ahead
+    lets an instant loader queue every batch while the step has finished a few."""
+    from distilabel.pipeline import Pipeline
+
+    from steps.responses import MultiResponseGeneration
+
+    record = tmp_path / "notes"
+    rows = response_rows(30)
+    with Pipeline(name="bounded-run-ahead", cache_dir=str(tmp_path / "distilabel")) as pipeline:
+        load = NotingLoad(name="load", data=rows, batch_size=1, record=str(record))
+        respond = MultiResponseGeneration(
+            name="responses", num_generations=1, max_tokens=2, seed=5, input_batch_size=1, max_in_flight=1,
+            llm=FinishNotingBackend(model=tiny_models["generator"], dtype="float32", record=str(record), delay_s=0.15),
+        )  # fmt: skip
+        load >> respond
+    out = pipeline.run(use_cache=False)["default"]["train"].to_list()
+    assert [r["uuid"] for r in out] == [r["uuid"] for r in rows]
+    ahead, most = 0, 0
+    for line in record.read_text().split("\n"):
+        ahead += {"produced": 1, "finished": -1}.get(line, 0)
+        most = max(most, ahead)
+    # Allowed beyond the 3 waiting: a batch in the generator, one on its way through the
+    # driver, one the step has finished but not yet handed back.
+    assert 1 <= most <= 3 + 3, most
