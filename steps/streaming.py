@@ -21,6 +21,7 @@ pipelines run without the loop), through the same two hooks.
 from __future__ import annotations
 
 import math
+import multiprocessing
 import queue
 import time
 import traceback
@@ -41,6 +42,13 @@ if TYPE_CHECKING:
 
 # How often a busy loop looks for newly queued batches (a queue read is an IPC round trip).
 _PULL_EVERY_S = 0.1
+
+# Set by the driver when a run is stopped (a signal; not at its normal end) and seen by the
+# streaming loops of the step workers it forked: distilabel's own stop marker queues
+# behind every batch already sent, which a full stream would finish first (minutes of
+# generation at scale). Created at import, before the workers fork, so they share it; a
+# Ray actor has its own, never set, and stops on the marker.
+_RUN_STOPPED = multiprocessing.Event()
 # How long one poll of the stream may wait for a finished request.
 _POLL_S = 0.05
 
@@ -122,7 +130,8 @@ def streaming_loop(wrapper: _StepWrapper) -> None:
     is stored), ``LAST_BATCH_SENT_FLAG`` stops taking batches, a batch the step fails on is
     sent with its outputs imputed (and the failure recorded), and the loop ends after
     the ``last_batch`` is sent. Unlike it, batches already taken are finished and sent
-    before the loop ends on the flag.
+    before the loop ends on the flag, and a stopped run ends the loop at once, without
+    waiting for the stream to have room to read ``None`` behind the queued batches.
     """
     from distilabel.constants import LAST_BATCH_SENT_FLAG
 
@@ -134,6 +143,9 @@ def streaming_loop(wrapper: _StepWrapper) -> None:
     last_pull = 0.0
     try:
         while True:
+            if _RUN_STOPPED.is_set():
+                step._logger.info(f"🛑 Stopping processing batches from step '{step.name}' (replica ID: {wrapper.replica})")
+                return
             # Take queued batches: wait for one when idle, else look now and then.
             while not no_more and ordered.has_room and (
                 not ordered.pending or time.monotonic() - last_pull >= _PULL_EVERY_S
@@ -270,7 +282,8 @@ def _install() -> None:
     the previous one, so a step fed by a generator would never find a batch queued: the
     driver asks for the next batch as soon as one arrives, while every streaming step it
     feeds has room ahead (:func:`run_ahead_limit`; past it, distilabel's own pacing asks
-    for one batch per batch the step finishes).
+    for one batch per batch the step finishes). And when a run is stopped, the driver sets
+    :data:`_RUN_STOPPED` as it notifies the steps, so a full stream stops at once.
 
     Done on import of this module, which every streaming step's module imports: in the
     driver that builds the pipeline, in a local run's workers (forked from it) and in a
@@ -283,6 +296,8 @@ def _install() -> None:
     if getattr(original_loop, "_streams", False):
         return
     original_flow = BasePipeline._manage_batch_flow
+    original_start = BasePipeline._request_initial_batches
+    original_notify = BasePipeline._notify_steps_to_stop
 
     def loop(self: _StepWrapper) -> None:
         if isinstance(self.step, StreamingStep) and not self.step.is_global:
@@ -301,9 +316,20 @@ def _install() -> None:
         ):
             self._request_batch_from_generator(batch.step_name)
 
+    def request_initial_batches(self: BasePipeline) -> None:
+        _RUN_STOPPED.clear()  # before any batch flows: no loop is busy yet
+        original_start(self)
+
+    def notify_steps_to_stop(self: BasePipeline) -> None:
+        if self._stop_called:  # a stop, not the run's end (distilabel notifies then too)
+            _RUN_STOPPED.set()
+        original_notify(self)
+
     loop._streams = True  # type: ignore[attr-defined]
     _StepWrapper._non_generator_process_loop = loop  # type: ignore[method-assign]
     BasePipeline._manage_batch_flow = manage_batch_flow  # type: ignore[method-assign]
+    BasePipeline._request_initial_batches = request_initial_batches  # type: ignore[method-assign]
+    BasePipeline._notify_steps_to_stop = notify_steps_to_stop  # type: ignore[method-assign]
 
 
 _install()

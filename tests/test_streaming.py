@@ -348,3 +348,48 @@ def test_a_fast_generator_runs_only_a_bounded_way_ahead_of_the_streaming_step(ti
     # Allowed beyond the 3 waiting: a batch in the generator, one on its way through the
     # driver, one the step has finished but not yet handed back.
     assert 1 <= most <= 3 + 3, most
+
+
+def test_a_stop_ends_a_full_streaming_step_at_once_not_after_what_it_holds_and_has_queued(tiny_models, tmp_path):
+    """What a SIGTERM or Ctrl-C does to a run (``pipeline._stop()``, the call the run's
+    signal handler makes) while the step's stream is full and batches wait behind it:
+    the step stops within about a call, instead of finishing every batch taken and queued
+    before distilabel's stop marker. Here a batch is one row of 8 samples: the stream holds
+    one batch (8 sequences), the generator runs ahead up to 8 + 2 batches (one per row),
+    so up to 9 wait behind it (0.3 s a call)."""
+    from distilabel.pipeline import Pipeline
+
+    from steps.responses import MultiResponseGeneration
+
+    record = tmp_path / "notes"
+    rows = response_rows(40)
+    with Pipeline(name="stop-a-full-stream", cache_dir=str(tmp_path / "distilabel")) as pipeline:
+        load = NotingLoad(name="load", data=rows, batch_size=1, record=str(record))
+        respond = MultiResponseGeneration(
+            name="responses", num_generations=8, max_tokens=2, seed=5, input_batch_size=1, max_in_flight=8,
+            llm=FinishNotingBackend(model=tiny_models["generator"], dtype="float32", record=str(record), delay_s=0.3),
+        )  # fmt: skip
+        load >> respond
+
+    def stop_once_busy() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if record.exists() and record.read_text().count("finished") >= 3:
+                with open(record, "a") as f:
+                    f.write("stop\n")
+                pipeline._stop()
+                return
+            time.sleep(0.05)
+
+    stopper = threading.Thread(target=stop_once_busy)
+    stopper.start()
+    started = time.monotonic()
+    pipeline.run(use_cache=False)
+    stopper.join()
+    notes = record.read_text().split("\n")
+    assert "stop" in notes, "the step never got busy"
+    after = notes[notes.index("stop"):]
+    # At most the call running when the stop came (a call cannot be interrupted) and one
+    # the stream had started just before.
+    assert after.count("finished") <= 2, after
+    assert time.monotonic() - started < 60
