@@ -389,7 +389,7 @@ def test_a_stop_ends_a_full_streaming_step_at_once_not_after_what_it_holds_and_h
     notes = record.read_text().split("\n")
     assert "stop" in notes, "the step never got busy"
     after = notes[notes.index("stop"):]
-    # At most the call running when the stop came (a call cannot be interrupted) and one
-    # the stream had started just before.
-    assert after.count("finished") <= 2, after
+    # The call running when the stop came (a call cannot be interrupted) and, on a slow
+    # machine, one or two started before the driver passed the stop on; not the ~10 waiting.
+    assert after.count("finished") <= 3, after
     assert time.monotonic() - started < 60
