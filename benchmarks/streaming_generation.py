@@ -257,6 +257,21 @@ def report(name: str, result: dict[str, Any]) -> str:
     )
 
 
+def measure(
+    args: argparse.Namespace, batch_size: int, llm: Any, rows: list[dict[str, Any]], way: str, name: str,
+    results: dict[str, Any],
+) -> str:
+    """One way's run of the step (with the machine's load before and after) added to
+    ``results``; its table line, printed as it comes."""
+    before = load_average()
+    result = run_step(args, batch_size, llm, rows)
+    result.update(way=way, load_before=before, load_after=load_average())
+    results["runs"].append(result)
+    line = report(name, result)
+    print(line, flush=True)
+    return line
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=str(REPO / "models" / "tiny" / "generator"))
@@ -292,13 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         if not args.skip_offline:
             for size in [int(s) for s in args.batch_sizes.split(",")]:
-                before = load_average()
                 llm = TimedVLLMBackend(record_path=f"{tmp}/offline-{size}.json", repeats=args.repeats, **engine)
-                result = run_step(args, size, llm, rows)
-                result.update(way="offline vLLM", load_before=before, load_after=load_average())
-                results["runs"].append(result)
-                lines.append(report("offline `VLLMBackend`", result))
-                print(lines[-1], flush=True)
+                lines.append(measure(args, size, llm, rows, "offline vLLM", "offline `VLLMBackend`", results))
         if args.serve:
             sys.path.insert(0, str(REPO / "tests" / "vllm"))
             from serving_helpers import API_KEY, free_port, server_command, stop_process, wait_for_http
@@ -316,16 +326,12 @@ def main(argv: list[str] | None = None) -> int:
                     for proc, url in zip(servers, urls):
                         wait_for_http(f"{url}/v1/models", proc, timeout=600, log=Path(f"{tmp}/serve-{url.rsplit(':', 1)[1]}.log"))
                     for size in [int(s) for s in args.batch_sizes.split(",")]:
-                        before = load_average()
                         llm = TimedOpenAIBackend(
                             model=args.model, base_urls=urls, max_concurrency=args.concurrency,
                             record_path=f"{tmp}/serve{count}-{size}.json", repeats=args.repeats,
                         )  # fmt: skip
-                        result = run_step(args, size, llm, rows)
-                        result.update(way=f"vllm serve x{count}", load_before=before, load_after=load_average())
-                        results["runs"].append(result)
-                        lines.append(report(f"`vllm serve`, {count} endpoint{'s' if count > 1 else ''}", result))
-                        print(lines[-1], flush=True)
+                        name = f"`vllm serve`, {count} endpoint{'s' if count > 1 else ''}"
+                        lines.append(measure(args, size, llm, rows, f"vllm serve x{count}", name, results))
                 finally:
                     for proc in servers:
                         stop_process(proc)

@@ -68,7 +68,7 @@ class ResultStore:
         return found
 
     def put_many(self, items: Iterable[tuple[str, Any]]) -> None:
-        rows = [(key, json.dumps(value)) for key, value in items]
+        rows = [(key, json.dumps(value, separators=(",", ":"))) for key, value in items]
         if not rows:
             return
         db = self._connect()
@@ -162,13 +162,21 @@ def completion_key(version: str, model_name: str, prompt: PromptInput, spec: Sam
 
 
 def stored_form(completions: list[Completion]) -> list[dict[str, Any]]:
-    """One prompt's completions as the store keeps them."""
-    # vars() rather than asdict(): asdict deep-copies every token id list (measured: the
-    # largest engine-free cost per instruction in benchmarks/overhead.py).
-    return [dict(vars(c)) for c in completions]
+    """One prompt's completions as the store keeps them: what the rows are built from.
+
+    Not the token ids: as JSON they were most of the store (several GB at 500K prompts x 5
+    samples) and nothing reads them back.
+    """
+    return [
+        {"text": c.text, "finish_reason": c.finish_reason, "num_tokens": c.num_tokens}
+        | ({"error": c.error} if c.error is not None else {})
+        for c in completions
+    ]
 
 
 def from_stored(value: list[dict[str, Any]]) -> list[Completion]:
+    """Completions from their stored form; a record stored with its token ids (before
+    they were left out) gives the same completion, its count taken from the ids."""
     return [Completion(**c) for c in value]
 
 

@@ -10,7 +10,9 @@ batches into one :class:`~magpie_dl.streaming.OrderedBatches` while earlier ones
 to ``max_in_flight`` sequences, and sends each batch as distilabel would (same batch
 object, ``seq_no`` and ``last_batch``), complete and in the order received. A generator
 step feeding such a step is asked for its next batch as soon as it delivers one (not
-when the step has finished the last), so there is something queued to take.
+when the step has finished the last), so there is something queued to take, while the
+step has fewer batches waiting than its streams could take plus two (:func:`run_ahead_limit`):
+a fast loader does not queue the whole instruction set.
 
 The step's ``process()`` still completes one batch on its own (standalone use, and
 pipelines run without the loop), through the same two hooks.
@@ -18,6 +20,8 @@ pipelines run without the loop), through the same two hooks.
 
 from __future__ import annotations
 
+import math
+import multiprocessing
 import queue
 import time
 import traceback
@@ -37,6 +41,13 @@ if TYPE_CHECKING:
 
 # How often a busy loop looks for newly queued batches (a queue read is an IPC round trip).
 _PULL_EVERY_S = 0.1
+
+# Set by the driver when a run is stopped (a signal; not at its normal end) and seen by the
+# streaming loops of the step workers it forked: distilabel's own stop marker queues
+# behind every batch already sent, which a full stream would finish first (minutes of
+# generation at scale). Created at import, before the workers fork, so they share it; a
+# Ray actor has its own, never set, and stops on the marker.
+_RUN_STOPPED = multiprocessing.Event()
 # How long one poll of the stream may wait for a finished request.
 _POLL_S = 0.05
 
@@ -119,7 +130,8 @@ def streaming_loop(wrapper: _StepWrapper) -> None:
     is stored), ``LAST_BATCH_SENT_FLAG`` stops taking batches, a batch the step fails on is
     sent with its outputs imputed (and the failure recorded), and the loop ends after
     the ``last_batch`` is sent. Unlike it, batches already taken are finished and sent
-    before the loop ends on the flag.
+    before the loop ends on the flag, and a stopped run ends the loop at once, without
+    waiting for the stream to have room to read ``None`` behind the queued batches.
     """
     from distilabel.constants import LAST_BATCH_SENT_FLAG
 
@@ -131,6 +143,9 @@ def streaming_loop(wrapper: _StepWrapper) -> None:
     last_pull = 0.0
     try:
         while True:
+            if _RUN_STOPPED.is_set():
+                step._logger.info(f"🛑 Stopping processing batches from step '{step.name}' (replica ID: {wrapper.replica})")
+                return
             # Take queued batches: wait for one when idle, else look now and then.
             while not no_more and ordered.has_room and (
                 not ordered.pending or time.monotonic() - last_pull >= _PULL_EVERY_S
@@ -226,13 +241,37 @@ def _send(wrapper: _StepWrapper, item: _Held) -> None:
     wrapper._send_batch(item.batch)
 
 
-def _feeds_streaming_step(pipeline: Any, step_name: str) -> bool:
+# Batches a streaming step may have waiting beyond what its streams can take: the next
+# ones are queued when the stream has room, and no more is asked of the generator.
+_QUEUED_AHEAD = 2
+
+
+def run_ahead_limit(max_in_flight: int, input_batch_size: int, replicas: int = 1) -> int:
+    """Batches sent to a streaming step and not yet back, beyond which the generator feeding
+    it is not asked to run ahead: as many as its streams could hold were every row a single
+    sequence, plus :data:`_QUEUED_AHEAD`, per replica. So at most about ``max_in_flight``
+    rows per replica wait, whatever the size of the input."""
+    return replicas * (math.ceil(max_in_flight / input_batch_size) + _QUEUED_AHEAD)
+
+
+def _streaming_successors(pipeline: Any, step_name: str) -> list[Any]:
     from distilabel.constants import STEP_ATTR_NAME
 
-    return any(
-        isinstance(pipeline.dag.get_step(name)[STEP_ATTR_NAME], StreamingStep)
-        for name in pipeline.dag.get_step_successors(step_name)
-    )
+    successors = (pipeline.dag.get_step(name)[STEP_ATTR_NAME] for name in pipeline.dag.get_step_successors(step_name))
+    return [step for step in successors if isinstance(step, StreamingStep)]
+
+
+def _waiting_batches(pipeline: Any, step_name: str) -> int:
+    """Batches distilabel has sent to ``step_name`` that have not come back from it yet."""
+    manager = pipeline._batch_manager
+    last = manager.get_last_batch_sent(step_name)
+    sent = 0 if last is None else last.seq_no + 1  # a step's batches are numbered from 0
+    return sent - len(manager._received_batch_seq_nos.get(step_name, ()))
+
+
+def _has_room_ahead(pipeline: Any, step: Any) -> bool:
+    limit = run_ahead_limit(step.max_in_flight, step.input_batch_size, pipeline.dag.get_step_replica_count(step.name))
+    return _waiting_batches(pipeline, step.name) < limit
 
 
 def _install() -> None:
@@ -241,8 +280,10 @@ def _install() -> None:
 
     distilabel asks a generator for its next batch only once its successor has finished
     the previous one, so a step fed by a generator would never find a batch queued: the
-    driver asks for the next batch as soon as one arrives (the streaming step bounds what
-    it takes; the rest waits in distilabel's buffers).
+    driver asks for the next batch as soon as one arrives, while every streaming step it
+    feeds has room ahead (:func:`run_ahead_limit`; past it, distilabel's own pacing asks
+    for one batch per batch the step finishes). And when a run is stopped, the driver sets
+    :data:`_RUN_STOPPED` as it notifies the steps, so a full stream stops at once.
 
     Done on import of this module, which every streaming step's module imports: in the
     driver that builds the pipeline, in a local run's workers (forked from it) and in a
@@ -255,6 +296,8 @@ def _install() -> None:
     if getattr(original_loop, "_streams", False):
         return
     original_flow = BasePipeline._manage_batch_flow
+    original_start = BasePipeline._request_initial_batches
+    original_notify = BasePipeline._notify_steps_to_stop
 
     def loop(self: _StepWrapper) -> None:
         if isinstance(self.step, StreamingStep) and not self.step.is_global:
@@ -263,16 +306,30 @@ def _install() -> None:
 
     def manage_batch_flow(self: BasePipeline, batch: _Batch) -> None:
         step = self._get_step_from_batch(batch)
-        if not step.is_generator or batch.last_batch or not _feeds_streaming_step(self, batch.step_name):
+        streaming = _streaming_successors(self, batch.step_name) if step.is_generator and not batch.last_batch else []
+        if not streaming:
             return original_flow(self, batch)
         asked = self._batch_manager.get_last_batch_sent(batch.step_name)
         original_flow(self, batch)
-        if self._batch_manager.get_last_batch_sent(batch.step_name) is asked:  # distilabel did not ask for more
+        if self._batch_manager.get_last_batch_sent(batch.step_name) is asked and all(  # distilabel did not ask for more
+            _has_room_ahead(self, successor) for successor in streaming
+        ):
             self._request_batch_from_generator(batch.step_name)
+
+    def request_initial_batches(self: BasePipeline) -> None:
+        _RUN_STOPPED.clear()  # before any batch flows: no loop is busy yet
+        original_start(self)
+
+    def notify_steps_to_stop(self: BasePipeline) -> None:
+        if self._stop_called:  # a stop, not the run's end (distilabel notifies then too)
+            _RUN_STOPPED.set()
+        original_notify(self)
 
     loop._streams = True  # type: ignore[attr-defined]
     _StepWrapper._non_generator_process_loop = loop  # type: ignore[method-assign]
     BasePipeline._manage_batch_flow = manage_batch_flow  # type: ignore[method-assign]
+    BasePipeline._request_initial_batches = request_initial_batches  # type: ignore[method-assign]
+    BasePipeline._notify_steps_to_stop = notify_steps_to_stop  # type: ignore[method-assign]
 
 
 _install()

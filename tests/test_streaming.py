@@ -13,6 +13,7 @@ from collections.abc import Hashable, Sequence
 from typing import ClassVar
 
 import pytest
+from distilabel.steps import LoadDataFromDicts
 from pydantic import PrivateAttr
 
 from magpie_dl.backends.base import CallStream, Completion, CompletionLLM, CompletionStream, PromptInput, Request, SamplingSpec
@@ -297,3 +298,98 @@ def test_fixed_length_sampling_keeps_existing_store_keys():
         SamplingSpec(min_tokens=9, max_tokens=5)
     with pytest.raises(ValueError, match="vLLM backend"):
         TransformersBackend(model="unused").complete([PromptInput((1,))], [SamplingSpec(min_tokens=1)])
+
+
+class FinishNotingBackend(ThreadRecordingBackend):
+    """Notes ``finished`` as each ``complete`` call returns."""
+
+    def complete(self, prompts, sampling):
+        done = super().complete(prompts, sampling)
+        self.note("finished")
+        return done
+
+
+class NotingLoad(LoadDataFromDicts):
+    """An instant loader noting ``produced`` for each batch it yields."""
+
+    record: str
+
+    def process(self, offset: int = 0):
+        for produced in super().process(offset):
+            with open(self.record, "a") as f:
+                f.write("produced\n")
+            yield produced
+
+
+def test_a_fast_generator_runs_only_a_bounded_way_ahead_of_the_streaming_step(tiny_models, tmp_path):
+    """The generator is asked for more while its batches can still be taken, not for the
+    whole set: batches produced but not yet finished by the step stay bounded (by what the
+    step's stream could take plus two per replica; here 1 + 2), where an unbounded run-ahead
+    lets an instant loader queue every batch while the step has finished a few."""
+    from distilabel.pipeline import Pipeline
+
+    from steps.responses import MultiResponseGeneration
+
+    record = tmp_path / "notes"
+    rows = response_rows(30)
+    with Pipeline(name="bounded-run-ahead", cache_dir=str(tmp_path / "distilabel")) as pipeline:
+        load = NotingLoad(name="load", data=rows, batch_size=1, record=str(record))
+        respond = MultiResponseGeneration(
+            name="responses", num_generations=1, max_tokens=2, seed=5, input_batch_size=1, max_in_flight=1,
+            llm=FinishNotingBackend(model=tiny_models["generator"], dtype="float32", record=str(record), delay_s=0.15),
+        )  # fmt: skip
+        load >> respond
+    out = pipeline.run(use_cache=False)["default"]["train"].to_list()
+    assert [r["uuid"] for r in out] == [r["uuid"] for r in rows]
+    ahead, most = 0, 0
+    for line in record.read_text().split("\n"):
+        ahead += {"produced": 1, "finished": -1}.get(line, 0)
+        most = max(most, ahead)
+    # Allowed beyond the 3 waiting: a batch in the generator, one on its way through the
+    # driver, one the step has finished but not yet handed back.
+    assert 1 <= most <= 3 + 3, most
+
+
+def test_a_stop_ends_a_full_streaming_step_at_once_not_after_what_it_holds_and_has_queued(tiny_models, tmp_path):
+    """What a SIGTERM or Ctrl-C does to a run (``pipeline._stop()``, the call the run's
+    signal handler makes) while the step's stream is full and batches wait behind it:
+    the step stops within about a call, instead of finishing every batch taken and queued
+    before distilabel's stop marker. Here a batch is one row of 8 samples: the stream holds
+    one batch (8 sequences), the generator runs ahead up to 8 + 2 batches (one per row),
+    so up to 9 wait behind it (0.3 s a call)."""
+    from distilabel.pipeline import Pipeline
+
+    from steps.responses import MultiResponseGeneration
+
+    record = tmp_path / "notes"
+    rows = response_rows(40)
+    with Pipeline(name="stop-a-full-stream", cache_dir=str(tmp_path / "distilabel")) as pipeline:
+        load = NotingLoad(name="load", data=rows, batch_size=1, record=str(record))
+        respond = MultiResponseGeneration(
+            name="responses", num_generations=8, max_tokens=2, seed=5, input_batch_size=1, max_in_flight=8,
+            llm=FinishNotingBackend(model=tiny_models["generator"], dtype="float32", record=str(record), delay_s=0.3),
+        )  # fmt: skip
+        load >> respond
+
+    def stop_once_busy() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if record.exists() and record.read_text().count("finished") >= 3:
+                with open(record, "a") as f:
+                    f.write("stop\n")
+                pipeline._stop()
+                return
+            time.sleep(0.05)
+
+    stopper = threading.Thread(target=stop_once_busy)
+    stopper.start()
+    started = time.monotonic()
+    pipeline.run(use_cache=False)
+    stopper.join()
+    notes = record.read_text().split("\n")
+    assert "stop" in notes, "the step never got busy"
+    after = notes[notes.index("stop"):]
+    # The call running when the stop came (a call cannot be interrupted) and, on a slow
+    # machine, one or two started before the driver passed the stop on; not the ~10 waiting.
+    assert after.count("finished") <= 3, after
+    assert time.monotonic() - started < 60

@@ -110,17 +110,24 @@ class PromptInput:
 
 @dataclass
 class Completion:
-    """One sampled continuation."""
+    """One sampled continuation.
+
+    ``token_ids`` are what the engine sampled. The rows need only the text, the finish
+    reason and the token count, so that is what the result store keeps: a completion read
+    back from it has no ids, and equality leaves them out.
+    """
 
     text: str
-    token_ids: list[int] = field(default_factory=list)
+    token_ids: list[int] = field(default_factory=list, compare=False)
     finish_reason: FinishReason = "stop"
     # Why the backend failed this completion, when finish_reason == "error".
     error: str | None = None
+    # Tokens generated (stop token included); len(token_ids) unless given.
+    num_tokens: int = -1
 
-    @property
-    def num_tokens(self) -> int:
-        return len(self.token_ids)
+    def __post_init__(self) -> None:
+        if self.num_tokens < 0:
+            self.num_tokens = len(self.token_ids)
 
 
 def error_completions(n: int, reason: str) -> list[Completion]:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from magpie_dl.reasons import LEFT_OUT_REASONS, UNDESCRIBED
-from magpie_dl.report.load import RunOutput, _column, load_output
+from magpie_dl.report.load import RunOutput, column_values, load_output
 from magpie_dl.tagging import DIFFICULTY_LEVELS, QUALITY_LEVELS
 
 # Hub vocabularies (https://huggingface.co/docs/hub/datasets-cards and
@@ -187,7 +187,7 @@ def example_pairs(run: RunOutput, k: int = 3) -> list[dict[str, Any]]:
     if split_name is None:
         return []
     split = run.pairs[split_name]
-    margins = _column(split, "score_margin") or [0.0] * len(split)
+    margins = column_values(split, "score_margin") or [0.0] * len(split)
     order = sorted(range(len(split)), key=lambda i: (-(margins[i] if margins[i] is not None else -math.inf), i))
     if len(order) <= k:
         picks = order

@@ -34,14 +34,14 @@ class RunOutput:
 
     def pair_column(self, name: str) -> list[Any] | None:
         """A column over all splits (train first), or None when the dataset lacks it."""
-        return _concat(_column(split, name) for split in self.pairs.values())
+        return _concat(column_values(split, name) for split in self.pairs.values())
 
     def all_column(self, name: str) -> list[Any] | None:
         """A column over kept and left-out rows: every instruction that reached the output."""
         kept = self.pair_column(name)
         if kept is None:
             return None
-        left = _column(self.left_out, name) if self.left_out is not None else None
+        left = column_values(self.left_out, name) if self.left_out is not None else None
         return kept + (left or [None] * (len(self.left_out) if self.left_out is not None else 0))
 
     def assistant_lengths(self, side: str) -> list[int]:
@@ -108,7 +108,8 @@ def _load_split(path: Path) -> Dataset:
     return Dataset.load_from_disk(str(path))
 
 
-def _column(ds: Dataset | None, name: str) -> list[Any] | None:
+def column_values(ds: Dataset | None, name: str) -> list[Any] | None:
+    """One column of ``ds`` as a list; None when there is no dataset or no such column."""
     # Straight from Arrow: the report must not materialise 100K rows of responses.
     if ds is None or name not in ds.column_names:
         return None

@@ -29,7 +29,7 @@ from magpie_dl.report.facts import (
     score_table,
     stage_counts,
 )
-from magpie_dl.report.load import RunOutput, _column, load_output
+from magpie_dl.report.load import RunOutput, column_values, load_output
 from magpie_dl.report.plots import make_plots
 from magpie_dl.report.render import environment
 from magpie_dl.scrub import REDACTED, scrub, scrub_text
@@ -89,9 +89,9 @@ def _report_example(row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _left_out_examples(run: RunOutput) -> dict[str, str]:
-    reasons = _column(run.left_out, "pair_status") or []
-    texts = _column(run.left_out, "instruction") or [""] * len(reasons)
-    raws = _column(run.left_out, "raw_instruction") or [None] * len(reasons)
+    reasons = column_values(run.left_out, "pair_status") or []
+    texts = column_values(run.left_out, "instruction") or [""] * len(reasons)
+    raws = column_values(run.left_out, "raw_instruction") or [None] * len(reasons)
     found: dict[str, str] = {}
     for reason, text, raw in zip(reasons, texts, raws, strict=True):
         # An empty cleaned query says nothing; show what the model wrote instead.
