@@ -12,6 +12,7 @@ from pydantic import Field, PrivateAttr
 
 from magpie_dl import review
 from magpie_dl import review_dataset as rd
+from steps.settings import OptionalRuntimeParameter
 
 if TYPE_CHECKING:
     from distilabel.typing import StepColumns, StepOutput
@@ -58,7 +59,7 @@ class PushToArgillaReview(Step):
     """
 
     dataset_name: RuntimeParameter[str] = Field(default=None, description="Name of the Argilla review dataset.")
-    dataset_workspace: Optional[RuntimeParameter[str]] = Field(
+    dataset_workspace: OptionalRuntimeParameter[str] = Field(
         default=None, description="Argilla workspace; None means the user's first workspace."
     )
     records_batch_size: RuntimeParameter[int] = Field(

@@ -26,7 +26,7 @@ from magpie_dl.tagging import (
     untagged_columns,
 )
 from steps.base import LLMStep
-from steps.settings import Configured, setting
+from steps.settings import Configured, OptionalRuntimeParameter, setting
 
 if TYPE_CHECKING:
     from distilabel.typing import StepColumns, StepOutput
@@ -183,7 +183,7 @@ class LanguageTagging(Step, Configured):
 
     config_names: ClassVar[Dict[str, Optional[str]]] = {"batch_size": "input_batch_size"}  # the `tagging` section
 
-    languages: Optional[RuntimeParameter[List[str]]] = setting(TaggingConfig, "languages")
+    languages: OptionalRuntimeParameter[List[str]] = setting(TaggingConfig, "languages")
     low_accuracy: RuntimeParameter[bool] = Field(default=False, description="lingua's low-accuracy mode.")
 
     _detector: Optional["LanguageDetector"] = PrivateAttr(default=None)
@@ -394,18 +394,18 @@ class CuratedSelection(GlobalStep, Configured):
     """
 
     # Declared by magpie_dl.selection.SelectionConfig; a recipe's `selection` section sets them.
-    min_difficulty: Optional[RuntimeParameter[str]] = setting(SelectionConfig, "min_difficulty")
-    min_input_quality: Optional[RuntimeParameter[str]] = setting(SelectionConfig, "min_input_quality")
-    min_instruct_reward: Optional[RuntimeParameter[float]] = setting(SelectionConfig, "min_instruct_reward")
+    min_difficulty: OptionalRuntimeParameter[str] = setting(SelectionConfig, "min_difficulty")
+    min_input_quality: OptionalRuntimeParameter[str] = setting(SelectionConfig, "min_input_quality")
+    min_instruct_reward: OptionalRuntimeParameter[float] = setting(SelectionConfig, "min_instruct_reward")
     remove_duplicates: RuntimeParameter[bool] = setting(SelectionConfig, "remove_duplicates")
-    languages: Optional[RuntimeParameter[List[str]]] = setting(SelectionConfig, "languages")
+    languages: OptionalRuntimeParameter[List[str]] = setting(SelectionConfig, "languages")
     require_safe: RuntimeParameter[bool] = setting(SelectionConfig, "require_safe")
     require_category: RuntimeParameter[bool] = setting(SelectionConfig, "require_category")
-    target_size: Optional[RuntimeParameter[int]] = setting(SelectionConfig, "target_size")
+    target_size: OptionalRuntimeParameter[int] = setting(SelectionConfig, "target_size")
     category_mix: RuntimeParameter[Union[str, Dict[str, float]]] = setting(SelectionConfig, "category_mix")
     seed: RuntimeParameter[int] = setting(SelectionConfig, "seed")
     keep_rejected: RuntimeParameter[bool] = Field(default=False, description="Also output rejected rows.")
-    report_path: Optional[RuntimeParameter[str]] = Field(default=None, description="Write the selection report here (JSON).")
+    report_path: OptionalRuntimeParameter[str] = Field(default=None, description="Write the selection report here (JSON).")
 
     @property
     def inputs(self) -> "StepColumns":
