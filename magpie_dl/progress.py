@@ -101,7 +101,14 @@ class ProgressMonitor:
         self._thread.join(timeout=5)
 
     def snapshot(self) -> list[StepRate]:
-        return rates(self.store.progress(), self.totals, self._first_seen, time.perf_counter(), self._finished)
+        counters = self.store.progress()
+        # The steps' own clocks: a step that started and finished between two looks still
+        # shows the rate it ran at, not 0 (wall-clock times: they come from other processes).
+        for name, (first, rows, tokens, last) in self.store.progress_times().items():
+            self._first_seen.setdefault(name, (first, rows, tokens))
+            if name in self.totals and counters.get(name, (0, 0))[0] >= self.totals[name]:
+                self._finished.setdefault(name, last)
+        return rates(counters, self.totals, self._first_seen, time.time(), self._finished)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):

@@ -17,6 +17,7 @@ import hashlib
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,12 @@ class ResultStore:
             )
             db.execute(
                 "CREATE TABLE IF NOT EXISTS progress (step TEXT PRIMARY KEY, rows INTEGER NOT NULL, tokens INTEGER NOT NULL)"
+            )
+            # When each step first counted (and what), and when it last did: wall-clock times
+            # from the step processes, so a rate does not depend on when the display looked.
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS progress_times (step TEXT PRIMARY KEY, first REAL NOT NULL, "
+                "first_rows INTEGER NOT NULL, first_tokens INTEGER NOT NULL, last REAL NOT NULL)"
             )
 
     def _connect(self) -> sqlite3.Connection:
@@ -92,14 +99,26 @@ class ResultStore:
         db = self._connect()
         db.execute("DELETE FROM usage")
         db.execute("DELETE FROM progress")
+        db.execute("DELETE FROM progress_times")
 
     def count_progress(self, step: str, rows: int, tokens: int) -> None:
         """Rows a step has finished in this run, and the tokens it generated or scored."""
-        self._connect().execute(
+        db, now = self._connect(), time.time()
+        db.execute(
             "INSERT INTO progress (step, rows, tokens) VALUES (?, ?, ?) ON CONFLICT(step) DO UPDATE SET "
             "rows = rows + excluded.rows, tokens = tokens + excluded.tokens",
             (step, rows, tokens),
         )
+        db.execute(
+            "INSERT INTO progress_times (step, first, first_rows, first_tokens, last) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT(step) DO UPDATE SET last = excluded.last",
+            (step, now, rows, tokens, now),
+        )
+
+    def progress_times(self) -> dict[str, tuple[float, int, int, float]]:
+        """Per step: (time of its first count, rows and tokens counted then, time of its last count)."""
+        rows = self._connect().execute("SELECT step, first, first_rows, first_tokens, last FROM progress_times")
+        return {step: (first, done, tokens, last) for step, first, done, tokens, last in rows}
 
     def progress(self) -> dict[str, tuple[int, int]]:
         rows = self._connect().execute("SELECT step, rows, tokens FROM progress")

@@ -80,3 +80,18 @@ def test_dry_run_under_ray_prints_the_placement_without_a_cluster(tmp_path):
     logs = result.stdout + result.stderr
     assert "Ray instance" not in logs and "existing Ray cluster" not in logs  # none started or joined
     assert not out.exists()
+
+
+def test_a_step_done_between_two_looks_shows_the_rate_it_ran_at(tmp_path):
+    """Started and finished before the display first looked: its rate comes from its own clock."""
+    store = ResultStore(tmp_path)
+    started = time.time()
+    store.count_progress("magpie_generator", 0, 0)  # the step's report_started
+    time.sleep(0.2)
+    store.count_progress("magpie_generator", 64, 640)
+    ran = time.time() - started
+    time.sleep(0.3)  # the display looks only now
+    [r] = ProgressMonitor(ResultStore(tmp_path), {"magpie_generator": 64}).snapshot()
+    assert r.done == 64
+    assert 64 / ran <= r.rows_per_s <= 64 / 0.2, r.line()  # its own run time, not the time until the look
+    assert r.tokens_per_s == pytest.approx(10 * r.rows_per_s)
