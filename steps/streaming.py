@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 
 # How often a busy loop looks for newly queued batches (a queue read is an IPC round trip).
 _PULL_EVERY_S = 0.1
+# How long one poll of the stream may wait for a finished request.
+_POLL_S = 0.05
 
 # Set by the driver when a run is stopped (a signal; not at its normal end) and seen by the
 # streaming loops of the step workers it forked: distilabel's own stop marker queues
@@ -48,8 +50,6 @@ _PULL_EVERY_S = 0.1
 # generation at scale). Created at import, before the workers fork, so they share it; a
 # Ray actor has its own, never set, and stops on the marker.
 _RUN_STOPPED = multiprocessing.Event()
-# How long one poll of the stream may wait for a finished request.
-_POLL_S = 0.05
 
 
 class StreamedCompletions(LLMStep):

@@ -321,26 +321,34 @@ class NotingLoad(LoadDataFromDicts):
             yield produced
 
 
-def test_a_fast_generator_runs_only_a_bounded_way_ahead_of_the_streaming_step(tiny_models, tmp_path):
-    """The generator is asked for more while its batches can still be taken, not for the
-    whole set: batches produced but not yet finished by the step stay bounded (by what the
-    step's stream could take plus two per replica; here 1 + 2), where an unbounded run-ahead
-    lets an instant loader queue every batch while the step has finished a few."""
+def noted_pipeline(name: str, tmp_path, tiny_models, rows: int, num_generations: int, delay_s: float):
+    """An instant loader (one row a batch) into a response step whose stream holds one batch
+    of ``num_generations`` sequences and whose calls take ``delay_s``; both note what they do
+    in the returned record."""
     from distilabel.pipeline import Pipeline
 
     from steps.responses import MultiResponseGeneration
 
     record = tmp_path / "notes"
-    rows = response_rows(30)
-    with Pipeline(name="bounded-run-ahead", cache_dir=str(tmp_path / "distilabel")) as pipeline:
-        load = NotingLoad(name="load", data=rows, batch_size=1, record=str(record))
+    with Pipeline(name=name, cache_dir=str(tmp_path / "distilabel")) as pipeline:
+        load = NotingLoad(name="load", data=response_rows(rows), batch_size=1, record=str(record))
         respond = MultiResponseGeneration(
-            name="responses", num_generations=1, max_tokens=2, seed=5, input_batch_size=1, max_in_flight=1,
-            llm=FinishNotingBackend(model=tiny_models["generator"], dtype="float32", record=str(record), delay_s=0.15),
+            name="responses", num_generations=num_generations, max_tokens=2, seed=5, input_batch_size=1,
+            max_in_flight=num_generations,
+            llm=FinishNotingBackend(model=tiny_models["generator"], dtype="float32", record=str(record), delay_s=delay_s),
         )  # fmt: skip
         load >> respond
+    return pipeline, record
+
+
+def test_a_fast_generator_runs_only_a_bounded_way_ahead_of_the_streaming_step(tiny_models, tmp_path):
+    """The generator is asked for more while its batches can still be taken, not for the
+    whole set: batches produced but not yet finished by the step stay bounded (by what the
+    step's stream could take plus two per replica; here 1 + 2), where an unbounded run-ahead
+    lets an instant loader queue every batch while the step has finished a few."""
+    pipeline, record = noted_pipeline("bounded-run-ahead", tmp_path, tiny_models, 30, num_generations=1, delay_s=0.15)
     out = pipeline.run(use_cache=False)["default"]["train"].to_list()
-    assert [r["uuid"] for r in out] == [r["uuid"] for r in rows]
+    assert [r["uuid"] for r in out] == [r["uuid"] for r in response_rows(30)]
     ahead, most = 0, 0
     for line in record.read_text().split("\n"):
         ahead += {"produced": 1, "finished": -1}.get(line, 0)
@@ -357,19 +365,7 @@ def test_a_stop_ends_a_full_streaming_step_at_once_not_after_what_it_holds_and_h
     before distilabel's stop marker. Here a batch is one row of 8 samples: the stream holds
     one batch (8 sequences), the generator runs ahead up to 8 + 2 batches (one per row),
     so up to 9 wait behind it (0.3 s a call)."""
-    from distilabel.pipeline import Pipeline
-
-    from steps.responses import MultiResponseGeneration
-
-    record = tmp_path / "notes"
-    rows = response_rows(40)
-    with Pipeline(name="stop-a-full-stream", cache_dir=str(tmp_path / "distilabel")) as pipeline:
-        load = NotingLoad(name="load", data=rows, batch_size=1, record=str(record))
-        respond = MultiResponseGeneration(
-            name="responses", num_generations=8, max_tokens=2, seed=5, input_batch_size=1, max_in_flight=8,
-            llm=FinishNotingBackend(model=tiny_models["generator"], dtype="float32", record=str(record), delay_s=0.3),
-        )  # fmt: skip
-        load >> respond
+    pipeline, record = noted_pipeline("stop-a-full-stream", tmp_path, tiny_models, 40, num_generations=8, delay_s=0.3)
 
     def stop_once_busy() -> None:
         deadline = time.monotonic() + 120
