@@ -1,9 +1,12 @@
 """Live progress and up-front estimates.
 
-Steps run in distilabel's worker processes; each counts its finished rows and tokens
-in the run's result store (:meth:`ResultStore.count_progress`). A thread in the main
-process reads those counters and prints one line per interval: per step, rows done
-of the total, rows/s, tokens/s and an ETA.
+Steps run in distilabel's worker processes (or Ray actors); each counts its finished rows
+and tokens in the run's result store (:meth:`ResultStore.count_progress`) as they finish:
+a :class:`RowTally` counts a row when the last request (or score) it waits for is done,
+mid-batch. A thread in the main process reads those counters and shows, per step, rows
+done of the total, rows/s and tokens/s over a recent window, and an ETA from the
+window's token rate. On a terminal that is one line redrawn in place; otherwise a plain
+line every interval. Each step ends on a line of its own at 100%.
 """
 
 from __future__ import annotations
@@ -12,10 +15,57 @@ import os
 import sys
 import threading
 import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
 from magpie_dl.store import ResultStore
+
+WINDOW_S = 30.0
+"""Rates are measured over about the last this many seconds: a step's pace now, not its average
+since it started (which lags a step that slows down or speeds up, or waits on a long batch)."""
+
+
+class RowTally:
+    """Counts one batch's rows as they finish, for the live progress.
+
+    Args:
+        report: where counts go, ``report(rows, tokens)`` (a step's ``report_progress``).
+        num_rows: rows in the batch.
+        row_of: the row each request (or scored sequence) belongs to, by request index;
+            default one request per row, rows without a request last.
+
+    Rows with no request are done at once; a row is done when its last request is. Tokens
+    are reported as the requests that carry them finish.
+    """
+
+    def __init__(self, report: Callable[[int, int], None], num_rows: int, row_of: Sequence[int] | None = None) -> None:
+        self._report = report
+        self._row_of = list(range(num_rows) if row_of is None else row_of)
+        self._left = Counter(self._row_of)
+        self._num_rows = num_rows
+        self._counted = num_rows - len(self._left)
+        if self._counted:
+            report(self._counted, 0)
+
+    def done(self, requests: Iterable[int], tokens: int = 0) -> None:
+        """Requests ``requests`` (indices) finished, having generated or scored ``tokens``."""
+        rows = 0
+        for i in requests:
+            row = self._row_of[i]
+            self._left[row] -= 1
+            rows += self._left[row] == 0
+        self._counted += rows
+        if rows or tokens:
+            self._report(rows, tokens)
+
+    def close(self) -> None:
+        """The batch is over: rows not yet counted (their requests were read back from the store,
+        or the batch failed and goes on with its outputs empty) count now."""
+        if self._counted < self._num_rows:
+            self._report(self._num_rows - self._counted, 0)
+            self._counted = self._num_rows
 
 
 @dataclass
@@ -27,70 +77,129 @@ class StepRate:
     total: int
     rows_per_s: float
     tokens_per_s: float
+    tokens: int = 0
+    started: bool = True
+    elapsed_s: float = 0.0  # since the step started counting (its run time once done)
+
+    @property
+    def finished(self) -> bool:
+        return self.done >= self.total
 
     @property
     def eta_s(self) -> float | None:
-        if self.done >= self.total:
+        """Seconds left: the rows left at the tokens a row has taken so far, over the recent token
+        rate (rows finish in lumps, tokens flow); the recent rows rate where no tokens are counted."""
+        if self.finished:
             return 0.0
-        return (self.total - self.done) / self.rows_per_s if self.rows_per_s > 0 else None
+        left = self.total - self.done
+        if self.tokens > 0 and self.done > 0 and self.tokens_per_s > 0:
+            return left * (self.tokens / self.done) / self.tokens_per_s
+        return left / self.rows_per_s if self.rows_per_s > 0 else None
 
     def line(self) -> str:
-        eta = self.eta_s
-        eta_text = "?" if eta is None else _duration(eta)
+        """The step's part of the progress line."""
+        if not self.started:
+            return f"{self.name} 0/{self.total}"
         percent = 100 * self.done / self.total if self.total else 100
-        return (
+        head = (
             f"{self.name} {self.done}/{self.total} ({percent:.0f}%) {self.rows_per_s:.1f} rows/s "
-            f"{_count(self.tokens_per_s)} tok/s ETA {eta_text}"
+            f"{_count(self.tokens_per_s)} tok/s"
         )
+        if self.finished:
+            return f"{head} in {_duration(self.elapsed_s)}"
+        eta = self.eta_s
+        return f"{head} ETA {'?' if eta is None else _duration(eta)}"
+
+
+@dataclass
+class Looks:
+    """What the display has seen of one step: its first count (from the step's own clock)
+    and its recent looks, ``(time, rows, tokens)``."""
+
+    first: tuple[float, int, int]
+    recent: deque[tuple[float, int, int]]
+
+    @classmethod
+    def starting(cls, at: float, rows: int, tokens: int) -> Looks:
+        return cls((at, rows, tokens), deque([(at, rows, tokens)]))
 
 
 def rates(
     counters: dict[str, tuple[int, int]],
     totals: dict[str, int],
-    first_seen: dict[str, tuple[float, int, int]],
+    looks: dict[str, Looks],
     now: float,
     finished: dict[str, float] | None = None,
+    window_s: float = WINDOW_S,
 ) -> list[StepRate]:
     """Per-step rates, in the order of ``totals``.
 
-    A step's rate counts from the moment it was first seen working: its counter appears
-    when it starts its first batch (:meth:`StoredResults.report_started`), so model loading
-    and waiting for upstream steps do not drag it down, and a step that finishes in one
-    batch still shows its real rate. ``first_seen`` maps a step to (time, rows, tokens) then;
-    ``finished`` (kept by the caller) to the time it was first seen done.
+    ``looks`` (kept by the caller) holds what was seen of each step from the moment it was
+    first seen working: its counter appears when it starts its first batch
+    (:meth:`~steps.base.StoredResults.report_started`), so model loading and waiting for
+    upstream steps do not drag it down. A running step's rates are over about the last
+    ``window_s`` seconds. A finished step (``finished``: the time it was first seen done,
+    kept by the caller) shows its average over its whole run, which no longer decays.
     """
     out = []
     for name, total in totals.items():
-        done, tokens = counters.get(name, (0, 0))
-        if name in counters and name not in first_seen:
-            first_seen[name] = (now, done, tokens)
-        since, rows0, tokens0 = first_seen.get(name, (now, done, tokens))
-        if done >= total and name in first_seen:
-            # A finished step keeps the rate it ended with: its clock stops when it is first seen done.
+        if name not in counters:
+            out.append(StepRate(name, 0, total, 0.0, 0.0, started=False))
+            continue
+        done, tokens = counters[name]
+        seen = looks.setdefault(name, Looks.starting(now, done, tokens))
+        if done >= total:
             until = finished.setdefault(name, now) if finished is not None else now
+            since, rows0, tokens0 = seen.first
         else:
             until = now
+            recent = seen.recent
+            if recent[-1][0] < now:
+                recent.append((now, done, tokens))
+            # Keep one look at or before the window's start, so the rate spans the window.
+            while len(recent) > 2 and recent[1][0] <= now - window_s:
+                recent.popleft()
+            since, rows0, tokens0 = recent[0]
         elapsed = until - since
         rows_per_s = (done - rows0) / elapsed if elapsed > 0 else 0.0
         tokens_per_s = (tokens - tokens0) / elapsed if elapsed > 0 else 0.0
-        out.append(StepRate(name, min(done, total), total, rows_per_s, tokens_per_s))
+        run_time = until - seen.first[0]
+        out.append(StepRate(name, min(done, total), total, rows_per_s, tokens_per_s, tokens, True, max(run_time, 0.0)))
     return out
 
 
 class ProgressMonitor:
-    """Prints the run's progress every ``interval_s`` seconds until stopped."""
+    """Shows the run's progress until stopped.
+
+    On a terminal (``stream.isatty()``) one line, redrawn in place every ``interval_s``
+    (default 1 s) and cut to the terminal's width; elsewhere (a log file, a pipe) a plain line
+    every ``interval_s`` (default 5 s). The line holds the steps still running or waiting.
+    A step seen at its total gets a line of its own at 100%, once; at the end of the run the
+    monitor looks a last time, so a step that finished since the last look (or a whole run
+    shorter than one interval) still ends on its 100% line.
+    """
 
     def __init__(
-        self, store: ResultStore, totals: dict[str, int], interval_s: float = 5.0, stream: TextIO | None = None
+        self,
+        store: ResultStore,
+        totals: dict[str, int],
+        interval_s: float | None = None,
+        stream: TextIO | None = None,
+        width: int | None = None,
     ) -> None:
         self.store = store
         self.totals = totals
-        self.interval_s = interval_s
         self.stream = stream or sys.stderr
+        self.live = _is_terminal(self.stream)
+        self.interval_s = interval_s if interval_s is not None else (1.0 if self.live else 5.0)
+        self.width = width  # None: the terminal's, looked up at each redraw (it may be resized)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="magpie-progress", daemon=True)
-        self._first_seen: dict[str, tuple[float, int, int]] = {}
+        self._lock = threading.Lock()
+        self._looks: dict[str, Looks] = {}
         self._finished: dict[str, float] = {}
+        self._announced: set[str] = set()
+        self._drawn = False  # a live line is on the terminal, not yet ended by a newline
 
     def __enter__(self) -> ProgressMonitor:
         self._thread.start()
@@ -99,24 +208,76 @@ class ProgressMonitor:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+        try:
+            self.show(final=True)
+        except Exception:  # the store is gone: nothing more to say
+            if self._drawn:
+                self._write("\n")
 
     def snapshot(self) -> list[StepRate]:
         counters = self.store.progress()
         # The steps' own clocks: a step that started and finished between two looks still
         # shows the rate it ran at, not 0 (wall-clock times: they come from other processes).
         for name, (first, rows, tokens, last) in self.store.progress_times().items():
-            self._first_seen.setdefault(name, (first, rows, tokens))
+            self._looks.setdefault(name, Looks.starting(first, rows, tokens))
             if name in self.totals and counters.get(name, (0, 0))[0] >= self.totals[name]:
                 self._finished.setdefault(name, last)
-        return rates(counters, self.totals, self._first_seen, time.time(), self._finished)
+        return rates(counters, self.totals, self._looks, time.time(), self._finished)
+
+    def show(self, final: bool = False) -> None:
+        """Look once: a line of its own for each step newly at its total, then the live line
+        (redrawn on a terminal, a new line elsewhere). ``final``: the last look, which ends
+        the live line on a terminal."""
+        with self._lock:
+            now = self.snapshot()
+            ended = [r for r in now if r.finished and r.name not in self._announced]
+            self._announced.update(r.name for r in ended)
+            running = [r for r in now if r.name not in self._announced]
+            text = f"[progress] {' | '.join(r.line() for r in running)}" if running else ""
+            lines = [f"[progress] {r.line()}" for r in ended]
+            if self.live:
+                out = "\r\x1b[K" if self._drawn else ""  # back to the line's start, cleared
+                out += "".join(line + "\n" for line in lines)
+                if text:
+                    out += _fit(text, self.width or _terminal_width(self.stream)) + ("\n" if final else "")
+                self._drawn = bool(text) and not final
+            else:
+                out = "".join(line + "\n" for line in lines + ([text] if text else []))
+            self._write(out)
+
+    def _write(self, text: str) -> None:
+        if text:
+            self.stream.write(text)
+            self.stream.flush()
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
             try:
-                line = " | ".join(rate.line() for rate in self.snapshot())
-            except Exception:  # the store is busy or gone: skip this tick, never kill the run
+                self.show()
+            except Exception:  # the store is busy or gone: skip this look, never kill the run
                 continue
-            print(f"[progress] {line}", file=self.stream, flush=True)
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
+def _terminal_width(stream: TextIO) -> int:
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, ValueError, OSError):  # not a real terminal (a test's stream)
+        import shutil
+
+        return shutil.get_terminal_size().columns
+
+
+def _fit(text: str, width: int) -> str:
+    """``text`` cut to fit ``width`` columns, one spare (a full line makes some terminals wrap)."""
+    room = max(width - 1, 10)
+    return text if len(text) <= room else text[: room - 1] + "…"
 
 
 def _count(value: float) -> str:

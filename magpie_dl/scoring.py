@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -212,11 +212,14 @@ class RewardScorer:
         encoded = [conversation_token_ids(self.tokenizer, user, assistant) for user, assistant in pairs]
         return self.score_token_ids(encoded)
 
-    def score_token_ids(self, sequences: list[list[int]]) -> list[Scored]:
+    def score_token_ids(
+        self, sequences: list[list[int]], done: Callable[[list[int], int], None] | None = None
+    ) -> list[Scored]:
         """Score token-id sequences; the result is in input order.
 
         An ArmoRM input whose gating tokens were cut away by ``max_length`` is not run:
-        its result carries no score and the reason ``gating_tokens_missing``.
+        its result carries no score and the reason ``gating_tokens_missing``. ``done`` is
+        told, after each forward pass, which sequences (indices) it scored and their tokens.
         """
         import torch
 
@@ -231,6 +234,8 @@ class RewardScorer:
                 continue
             gating[i] = position or 0
             todo.append(i)
+        if done is not None and len(todo) < len(sequences):
+            done([i for i, result in enumerate(results) if result is not None], 0)
         with torch.inference_mode():
             for chunk in plan_batches([len(clipped[i]) for i in todo], self.batch_size, self.batch_tokens):
                 rows = [todo[k] for k in chunk]
@@ -242,6 +247,8 @@ class RewardScorer:
                         truncated=len(sequences[i]) > self.max_length,
                         error=None if math.isfinite(value) else non_finite_score(value),
                     )
+                if done is not None:
+                    done(rows, sum(len(clipped[i]) for i in rows))
         return results  # type: ignore[return-value]
 
     def forward_batch(

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from magpie_dl.backends.base import Completion, CompletionLLM, PromptInput, SamplingSpec
+from magpie_dl.backends.base import Completion, PromptInput, SamplingSpec
 
 STORE_FILE = "results.sqlite"
 
@@ -154,25 +154,6 @@ def cached_map(
     store.count_usage(step, reused=len(keys) - len(missing), computed=len(missing))
     by_index = dict(zip(missing, values))
     return [by_index[i] if i in by_index else found[key] for i, key in enumerate(keys)]
-
-
-def cached_complete(
-    store: ResultStore | None,
-    step: str,
-    version: str,
-    llm: CompletionLLM,
-    prompts: list[PromptInput],
-    specs: list[SamplingSpec],
-) -> list[list[Completion]]:
-    """``llm.complete`` through the store; failed completions are not stored."""
-    keys = [completion_key(version, llm.model_name, p, spec) for p, spec in zip(prompts, specs)]
-
-    def compute(indices: list[int]) -> list[list[dict[str, Any]]]:
-        done = llm.complete([prompts[i] for i in indices], [specs[i] for i in indices])
-        return [stored_form(completions) for completions in done]
-
-    values = cached_map(store, step, keys, compute, storable_completions)
-    return [from_stored(value) for value in values]
 
 
 def completion_key(version: str, model_name: str, prompt: PromptInput, spec: SamplingSpec) -> str:

@@ -19,7 +19,8 @@ from collections import deque
 from collections.abc import Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from magpie_dl.backends.base import Completion, CompletionStream, PromptInput, SamplingSpec
+from magpie_dl.backends.base import Completion, CompletionLLM, CompletionStream, PromptInput, SamplingSpec
+from magpie_dl.progress import RowTally
 from magpie_dl.store import ResultStore, completion_key, from_stored, storable_completions, stored_form
 
 DEFAULT_MAX_IN_FLIGHT = 4096
@@ -36,6 +37,7 @@ class _Pending:
     store_keys: list[str]
     missing: int
     sequences: dict[int, int] = field(default_factory=dict)  # request index -> samples still running
+    tally: RowTally | None = None
 
 
 class OrderedBatches:
@@ -49,8 +51,8 @@ class OrderedBatches:
         model_name: the backend's ``model_name`` (part of every key).
         max_in_flight: sequences in flight above which :attr:`has_room` is False.
 
-    Keys are those of :func:`magpie_dl.store.cached_complete`: a batch run one way is read
-    back by the other.
+    Keys are those of :func:`magpie_dl.store.completion_key`, as :func:`cached_complete`'s:
+    a batch run one way is read back by the other.
     """
 
     def __init__(
@@ -90,17 +92,21 @@ class OrderedBatches:
         """Samples submitted to the stream and not yet finished."""
         return self._sequences
 
-    def add(self, key: Hashable, prompts: Sequence[PromptInput], specs: Sequence[SamplingSpec]) -> None:
+    def add(
+        self, key: Hashable, prompts: Sequence[PromptInput], specs: Sequence[SamplingSpec], tally: RowTally | None = None
+    ) -> None:
         """Queue a batch under ``key``: stored results are read back, the rest submitted.
 
         A batch the stream refuses (bad sampling parameters) raises here and is not held.
+        ``tally`` counts the batch's rows and tokens as its requests finish (those read back
+        at once, with no tokens: they were not generated in this run).
         """
         if len(prompts) != len(specs):
             raise ValueError(f"{len(prompts)} prompts but {len(specs)} sampling specs")
         store_keys = [completion_key(self._version, self._model, p, s) for p, s in zip(prompts, specs)]
         found = self._store.get_many(store_keys) if self._store is not None else {}
         serial, self._serial = self._serial, self._serial + 1
-        batch = _Pending(serial, key, [None] * len(prompts), store_keys, 0)
+        batch = _Pending(serial, key, [None] * len(prompts), store_keys, 0, tally=tally)
         requests = []
         for i, (prompt, spec, store_key) in enumerate(zip(prompts, specs, store_keys)):
             if store_key in found:
@@ -115,6 +121,8 @@ class OrderedBatches:
         self._held.append(batch)
         self._by_serial[serial] = batch
         self._sequences += sum(batch.sequences.values())
+        if tally is not None:
+            tally.done([i for i in range(len(prompts)) if i not in batch.sequences])
 
     def poll(self, timeout: float) -> list[tuple[Hashable, list[list[Completion]]]]:
         """Batches now complete, in the order added, as ``(key, completions per prompt)``.
@@ -125,6 +133,7 @@ class OrderedBatches:
         if not self._ready():
             finished = self._stream.poll(timeout) if self._stream.in_flight else []
             stored = []
+            counted: dict[int, tuple[list[int], int]] = {}  # serial -> (requests, tokens) finished now
             for (serial, i), completions in finished:
                 batch = self._by_serial[serial]
                 batch.results[i] = completions
@@ -133,12 +142,20 @@ class OrderedBatches:
                 value = stored_form(completions)
                 if storable_completions(value):
                     stored.append((batch.store_keys[i], value))
+                requests, tokens = counted.get(serial, ([], 0))
+                counted[serial] = (requests + [i], tokens + sum(c.num_tokens for c in completions))
             if self._store is not None:
                 self._store.put_many(stored)  # one transaction per poll
+            for serial, (requests, tokens) in counted.items():  # counted once stored
+                tally = self._by_serial[serial].tally
+                if tally is not None:
+                    tally.done(requests, tokens)
         released = []
         while self._ready():
             batch = self._held.popleft()
             del self._by_serial[batch.serial]
+            if batch.tally is not None:
+                batch.tally.close()
             released.append((batch.key, batch.results))  # type: ignore[arg-type]
         return released
 
@@ -162,11 +179,13 @@ class OrderedBatches:
 
 def complete_in_batches(
     ordered: OrderedBatches,
-    batches: Iterable[tuple[Hashable, Sequence[PromptInput], Sequence[SamplingSpec]]],
+    batches: Iterable[tuple[Hashable, Sequence[PromptInput], Sequence[SamplingSpec]]
+                      | tuple[Hashable, Sequence[PromptInput], Sequence[SamplingSpec], RowTally | None]],
     poll_s: float = 0.05,
 ) -> Iterator[tuple[Hashable, list[list[Completion]]]]:
     """Each ``(key, prompts, specs)`` batch's ``(key, completions)``, in order, with later
-    batches already running (as many as ``ordered`` has room for).
+    batches already running (as many as ``ordered`` has room for). A batch may carry a
+    fourth item, the :class:`~magpie_dl.progress.RowTally` counting it.
 
     The loop a generator step or a benchmark needs; ``batches`` is read lazily. The
     stream is closed when the loop ends or is abandoned.
@@ -184,3 +203,24 @@ def complete_in_batches(
             yield from ordered.poll(poll_s)
     finally:
         ordered.close()
+
+
+def cached_complete(
+    store: ResultStore | None,
+    step: str,
+    version: str,
+    llm: CompletionLLM,
+    prompts: list[PromptInput],
+    specs: list[SamplingSpec],
+    tally: RowTally | None = None,
+) -> list[list[Completion]]:
+    """``llm``'s completions of one batch through the store: stored ones read back, the rest
+    run on a stream of their own and stored as each finishes (failed ones are not stored).
+    ``tally`` counts the batch's rows as their requests finish."""
+    ordered = OrderedBatches(llm.open_stream(), store, step, version, llm.model_name)
+    try:
+        ordered.add(None, prompts, specs, tally)
+        [(_, results)] = ordered.drain()
+    finally:
+        ordered.close()
+    return results

@@ -6,9 +6,13 @@ from typing import TYPE_CHECKING, Any, ClassVar, Optional, Protocol
 from pydantic import BaseModel, Field, PrivateAttr
 
 from magpie_dl.procs import die_with_parent
-from magpie_dl.store import ResultStore, cached_complete
+from magpie_dl.progress import RowTally
+from magpie_dl.store import ResultStore
+from magpie_dl.streaming import cached_complete
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from magpie_dl.backends.base import Completion, CompletionLLM, PromptInput, SamplingSpec
 
 
@@ -51,6 +55,10 @@ class StoredResults(BaseModel):
         """Count finished rows and tokens for the run's live progress display."""
         if self._store is not None:
             self._store.count_progress(self.name, rows, tokens)  # type: ignore[attr-defined]
+
+    def row_tally(self, num_rows: int, row_of: "Sequence[int] | None" = None) -> RowTally:
+        """A batch of ``num_rows`` rows counted as they finish (see :class:`~magpie_dl.progress.RowTally`)."""
+        return RowTally(self.report_progress, num_rows, row_of)
 
 
 class Loadable(Protocol):
@@ -96,7 +104,10 @@ class LLMStep(StoredResults):
             self._model = None
         super().unload()  # type: ignore[misc]
 
-    def complete(self, prompts: "list[PromptInput]", specs: "list[SamplingSpec]") -> "list[list[Completion]]":
-        """The step's ``llm`` completions of ``prompts``, read from the store where it has them."""
-        return cached_complete(self.store, self.name, self.CACHE_VERSION, self.llm, prompts, specs)  # type: ignore[attr-defined]
+    def complete(
+        self, prompts: "list[PromptInput]", specs: "list[SamplingSpec]", tally: Optional[RowTally] = None
+    ) -> "list[list[Completion]]":
+        """The step's ``llm`` completions of ``prompts``, read from the store where it has them;
+        ``tally`` (:meth:`row_tally`) counts the batch's rows as their requests finish."""
+        return cached_complete(self.store, self.name, self.CACHE_VERSION, self.llm, prompts, specs, tally)  # type: ignore[attr-defined]
 

@@ -98,19 +98,19 @@ class InstructionTagging(LLMStep, Step, Configured):
     def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
         self.report_started()
         tasks = [TAG_TASKS[name] for name in self.tasks]
-        jobs = [(row, task) for row in inputs if taggable(row) for task in tasks]
+        jobs = [(r, row, task) for r, row in enumerate(inputs) if taggable(row) for task in tasks]
         answers = self.complete(
-            [self.prompt(task, row["instruction"]) for row, task in jobs],
+            [self.prompt(task, row["instruction"]) for _, row, task in jobs],
             [SamplingSpec(n=1, temperature=0.0, max_tokens=self.max_tokens, seed=0, json_schema=task.schema)
-             for _, task in jobs],
+             for _, _, task in jobs],
+            self.row_tally(len(inputs), [r for r, _, _ in jobs]),  # a row counts once all its tasks are judged
         )
         for row in inputs:
             row.update(untagged_columns(tasks, self.llm.provenance_name))
-        parsed = [record_answer(row, task.name, task.parse, answer) for (row, task), [answer] in zip(jobs, answers)]
+        parsed = [record_answer(row, task.name, task.parse, answer) for (_, row, task), [answer] in zip(jobs, answers)]
         failures = parsed.count(False)
         if failures:
             self._logger.info(f"{failures} of {len(jobs)} judge answers could not be parsed (see tagging_errors)")
-        self.report_progress(len(inputs), sum(answer.num_tokens for [answer] in answers))
         yield inputs
 
 
@@ -158,12 +158,13 @@ class SafetyTagging(LLMStep, Step, Configured):
         self.report_started()
         todo = [row for row in inputs if taggable(row)]
         spec = SamplingSpec(n=1, temperature=0.0, max_tokens=self.max_tokens, seed=0)
-        answers = self.complete([self.prompt(row["instruction"]) for row in todo], [spec] * len(todo))
+        answers = self.complete(
+            [self.prompt(row["instruction"]) for row in todo], [spec] * len(todo), self.row_tally(len(inputs), range(len(todo)))
+        )
         for row in inputs:
             row.update(unguarded_columns(self.llm.provenance_name, row.get("tagging_errors")))
         for row, [answer] in zip(todo, answers):
             record_answer(row, SAFETY_TASK, parse_guard_output, answer)
-        self.report_progress(len(inputs), sum(answer.num_tokens for [answer] in answers))
         yield inputs
 
 

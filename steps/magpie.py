@@ -120,7 +120,7 @@ class MagpieQueryWriter(StreamedCompletions, Configured):
         return (list(indices), picks, specs), prompts, specs
 
     def query_rows(self, context: Any, completions: list[list[Completion]]) -> list[dict[str, Any]]:
-        """Clean and annotate the queries of :meth:`query_requests`' rows; counts progress."""
+        """Clean and annotate the queries of :meth:`query_requests`' rows."""
         rules = CleaningRules(min_chars=self.min_chars, max_chars=self.max_chars)
         indices, picks, specs = context
         rows = [
@@ -130,7 +130,6 @@ class MagpieQueryWriter(StreamedCompletions, Configured):
             )
             for i, (category, system), spec, [completion] in zip(indices, picks, specs, completions)
         ]
-        self.report_progress(len(rows), sum(r["gen_input_configs"]["num_tokens"] for r in rows))
         return rows
 
 
@@ -183,7 +182,8 @@ class MagpieGenerator(MagpieQueryWriter, GeneratorStep):
     def _query_batches(self, offset: int) -> Any:
         for start in range(offset, self.num_rows, self.batch_size):
             self.report_started()
-            yield self.query_requests(range(start, min(start + self.batch_size, self.num_rows)))
+            context, prompts, specs = self.query_requests(range(start, min(start + self.batch_size, self.num_rows)))
+            yield context, prompts, specs, self.row_tally(len(prompts))  # counted as each query finishes
 
 
 class QuerySlots(GeneratorStep, Configured):

@@ -150,7 +150,6 @@ class MultiResponseGeneration(StreamingStep, Step, Configured):
             spec, done = by_uuid.get(row["uuid"], (None, []))
             row.update(response_columns(done, self.thinking))
             row["gen_response_configs"] = self._provenance(row["instruction"], spec.seed if spec else None)
-        self.report_progress(len(rows), sum(sum(row["generation_tokens"]) for row in rows))
         return rows
 
     def _provenance(self, instruction: str, seed: int | None) -> dict[str, Any]:

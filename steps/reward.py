@@ -7,6 +7,7 @@ from distilabel.mixins.runtime_parameters import RuntimeParameter
 from distilabel.steps import Step, StepInput
 from pydantic import PrivateAttr
 
+from magpie_dl.progress import RowTally
 from magpie_dl.scoring import RewardScorer, Scored, conversation_token_ids, responses_to_score, set_ratings
 from magpie_dl.sections import RewardConfig
 from magpie_dl.store import cached_map, result_key
@@ -93,23 +94,28 @@ class RewardScoring(LLMStep, Step, Configured):
     def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
         self.report_started()
         wanted = responses_to_score(inputs)
-        scored = self.score([(inputs[r]["instruction"], inputs[r]["generations"][j]) for r, j in wanted])
+        tally = self.row_tally(len(inputs), [r for r, _ in wanted])  # a row counts once all its responses are scored
+        scored = self.score([(inputs[r]["instruction"], inputs[r]["generations"][j]) for r, j in wanted], tally)
         errors = set_ratings(inputs, wanted, scored)
         if errors:
             self._logger.warning(f"{sum(errors.values())} of {len(scored)} responses not scored: {dict(errors)}")
-        self.report_progress(len(inputs), sum(result.num_tokens for result in scored))
+        tally.close()  # rows whose scores were all read back from the store
         yield inputs
 
-    def score(self, pairs: list[tuple[str, str]]) -> list[Scored]:
-        """Scores through the durable store, keyed by model, exact tokens and max length."""
+    def score(self, pairs: list[tuple[str, str]], tally: Optional[RowTally] = None) -> list[Scored]:
+        """Scores through the durable store, keyed by model, exact tokens and max length;
+        ``tally`` (over ``pairs``) is told of each forward pass's scores and tokens."""
         tokenizer = self._scorer.tokenizer
         sequences = [conversation_token_ids(tokenizer, user, assistant) for user, assistant in pairs]
         keys = [result_key("score", self.CACHE_VERSION, self.model, self.max_length, ids) for ids in sequences]
-        values = cached_map(
-            self.store,
-            self.name,
-            keys,
-            lambda missing: [asdict(s) for s in self._scorer.score_token_ids([sequences[i] for i in missing])],
-        )
+
+        def compute(missing: list[int]) -> list[dict]:
+            def scored(done: list[int], tokens: int) -> None:
+                if tally is not None:
+                    tally.done([missing[k] for k in done], tokens)
+
+            return [asdict(s) for s in self._scorer.score_token_ids([sequences[i] for i in missing], scored)]
+
+        values = cached_map(self.store, self.name, keys, compute)
         return [Scored(**value) for value in values]
 

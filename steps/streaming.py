@@ -32,6 +32,7 @@ from distilabel.mixins.runtime_parameters import RuntimeParameter
 from pydantic import Field, PrivateAttr
 
 from magpie_dl.backends.base import Completion, PromptInput, SamplingSpec
+from magpie_dl.progress import RowTally
 from magpie_dl.streaming import DEFAULT_MAX_IN_FLIGHT, OrderedBatches
 from steps.base import LLMStep
 
@@ -98,8 +99,8 @@ class StreamingStep(StreamedCompletions):
 
     @abstractmethod
     def completion_requests(self, rows: list[dict[str, Any]]) -> tuple[Any, list[PromptInput], list[SamplingSpec]]:
-        """A batch's requests: ``(context, prompts, specs)``; context goes back to
-        :meth:`rows_from_completions` untouched."""
+        """A batch's requests: ``(context, prompts, specs)``, at most one request per row;
+        context goes back to :meth:`rows_from_completions` untouched."""
 
     @abstractmethod
     def rows_from_completions(
@@ -111,7 +112,12 @@ class StreamingStep(StreamedCompletions):
         """One batch, start to end (``process()`` of a step not run by the streaming loop)."""
         self.report_started()
         context, prompts, specs = self.completion_requests(rows)
-        return self.rows_from_completions(rows, context, self.complete(prompts, specs))
+        return self.rows_from_completions(rows, context, self.complete(prompts, specs, self.batch_tally(rows, prompts)))
+
+    def batch_tally(self, rows: list[dict[str, Any]], prompts: list[PromptInput]) -> RowTally:
+        """The live count of a batch: a row is done when its request is (requests are one per
+        row at most; rows with none, :meth:`completion_requests` skipped them, at once)."""
+        return self.row_tally(len(rows), range(len(prompts)))
 
 
 class _Held:
@@ -121,6 +127,7 @@ class _Held:
         self.batch, self.rows, self.overridden = batch, rows, overridden
         self.context: Any = None
         self.result: list[dict[str, Any]] | None = None  # set when it failed before finishing
+        self.tally: RowTally | None = None
 
 
 def streaming_loop(wrapper: _StepWrapper) -> None:
@@ -213,16 +220,21 @@ def _take(wrapper: _StepWrapper, ordered: OrderedBatches, batch: _Batch, key: in
     try:
         step.report_started()
         item.context, prompts, specs = step.completion_requests(rows)
-        ordered.add(key, prompts, specs)
+        item.tally = step.batch_tally(rows, prompts)
+        ordered.add(key, prompts, specs, item.tally)
     except Exception:
         item.result = _imputed(wrapper, batch)
         ordered.add(key, [], [])  # nothing to run, but it holds its place in the order
+        if item.tally is not None:
+            item.tally.close()  # its rows go on, empty: the step has handled them
     return item
 
 
 def _fail(wrapper: _StepWrapper, item: _Held) -> None:
     """Send a batch the step failed on with imputed outputs (call inside the ``except``)."""
     item.result = _imputed(wrapper, item.batch)
+    if item.tally is not None:
+        item.tally.close()
     _send(wrapper, item)
 
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import io
+import re
 import time
 
 import pytest
 
 from recipe_cli import run_recipe_cli
+from magpie_dl.backends.base import Completion, CompletionLLM, CompletionStream, PromptInput, SamplingSpec
 from magpie_dl.estimate import EstimateConfig, estimate
-from magpie_dl.progress import ProgressMonitor, rates
+from magpie_dl.progress import ProgressMonitor, RowTally, rates
 from magpie_dl.store import ResultStore
 
 
@@ -95,3 +97,213 @@ def test_a_step_done_between_two_looks_shows_the_rate_it_ran_at(tmp_path):
     assert r.done == 64
     assert 64 / ran <= r.rows_per_s <= 64 / 0.2, r.line()  # its own run time, not the time until the look
     assert r.tokens_per_s == pytest.approx(10 * r.rows_per_s)
+
+
+# --- counts as work finishes, rates over a recent window, the line on a terminal or not ----
+
+
+def test_rates_follow_the_recent_window_not_the_average_since_the_start():
+    """Fast for 100 s, then ten times slower: the rate and ETA are the recent pace, and the ETA
+    comes from the token rate (at the tokens a row has taken so far)."""
+    looks: dict = {}
+    for t in range(0, 101, 5):  # 10 rows/s, 100 tokens a row
+        [r] = rates({"responses": (10 * t, 1000 * t)}, {"responses": 2000}, looks, now=float(t))
+    for t in range(105, 161, 5):  # then 1 row/s
+        [r] = rates({"responses": (1000 + (t - 100), 100_000 + 100 * (t - 100))}, {"responses": 2000}, looks, now=float(t))
+    assert r.done == 1060
+    assert r.rows_per_s == pytest.approx(1.0) and r.tokens_per_s == pytest.approx(100.0)  # not 6.6 rows/s
+    assert r.eta_s == pytest.approx(940 * 100 / 100.0)  # 940 rows left, 100 tokens a row, 100 tok/s
+    assert "ETA 15m40s" in r.line()
+
+
+def test_a_row_counts_when_its_last_request_finishes():
+    counts: list[tuple[int, int]] = []
+    tally = RowTally(lambda rows, tokens: counts.append((rows, tokens)), num_rows=4, row_of=[0, 0, 1, 1, 2, 2])
+    assert counts == [(1, 0)]  # row 3 has nothing to run: done at once
+    tally.done([0], 10)
+    tally.done([2, 1], 30)
+    assert counts[1:] == [(0, 10), (1, 30)]  # row 0 once both its requests finished
+    tally.close()  # rows 1 and 2 were read back from the store
+    assert counts[-1] == (2, 0) and sum(rows for rows, _ in counts) == 4
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def count_steadily(store: ResultStore, pause_s: float) -> None:
+    """responses: 40 rows in four steps, then reward all at once."""
+    store.count_progress("responses", 0, 0)
+    for _ in range(4):
+        time.sleep(pause_s)
+        store.count_progress("responses", 10, 1000)
+    store.count_progress("reward", 0, 0)
+    store.count_progress("reward", 40, 900)
+
+
+def test_on_a_terminal_one_line_is_redrawn_in_place_cut_to_the_width(tmp_path):
+    term = FakeTerminal()
+    with ProgressMonitor(ResultStore(tmp_path), {"responses": 40, "reward": 40}, interval_s=0.05, stream=term, width=60):
+        count_steadily(ResultStore(tmp_path), 0.15)
+    out = term.getvalue()
+    before_done = out[: out.index("responses 40/40")]
+    assert "\n" not in before_done and before_done.count("\r\x1b[K") >= 3, repr(out)  # one line, redrawn
+    # What is redrawn: after each return to the line's start, up to a line's end if any.
+    drawn = [part.split("\n")[0] for part in out.split("\r\x1b[K") if part and not part.startswith("[progress] responses 40/40")]
+    assert len(drawn) >= 3 and all(len(part) <= 59 for part in drawn), drawn
+    assert any(part.endswith("…") for part in drawn)  # both steps do not fit in 60 columns
+    # Each step's 100% line stays, and the live line is ended: the shell's prompt starts on a line of its own.
+    assert out.endswith("\n")
+    kept = [line.split("\r\x1b[K")[-1] for line in out.split("\n")[:-1]]
+    assert [line.split(" (")[0] for line in kept] == ["[progress] responses 40/40", "[progress] reward 40/40"], kept
+    assert all("(100%)" in line for line in kept)
+
+
+def test_elsewhere_a_plain_line_each_interval(tmp_path):
+    stream = io.StringIO()
+    with ProgressMonitor(ResultStore(tmp_path), {"responses": 40, "reward": 40}, interval_s=0.05, stream=stream):
+        count_steadily(ResultStore(tmp_path), 0.15)
+    out = stream.getvalue()
+    assert "\r" not in out and "\x1b" not in out
+    lines = out.splitlines()
+    assert all(line.startswith("[progress] ") for line in lines)
+    running = [line for line in lines if "responses" in line and "ETA" in line]
+    assert len(running) >= 3 and "responses 10/40 (25%)" in "\n".join(running)
+    assert lines[-2].startswith("[progress] responses 40/40 (100%)") and lines[-1].startswith("[progress] reward 40/40 (100%)")
+
+
+def test_every_step_ends_on_its_100_percent_line_even_when_the_run_ends_between_looks(tmp_path):
+    """A run shorter than one interval (the demo's reward step): the last look still shows each step done."""
+    stream = io.StringIO()
+    with ProgressMonitor(ResultStore(tmp_path), {"responses": 40, "reward": 40}, interval_s=60, stream=stream):
+        count_steadily(ResultStore(tmp_path), 0.01)
+    lines = stream.getvalue().splitlines()
+    assert [line.split(" (")[0] for line in lines] == ["[progress] responses 40/40", "[progress] reward 40/40"]
+    assert all("(100%)" in line and " in " in line and "ETA" not in line for line in lines)
+
+
+class TrickleStream(CompletionStream):
+    """A slow engine: one request finishes every ``every_s`` seconds, in the order submitted,
+    each of its samples ``tokens`` tokens long."""
+
+    def __init__(self, every_s: float, tokens: int) -> None:
+        self.every_s, self.tokens = every_s, tokens
+        self.running: list = []
+        self.next_at = 0.0
+
+    def submit(self, requests) -> None:
+        if not self.running:
+            self.next_at = time.monotonic() + self.every_s
+        self.running.extend(requests)
+
+    def poll(self, timeout: float):
+        wait = self.next_at - time.monotonic()
+        if not self.running or wait > timeout:
+            time.sleep(timeout)
+            return []
+        time.sleep(max(wait, 0.0))
+        self.next_at += self.every_s
+        tag, _, spec = self.running.pop(0)
+        return [(tag, [Completion("A fine answer.", [5] * self.tokens, "stop") for _ in range(spec.n)])]
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.running)
+
+
+class TrickleLLM(CompletionLLM):
+    """The model boundary of a slow engine (the tiny model's tokenizer renders the prompts)."""
+
+    every_s: float = 0.15
+
+    def complete(self, prompts, sampling):
+        raise AssertionError("the step streams: complete() is not called")
+
+    def open_stream(self) -> TrickleStream:
+        return TrickleStream(self.every_s, tokens=7)
+
+
+def test_a_long_batch_shows_rising_counts_and_tokens_before_it_is_released(tiny_models, tmp_path):
+    """One batch of 8 instructions whose responses finish one by one inside the real streaming
+    step: the counts rise while the batch is in flight (a batch is released only whole, so a
+    count below 8 is seen before), with a token rate; the step then ends on its 100% line."""
+    from distilabel.pipeline import Pipeline
+    from distilabel.steps import LoadDataFromDicts
+
+    from steps.responses import MultiResponseGeneration
+
+    rows = [{"uuid": f"u{i}", "instruction": f"Tell me about tea ({i})."} for i in range(8)]
+    with Pipeline(name="trickle", cache_dir=str(tmp_path / "distilabel")) as pipeline:
+        load = LoadDataFromDicts(name="load", data=rows, batch_size=8)
+        respond = MultiResponseGeneration(
+            name="responses", llm=TrickleLLM(model=tiny_models["generator"]), num_generations=5, max_tokens=8,
+            input_batch_size=8, cache_dir=str(tmp_path / "store"),
+        )  # fmt: skip
+        load >> respond
+    stream = io.StringIO()
+    with ProgressMonitor(ResultStore(tmp_path / "store"), {"responses": 8}, interval_s=0.05, stream=stream):
+        out = pipeline.run(use_cache=False)["default"]["train"].to_list()
+    assert [r["generations"] for r in out] == [["A fine answer."] * 5] * 8
+    lines = stream.getvalue().splitlines()
+    seen = [re.search(r"responses (\d+)/8 \(\d+%\) [\d.]+ rows/s ([\d.]+K?) tok/s", line) for line in lines]
+    counts = [(int(m[1]), m[2]) for m in seen if m]
+    in_flight = [(done, rate) for done, rate in counts if 0 < done < 8]
+    assert len({done for done, _ in in_flight}) >= 3, lines  # rising while the batch runs...
+    assert [done for done, _ in counts] == sorted(done for done, _ in counts)
+    assert all(rate != "0" for _, rate in in_flight), lines  # ...with tokens counted as they finish
+    assert lines[-1].startswith("[progress] responses 8/8 (100%)"), lines
+
+
+class CountingStore(ResultStore):
+    """The result store, noting each progress count a step makes."""
+
+    def __init__(self, directory) -> None:
+        super().__init__(directory)
+        self.counts: list[tuple[int, int]] = []
+
+    def count_progress(self, step: str, rows: int, tokens: int) -> None:
+        self.counts.append((rows, tokens))
+        super().count_progress(step, rows, tokens)
+
+
+def test_the_reward_step_counts_rows_and_tokens_as_it_scores_them(tiny_models, tmp_path):
+    """Scored two sequences a pass: rows count as their responses are scored, with the tokens
+    scored, not all at the batch's end; a row with nothing to score counts at once."""
+    from steps.reward import RewardScoring
+
+    step = RewardScoring(model=tiny_models["reward"], dtype="float32", max_length=256, scoring_batch_size=2,
+                         cache_dir=str(tmp_path))
+    step.load()
+    step._store = store = CountingStore(tmp_path)
+    answers = ["Yes.", "Tea is a drink made from leaves.", "Owls hunt at night and sleep by day, mostly."]
+    rows = [{"instruction": f"Question {i}?", "generations": [text, text]} for i, text in enumerate(answers)]
+    rows.append({"instruction": "Nothing came back.", "generations": ["", ""]})
+    [scored] = list(step.process(rows))
+    assert all(r is not None for row in scored[:3] for r in row["ratings"])
+    passes = [(rows, tokens) for rows, tokens in store.counts if tokens]
+    assert len(passes) == 3 and all(rows == 1 for rows, _ in passes), store.counts  # one row's pair a pass
+    assert sum(rows for rows, _ in store.counts) == 4
+    assert store.progress()["reward_scoring_0"][1] == sum(tokens for _, tokens in passes) > 0
+
+
+def test_the_transformers_backend_hands_back_each_prompt_as_it_finishes(tiny_models):
+    """Within one call, a short prompt's completions come back while a long one still decodes,
+    and they are the call's results."""
+    from magpie_dl.backends.transformers import TransformersBackend
+
+    llm = TransformersBackend(model=tiny_models["generator"], dtype="float32")
+    llm.load()
+    prompts = [PromptInput((5, 6, 7)), PromptInput((8, 9))]
+    specs = [SamplingSpec(n=2, max_tokens=30, seed=1), SamplingSpec(n=2, max_tokens=2, seed=2)]  # length only
+    order: list[int] = []
+    got: dict[int, list] = {}
+
+    def finished(i: int, completions: list) -> None:
+        order.append(i)
+        got[i] = completions
+
+    llm.complete_each(prompts, specs, finished)
+    assert order == [1, 0]
+    assert [got[0], got[1]] == llm.complete(prompts, specs)
+    assert [c.num_tokens for c in got[0] + got[1]] == [30, 30, 2, 2]

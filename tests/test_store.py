@@ -12,10 +12,10 @@ import sqlite3
 
 import pytest
 
-from magpie_dl.backends.base import Completion, PromptInput, SamplingSpec
+from magpie_dl.backends.base import CallStream, Completion, PromptInput, SamplingSpec
 from magpie_dl.backends.transformers import TransformersBackend
-from magpie_dl.store import STORE_FILE, ResultStore, cached_complete, completion_key, stored_form
-from magpie_dl.streaming import OrderedBatches, complete_in_batches
+from magpie_dl.store import STORE_FILE, ResultStore, completion_key, stored_form
+from magpie_dl.streaming import OrderedBatches, cached_complete, complete_in_batches
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +72,9 @@ def test_a_record_stored_with_its_token_ids_reads_back_the_same(tmp_path):
 
         def complete(self, *_):
             raise AssertionError("a stored result was computed again")
+
+        def open_stream(self) -> CallStream:
+            return CallStream(self)  # type: ignore[arg-type]
 
     [[completion]] = cached_complete(store, "responses", "1", Unused(), [prompt], [spec])  # type: ignore[arg-type]
     assert (completion.text, completion.finish_reason, completion.num_tokens) == ("Hi.", "stop", 3)

@@ -14,8 +14,8 @@ import math
 import queue
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Hashable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -173,6 +173,14 @@ class CompletionStream(ABC):
         self.close()
 
 
+EachFinished = Callable[[int, list[Completion]], None]
+"""Told a prompt's completions, by the prompt's index in its call, once all of them are done."""
+
+CompleteEach = Callable[[list[PromptInput], list[SamplingSpec], EachFinished], None]
+"""A call that completes prompts and hands each prompt's completions to ``finished`` as soon as
+they are done (in any order), rather than all at the call's end."""
+
+
 class CallStream(CompletionStream):
     """A stream over :meth:`CompletionLLM.complete`: each :meth:`submit` is one call, run in
     submission order on one worker thread.
@@ -180,14 +188,25 @@ class CallStream(CompletionStream):
     The default for every backend: the caller still gets to submit ahead (the next batch
     is ready when the engine frees), and each call's prompts are exactly one submission,
     so results are those of the same ``complete`` calls made one after another.
+    ``complete_each`` (a backend's own, same results as ``complete``) lets :meth:`poll` return
+    each prompt as it finishes within its call, not all at the call's end.
     """
 
-    def __init__(self, llm: CompletionLLM) -> None:
+    def __init__(self, llm: CompletionLLM, complete_each: CompleteEach | None = None) -> None:
         self._llm = llm
+        self._each = complete_each or self._all_at_end
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="completion-stream")
-        self._done: queue.Queue[tuple[Sequence[Request], Future]] = queue.Queue()
+        self._done: queue.Queue[tuple[Hashable, list[Completion]] | _FailedCall] = queue.Queue()
+        self._failed: _FailedCall | None = None
         self._in_flight = 0
         self._lock = threading.Lock()
+
+    def _all_at_end(self, prompts: list[PromptInput], specs: list[SamplingSpec], finished: EachFinished) -> None:
+        results = self._llm.complete(prompts, specs)
+        if len(results) != len(prompts):
+            raise ValueError(f"complete() returned {len(results)} results for {len(prompts)} prompts")
+        for i, completions in enumerate(results):
+            finished(i, completions)
 
     def submit(self, requests: Sequence[Request]) -> None:
         requests = list(requests)
@@ -195,22 +214,42 @@ class CallStream(CompletionStream):
             return
         with self._lock:
             self._in_flight += len(requests)
-        future = self._pool.submit(self._llm.complete, [p for _, p, _ in requests], [s for _, _, s in requests])
-        future.add_done_callback(lambda f: self._done.put((requests, f)))
+        self._pool.submit(self._call, requests)
+
+    def _call(self, requests: list[Request]) -> None:
+        told = 0
+
+        def finished(i: int, completions: list[Completion]) -> None:
+            nonlocal told
+            told += 1
+            self._done.put((requests[i][0], completions))
+
+        try:
+            self._each([p for _, p, _ in requests], [s for _, _, s in requests], finished)
+        except BaseException as e:  # raised from poll, as `complete` would raise
+            self._done.put(_FailedCall(e, len(requests) - told))
 
     def poll(self, timeout: float) -> list[tuple[Hashable, list[Completion]]]:
+        if self._failed is not None:
+            raise self._failed.error
         finished: list[tuple[Hashable, list[Completion]]] = []
         block = True
         while True:
             try:
-                requests, future = self._done.get(block=block and self.in_flight > 0, timeout=timeout)
+                item = self._done.get(block=block and self.in_flight > 0, timeout=timeout)
             except queue.Empty:
                 return finished
             block = False
+            if isinstance(item, _FailedCall):
+                with self._lock:
+                    self._in_flight -= item.unfinished
+                self._failed = item
+                if finished:  # these finished before the call failed: hand them on first
+                    return finished
+                raise item.error
             with self._lock:
-                self._in_flight -= len(requests)
-            results = future.result()  # a failed call raises here, as `complete` would
-            finished.extend((tag, completions) for (tag, _, _), completions in zip(requests, results, strict=True))
+                self._in_flight -= 1
+            finished.append(item)
 
     @property
     def in_flight(self) -> int:
@@ -220,6 +259,12 @@ class CallStream(CompletionStream):
     def close(self) -> None:
         # Calls not started are dropped; one already running finishes (it cannot be interrupted).
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+@dataclass
+class _FailedCall:
+    error: BaseException
+    unfinished: int  # requests of the call that never finished
 
 
 class CompletionLLM(LLM):

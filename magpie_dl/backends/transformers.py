@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from distilabel.mixins.runtime_parameters import RuntimeParameter
 from pydantic import Field, PrivateAttr
 
-from magpie_dl.backends.base import Completion, CompletionLLM, PromptInput, SamplingSpec
+from magpie_dl.backends.base import CallStream, Completion, CompletionLLM, EachFinished, PromptInput, SamplingSpec
 
 if TYPE_CHECKING:
     import torch
@@ -70,6 +71,26 @@ class TransformersBackend(CompletionLLM):
         super().unload()
 
     def complete(self, prompts: list[PromptInput], sampling: list[SamplingSpec]) -> list[list[Completion]]:
+        results: list[list[Completion]] = [[] for _ in prompts]
+
+        def keep(i: int, completions: list[Completion]) -> None:
+            results[i] = completions
+
+        self.complete_each(prompts, sampling, keep)
+        return results
+
+    def open_stream(self) -> CallStream:
+        """One call per submission, each prompt handed back as soon as its completions are done.
+
+        A subclass that changes :meth:`complete` (a stand-in at the model boundary) has its
+        calls go through it, all at the call's end: the stream's results stay ``complete``'s.
+        """
+        changed = type(self).complete is not TransformersBackend.complete
+        return CallStream(self, None if changed else self.complete_each)
+
+    def complete_each(self, prompts: list[PromptInput], sampling: list[SamplingSpec], finished: EachFinished) -> None:
+        """What :meth:`complete` returns, each prompt's completions given to ``finished`` (with
+        the prompt's index) as soon as all of them are done: a long call shows its progress."""
         import torch
 
         if len(prompts) != len(sampling):
@@ -84,15 +105,21 @@ class TransformersBackend(CompletionLLM):
         # Similar lengths together keep padding (wasted compute) small.
         jobs.sort(key=lambda job: len(job.token_ids))
         results: list[list[Completion | None]] = [[None] * spec.n for spec in sampling]
+        left = [spec.n for spec in sampling]
+
+        def done(job: _Job, completion: Completion) -> None:
+            results[job.prompt_index][job.child] = completion
+            left[job.prompt_index] -= 1
+            if not left[job.prompt_index]:
+                finished(job.prompt_index, results[job.prompt_index])  # type: ignore[arg-type]
+
         size = max(1, int(self.batch_size))
         with torch.inference_mode():
             for start in range(0, len(jobs), size):
-                chunk = jobs[start : start + size]
-                for job, completion in zip(chunk, self._sample(chunk)):
-                    results[job.prompt_index][job.child] = completion
-        return results  # type: ignore[return-value]
+                self._sample(jobs[start : start + size], done)
 
-    def _sample(self, jobs: list[_Job]) -> list[Completion]:
+    def _sample(self, jobs: list[_Job], done: Callable[[_Job, Completion], None]) -> None:
+        """Decode ``jobs`` together; each finished job's completion goes to ``done`` at once."""
         import torch
 
         model, tokenizer = self._model, self.tokenizer
@@ -161,6 +188,8 @@ class TransformersBackend(CompletionLLM):
                     finish[row] = "length"
                 else:
                     keep.append(pos)
+                    continue
+                done(jobs[row], self._completion(generated[row], finish[row], texts[row], stop_ids[row]))
             if not keep:
                 break
             if len(keep) < len(alive):
@@ -172,16 +201,14 @@ class TransformersBackend(CompletionLLM):
             step_positions = step_positions[:, -1:] + 1
             mask = torch.cat([mask, torch.ones((len(alive), 1), dtype=mask.dtype, device=mask.device)], dim=1)
 
-        completions = []
-        for row in range(batch):
-            text = texts[row]
-            if text is None:
-                body = generated[row]
-                if finish[row] == "stop" and body and body[-1] in stop_ids[row]:
-                    body = body[:-1]  # the stop token is in token_ids, not in the text (vLLM's way)
-                text = tokenizer.decode(body, skip_special_tokens=True)
-            completions.append(Completion(text=text, token_ids=generated[row], finish_reason=finish[row] or "length"))
-        return completions
+    def _completion(self, generated: list[int], finish: str, text: str | None, stop_ids: set[int]) -> Completion:
+        """A finished job's completion; ``text`` when a stop string already cut it."""
+        if text is None:
+            body = generated
+            if finish == "stop" and body and body[-1] in stop_ids:
+                body = body[:-1]  # the stop token is in token_ids, not in the text (vLLM's way)
+            text = self.tokenizer.decode(body, skip_special_tokens=True)
+        return Completion(text=text, token_ids=generated, finish_reason=finish)  # type: ignore[arg-type]
 
 
 def _generator(seed: int | None, child: int) -> torch.Generator:
