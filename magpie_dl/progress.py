@@ -88,13 +88,13 @@ class StepRate:
     @property
     def eta_s(self) -> float | None:
         """Seconds left: the rows left at the tokens a row has taken so far, over the recent token
-        rate (rows finish in lumps, tokens flow); the recent rows rate where no tokens are counted."""
+        rate (rows finish in lumps, tokens flow). None until tokens are counted: rows with
+        nothing to run, or read back from the store, count at once and say nothing of the pace."""
         if self.finished:
             return 0.0
-        left = self.total - self.done
-        if self.tokens > 0 and self.done > 0 and self.tokens_per_s > 0:
-            return left * (self.tokens / self.done) / self.tokens_per_s
-        return left / self.rows_per_s if self.rows_per_s > 0 else None
+        if self.tokens <= 0 or self.done <= 0 or self.tokens_per_s <= 0:
+            return None
+        return (self.total - self.done) * (self.tokens / self.done) / self.tokens_per_s
 
     def line(self) -> str:
         """The step's part of the progress line."""
