@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -70,8 +71,11 @@ def test_live_progress_unless_quiet(tmp_path, tiny_models):
     first = _run(*small)
     assert first.returncode == 0, first.stderr[-2000:]
     progress = [line for line in first.stderr.splitlines() if line.startswith("[progress] ")]
-    assert progress and all("magpie_generator " in line and "instruct_reward_model " in line for line in progress)
-    assert "magpie_generator 16/16 (100%)" in progress[-1]
+    followed = re.findall(r"(\w+) \d+/16", progress[0])
+    assert "magpie_generator" in followed and "instruct_reward_model" in followed, progress
+    # Every step followed ends on a line of its own at 100%.
+    ended = [m[1] for line in progress if (m := re.fullmatch(r"\[progress\] (\w+) 16/16 \(100%\) .* in \S+", line))]
+    assert sorted(ended) == sorted(followed), progress
     assert "INFO" not in first.stderr
     quiet = _run(*small, "--quiet")
     assert quiet.returncode == 0, quiet.stderr[-2000:]
