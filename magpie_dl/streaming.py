@@ -10,7 +10,9 @@ per-request seeds the samples do not depend on that order either.
 
 Crash safety is the store's, per request: stored results are read back instead of sent,
 and each completion is stored as soon as it finishes, so a kill loses only what was in
-flight.
+flight. A batch's :class:`~magpie_dl.progress.RowTally` is told of each request as it
+finishes, so the live progress moves inside a batch, not when it is released.
+:func:`cached_complete` runs one batch the same way (the steps that take a batch at a time).
 """
 
 from __future__ import annotations
