@@ -85,7 +85,7 @@ class TransformersBackend(CompletionLLM):
         A subclass that changes :meth:`complete` (a stand-in at the model boundary) has its
         calls go through it, all at the call's end: the stream's results stay ``complete``'s.
         """
-        changed = type(self).complete is not TransformersBackend.complete
+        changed = type(self).complete is not _OWN_COMPLETE
         return CallStream(self, None if changed else self.complete_each)
 
     def complete_each(self, prompts: list[PromptInput], sampling: list[SamplingSpec], finished: EachFinished) -> None:
@@ -209,6 +209,10 @@ class TransformersBackend(CompletionLLM):
                 body = body[:-1]  # the stop token is in token_ids, not in the text (vLLM's way)
             text = self.tokenizer.decode(body, skip_special_tokens=True)
         return Completion(text=text, token_ids=generated, finish_reason=finish)  # type: ignore[arg-type]
+
+
+# This class's own `complete`, taken before anything can rebind the module's name to a subclass.
+_OWN_COMPLETE = TransformersBackend.complete
 
 
 def _generator(seed: int | None, child: int) -> torch.Generator:
