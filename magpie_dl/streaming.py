@@ -17,7 +17,7 @@ finishes, so the live progress moves inside a batch, not when it is released.
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -135,7 +135,8 @@ class OrderedBatches:
         if not self._ready():
             finished = self._stream.poll(timeout) if self._stream.in_flight else []
             stored = []
-            counted: dict[int, tuple[list[int], int]] = {}  # serial -> (requests, tokens) finished now
+            done_now: dict[int, list[int]] = {}  # batch serial -> its requests finished in this poll
+            tokens_now: Counter[int] = Counter()
             for (serial, i), completions in finished:
                 batch = self._by_serial[serial]
                 batch.results[i] = completions
@@ -144,14 +145,14 @@ class OrderedBatches:
                 value = stored_form(completions)
                 if storable_completions(value):
                     stored.append((batch.store_keys[i], value))
-                requests, tokens = counted.get(serial, ([], 0))
-                counted[serial] = (requests + [i], tokens + sum(c.num_tokens for c in completions))
+                done_now.setdefault(serial, []).append(i)
+                tokens_now[serial] += sum(c.num_tokens for c in completions)
             if self._store is not None:
                 self._store.put_many(stored)  # one transaction per poll
-            for serial, (requests, tokens) in counted.items():  # counted once stored
+            for serial, requests in done_now.items():  # counted once stored
                 tally = self._by_serial[serial].tally
                 if tally is not None:
-                    tally.done(requests, tokens)
+                    tally.done(requests, tokens_now[serial])
         released = []
         while self._ready():
             batch = self._held.popleft()

@@ -225,8 +225,8 @@ def _take(wrapper: _StepWrapper, ordered: OrderedBatches, batch: _Batch, key: in
     except Exception:
         item.result = _imputed(wrapper, batch)
         ordered.add(key, [], [])  # nothing to run, but it holds its place in the order
-        if item.tally is not None:
-            item.tally.close()  # its rows go on, empty: the step has handled them
+        # Its rows go on, empty: the step has handled them (a tally of no requests counts them at once).
+        (item.tally or step.row_tally(len(rows), [])).close()
     return item
 
 
