@@ -307,3 +307,21 @@ def test_the_transformers_backend_hands_back_each_prompt_as_it_finishes(tiny_mod
     assert order == [1, 0]
     assert [got[0], got[1]] == llm.complete(prompts, specs)
     assert [c.num_tokens for c in got[0] + got[1]] == [30, 30, 2, 2]
+
+
+def test_the_judge_step_counts_a_row_once_all_its_tasks_are_answered(tiny_models, tmp_path):
+    """Three judge tasks per instruction, answered one by one: a row counts with its last
+    answer, every answer's tokens as it comes; an instruction not sent counts at once."""
+    from steps.curation import InstructionTagging
+
+    step = InstructionTagging(llm=TrickleLLM(model=tiny_models["generator"], every_s=0.01),
+                              tasks=["difficulty", "quality", "classification"], cache_dir=str(tmp_path))
+    step.load()
+    step._store = store = CountingStore(tmp_path)
+    rows = [{"instruction": "Plan a trip."}, {"instruction": "", "instruction_status": "empty"},
+            {"instruction": "Sort a list."}]
+    list(step.process(rows))
+    assert store.counts[0] == (0, 0)  # the step's start
+    assert store.counts[1] == (1, 0)  # the empty instruction: nothing to judge
+    answers = store.counts[2:]
+    assert answers == [(0, 7), (0, 7), (1, 7)] * 2, store.counts  # the stand-in's answers are 7 tokens each
