@@ -100,9 +100,9 @@ class StepRate:
         """The step's part of the progress line."""
         if not self.started:
             return f"{self.name} 0/{self.total}"
-        percent = 100 * self.done / self.total if self.total else 100
+        percent = 100 * self.done // self.total if self.total else 100  # floored: 100% only when done
         head = (
-            f"{self.name} {self.done}/{self.total} ({percent:.0f}%) {self.rows_per_s:.1f} rows/s "
+            f"{self.name} {self.done}/{self.total} ({percent}%) {self.rows_per_s:.1f} rows/s "
             f"{_count(self.tokens_per_s)} tok/s"
         )
         if self.finished:
