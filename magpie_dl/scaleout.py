@@ -284,7 +284,7 @@ def apply_plan(pipeline: Pipeline | RayPipeline, placement: Plan) -> None:
             step.resources.gpus = placed.gpus
             holder = getattr(step, "llm", None) or step
             if placed.devices and hasattr(holder, "device_plan"):
-                holder.device_plan = [list(d) for d in placed.devices]
+                holder.device_plan = [",".join(map(str, d)) for d in placed.devices]
     pipeline._magpie_plan = placement  # type: ignore[attr-defined]
 
 

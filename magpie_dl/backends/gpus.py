@@ -24,12 +24,13 @@ class PlannedDevices(CudaDevicePlacementMixin):
     """Mixin: pin the devices the placement plan gave this replica.
 
     Attributes:
-        device_plan: CUDA device ids per replica (set by the run's placement plan; None:
-            distilabel's own placement).
+        device_plan: each replica's ``CUDA_VISIBLE_DEVICES`` (``"0,1"``), set by the run's
+            placement plan; None: distilabel's own placement.
     """
 
-    device_plan: list[list[int]] | None = Field(
-        default=None, description="CUDA device ids of each replica, from the run's placement plan."
+    # Strings, not lists of ids: distilabel's step signature cannot flatten nested lists.
+    device_plan: list[str] | None = Field(
+        default=None, description="CUDA_VISIBLE_DEVICES of each replica, from the run's placement plan."
     )
 
     def pin_planned_devices(self) -> list[int] | None:
@@ -41,7 +42,7 @@ class PlannedDevices(CudaDevicePlacementMixin):
         replica = int(found.group(1)) if found else 0
         if replica >= len(self.device_plan):
             raise RuntimeError(f"{self._llm_identifier}: the placement plan has {len(self.device_plan)} replica(s)")
-        devices = list(self.device_plan[replica])
+        devices = [int(d) for d in self.device_plan[replica].split(",")]
         self.cuda_devices = devices
-        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, devices))
+        os.environ["CUDA_VISIBLE_DEVICES"] = self.device_plan[replica]
         return devices
