@@ -18,7 +18,7 @@ Rules, in order:
   set, else 0..N-1) in order, so no two models loaded at once share one.
 
 A plan that cannot work raises :class:`PlacementError`, one line naming the setting to change.
-Nothing here imports torch or distilabel.
+Nothing here imports torch, distilabel or pydantic.
 """
 
 from __future__ import annotations
@@ -31,16 +31,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from magpie_dl.config import ConfigError
-
 # Bytes per parameter of each dtype name a config may give.
 DTYPE_BYTES = {"float32": 4, "float": 4, "bfloat16": 2, "float16": 2, "half": 2}
 # Memory of a GPU when nothing says otherwise (an 80 GB H100 / A100).
 DEFAULT_GPU_MEMORY_GB = 80.0
 
 
-class PlacementError(ConfigError):
-    """A plan that cannot run on the GPUs at hand; the message names the setting to change."""
+class PlacementError(ValueError):
+    """A plan that cannot run on the GPUs at hand; the message names the setting to change.
+
+    (A ``ValueError``, not the config's ``ConfigError``: this module imports nothing of the
+    config, so scripts/gpu_reward_check.py runs it where only torch and transformers are.)
+    """
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -241,6 +243,18 @@ def step_needs(pipeline: Pipeline, cfg: RecipeConfig, scale: ScaleoutConfig, wit
     return needs
 
 
+@contextmanager
+def refused_as_config_error() -> Iterator[None]:
+    """A plan the GPUs cannot hold is a config error (one line, exit 2 before any model loads)."""
+    from magpie_dl.config import ConfigError
+    from magpie_dl.placement import PlacementError
+
+    try:
+        yield
+    except PlacementError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 # The node --dry-run shows on a machine without GPUs when no --gpus-per-node is given.
 DRY_RUN_GPUS = 8
 
@@ -255,14 +269,15 @@ def plan_local(pipeline: Pipeline, cfg: RecipeConfig, dry_run: bool = False) -> 
     scale = scaleout_of(cfg)
     needs = step_needs(pipeline, cfg, scale)
     notes = []
-    if any(n.gpus for n in needs):
-        node = this_node(scale.gpus_per_node, scale.nodes, scale.gpu_memory_gb)
-        if dry_run and node.total == 0:
-            node = Node(DRY_RUN_GPUS, scale.nodes or 1, scale.gpu_memory_gb or DEFAULT_GPU_MEMORY_GB)
-            notes.append(f"this machine has no GPU: shown for nodes of {DRY_RUN_GPUS} (--gpus-per-node N for others)")
-    else:  # a CPU run: no device probe (it imports torch in a child)
-        node = Node(scale.gpus_per_node or 0, scale.nodes or 1)
-    placement = plan(needs, node, scale.stages, local=node.nodes == 1 and not wants_ray(scale))
+    with refused_as_config_error():  # CUDA_VISIBLE_DEVICES can be refused too
+        if any(n.gpus for n in needs):
+            node = this_node(scale.gpus_per_node, scale.nodes, scale.gpu_memory_gb)
+            if dry_run and node.total == 0:
+                node = Node(DRY_RUN_GPUS, scale.nodes or 1, scale.gpu_memory_gb or DEFAULT_GPU_MEMORY_GB)
+                notes.append(f"this machine has no GPU: shown for nodes of {DRY_RUN_GPUS} (--gpus-per-node N for others)")
+        else:  # a CPU run: no device probe (it imports torch in a child)
+            node = Node(scale.gpus_per_node or 0, scale.nodes or 1)
+        placement = plan(needs, node, scale.stages, local=node.nodes == 1 and not wants_ray(scale))
     placement.notes.extend(notes)
     return placement
 
@@ -282,6 +297,10 @@ def apply_plan(pipeline: Pipeline | RayPipeline, placement: Plan) -> None:
         step.resources.replicas = placed.replicas
         if placed.gpus:
             step.resources.gpus = placed.gpus
+            if not placement.local:
+                # Ray would also hold a CPU per GPU actor: on a node with fewer CPUs than
+                # replicas (or than replicas + the stage's CPU steps) the rest would wait forever.
+                step.resources.cpus = 0
             holder = getattr(step, "llm", None) or step
             if placed.devices and hasattr(holder, "device_plan"):
                 holder.device_plan = [",".join(map(str, d)) for d in placed.devices]
@@ -318,7 +337,8 @@ def as_ray(pipeline: Pipeline, cfg: RecipeConfig, scale: ScaleoutConfig | None =
     per_node = scale.gpus_per_node or report["gpus_per_node"]
     nodes = scale.nodes or (max(1, report["gpus"] // per_node) if per_node else 1)
     node = Node(per_node, nodes, scale.gpu_memory_gb or DEFAULT_GPU_MEMORY_GB)
-    placement = plan(needs, node, scale.stages, local=False)
+    with refused_as_config_error():
+        placement = plan(needs, node, scale.stages, local=False)
     ray_pipeline = pipeline.ray()
     apply_plan(ray_pipeline, placement)
     stop_replicas_at_stage_end(ray_pipeline)

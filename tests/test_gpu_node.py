@@ -115,6 +115,47 @@ def test_readme_real_run_on_one_node_of_8_gpus(hub, tmp_path):
     assert_complete(out)
 
 
+def test_readme_two_node_run_on_ray(ray_head, tiny_models, tmp_path):
+    """2 x 8 GPUs on Ray: queries on one TP8 engine, then two TP8 response engines at once on
+    disjoint devices, then the scorers each on a device of its own; Ray sets every actor's devices.
+
+    Ray refuses several nodes on loopback, so the session's head is one Ray node
+    advertising 16 GPUs and the plan is told the cluster's shape (``--nodes 2
+    --gpus-per-node 8``). Three scorers instead of the plan's 16: each Ray actor is a
+    fresh interpreter importing torch (~20 s each on 2 cores); the plan's 16 is
+    checked without a run (test_plan_fills_stages_and_refuses_what_cannot_run).
+    Everything else is the README's two-node command.
+    """
+    from ray_cluster import simulated_node_hub, simulated_node_spec
+
+    address, _, temp_dir = ray_head
+    hub = recipe_hub(Path(simulated_node_hub(temp_dir)), tiny_models)  # where the head's workers look
+    log, spec = tmp_path / "models.jsonl", Path(simulated_node_spec(temp_dir))
+    env = {**node_env(hub, spec, 8, log), "RAY_ADDRESS": address}
+    out = tmp_path / "dpo_100k"
+    try:
+        done = subprocess.run([sys.executable, str(RECIPE), "--output-dir", str(out), "--nodes", "2",
+                               "--gpus-per-node", "8", "--scaleout.reward_replicas", "3", *SMALL],
+                              env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=400)
+    finally:
+        spec.unlink()  # the head's workers serve other tests afterwards
+    assert done.returncode == 0, done.stderr[-3000:]
+    models = loaded_models([json.loads(line) for line in log.read_text().splitlines()])
+    engines = [m for m in models if m["kind"] == "engine"]
+    scorers = [m for m in models if m["kind"] == "scorer"]
+    assert [(m["tp"], len(set(devices(m)))) for m in engines] == [(8, 8)] * 3
+    queries, responses = engines[0], engines[1:]
+    assert queries["unloaded"] <= min(m["loaded"] for m in responses)
+    # Both response engines were up at once, on 16 distinct devices.
+    assert max(m["loaded"] for m in responses) < min(m["unloaded"] for m in responses)
+    assert sorted(d for m in responses for d in devices(m)) == list(range(16))
+    assert len(scorers) == 3 and len({d for m in scorers for d in devices(m)}) == 3
+    assert all(len(devices(m)) == 1 for m in scorers)
+    assert max(m["unloaded"] for m in responses) <= min(m["loaded"] for m in scorers)
+    assert_no_shared_device(models)
+    assert_complete(out)
+
+
 def test_four_gpu_node(hub, tmp_path):
     """The README command wants TP8: refused before anything loads. An 8B chat model at TP1:
     queries, responses and the scorer all fit at once, each on a device of its own."""

@@ -109,7 +109,7 @@ class _AfterImport(importlib.abc.MetaPathFinder):
 
     def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
         patch = self.patches.get(name)
-        if patch is None:
+        if patch is None or spec() is None:  # read at import: a Ray worker may start before the spec is written
             return None
         for finder in sys.meta_path:
             if finder is self or not hasattr(finder, "find_spec"):
@@ -130,7 +130,8 @@ class _AfterImport(importlib.abc.MetaPathFinder):
 
 
 def install() -> None:
-    """Simulate the node in this process when ``MAGPIE_DL_SIMULATED_NODE`` names a spec."""
-    if spec() is None:
+    """Simulate the node in this process when ``MAGPIE_DL_SIMULATED_NODE`` names a spec (checked
+    when torch or the scorer is imported, so a process started before the spec was written joins in)."""
+    if not os.environ.get(SPEC_ENV):
         return
     sys.meta_path.insert(0, _AfterImport({"torch": _patch_torch, "magpie_dl.scoring": _patch_scoring}))
