@@ -229,7 +229,8 @@ def step_needs(pipeline: Pipeline, cfg: RecipeConfig, scale: ScaleoutConfig, wit
         gpus = engine_gpus(step, cfg) if with_gpus else 0
         holder = getattr(step, "llm", None) or step
         tp = getattr(holder, "tensor_parallel_size", None) is not None
-        weights = weights_gb(str(holder.model), str(getattr(holder, "dtype", "auto"))) if gpus else None
+        model = getattr(holder, "model", None)  # a step around its own model (dedup) may name none
+        weights = weights_gb(model, str(getattr(holder, "dtype", "auto"))) if gpus and isinstance(model, str) else None
         needs.append(StepNeed(
             name=name, gpus=gpus,
             replicas=scale.replicas_for(role) if step.is_normal else 1,
