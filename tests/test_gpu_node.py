@@ -247,3 +247,17 @@ def test_parameter_count_from_config_matches_the_published_sizes():
 
     assert parameter_count(LLAMA_70B) == pytest.approx(70.6e9, rel=0.01)
     assert parameter_count(ARMORM_8B) == pytest.approx(8.03e9, rel=0.01)
+
+
+def test_the_node_honours_cuda_visible_devices(monkeypatch):
+    """The devices a local run pins are the ones CUDA_VISIBLE_DEVICES lists, not 0..N-1."""
+    import magpie_dl.preflight as preflight
+    from magpie_dl.placement import this_node
+
+    monkeypatch.setattr(preflight, "cuda_devices", lambda: (2, 141.0))  # what torch reports under the variable
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,7")
+    assert this_node(None, None, None) == Node(2, 1, 141.0, (5, 7))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-1234")
+    with pytest.raises(PlacementError, match="CUDA_VISIBLE_DEVICES='GPU-1234': give device indices"):
+        this_node(None, None, None)
+    assert this_node(4, 2, None) == Node(4, 2, 80.0)  # --gpus-per-node 4 --nodes 2: no probe
