@@ -161,10 +161,9 @@ def plan(needs: Sequence[StepNeed], node: Node, stages: str = "auto", local: boo
     for need in gpu_steps:
         _check_fits(need, node)
     segments = _segments(needs)
-    at_least_one = sum(need.gpus * (need.replicas or 1) for need in gpu_steps)
     wanted = max((sum(n.gpus * (n.replicas or 1) for n in seg) for seg in segments), default=0)
     staged = stages == "sequential" or (stages == "auto" and wanted > node.total)
-    if not staged and at_least_one and wanted > node.total:  # stages=together on too few GPUs
+    if not staged and wanted > node.total:  # stages=together on too few GPUs
         raise PlacementError(f"--scaleout.stages together: the GPU steps want {wanted} GPUs at once and "
                              f"{node.total} are here; use --scaleout.stages auto")
     groups = _groups(segments, staged)
