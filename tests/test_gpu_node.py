@@ -261,3 +261,21 @@ def test_the_node_honours_cuda_visible_devices(monkeypatch):
     with pytest.raises(PlacementError, match="CUDA_VISIBLE_DEVICES='GPU-1234': give device indices"):
         this_node(None, None, None)
     assert this_node(4, 2, None) == Node(4, 2, 80.0)  # --gpus-per-node 4 --nodes 2: no probe
+
+
+def test_a_replica_pins_its_planned_devices(monkeypatch):
+    """distilabel names each replica's model ``<step>-replica-<N>`` (its local step wrapper, checked
+    here against the installed version); the model pins the plan's devices for that N."""
+    import inspect
+
+    from distilabel.pipeline.step_wrapper import _StepWrapper
+
+    from magpie_dl.backends.vllm import VLLMBackend
+
+    assert '-replica-{self.replica}"' in inspect.getsource(_StepWrapper._init_cuda_device_placement)
+    llm = VLLMBackend(model="unused", tensor_parallel_size=2, device_plan=["0,1", "2,3"])
+    llm._llm_identifier = "responses-replica-1"
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert llm.pin_planned_devices() == [2, 3] and os.environ["CUDA_VISIBLE_DEVICES"] == "2,3"
+    llm.disable_cuda_device_placement = True  # on Ray: Ray set the devices
+    assert llm.pin_planned_devices() is None
