@@ -108,6 +108,8 @@ ALIASES: dict[str, str] = {
     "--family": "generator.family",
     "--trust-remote-code": "reward.trust_remote_code",
     "--ray": "scaleout.ray",
+    "--gpus-per-node": "scaleout.gpus_per_node",
+    "--nodes": "scaleout.nodes",
 }
 
 

@@ -33,12 +33,22 @@ class Estimate:
     generated_tokens: int
     scored_sequences: int
     scored_tokens: int
-    gpu_hours_generation: float
+    gpu_hours_queries: float
+    gpu_hours_responses: float
     gpu_hours_scoring: float
+
+    @property
+    def gpu_hours_generation(self) -> float:
+        return self.gpu_hours_queries + self.gpu_hours_responses
 
     @property
     def gpu_hours(self) -> float:
         return self.gpu_hours_generation + self.gpu_hours_scoring
+
+    def hours_by_work(self) -> dict[str, float]:
+        """GPU-hours of each kind of work, keyed as the steps' roles (the placement plan's stages)."""
+        return {"queries": self.gpu_hours_queries, "responses": self.gpu_hours_responses,
+                "reward": self.gpu_hours_scoring}
 
     def lines(self) -> list[str]:
         return [
@@ -66,6 +76,7 @@ def estimate(
         generated_tokens=generated,
         scored_sequences=completions,
         scored_tokens=scored_tokens,
-        gpu_hours_generation=generated / assume.generation_tokens_per_gpu_s / 3600,
+        gpu_hours_queries=queries * assume.query_tokens / assume.generation_tokens_per_gpu_s / 3600,
+        gpu_hours_responses=completions * assume.response_tokens / assume.generation_tokens_per_gpu_s / 3600,
         gpu_hours_scoring=scored_tokens / assume.scoring_tokens_per_gpu_s / 3600,
     )

@@ -78,17 +78,24 @@ def check_devices(cfg: BaseModel) -> None:
 
 
 def cuda_device_count() -> int:
-    """CUDA devices visible to this run, counted in a child process.
+    """CUDA devices visible to this run (see :func:`cuda_devices`)."""
+    return cuda_devices()[0]
+
+
+def cuda_devices() -> tuple[int, float]:
+    """(CUDA devices visible to this run, GB of memory of the first), probed in a child process.
 
     The step workers are forked from this process; CUDA initialised here first (which a
     count may do when NVML is missing) would not work in them.
     """
-    probe = "import torch; print(torch.cuda.device_count())"
+    probe = ("import torch; n = torch.cuda.device_count(); "
+             "print(n, torch.cuda.get_device_properties(0).total_memory / 1e9 if n else 0.0)")
     try:
         done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
-        return int(done.stdout.strip().splitlines()[-1])
+        count, memory = done.stdout.strip().splitlines()[-1].split()
+        return int(count), float(memory)
     except (OSError, ValueError, IndexError, subprocess.SubprocessError):
-        return 0
+        return 0, 0.0
 
 
 def check_model_sources(cfg: BaseModel) -> None:

@@ -62,6 +62,8 @@ class Recipe:
         estimate: ``(cfg, instructions)`` the lines ``--dry-run`` prints after the graph and config.
         instructions: the instruction set a config reads (``None``: the run writes its own queries).
         check: a recipe's own checks before any model loads; raises ``ConfigError``.
+        gpu_hours: ``(cfg, instructions)`` GPU-hours by kind of work (``queries``,
+            ``responses``, ``reward``) for the plan's per-stage hours; None when not estimated.
     """
 
     name: str
@@ -72,6 +74,7 @@ class Recipe:
     estimate: Callable[[Any, int], list[str]]
     instructions: Callable[[Any], str | None] = _reads_nothing
     check: Callable[[Any], None] = _no_checks
+    gpu_hours: Callable[[Any, int], dict[str, float]] | None = None
 
 
 # --------------------------------------------------------------------------- the DPO recipe
@@ -105,6 +108,10 @@ def _dpo_estimate(cfg: RecipeConfig, instructions: int) -> list[str]:
             *(f"  {line}" for line in work.lines())]
 
 
+def _dpo_gpu_hours(cfg: RecipeConfig, instructions: int) -> dict[str, float]:
+    return estimate(instructions, cfg.responses.num_generations, not cfg.instructions, cfg.estimate).hours_by_work()
+
+
 def _dpo_check(cfg: RecipeConfig) -> None:
     if cfg.output.argilla_dataset and not (os.environ.get("ARGILLA_API_URL") and os.environ.get("ARGILLA_API_KEY")):
         raise ConfigError("--argilla-dataset needs ARGILLA_API_URL and ARGILLA_API_KEY in the environment")
@@ -119,6 +126,7 @@ DPO_100K = Recipe(
     estimate=_dpo_estimate,
     instructions=lambda cfg: cfg.instructions,
     check=_dpo_check,
+    gpu_hours=_dpo_gpu_hours,
 )
 
 

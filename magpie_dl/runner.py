@@ -29,7 +29,7 @@ from magpie_dl.outdir import OutputDirError
 from magpie_dl.preflight import check_before_run
 from magpie_dl.procs import die_with_parent, own_process_group, preload_worker_imports, shared_with_workers
 from magpie_dl.progress import ProgressMonitor, quiet_libraries
-from magpie_dl.scaleout import maybe_ray, place_steps, run_options, scaleout_of, wants_ray
+from magpie_dl.scaleout import maybe_ray, plan_local, run_options, scaleout_of, wants_ray
 from magpie_dl.step_errors import StepFailedError, surfaced
 from magpie_dl.stopping import RunStopped, StopSignals
 from magpie_dl.store import ResultStore
@@ -188,8 +188,9 @@ def instruction_count(recipe: Recipe, cfg: Any) -> int:
     return cfg.generator.num_instructions
 
 
-def print_plan(pipeline: Pipeline, cfg: Any) -> None:
-    """The graph, the resolved config and (with Ray) the placement of a recipe's pipeline; nothing is loaded."""
+def print_plan(pipeline: Pipeline, cfg: Any, hours: dict[str, float] | None = None) -> None:
+    """The graph, the resolved config and the placement plan of a recipe's pipeline (stages,
+    replicas x GPUs, device ids; ``hours``: GPU-hours by kind of work); nothing is loaded."""
     print("graph:")
     for level in pipeline.dag.iter_based_on_trophic_levels():
         for name in level:
@@ -198,21 +199,15 @@ def print_plan(pipeline: Pipeline, cfg: Any) -> None:
             print(f"  {name} [{type(step).__name__}] -> {after}")
     print("config:")
     print("  " + yaml.safe_dump(cfg.public_dict(), sort_keys=False).replace("\n", "\n  ").rstrip())
-    scale = scaleout_of(cfg)
-    if wants_ray(scale):
-        # Computed as --ray would, without touching a cluster.
-        placement = place_steps(pipeline, cfg, scale)
-        print("ray placement (replicas x GPUs per replica):")
-        for name, (replicas, gpus) in placement.items():
-            print(f"  {name}: {replicas} x {gpus}")
-        wanted = sum(replicas * gpus for replicas, gpus in placement.values())
-        print(f"  GPUs for every stage at once: {wanted} (fewer: scaleout.stages=auto loads stages in turn)")
+    for line in plan_local(pipeline, cfg, dry_run=True).lines(hours):  # --ray: as the cluster would, without one
+        print(line)
 
 
 def dry_run(recipe: Recipe, build: Build, cfg: Any) -> None:
-    """Print the graph, the resolved config and the recipe's work estimate; nothing is loaded."""
-    print_plan(build(cfg), cfg)
-    for line in recipe.estimate(cfg, instruction_count(recipe, cfg)):
+    """Print the graph, the resolved config, the placement plan and the recipe's work estimate; nothing is loaded."""
+    instructions = instruction_count(recipe, cfg)
+    print_plan(build(cfg), cfg, recipe.gpu_hours(cfg, instructions) if recipe.gpu_hours else None)
+    for line in recipe.estimate(cfg, instructions):
         print(line)
 
 
@@ -240,6 +235,8 @@ def main_for(recipe: Recipe, build: Build, description: str, argv: list[str] | N
         recipe.check(cfg)
         if not (args.print_config or args.dry_run):
             check_before_run(cfg)  # devices, hub models, hub token
+            if not wants_ray(scaleout_of(cfg)):  # a Ray plan is checked once the cluster is joined
+                plan_local(build(cfg), cfg)  # GPUs: TP within a node, enough devices, weights that fit
     except (ConfigError, OutputDirError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -247,7 +244,11 @@ def main_for(recipe: Recipe, build: Build, description: str, argv: list[str] | N
         print(yaml.safe_dump(cfg.public_dict(), sort_keys=False), end="")
         return 0
     if args.dry_run:
-        dry_run(recipe, build, cfg)
+        try:
+            dry_run(recipe, build, cfg)
+        except ConfigError as exc:  # a plan the GPUs cannot hold
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         return 0
     # Our progress lines replace distilabel's per-batch INFO logs (DISTILABEL_LOG_LEVEL=INFO brings them back).
     os.environ.setdefault("DISTILABEL_LOG_LEVEL", "WARNING")
@@ -264,7 +265,7 @@ def main_for(recipe: Recipe, build: Build, description: str, argv: list[str] | N
     except KeyboardInterrupt:  # before the run's stored work was opened
         print(RunStopped(stop.received or signal.SIGINT).line(recipe.output_dir(cfg)), file=sys.stderr)
         return 128 + (stop.received or signal.SIGINT)
-    except OutputDirError as exc:
+    except (OutputDirError, ConfigError) as exc:  # ConfigError: a Ray plan the cluster cannot hold
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OutputLockedError as exc:

@@ -29,16 +29,20 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from magpie_dl.scaleout_config import ScaleoutConfig
+from magpie_dl.placement import DEFAULT_GPU_MEMORY_GB
+from magpie_dl.scaleout_config import ROLE_REPLICAS, ScaleoutConfig
 
 if TYPE_CHECKING:
     from distilabel.pipeline import Pipeline, RayPipeline
     from distilabel.steps.base import _Step
 
     from magpie_dl.config import RecipeConfig
+    from magpie_dl.placement import Plan, StepNeed
 
 LOOPBACK = "127.0.0.1"
 # Ray reads these at import time: set them before the first `import ray` in the process.
@@ -114,6 +118,8 @@ def connect(scale: ScaleoutConfig) -> dict[str, Any]:
         "nodes": sorted({n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive")}),
         "gcs": ray.get_runtime_context().gcs_address,
         "gpus": int(ray.cluster_resources().get("GPU", 0)),
+        # Replicas never span nodes: the smallest node's GPUs bound one engine.
+        "gpus_per_node": min((int(n["Resources"].get("GPU", 0)) for n in ray.nodes() if n.get("Alive")), default=0),
     }
     if loopback and (report["driver"] != LOOPBACK or report["nodes"] != [LOOPBACK]):
         raise RuntimeError(f"Ray did not stay on loopback: {report}")
@@ -146,7 +152,7 @@ def step_replicas(step: _Step, scale: ScaleoutConfig) -> int:
     """
     if not step.is_normal:
         return 1
-    return scale.replicas_for(getattr(step, "role", None))
+    return scale.replicas_for(getattr(step, "role", None)) or 1
 
 
 def place_steps(
@@ -210,21 +216,137 @@ def load_groups(
     return groups or None
 
 
+def step_needs(pipeline: Pipeline, cfg: RecipeConfig, scale: ScaleoutConfig, with_gpus: bool = True) -> list[StepNeed]:
+    """What :func:`magpie_dl.placement.plan` needs of each step, in the graph's order."""
+    import networkx as nx
+
+    from magpie_dl.placement import StepNeed, weights_gb
+
+    needs = []
+    for name in nx.topological_sort(pipeline.dag.G):
+        step = pipeline.dag.get_step(name)["step"]
+        role = getattr(step, "role", None)
+        gpus = engine_gpus(step, cfg) if with_gpus else 0
+        holder = getattr(step, "llm", None) or step
+        tp = getattr(holder, "tensor_parallel_size", None) is not None
+        model = getattr(holder, "model", None)  # a step around its own model (dedup) may name none
+        weights = weights_gb(model, str(getattr(holder, "dtype", "auto"))) if gpus and isinstance(model, str) else None
+        needs.append(StepNeed(
+            name=name, gpus=gpus,
+            replicas=scale.replicas_for(role) if step.is_normal else 1,
+            is_global=step.is_global,
+            flag="backend.tensor_parallel_size" if tp else f"{role or name}.device",
+            replicas_flag=f"scaleout.{ROLE_REPLICAS.get(role or '', 'stages')}",
+            weights_gb=weights,
+            memory_fraction=float(getattr(holder, "gpu_memory_utilization", None) or 1.0),
+            work=role,
+        ))
+    return needs
+
+
+@contextmanager
+def refused_as_config_error() -> Iterator[None]:
+    """A plan the GPUs cannot hold is a config error (one line, exit 2 before any model loads)."""
+    from magpie_dl.config import ConfigError
+    from magpie_dl.placement import PlacementError
+
+    try:
+        yield
+    except PlacementError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+# The node --dry-run shows on a machine without GPUs when no --gpus-per-node is given.
+DRY_RUN_GPUS = 8
+
+
+def plan_local(pipeline: Pipeline, cfg: RecipeConfig, dry_run: bool = False) -> Plan:
+    """The plan of a run on this machine (or on the node ``scaleout.gpus_per_node`` describes).
+
+    ``dry_run`` on a machine without GPUs plans for a node of :data:`DRY_RUN_GPUS` and says so.
+    """
+    from magpie_dl.placement import Node, plan, this_node
+
+    scale = scaleout_of(cfg)
+    needs = step_needs(pipeline, cfg, scale)
+    notes = []
+    with refused_as_config_error():  # CUDA_VISIBLE_DEVICES can be refused too
+        if any(n.gpus for n in needs):
+            node = this_node(scale.gpus_per_node, scale.nodes, scale.gpu_memory_gb)
+            if dry_run and node.total == 0:
+                node = Node(DRY_RUN_GPUS, scale.nodes or 1, scale.gpu_memory_gb or DEFAULT_GPU_MEMORY_GB)
+                notes.append(f"this machine has no GPU: shown for nodes of {DRY_RUN_GPUS} (--gpus-per-node N for others)")
+        else:  # a CPU run: no device probe (it imports torch in a child)
+            node = Node(scale.gpus_per_node or 0, scale.nodes or 1)
+        placement = plan(needs, node, scale.stages, local=node.nodes == 1 and not wants_ray(scale))
+    placement.notes.extend(notes)
+    return placement
+
+
+def apply_plan(pipeline: Pipeline | RayPipeline, placement: Plan) -> None:
+    """Set each step's ``resources`` and (local runs) the devices of each replica of its model.
+
+    The devices go to the model that holds them (the step's engine, or the step itself for
+    the reward scorer), which pins them when its replica loads (:class:`PlannedDevices`).
+    """
+    for name, placed in placement.steps.items():
+        step = pipeline.dag.get_step(name)["step"]
+        for attr in _LOCAL_PATHS:
+            if getattr(step, attr, None):
+                # Ray workers do not run in the driver's working directory.
+                setattr(step, attr, str(Path(getattr(step, attr)).resolve()))
+        step.resources.replicas = placed.replicas
+        if placed.gpus:
+            step.resources.gpus = placed.gpus
+            if not placement.local:
+                # Ray would also hold a CPU per GPU actor: on a node with fewer CPUs than
+                # replicas (or than replicas + the stage's CPU steps) the rest would wait forever.
+                step.resources.cpus = 0
+            holder = getattr(step, "llm", None) or step
+            if placed.devices and hasattr(holder, "device_plan"):
+                holder.device_plan = [",".join(map(str, d)) for d in placed.devices]
+    pipeline._magpie_plan = placement  # type: ignore[attr-defined]
+
+
+def place_local(pipeline: Pipeline, cfg: RecipeConfig) -> Pipeline:
+    """``pipeline`` placed for this machine: replicas, devices, and stages when the GPU steps
+    do not fit at once (passed on by :func:`run_options`)."""
+    placement = plan_local(pipeline, cfg)
+    apply_plan(pipeline, placement)
+    options: dict[str, Any] = {"use_fs_to_pass_data": True}
+    if placement.load_groups:
+        options["load_groups"] = placement.load_groups
+        stop_replicas_at_stage_end(pipeline)
+    pipeline._magpie_run_options = options  # type: ignore[attr-defined]
+    if any(p.gpus for p in placement.steps.values()):
+        _logger.info("placement: %s", "; ".join(placement.lines()))
+    return pipeline
+
+
 def as_ray(pipeline: Pipeline, cfg: RecipeConfig, scale: ScaleoutConfig | None = None) -> RayPipeline:
-    """The same graph as a ``RayPipeline``, placed for ``cfg``; connects to the cluster.
+    """The same graph as a ``RayPipeline``, placed for the cluster it joins.
 
     The returned pipeline's ``run_options`` (a dict) holds the ``load_groups`` chosen for
     this cluster: pass it on as ``pipeline.run(..., **run_options(pipeline))``.
     """
+    from magpie_dl.placement import Node, plan
+
     scale = scale or scaleout_of(cfg)
     report = connect(scale)
-    placement = place_steps(pipeline, cfg, scale, with_gpus=report["gpus"] > 0)
+    with_gpus = report["gpus"] > 0
+    needs = step_needs(pipeline, cfg, scale, with_gpus=with_gpus)
+    per_node = scale.gpus_per_node or report["gpus_per_node"]
+    nodes = scale.nodes or (max(1, report["gpus"] // per_node) if per_node else 1)
+    node = Node(per_node, nodes, scale.gpu_memory_gb or DEFAULT_GPU_MEMORY_GB)
+    with refused_as_config_error():
+        placement = plan(needs, node, scale.stages, local=False)
     ray_pipeline = pipeline.ray()
+    apply_plan(ray_pipeline, placement)
     stop_replicas_at_stage_end(ray_pipeline)
-    groups = load_groups(ray_pipeline, placement, report["gpus"], scale.stages)
+    groups = placement.load_groups
     ray_pipeline._magpie_run_options = {"load_groups": groups} if groups else {}  # type: ignore[attr-defined]
     ray_pipeline._magpie_cluster = report  # type: ignore[attr-defined]
-    _logger.info("Ray placement (replicas, GPUs each): %s; load groups: %s", placement, groups or "all at once")
+    _logger.info("Ray placement: %s", "; ".join(placement.lines()))
     return ray_pipeline
 
 
@@ -250,8 +372,9 @@ def stop_replicas_at_stage_end(pipeline: Pipeline | RayPipeline) -> None:
 
 
 def maybe_ray(pipeline: Pipeline, cfg: RecipeConfig) -> Pipeline | RayPipeline:
-    """``as_ray(pipeline, cfg)`` when the config or environment asks for Ray, else ``pipeline``."""
-    return as_ray(pipeline, cfg) if wants_ray(scaleout_of(cfg)) else pipeline
+    """``as_ray(pipeline, cfg)`` when the config or environment asks for Ray, else ``pipeline``
+    placed on this machine (:func:`place_local`)."""
+    return as_ray(pipeline, cfg) if wants_ray(scaleout_of(cfg)) else place_local(pipeline, cfg)
 
 
 def run_options(pipeline: Pipeline | RayPipeline) -> dict[str, Any]:
@@ -268,6 +391,6 @@ def run_options(pipeline: Pipeline | RayPipeline) -> dict[str, Any]:
 
 
 __all__ = [
-    "ScaleoutConfig", "as_ray", "connect", "load_groups", "maybe_ray", "place_steps", "run_options",
+    "ScaleoutConfig", "apply_plan", "as_ray", "place_local", "plan_local", "step_needs", "connect", "load_groups", "maybe_ray", "place_steps", "run_options",
     "stop_replicas_at_stage_end", "wants_ray",
 ]

@@ -29,23 +29,36 @@ class ScaleoutConfig(BaseModel):
         None, description="Ray cluster to join, host:port; default RAY_ADDRESS, else a local cluster on 127.0.0.1."
     )
     query_replicas: int = Field(
-        1, ge=1, description="Ray: query-writing engines (magpie_queries); each reserves backend.tensor_parallel_size "
+        1, ge=1, description="Query-writing engines (magpie_queries); each reserves backend.tensor_parallel_size "
         "GPUs. Above 1 the query stage is query_slots >> magpie_queries >> exact_duplicates (same rows).",
     )
-    generation_replicas: int = Field(
-        1, ge=1, description="Ray: response-generation engines; each reserves backend.tensor_parallel_size GPUs."
+    generation_replicas: int | None = Field(
+        None, ge=1, description="Response-generation engines, backend.tensor_parallel_size GPUs each; "
+        "unset: as many as fit their stage (1 without GPUs).",
     )
-    reward_replicas: int = Field(1, ge=1, description="Ray: reward-scoring replicas (one GPU each on cuda).")
-    tagging_replicas: int = Field(
-        1, ge=1, description="Ray: instruction-tagging judge engines (curation recipe), tensor_parallel_size GPUs each."
+    reward_replicas: int | None = Field(
+        None, ge=1, description="Reward-scoring replicas, one GPU each on cuda; unset: one per GPU of their stage.",
+    )
+    tagging_replicas: int | None = Field(
+        None, ge=1, description="Instruction-tagging judge engines (curation recipe), tensor_parallel_size GPUs each; "
+        "unset: as many as fit their stage.",
+    )
+    gpus_per_node: int | None = Field(
+        None, ge=0, description="Plan for nodes of this many GPUs (--dry-run on another machine); "
+        "unset: this machine's (CUDA_VISIBLE_DEVICES honoured), or each Ray node's.",
+    )
+    nodes: int | None = Field(None, ge=1, description="Plan for this many nodes (Ray); unset: 1, or the Ray cluster's.")
+    gpu_memory_gb: float | None = Field(
+        None, gt=0, description="GPU memory per device for the weights check; unset: this machine's, else 80."
     )
     stages: Literal["auto", "together", "sequential"] = Field(
         "auto",
-        description="Ray: load GPU steps together, one after another (sequential), or sequentially "
-        "only when the cluster lacks the GPUs for all at once (auto).",
+        description="Load GPU steps together, one after another (sequential), or sequentially "
+        "only when the GPUs cannot hold one replica of each at once (auto). Local runs and Ray alike.",
     )
 
-    def replicas_for(self, role: str | None) -> int:
-        """Replicas of a step with this role (see :data:`ROLE_REPLICAS`); 1 for any other step."""
+    def replicas_for(self, role: str | None) -> int | None:
+        """Replicas of a step with this role (see :data:`ROLE_REPLICAS`), None to let the
+        placement plan fill its stage; 1 for any other step."""
         field = ROLE_REPLICAS.get(role or "")
-        return int(getattr(self, field)) if field else 1
+        return getattr(self, field) if field else 1

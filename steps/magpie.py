@@ -59,6 +59,8 @@ class MagpieQueryWriter(StreamedCompletions, Configured):
             ``None`` takes the family's default. Recorded in ``gen_input_configs``.
     """
 
+    role: ClassVar[str] = "queries"  # replicated by scaleout.query_replicas (MagpieQueries; a generator runs once)
+
     llm: CompletionLLM
     family: str = setting(GeneratorConfig, "family")
     system_prompt: Optional[str] = setting(GeneratorConfig, "system_prompt")
@@ -235,7 +237,6 @@ class MagpieQueries(StreamingStep, MagpieQueryWriter, Step):
         - the columns of :class:`MagpieGenerator`.
     """
 
-    role: ClassVar[str] = "queries"  # replicated by scaleout.query_replicas
     config_names: ClassVar[Dict[str, Optional[str]]] = {"batch_size": "input_batch_size"}
 
     @property

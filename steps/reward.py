@@ -7,6 +7,7 @@ from distilabel.mixins.runtime_parameters import RuntimeParameter
 from distilabel.steps import Step, StepInput
 from pydantic import PrivateAttr
 
+from magpie_dl.backends.gpus import PlannedDevices
 from magpie_dl.progress import RowTally
 from magpie_dl.scoring import RewardScorer, Scored, conversation_token_ids, responses_to_score, set_ratings
 from magpie_dl.sections import RewardConfig
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
     from distilabel.typing import StepColumns, StepOutput
 
 
-class RewardScoring(LLMStep, Step, Configured):
+class RewardScoring(LLMStep, Step, Configured, PlannedDevices):
     """Scores each (instruction, response) with a reward model, batch-invariantly.
 
     ArmoRM (recognised from its ``config.json``) runs on this library's implementation
@@ -36,7 +37,8 @@ class RewardScoring(LLMStep, Step, Configured):
         model: reward model path or hub id.
         trust_remote_code: explicit opt-in to a model's own code, for architectures this
             library does not implement (ArmoRM never needs it).
-        dtype, device: where and how the model runs.
+        dtype, device: where and how the model runs. On cuda in a recipe run, each replica
+            gets its own device from the placement plan (``device_plan``), as an engine does.
 
     Runtime parameters:
         - `max_length`: truncation length in tokens (4096 in the recipe).
@@ -71,13 +73,15 @@ class RewardScoring(LLMStep, Step, Configured):
 
     def model_to_load(self) -> RewardScorer:
         """The reward scorer, loaded and freed by :class:`~steps.base.LLMStep` in place of an ``llm``."""
+        # Pinned to this replica's planned device, "cuda" is that device (not device 0 for all).
+        device = "cuda" if self.device.startswith("cuda") and self.pin_planned_devices() else self.device
         self._scorer = RewardScorer(
             self.model,
             max_length=self.max_length,
             batch_size=self.scoring_batch_size,
             batch_tokens=self.scoring_batch_tokens,
             dtype=self.dtype,
-            device=self.device,
+            device=device,
             trust_remote_code=self.trust_remote_code,
         )
         return self._scorer

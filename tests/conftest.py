@@ -62,6 +62,15 @@ def smoke_output(tiny_models, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def ray_head():
+    """A Ray head on 127.0.0.1 shared by the session's Ray tests: (address, env, temp dir)."""
+    pytest.importorskip("ray")
+    from ray_cluster import ray_head_cluster
+
+    yield from ray_head_cluster()
+
+
 def pytest_terminal_summary(terminalreporter) -> None:
     """The tiny models' weight fingerprints: another machine's run shows whether its models differ."""
     import json

@@ -26,7 +26,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, tiny_models):
     assert lines[0] == "graph:"
     assert "  selection [CuratedSelection] -> (output)" in lines
     assert f"  output_dir: {out}" in lines
-    assert "  judge_tags: 2 x 0" in lines  # the Ray placement, computed without a cluster
+    assert "    judge_tags: 2 x CPU" in lines  # the Ray placement (smoke: CPU models), computed without a cluster
     assert not out.exists()
 
 

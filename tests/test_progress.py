@@ -76,8 +76,8 @@ def test_dry_run_under_ray_prints_the_placement_without_a_cluster(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     text = result.stdout
-    for line in ("magpie_queries: 2 x 4", "responses: 2 x 4", "reward: 8 x 1", "pairing: 1 x 0",
-                 "GPUs for every stage at once: 24"):
+    for line in ("magpie_queries: 2 x 4 GPUs", "responses: 2 x 4 GPUs", "reward: 8 x 1 GPU", "pairing: 1 x CPU",
+                 "placement: 1 node x 8 GPUs (80 GB each), 3 stages", "stage 3: 8/8 GPUs busy"):
         assert line in text
     logs = result.stdout + result.stderr
     assert "Ray instance" not in logs and "existing Ray cluster" not in logs  # none started or joined

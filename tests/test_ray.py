@@ -1,8 +1,6 @@
 """Both recipes' CLIs on a real local Ray head (loopback only), data parallel, same rows as a local run.
 
-One head is started for the module with ``ray start --head`` in its own process group
-and stopped by ending that group, so only the processes this test started are
-touched. The head, the driver and the workers are pinned to 127.0.0.1 and the test
+The session's Ray head (tests/ray_cluster.py) serves them. The head, the driver and the workers are pinned to 127.0.0.1 and the test
 checks the addresses Ray reports. The tiny models run on CPU (~3-4 min in all).
 """
 
@@ -10,13 +8,9 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -59,75 +53,6 @@ CURATION_SMOKE = ("--preset", "smoke", "--seed", str(SEED), "--generator.num_ins
                   "--generator.batch_size", "8", "--tagging.batch_size", "8", "--tagging.max_tokens", "24",
                   "--instruct_reward.batch_size", "8", "--instruct_reward.max_tokens", "24",
                   "--reward.input_batch_size", "8", "--selection.target_size", "8")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def ray_head():
-    """A Ray head on 127.0.0.1 (its own process group); yields (address, env)."""
-    port = _free_port()
-    # Short path: Ray's unix sockets live under it (108-byte limit).
-    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")
-    env = {
-        **os.environ,
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # see magpie_dl.scaleout: keeps 127.0.0.1
-        "RAY_USAGE_STATS_ENABLED": "0",
-        # The workers (which inherit the head's environment) rebuild the runs' steps, the stub
-        # backend of tests/forced_queries.py among them: they must be able to import it.
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")])),
-    }
-    ray_cli = str(Path(sys.executable).parent / "ray")
-    head = subprocess.Popen(
-        [ray_cli, "start", "--head", "--block", f"--port={port}", "--include-dashboard=false",
-         "--num-cpus=2", "--num-gpus=0", "--node-ip-address=127.0.0.1", f"--temp-dir={temp_dir}",
-         "--object-store-memory=200000000", "--disable-usage-stats"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )
-    address = f"127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            ready = subprocess.run([ray_cli, "status", f"--address={address}"], env=env, capture_output=True, text=True)
-            if ready.returncode == 0:
-                break
-            assert head.poll() is None, head.stdout.read()
-            time.sleep(2)
-        else:
-            pytest.fail("Ray head did not come up in 90 s")
-        yield address, env, temp_dir
-    finally:
-        # End exactly the processes this head started (gcs, raylet, workers share its group).
-        try:
-            os.killpg(head.pid, signal.SIGTERM)
-            head.wait(timeout=30)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(head.pid, signal.SIGKILL)
-        deadline = time.monotonic() + 20
-        while _session_processes(temp_dir) and time.monotonic() < deadline:
-            time.sleep(1)
-        left = _session_processes(temp_dir)
-        for line in left:  # anything that escaped the group: end it by pid, then fail
-            os.kill(int(line.split(":")[0]), signal.SIGKILL)
-        assert not left, f"Ray processes outlived the head: {left}"
-
-
-def _session_processes(temp_dir: str) -> list[str]:
-    """Processes still running whose command line names this head's temp dir."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if temp_dir in cmdline:
-                found.append(f"{proc.name}: {cmdline[:120]}")
-    return found
 
 
 def _rows(out_dir: Path) -> list[dict]:

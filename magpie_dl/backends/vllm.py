@@ -34,6 +34,7 @@ from magpie_dl.backends.base import (
     Completion, CompletionLLM, CompletionStream, PromptInput, Request, SamplingSpec, error_completions,
 )
 from magpie_dl.backends.first_token_ban import first_token_ban_args, first_token_ban_fqcn
+from magpie_dl.backends.gpus import PlannedDevices
 
 if TYPE_CHECKING:
     from vllm import LLM, SamplingParams
@@ -45,13 +46,14 @@ _INSTALL_HINT = (
 )
 
 
-class VLLMBackend(CompletionLLM, CudaDevicePlacementMixin):
+class VLLMBackend(CompletionLLM, PlannedDevices):
     """Completes token-id prompts with an in-process vLLM engine.
 
     Attributes:
         model: path or hub id of the model.
-        tensor_parallel_size: GPUs per engine. Reserve as many through the step's
-            ``resources=StepResources(gpus=...)``; the CUDA placement mixin then pins them.
+        tensor_parallel_size: GPUs per engine. A recipe run's placement plan reserves them
+            on the step and gives each replica its devices (``device_plan``); used alone in
+            a pipeline, reserve them with ``resources=StepResources(gpus=...)``.
         max_model_len: context length (prompt + completion); None takes the model's.
         gpu_memory_utilization: fraction of each GPU the engine may take.
         dtype: weights / activations dtype ("auto", "bfloat16", "float32", ...).
@@ -123,7 +125,8 @@ class VLLMBackend(CompletionLLM, CudaDevicePlacementMixin):
         self._on_gpu = not current_platform.is_cpu()
         if self._on_gpu and not self.disable_cuda_device_placement:
             self.check_gpu_reservation()
-            CudaDevicePlacementMixin.load(self)
+            if self.pin_planned_devices() is None:
+                CudaDevicePlacementMixin.load(self)
 
         kwargs = self._engine_args()
         if self.install_first_token_ban:
@@ -196,7 +199,7 @@ class VLLMBackend(CompletionLLM, CudaDevicePlacementMixin):
                 import torch
 
                 torch.cuda.empty_cache()
-        if self._on_gpu and not self.disable_cuda_device_placement:
+        if self._on_gpu and not self.disable_cuda_device_placement and not self.device_plan:
             CudaDevicePlacementMixin.unload(self)
         super().unload()
 

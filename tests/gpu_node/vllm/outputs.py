@@ -1,0 +1,1 @@
+from vllm import CompletionOutput, RequestOutput  # noqa: F401
