@@ -25,6 +25,7 @@ import yaml
 from magpie_dl import outdir
 from magpie_dl.config import REPO_ROOT, SMOLLM2_DIR, TINY_DIR, ConfigError, resolve
 from magpie_dl.export import discard_loaded_copy
+from magpie_dl.leaf_output import reconciled_leaf_output
 from magpie_dl.outdir import OutputDirError
 from magpie_dl.preflight import check_before_run
 from magpie_dl.procs import die_with_parent, own_process_group, preload_worker_imports, shared_with_workers
@@ -157,8 +158,10 @@ def run_pipeline(pipeline: Pipeline | RayPipeline, expected_rows: int | None = N
     raises :class:`RunStopped`.
     """
     try:
-        # A step's failure: one StepFailedError line (surfaced); a signal: RunStopped (stop).
-        with shared_with_workers(), surfaced(pipeline), stop.around(pipeline) if stop else nullcontext():
+        # A step's failure: one StepFailedError line (surfaced); a signal: RunStopped (stop);
+        # the leaf's rows typed over the whole run, not by their first chunk.
+        with shared_with_workers(), surfaced(pipeline), reconciled_leaf_output(pipeline), \
+                stop.around(pipeline) if stop else nullcontext():
             distiset = pipeline.run(use_cache=False, **run_options(pipeline))
     except (KeyboardInterrupt, SystemExit):
         # A signal before the workers were up, or distilabel's forced stop (sys.exit).
