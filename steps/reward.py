@@ -7,7 +7,7 @@ from distilabel.mixins.runtime_parameters import RuntimeParameter
 from distilabel.steps import Step, StepInput
 from pydantic import PrivateAttr
 
-from magpie_dl.scoring import RewardScorer, Scored, conversation_token_ids, responses_to_score, set_ratings
+from magpie_dl.scoring import RewardScorer, Scored, conversations_token_ids, responses_to_score, set_ratings
 from magpie_dl.sections import RewardConfig
 from magpie_dl.store import cached_map, result_key
 from steps.base import LLMStep
@@ -103,7 +103,7 @@ class RewardScoring(LLMStep, Step, Configured):
     def score(self, pairs: list[tuple[str, str]]) -> list[Scored]:
         """Scores through the durable store, keyed by model, exact tokens and max length."""
         tokenizer = self._scorer.tokenizer
-        sequences = [conversation_token_ids(tokenizer, user, assistant) for user, assistant in pairs]
+        sequences = conversations_token_ids(tokenizer, pairs)
         keys = [result_key("score", self.CACHE_VERSION, self.model, self.max_length, ids) for ids in sequences]
         values = cached_map(
             self.store,
