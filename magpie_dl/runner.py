@@ -31,6 +31,7 @@ from magpie_dl.preflight import check_before_run
 from magpie_dl.procs import die_with_parent, own_process_group, preload_worker_imports, shared_with_workers
 from magpie_dl.progress import ProgressMonitor, quiet_libraries
 from magpie_dl.scaleout import maybe_ray, place_steps, run_options, scaleout_of, wants_ray
+from magpie_dl.step_data import without_step_data_copies
 from magpie_dl.step_errors import StepFailedError, surfaced
 from magpie_dl.stopping import RunStopped, StopSignals
 from magpie_dl.store import ResultStore
@@ -159,9 +160,10 @@ def run_pipeline(pipeline: Pipeline | RayPipeline, expected_rows: int | None = N
     """
     try:
         # A step's failure: one StepFailedError line (surfaced); a signal: RunStopped (stop);
-        # the leaf's rows typed over the whole run, not by their first chunk.
+        # the leaf's rows typed over the whole run, not by their first chunk; no copy of
+        # every batch on disk for distilabel's own cache, which we never use.
         with shared_with_workers(), surfaced(pipeline), reconciled_leaf_output(pipeline), \
-                stop.around(pipeline) if stop else nullcontext():
+                without_step_data_copies(pipeline), stop.around(pipeline) if stop else nullcontext():
             distiset = pipeline.run(use_cache=False, **run_options(pipeline))
     except (KeyboardInterrupt, SystemExit):
         # A signal before the workers were up, or distilabel's forced stop (sys.exit).
