@@ -243,7 +243,7 @@ def main_for(recipe: Recipe, build: Build, description: str, argv: list[str] | N
     try:
         if args.preset in ("smoke", "demo"):
             _ensure_tiny_models()
-        if args.preset == "demo":
+        if args.preset in ("demo", "scale"):
             _ensure_smollm2()
         cfg = resolve(args)
         if source := recipe.instructions(cfg):
