@@ -10,6 +10,9 @@ done. :class:`ReconcilingWriteBuffer` types every chunk with the declared column
 (:func:`magpie_dl.schema.merge_types`), and at close brings the files written before a
 type widened up to the final schema, so ``create_distiset`` reads one schema back.
 
+A failure there is raised as :class:`~magpie_dl.unpublished.NotPublished` once distilabel
+has wound down (the rows are in the result store; a rerun publishes them).
+
 This is the one place that reaches into distilabel's write buffer. It changes nothing at
 import: :func:`reconciled_leaf_output` puts it on one pipeline, for the length of its run.
 """
@@ -24,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from magpie_dl.schema import TypeConflict, as_json_text, chunk_type, column_types, merge_types
+from magpie_dl.unpublished import NotPublished
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -120,6 +124,7 @@ def make_buffer_class() -> type:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self._leaves: dict[str, _Leaf] = {}
+            self.failure: Exception | None = None
 
         def _write(self, step_name: str) -> None:
             import pyarrow.parquet as pq
@@ -138,6 +143,15 @@ def make_buffer_class() -> type:
             self._clean_buffer(step_name)
 
         def close(self) -> None:
+            # Raised here, a failure would cut distilabel's teardown short (its queue threads then
+            # die with tracebacks of their own): kept, and raised once the run has wound down.
+            try:
+                self.write_out()
+            except Exception as exc:
+                self.failure = exc
+
+        def write_out(self) -> None:
+            """The rows still buffered, then every earlier file brought up to the final schema."""
             import pyarrow.parquet as pq
 
             for step_name in self._buffers:
@@ -195,6 +209,10 @@ def reconciled_leaf_output(pipeline: Any) -> Iterator[None]:
         yield
     finally:
         delattr(pipeline, PIPELINE_HOOK)
+        failure = getattr(pipeline._write_buffer, "failure", None)
+        if failure is not None:
+            # Every step finished; its results are in the store, so a rerun publishes them.
+            raise NotPublished("writing the run's rows (distilabel's teardown)", failure) from None
 
 
 __all__ = ["conform", "make_buffer_class", "reconciled_leaf_output"]

@@ -35,6 +35,7 @@ from magpie_dl.step_data import without_step_data_copies
 from magpie_dl.step_errors import StepFailedError, surfaced
 from magpie_dl.stopping import RunStopped, StopSignals
 from magpie_dl.store import ResultStore
+from magpie_dl.unpublished import EXIT_CODE as NOT_PUBLISHED, NotPublished, in_teardown
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -116,9 +117,12 @@ def run_recipe(
             with ProgressMonitor(store, totals) if progress else nullcontext():
                 rows = run_pipeline(pipeline, expected, stop)
             with outdir.release(out_dir) as release:
-                release.add_in_progress()  # config.yaml, pipeline.yaml (and what steps wrote there)
-                # Memory-mapped Arrow: the export streams it, never a list of rows.
-                exported = recipe.export(cfg, rows, release.path, out_dir)
+                try:
+                    release.add_in_progress()  # config.yaml, pipeline.yaml (and what steps wrote there)
+                    # Memory-mapped Arrow: the export streams it, never a list of rows.
+                    exported = recipe.export(cfg, rows, release.path, out_dir)
+                except Exception as exc:  # the rows are stored: a rerun publishes them
+                    raise NotPublished("the export", exc) from None
                 discard_loaded_copy(rows)
                 with stop.deferred():  # a signal now is too late: the whole release lands
                     release.publish()
@@ -126,6 +130,8 @@ def run_recipe(
             raise RunStopped(stop.received or signal.SIGINT).at(store.progress(), totals) from None
         except RunStopped as stopped:
             raise stopped.at(store.progress(), totals)
+        except NotPublished as failed:
+            raise failed.kept_in(cfg.cache_dir)
         usage = store.usage()
     return exported, usage
 
@@ -168,9 +174,11 @@ def run_pipeline(pipeline: Pipeline | RayPipeline, expected_rows: int | None = N
     except (KeyboardInterrupt, SystemExit):
         # A signal before the workers were up, or distilabel's forced stop (sys.exit).
         raise RunStopped((stop and stop.received) or signal.SIGINT) from None
-    except Exception:
+    except Exception as exc:
         if stop and stop.received:  # the signal reached step workers too (Ctrl-C goes to the group)
             raise RunStopped(stop.received) from None
+        if in_teardown(exc):  # every step finished; writing distilabel's output files failed
+            raise NotPublished("distilabel's teardown", exc) from None
         raise
     # Stopped before any row reached the end, distilabel returns no "default" config at all.
     rows = distiset["default"]["train"] if "default" in distiset else None
@@ -226,7 +234,9 @@ def main_for(recipe: Recipe, build: Build, description: str, argv: list[str] | N
 
     0: done; 1: the run ended with rows missing; 2: a config or output directory refused
     before any model loads; 3: another run holds the output directory; 4: a push failed
-    (the local release is intact); 5: a step failed; 128 + N: stopped by signal N.
+    (the local release is intact); 5: a step failed; 6: every step finished and its results are
+    stored, but distilabel's teardown or the export failed (rerunning the same command publishes
+    from the store); 128 + N: stopped by signal N.
     """
     # distilabel installs a rich excepthook that prints every frame's local variables,
     # tokens and API keys included; put Python's own back.
@@ -235,7 +245,7 @@ def main_for(recipe: Recipe, build: Build, description: str, argv: list[str] | N
     try:
         if args.preset in ("smoke", "demo"):
             _ensure_tiny_models()
-        if args.preset == "demo":
+        if args.preset in ("demo", "scale"):
             _ensure_smollm2()
         cfg = resolve(args)
         if source := recipe.instructions(cfg):
@@ -278,6 +288,9 @@ def main_for(recipe: Recipe, build: Build, description: str, argv: list[str] | N
     except StepFailedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 5
+    except NotPublished as exc:
+        print(exc.line(recipe.output_dir(cfg)), file=sys.stderr)
+        return NOT_PUBLISHED
     except RunStopped as exc:
         print(exc.line(recipe.output_dir(cfg)), file=sys.stderr)
         return exc.exit_code

@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING, ClassVar, Dict, Optional
 
 from distilabel.mixins.runtime_parameters import RuntimeParameter
 from distilabel.steps import Step, StepInput
-from pydantic import PrivateAttr
+from pydantic import Field, PrivateAttr
 
 from magpie_dl.scoring import RewardScorer, Scored, conversations_token_ids, responses_to_score, set_ratings
 from magpie_dl.sections import RewardConfig
@@ -63,6 +63,8 @@ class RewardScoring(LLMStep, Step, Configured):
     max_length: RuntimeParameter[int] = setting(RewardConfig, "max_length")
     scoring_batch_size: RuntimeParameter[int] = setting(RewardConfig, "batch_size")
     scoring_batch_tokens: RuntimeParameter[int] = setting(RewardConfig, "batch_tokens")
+    stand_in: bool = Field(False, description="Score with magpie_dl's instant stand-in (scale runs and tests: "
+                           "never real scores); only the model's tokenizer is loaded.")
 
     _scorer: Optional[RewardScorer] = PrivateAttr(default=None)
     # 2: ArmoRM scored natively (the tiny reward model became an ArmoRM at the same path).
@@ -70,6 +72,11 @@ class RewardScoring(LLMStep, Step, Configured):
 
     def model_to_load(self) -> RewardScorer:
         """The reward scorer, loaded and freed by :class:`~steps.base.LLMStep` in place of an ``llm``."""
+        if self.stand_in:
+            from magpie_dl.backends.standin import StandInScorer
+
+            self._scorer = StandInScorer(self.model, self.max_length)  # type: ignore[assignment]
+            return self._scorer
         self._scorer = RewardScorer(
             self.model,
             max_length=self.max_length,
@@ -104,7 +111,8 @@ class RewardScoring(LLMStep, Step, Configured):
         """Scores through the durable store, keyed by model, exact tokens and max length."""
         tokenizer = self._scorer.tokenizer
         sequences = conversations_token_ids(tokenizer, pairs)
-        keys = [result_key("score", self.CACHE_VERSION, self.model, self.max_length, ids) for ids in sequences]
+        model = f"stand-in:{self.model}" if self.stand_in else self.model  # never read back as the real model's
+        keys = [result_key("score", self.CACHE_VERSION, model, self.max_length, ids) for ids in sequences]
         values = cached_map(
             self.store,
             self.name,
