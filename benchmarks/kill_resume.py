@@ -31,7 +31,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.scale import DEFAULT_ARGS, LAUNCHERS, PIPELINES, recipe_command, run_measured  # noqa: E402
+from benchmarks.scale import DEFAULT_ARGS, PIPELINES, recipe_command, run_measured  # noqa: E402
 
 PUBLISHED = ("dataset", "summary.json", "instructions.jsonl")
 
@@ -58,7 +58,6 @@ def main() -> None:
     parser.add_argument("--work", type=Path, required=True, help="Scratch directory (removed first).")
     parser.add_argument("--kills", type=int, default=4, help="Kills during the steps (one more in the export).")
     parser.add_argument("--seed", type=int, default=23)
-    parser.add_argument("--launcher", choices=sorted(LAUNCHERS), default="instant")
     parser.add_argument("--recipe-args", nargs=argparse.REMAINDER, default=DEFAULT_ARGS)
     args = parser.parse_args()
     shutil.rmtree(args.work, ignore_errors=True)
@@ -66,11 +65,11 @@ def main() -> None:
     base, killed = args.work / "baseline", args.work / "killed"
     rng = random.Random(args.seed)
 
-    baseline = run_measured(recipe_command(args.recipe, args.rows, base, args.recipe_args, args.launcher), base, args.work / "baseline.log")
+    baseline = run_measured(recipe_command(args.recipe, args.rows, base, args.recipe_args), base, args.work / "baseline.log")
     assert baseline["summary"]["returncode"] == 0, f"baseline failed: {baseline['summary']}"
     print(f"baseline: {baseline['summary']['wall_s']} s, export {baseline['summary'].get('export_s')} s", flush=True)
 
-    cmd = recipe_command(args.recipe, args.rows, killed, args.recipe_args, args.launcher)
+    cmd = recipe_command(args.recipe, args.rows, killed, args.recipe_args)
     record: dict[str, Any] = {"baseline": baseline["summary"], "kills": []}
     for i, moment in enumerate(kill_moments(baseline, args.kills, rng)):
         run = run_measured(cmd, killed, args.work / f"kill{i}.log", kill_after=moment)

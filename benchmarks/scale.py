@@ -24,7 +24,7 @@ Markdown tables BENCHMARKS.md carries from such files.
 
     .venv/bin/python benchmarks/scale.py dpo 10000 --out /tmp/bench/dpo-10k
     .venv/bin/python benchmarks/scale.py curation 300000 --out /tmp/bench/cur-300k
-    .venv/bin/python benchmarks/scale.py dpo 150 --out /tmp/bench/smoke --launcher none --recipe-args --preset smoke
+    .venv/bin/python benchmarks/scale.py dpo 150 --out /tmp/bench/smoke --recipe-args --preset smoke
     .venv/bin/python benchmarks/scale.py --report /tmp/bench/*.json
 """
 
@@ -50,14 +50,9 @@ sys.path.insert(0, str(REPO))
 from benchmarks import proctree  # noqa: E402
 
 PIPELINES = {"dpo": REPO / "pipelines" / "dpo_100k.py", "curation": REPO / "pipelines" / "magpie_instructions.py"}
-SMOLLM2 = str(REPO / "models" / "smollm2")
-# The full preset's batch sizes, on SmolLM2's real tokenizer (49,152 tokens) for queries,
-# responses and scores; the engine and scorer are stand-ins (``--launcher``).
-DEFAULT_ARGS = ["--backend", "transformers", "--backend.device", "cpu", "--generator.model", SMOLLM2,
-                "--reward.model", SMOLLM2, "--reward.device", "cpu", "--reward.dtype", "float32"]
-# What runs the recipe's script: the instant engine and scorer of overhead.py at the model
-# boundary, or the script itself (its flags then choose the models).
-LAUNCHERS = {"instant": [str(REPO / "benchmarks" / "instant_recipe.py")], "none": []}
+# The recipe's graph at full size with the stand-in at every model boundary
+# (magpie_dl/backends/standin.py), writing in SmolLM2's real tokenizer (49,152 tokens).
+DEFAULT_ARGS = ["--preset", "scale"]
 
 
 def disk_bytes(path: Path) -> int:
@@ -150,9 +145,9 @@ def _entries(path: Path) -> list[Path]:
         return []
 
 
-def recipe_command(recipe: str, n: int, out: Path, extra: list[str], launcher: str = "instant") -> list[str]:
+def recipe_command(recipe: str, n: int, out: Path, extra: list[str]) -> list[str]:
     """The recipe's own command line for ``n`` instructions (DPO) or queries (curation)."""
-    return [sys.executable, *LAUNCHERS[launcher], str(PIPELINES[recipe]), *extra,
+    return [sys.executable, str(PIPELINES[recipe]), *extra,
             "--generator.num_instructions", str(n), "--output-dir", str(out)]
 
 
@@ -276,8 +271,6 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="The run's output directory (removed first); results go to OUT.json.")
     parser.add_argument("--every", type=float, default=1.0, help="Seconds between samples.")
     parser.add_argument("--keep", action="store_true", help="Keep the output directory (default: removed after).")
-    parser.add_argument("--launcher", choices=sorted(LAUNCHERS), default="instant",
-                        help="instant: overhead.py's instant engine and scorer; none: the script as is.")
     parser.add_argument("--report", type=Path, nargs="+", help="Print the Markdown tables of these result files.")
     parser.add_argument("--recipe-args", nargs=argparse.REMAINDER, default=DEFAULT_ARGS,
                         help=f"Flags for the recipe's command (default: {' '.join(DEFAULT_ARGS)}).")
@@ -288,7 +281,7 @@ def main() -> None:
     if not (args.recipe and args.rows and args.out):
         parser.error("give RECIPE ROWS --out DIR, or --report FILES")
     shutil.rmtree(args.out, ignore_errors=True)
-    cmd = recipe_command(args.recipe, args.rows, args.out, args.recipe_args, args.launcher)
+    cmd = recipe_command(args.recipe, args.rows, args.out, args.recipe_args)
     result = run_measured(cmd, args.out, args.out.with_suffix(".log"), args.every)
     result["rows"], result["recipe"] = args.rows, args.recipe
     args.out.with_suffix(".json").write_text(json.dumps(result))
