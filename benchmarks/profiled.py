@@ -8,7 +8,9 @@ distilabel's ``_StepWrapper.run`` (load, then every batch's ``process``), which 
 benchmark wraps here, at run time, for this process only. Writes ``driver.prof`` and
 ``step-NAME.prof`` into PROFILE_DIR, and ``top.txt``: each profile's functions by
 cumulative and by own time. Profiling slows Python code (a few tens of percent), so time
-the runs with ``benchmarks/scale.py`` and use this for where the time goes.
+the runs with ``benchmarks/scale.py`` and use this for where the time goes. The clock is the
+process's CPU time, not the wall clock: waiting for other steps (or for a CPU on a shared
+machine) is not counted.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import io
 import pstats
 import runpy
 import sys
+import time
 from pathlib import Path
 
 
@@ -28,7 +31,7 @@ def profile_steps(folder: Path) -> None:
     original = _StepWrapper.run
 
     def run(self: _StepWrapper) -> str:
-        profiler = cProfile.Profile()
+        profiler = cProfile.Profile(time.process_time)
         try:
             return profiler.runcall(original, self)
         finally:
@@ -53,7 +56,7 @@ def main() -> int:
     folder_path.mkdir(parents=True, exist_ok=True)
     sys.argv = [script, *args]
     profile_steps(folder_path)
-    profiler = cProfile.Profile()
+    profiler = cProfile.Profile(time.process_time)
     code = 0
     try:
         profiler.runcall(runpy.run_path, script, run_name="__main__")
