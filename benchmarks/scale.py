@@ -152,10 +152,12 @@ def recipe_command(recipe: str, n: int, out: Path, extra: list[str]) -> list[str
 
 
 def run_measured(cmd: list[str], out: Path, log: Path, every: float = 1.0,
-                 kill_after: float | None = None, env: dict[str, str] | None = None) -> dict[str, Any]:
+                 kill_after: float | None = None, kill_at_release: float | None = None,
+                 env: dict[str, str] | None = None) -> dict[str, Any]:
     """Run ``cmd`` in its own process group, sampled; returns the samples and a summary.
 
-    ``kill_after`` sends SIGKILL to the whole group that many seconds in (kill-and-resume).
+    ``kill_after`` sends SIGKILL to the whole group that many seconds in, ``kill_at_release``
+    that many seconds after the release staging appears (kill-and-resume).
     """
     env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -166,7 +168,12 @@ def run_measured(cmd: list[str], out: Path, log: Path, every: float = 1.0,
         killed = False
         with Sampler(proc.pid, out, every) as sampler:
             try:
-                proc.wait(timeout=kill_after)
+                if kill_at_release is None:
+                    proc.wait(timeout=kill_after)
+                else:
+                    while proc.poll() is None and sampler.release_seen is None:
+                        time.sleep(0.2)
+                    proc.wait(timeout=kill_at_release)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 killed = True
