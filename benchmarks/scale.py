@@ -226,23 +226,26 @@ def phases(samples: list[dict[str, Any]], release_seen: float | None, wall: floa
     return out
 
 
-def row_cost(samples: list[dict[str, Any]], parts: int = 5) -> dict[str, list[float]]:
-    """Per step, seconds per 1K rows in each fifth of its rows: flat means no per-row cost
-    that grows with the row index; rising means one (or a slower step upstream)."""
+def row_cost(samples: list[dict[str, Any]], parts: int = 5) -> dict[str, dict[str, list[float]]]:
+    """Per step, seconds per 1K of its rows in each fifth of them: wall seconds, and CPU
+    seconds of the whole tree over the same stretch (steady on a shared machine). Flat
+    means no per-row cost that grows with the row index. Steps overlap and a step upstream
+    of the slowest one waits on it, so read the slowest (last) step's figures."""
     steps = {name for s in samples for name in s["progress"]}
-    result: dict[str, list[float]] = {}
+    result: dict[str, dict[str, list[float]]] = {}
     for step in sorted(steps):
-        points = [(s["t"], s["progress"][step]) for s in samples if step in s["progress"]]
-        total = points[-1][1]
+        points = [(s["t"], s["tree_cpu_s"], s["progress"][step]) for s in samples if step in s["progress"]]
+        total = points[-1][2]
         if total < parts * 10:
             continue
-        costs = []
+        wall, cpu = [], []
         for k in range(parts):
             lo, hi = total * k / parts, total * (k + 1) / parts
-            t_lo = next(t for t, rows in points if rows >= lo)
-            t_hi = next(t for t, rows in points if rows >= hi)
-            costs.append(round((t_hi - t_lo) / ((hi - lo) / 1000), 2))
-        result[step] = costs
+            t_lo, c_lo = next((t, c) for t, c, rows in points if rows >= lo)
+            t_hi, c_hi = next((t, c) for t, c, rows in points if rows >= hi)
+            wall.append(round((t_hi - t_lo) / ((hi - lo) / 1000), 2))
+            cpu.append(round((c_hi - c_lo) / ((hi - lo) / 1000), 2))
+        result[step] = {"wall": wall, "cpu": cpu}
     return result
 
 
@@ -259,16 +262,20 @@ def report(paths: list[Path]) -> None:
     loaded = [(p, json.loads(p.read_text())) for p in paths]
     for path, data in loaded:
         s, n = data["summary"], data.get("rows", 0)
+        if s["returncode"] != 0 and data["samples"]:  # stopped part-way: the rows its slowest step finished
+            n = min(data["samples"][-1]["progress"].values(), default=0)
+        # A killed run's workers were never waited for: only the samples saw their CPU.
+        cpu = s["tree_cpu_rusage_s"] if s["returncode"] == 0 else s["tree_cpu_sampled_s"]
         print(f"| {path.stem} | {n:,} | {s['returncode']} | {s['wall_s']} | {s.get('steps_done_s')} | {s.get('teardown_s')} "
-              f"| {s.get('export_s')} | {s['tree_cpu_rusage_s']} | {1000 * s['tree_cpu_rusage_s'] / max(n, 1):.2f} "
+              f"| {s.get('export_s')} | {cpu} | {1000 * cpu / max(n, 1):.2f} "
               f"| {s['driver_cpu_s']} | {s['peak_pss_mib']:,.0f} | {s['peak_pss_anon_mib']:,.0f} | {mib(s['peak_disk_out_b'])} "
               f"| {mib(s['peak_disk_store_b'])} | {mib(s['peak_disk_distilabel_b'])} | {mib(s['final_disk_out_b'])} |")
     print()
-    print("Seconds per 1K rows in each fifth of a step's rows:")
+    print("Seconds per 1K rows in each fifth of a step's rows, wall (tree CPU):")
     print()
     for path, data in loaded:
-        for step, costs in data["summary"]["row_cost"].items():
-            print(f"- {path.stem} `{step}`: " + " / ".join(f"{c:.2f}" for c in costs))
+        for step, costs in row_cost(data["samples"]).items():
+            print(f"- {path.stem} `{step}`: " + " / ".join(f"{w:.1f} ({c:.1f})" for w, c in zip(costs["wall"], costs["cpu"])))
 
 
 def main() -> None:
