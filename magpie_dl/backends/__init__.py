@@ -41,5 +41,5 @@ def make_backend(config: BackendConfig, model: str, seed: int = 0) -> Completion
     if config.kind == "standin":
         from magpie_dl.backends.standin import StandInBackend
 
-        return StandInBackend(model=model, seed=seed, **pinned)
+        return StandInBackend(model=model, seed=seed, seconds_per_prompt=config.standin_seconds_per_prompt, **pinned)
     raise ValueError(f"unknown backend {config.kind!r}; use transformers, vllm, openai or standin")

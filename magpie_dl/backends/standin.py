@@ -49,6 +49,7 @@ RATES: dict[str, float] = {
     # queries
     "query_empty": 0.01, "query_error": 0.01, "query_truncated": 0.01, "query_duplicate": 0.02,
     "query_fragment": 0.01, "query_unfinished": 0.01, "query_too_short": 0.01, "query_no_letters": 0.01,
+    "query_near_duplicate": 0.01,
     # responses (per response; the failing row per prompt)
     "response_empty": 0.01, "response_blank": 0.005, "response_error": 0.01, "row_mostly_failed": 0.01,
     # judge answers
@@ -178,16 +179,20 @@ class StandInBackend(CompletionLLM):
     def _query(self, key: Any, i: int, spec: SamplingSpec) -> Completion:
         u = _unit("query", key, i)
         outcome = _pick(u, ("query_empty", "query_error", "query_truncated", "query_duplicate", "query_fragment",
-                            "query_unfinished", "query_too_short", "query_no_letters"))
+                            "query_unfinished", "query_too_short", "query_no_letters", "query_near_duplicate"))
         if outcome == "query_error":
             return Completion("", [], "error", f"{STAND_IN}: engine error (injected)")
         if outcome == "query_empty":
             return Completion("", [], "stop")
         if outcome == "query_truncated":
             return self._finished(self._text((key, i), spec.max_tokens, question=False), spec)
-        if outcome == "query_duplicate":
-            ids = self._fixed_ids[f"duplicate{int(_unit('dup', key, i) * len(DUPLICATE_QUERIES))}"]
-            return self._finished(list(ids), spec)
+        if outcome in ("query_duplicate", "query_near_duplicate"):
+            which = int(_unit("dup", key, i) * len(DUPLICATE_QUERIES))
+            if outcome == "query_duplicate":
+                return self._finished(list(self._fixed_ids[f"duplicate{which}"]), spec)
+            # A near duplicate differs in punctuation only: not an exact copy, the same embedding.
+            text = near_duplicate(DUPLICATE_QUERIES[which], random.Random(_unit("near", key, i)))
+            return self._finished(self.tokenizer.encode(text, add_special_tokens=False), spec)
         if outcome is not None:
             return Completion(self.tokenizer.decode(self._fixed_ids[outcome.removeprefix("query_")]),
                               list(self._fixed_ids[outcome.removeprefix("query_")]), "stop")
@@ -214,6 +219,15 @@ class StandInBackend(CompletionLLM):
             text = json.dumps(schema_answer(spec.json_schema or {}, random.Random(_unit("answer", key, i))))
         ids = self.tokenizer.encode(text, add_special_tokens=False)
         return Completion(text, ids, "stop")
+
+
+def near_duplicate(query: str, rng: random.Random) -> str:
+    """``query`` with commas put in and another ending: one of some hundreds of variants that
+    differ from it (and mostly from each other) in punctuation only."""
+    words = query.rstrip("?").split()
+    for at in sorted(rng.sample(range(1, len(words) - 1), 2), reverse=True):
+        words[at - 1] += ","
+    return " ".join(words) + rng.choice(("?!", "!?", "??", "?!!"))
 
 
 def schema_answer(schema: dict[str, Any], rng: random.Random) -> Any:
@@ -296,4 +310,26 @@ class StandInScorer:
         return results
 
 
-__all__ = ["RATES", "STAND_IN", "StandInBackend", "StandInScorer", "long_tail_tokens", "schema_answer"]
+class StandInEmbedder:
+    """The sentence encoder's stand-in: a seeded unit vector per text, the same for texts that
+    differ only in case, spacing and punctuation (so the stand-in's near duplicates are found)."""
+
+    dim = 64
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+
+    def encode(self, texts: list[str]) -> Any:
+        import numpy as np
+
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for i, text in enumerate(texts):
+            words = "".join(c if c.isalnum() else " " for c in text.lower()).split()
+            rng = np.random.default_rng(int(_unit("embed", self.seed, words) * 2**63))
+            vector = rng.standard_normal(self.dim)
+            out[i] = vector / np.linalg.norm(vector)
+        return out
+
+
+__all__ = ["RATES", "STAND_IN", "StandInBackend", "StandInEmbedder", "StandInScorer", "long_tail_tokens",
+           "schema_answer"]
