@@ -58,6 +58,8 @@ sys.path.insert(0, str(REPO))
 
 from pydantic import PrivateAttr  # noqa: E402
 
+from benchmarks import proctree  # noqa: E402
+
 from magpie_dl.backends.base import Completion, CompletionLLM, PromptInput, SamplingSpec  # noqa: E402
 from magpie_dl.backends import make_backend  # noqa: E402, F401  (first: it quiets distilabel's import warnings)
 from distilabel.steps import RewardModelScore, Step, StepInput  # noqa: E402
@@ -339,39 +341,9 @@ class TreeMemory:
         self._stop.set()
         self._thread.join()
 
-    def _tree(self) -> list[int]:
-        children: dict[int, list[int]] = {}
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    stat = Path(f"/proc/{entry}/stat").read_text()
-                except OSError:
-                    continue
-                ppid = int(stat.rsplit(")", 1)[1].split()[1])
-                children.setdefault(ppid, []).append(int(entry))
-        found, todo = [], [self.root]
-        while todo:
-            pid = todo.pop()
-            found.append(pid)
-            todo.extend(children.get(pid, []))
-        return found
-
-    @staticmethod
-    def _kib(path: str, field: str) -> int:
-        try:
-            for line in Path(path).read_text().splitlines():
-                if line.startswith(field):
-                    return int(line.split()[1])
-        except OSError:
-            pass
-        return 0
-
     def _loop(self) -> None:
         while not self._stop.wait(self.every):
-            pids = self._tree()
-            pss = sum(self._kib(f"/proc/{p}/smaps_rollup", "Pss:") for p in pids) / 1024
-            anon = sum(self._kib(f"/proc/{p}/smaps_rollup", "Pss_Anon:") for p in pids) / 1024
-            rss = max((self._kib(f"/proc/{p}/status", "VmRSS:") for p in pids), default=0) / 1024
+            pss, anon, rss = proctree.memory_mib(proctree.tree(self.root))
             self.peak_pss, self.peak_rss = max(self.peak_pss, pss), max(self.peak_rss, rss)
             self.peak_pss_anon = max(self.peak_pss_anon, anon)
 

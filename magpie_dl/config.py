@@ -132,6 +132,27 @@ PRESETS["demo"] = deep_merge(
     },
 )
 
+# The recipe's graph at full size with the instant stand-in at every model boundary
+# (magpie_dl.backends.standin), writing in SmolLM2's real tokenizer: for benchmarks and the
+# suite's scale tier. Sampling, lengths and batch sizes are the real recipe's; nothing it
+# writes is real data (the rows and the card name the stand-in).
+PRESETS["scale"] = deep_merge(
+    PRESETS["smoke"],
+    {
+        "generator": {
+            "model": str(SMOLLM2_DIR),
+            "family": "smollm2",
+            "num_instructions": 100_000,
+            "temperature": 0.9,
+            "max_tokens": 1024,
+            "batch_size": 500,
+        },
+        "responses": {"max_tokens": 4096, "batch_size": 500},
+        "reward": {"model": str(SMOLLM2_DIR), "max_length": 4096, "input_batch_size": 500},
+        "backend": {"kind": "standin", "max_model_len": 8192},
+        "output": {"dir": "out/scale"},
+    },
+)
 
 
 def build_parser(

@@ -30,7 +30,8 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from magpie_dl import config
-from magpie_dl.config import TINY_DIR
+from magpie_dl.command_line import deep_merge
+from magpie_dl.config import SMOLLM2_DIR, TINY_DIR
 from magpie_dl.embeddings import PACKAGED_MINILM
 from magpie_dl.scaleout_config import ScaleoutConfig
 from magpie_dl.sections import (  # noqa: F401  (re-exported: the curation recipe's sections)
@@ -116,6 +117,25 @@ PRESETS: dict[str, dict[str, Any]] = {
                       "require_category": False, "min_instruct_reward": DEFAULT_MIN_INSTRUCT_REWARD},
     },
 }
+
+# The curation graph at full size (300K queries) with the instant stand-in at every model
+# boundary (magpie_dl.backends.standin) in SmolLM2's real tokenizer: benchmarks and the
+# suite's scale tier. Nothing it writes is real data (rows name the stand-in).
+PRESETS["scale"] = deep_merge(
+    PRESETS["smoke"],
+    {
+        "output_dir": "out/instructions_scale",
+        "generator": {"model": str(SMOLLM2_DIR), "family": "smollm2", "num_instructions": 300_000,
+                      "temperature": 0.9, "max_tokens": 1024, "batch_size": 500},
+        "backend": {"kind": "standin", "max_model_len": 8192},
+        "tagging": {"judge_model": str(SMOLLM2_DIR), "max_tokens": 512, "batch_size": 500},
+        "reward": {"model": str(SMOLLM2_DIR), "max_length": 4096, "input_batch_size": 500},
+        "instruct_reward": {"max_tokens": 4096, "batch_size": 500},
+        # The reference's thresholds, on the stand-in scorer's scale (uniform in [-1, 1]).
+        "selection": {"target_size": 100_000, "min_difficulty": "medium", "min_input_quality": "good",
+                      "require_category": True, "min_instruct_reward": -0.5},
+    },
+)
 
 
 def build_parser(description: str) -> argparse.ArgumentParser:

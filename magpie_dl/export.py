@@ -195,22 +195,26 @@ def discard_loaded_copy(dataset: Dataset) -> None:
 
 
 def released_features(source: Features) -> Features:
-    """The released rows' schema (``released_row`` plus ``pair_status``) from the pipeline's."""
-    from datasets import Features, List, Value
+    """The released rows' schema (``released_row`` plus ``pair_status``): a column the pipeline's
+    rows have keeps its type there, any other takes its declared type (:mod:`magpie_dl.schema`)."""
+    import pyarrow as pa
+    from datasets import Features
 
-    def like(name: str, default: Any = None) -> Any:
-        return source.get(name, Value("null") if default is None else default)
+    from magpie_dl.schema import column_types
 
-    types: dict[str, Any] = {
-        "uuid": Value("string"),
-        "instruction": Value("string"),
-        "gen_input_configs": like("gen_input_configs"),
-    }
+    declared = column_types()
+
+    def like(name: str) -> Any:
+        if name in source:
+            return source[name]
+        return Features.from_arrow_schema(pa.schema([(name, declared.get(name, pa.null()))]))[name]
+
+    types: dict[str, Any] = {name: like(name) for name in ("uuid", "instruction", "gen_input_configs")}
     types.update({name: source[name] for name in TAG_COLUMNS if name in source})
-    types["input_length"] = Value("int64")
-    types["responses"] = like("generations", List(Value("string")))
+    types["input_length"] = like("input_length")
+    types["responses"] = source["generations"] if "generations" in source else like("responses")
     types["gen_response_configs"] = like("gen_response_configs")
-    types["rewards_armorm"] = List({"score": Value("float64")})
+    types["rewards_armorm"] = like("rewards_armorm")
     types.update({name: like(name) for name in ("chosen", "rejected", *EXTRA_COLUMNS)})
     types.update({name: source[name] for name in OPTIONAL_COLUMNS if name in source})
     types["pair_status"] = like("pair_status")

@@ -43,7 +43,14 @@ _PINNED_DATES = "magpie_dl_pinned_dates"
 
 def encode_text(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     """Tokenise user-supplied text as text: special-token strings stay literal characters."""
-    return list(tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+    return encode_texts(tokenizer, [text])[0]
+
+
+def encode_texts(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> list[list[int]]:
+    """:func:`encode_text` of many texts in one tokenizer call (the same ids, less overhead)."""
+    if not texts:
+        return []
+    return [list(ids) for ids in tokenizer(list(texts), add_special_tokens=False, split_special_tokens=True)["input_ids"]]
 
 
 def encode_markup(tokenizer: PreTrainedTokenizerBase, markup: str) -> list[int]:

@@ -49,6 +49,17 @@ def stand_in_reward_note(reward_model: str) -> str | None:
     )
 
 
+def stand_in_engine_note(config: dict[str, Any]) -> str | None:
+    """One line saying every model was the stand-in (``backend.kind: standin``), when it was."""
+    if ((config.get("backend") or {}).get("kind")) != "standin":
+        return None
+    return (
+        "made by magpie_dl's instant stand-in at every model boundary (backend standin): queries, responses, "
+        "judge answers and scores are seeded placeholders for scale runs and tests, NOT model output; "
+        "never use this dataset as data"
+    )
+
+
 def query_provenance(
     generator: str,
     spec: SamplingSpec,

@@ -23,7 +23,7 @@ from magpie_dl.curation_export import write_outputs
 from magpie_dl.estimate import estimate
 from magpie_dl.export import Summary, write_dataset
 from magpie_dl.hub import push_for_hub, push_for_review
-from magpie_dl.provenance import stand_in_reward_note
+from magpie_dl.provenance import stand_in_engine_note, stand_in_reward_note
 from magpie_dl.report import example_lines, write_card_and_report
 from magpie_dl.selection import SelectionReport
 
@@ -91,8 +91,9 @@ def _dpo_done(cfg: RecipeConfig, summary: Summary) -> int:
     print(f"\ndataset: {out_dir / 'dataset'}  (pipeline.yaml, left_out/, summary.json, README.md, report.html beside it)")
     for line in summary.lines():
         print(f"  {line}")
-    if note := stand_in_reward_note(cfg.reward.model):
-        print(f"  note: {note}")
+    for note in (stand_in_engine_note(cfg.public_dict()), stand_in_reward_note(cfg.reward.model)):
+        if note:
+            print(f"  note: {note}")
     for line in example_lines(out_dir):
         print(f"  {line}")
     if cfg.output.push_to_hub and not push_for_hub(cfg):

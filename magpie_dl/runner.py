@@ -25,14 +25,17 @@ import yaml
 from magpie_dl import outdir
 from magpie_dl.config import REPO_ROOT, SMOLLM2_DIR, TINY_DIR, ConfigError, resolve
 from magpie_dl.export import discard_loaded_copy
+from magpie_dl.leaf_output import reconciled_leaf_output
 from magpie_dl.outdir import OutputDirError
 from magpie_dl.preflight import check_before_run
 from magpie_dl.procs import die_with_parent, own_process_group, preload_worker_imports, shared_with_workers
 from magpie_dl.progress import ProgressMonitor, quiet_libraries
 from magpie_dl.scaleout import maybe_ray, plan_local, run_options, scaleout_of, wants_ray
+from magpie_dl.step_data import without_step_data_copies
 from magpie_dl.step_errors import StepFailedError, surfaced
 from magpie_dl.stopping import RunStopped, StopSignals
 from magpie_dl.store import ResultStore
+from magpie_dl.unpublished import EXIT_CODE as NOT_PUBLISHED, NotPublished, in_teardown
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -114,9 +117,12 @@ def run_recipe(
             with ProgressMonitor(store, totals) if progress else nullcontext():
                 rows = run_pipeline(pipeline, expected, stop)
             with outdir.release(out_dir) as release:
-                release.add_in_progress()  # config.yaml, pipeline.yaml (and what steps wrote there)
-                # Memory-mapped Arrow: the export streams it, never a list of rows.
-                exported = recipe.export(cfg, rows, release.path, out_dir)
+                try:
+                    release.add_in_progress()  # config.yaml, pipeline.yaml (and what steps wrote there)
+                    # Memory-mapped Arrow: the export streams it, never a list of rows.
+                    exported = recipe.export(cfg, rows, release.path, out_dir)
+                except Exception as exc:  # the rows are stored: a rerun publishes them
+                    raise NotPublished("the export", exc) from None
                 discard_loaded_copy(rows)
                 with stop.deferred():  # a signal now is too late: the whole release lands
                     release.publish()
@@ -124,6 +130,8 @@ def run_recipe(
             raise RunStopped(stop.received or signal.SIGINT).at(store.progress(), totals) from None
         except RunStopped as stopped:
             raise stopped.at(store.progress(), totals)
+        except NotPublished as failed:
+            raise failed.kept_in(cfg.cache_dir)
         usage = store.usage()
     return exported, usage
 
@@ -157,15 +165,20 @@ def run_pipeline(pipeline: Pipeline | RayPipeline, expected_rows: int | None = N
     raises :class:`RunStopped`.
     """
     try:
-        # A step's failure: one StepFailedError line (surfaced); a signal: RunStopped (stop).
-        with shared_with_workers(), surfaced(pipeline), stop.around(pipeline) if stop else nullcontext():
+        # A step's failure: one StepFailedError line (surfaced); a signal: RunStopped (stop);
+        # the leaf's rows typed over the whole run, not by their first chunk; no copy of
+        # every batch on disk for distilabel's own cache, which we never use.
+        with shared_with_workers(), surfaced(pipeline), reconciled_leaf_output(pipeline), \
+                without_step_data_copies(pipeline), stop.around(pipeline) if stop else nullcontext():
             distiset = pipeline.run(use_cache=False, **run_options(pipeline))
     except (KeyboardInterrupt, SystemExit):
         # A signal before the workers were up, or distilabel's forced stop (sys.exit).
         raise RunStopped((stop and stop.received) or signal.SIGINT) from None
-    except Exception:
+    except Exception as exc:
         if stop and stop.received:  # the signal reached step workers too (Ctrl-C goes to the group)
             raise RunStopped(stop.received) from None
+        if in_teardown(exc):  # every step finished; writing distilabel's output files failed
+            raise NotPublished("distilabel's teardown", exc) from None
         raise
     # Stopped before any row reached the end, distilabel returns no "default" config at all.
     rows = distiset["default"]["train"] if "default" in distiset else None
@@ -216,7 +229,9 @@ def main_for(recipe: Recipe, build: Build, description: str, argv: list[str] | N
 
     0: done; 1: the run ended with rows missing; 2: a config or output directory refused
     before any model loads; 3: another run holds the output directory; 4: a push failed
-    (the local release is intact); 5: a step failed; 128 + N: stopped by signal N.
+    (the local release is intact); 5: a step failed; 6: every step finished and its results are
+    stored, but distilabel's teardown or the export failed (rerunning the same command publishes
+    from the store); 128 + N: stopped by signal N.
     """
     # distilabel installs a rich excepthook that prints every frame's local variables,
     # tokens and API keys included; put Python's own back.
@@ -225,7 +240,7 @@ def main_for(recipe: Recipe, build: Build, description: str, argv: list[str] | N
     try:
         if args.preset in ("smoke", "demo"):
             _ensure_tiny_models()
-        if args.preset == "demo":
+        if args.preset in ("demo", "scale"):
             _ensure_smollm2()
         cfg = resolve(args)
         if source := recipe.instructions(cfg):
@@ -274,6 +289,9 @@ def main_for(recipe: Recipe, build: Build, description: str, argv: list[str] | N
     except StepFailedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 5
+    except NotPublished as exc:
+        print(exc.line(recipe.output_dir(cfg)), file=sys.stderr)
+        return NOT_PUBLISHED
     except RunStopped as exc:
         print(exc.line(recipe.output_dir(cfg)), file=sys.stderr)
         return exc.exit_code

@@ -176,7 +176,10 @@ class RewardConfig(_Section):
 class BackendConfig(_Section):
     """Where generation runs."""
 
-    kind: Literal["transformers", "vllm", "openai"] = Field("vllm", description="transformers | vllm | openai")
+    kind: Literal["transformers", "vllm", "openai", "standin"] = Field(
+        "vllm", description="transformers | vllm | openai | standin (an instant stand-in for every model, "
+        "for scale runs and tests: never real data)"
+    )
     base_urls: list[str] = Field(default_factory=list, description="vLLM server URLs for --backend openai.")
     device: Device = Field("cuda", description="Torch device for the transformers backend.")
     dtype: DType = Field("bfloat16", description="Model dtype: auto | float32 | bfloat16 | float16")
@@ -185,6 +188,9 @@ class BackendConfig(_Section):
     gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0, description="vLLM: fraction of GPU memory.")
     enable_prefix_caching: bool = Field(True, description="vLLM: reuse the shared pre-query prefix.")
     transformers_batch_size: int = Field(64, ge=1, description="transformers: completions per forward pass.")
+    standin_seconds_per_prompt: float = Field(
+        0.0, ge=0.0, description="standin: pause per prompt, to give a run a slow engine's duration (0: instant)."
+    )
     chat_template_date: date = Field(
         date.fromisoformat(DEFAULT_TEMPLATE_DATE),
         description="Date chat templates render as today (Llama 3.1+); pinned so a resumed run builds the same prompts.",

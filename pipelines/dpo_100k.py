@@ -51,7 +51,7 @@ def build_pipeline(cfg: RecipeConfig) -> Pipeline:
             cfg.responses, name="responses", llm=make_backend(cfg.backend, cfg.response_model, cfg.seed),
             engine=cfg.backend.kind, family=cfg.generator.family, seed=cfg.seed, **stored,
         )
-        scores = RewardScoring.from_config(cfg.reward, name="reward", **stored)
+        scores = RewardScoring.from_config(cfg.reward, name="reward", stand_in=cfg.backend.kind == "standin", **stored)
         pairs = BestWorstPairing.from_config(cfg.pairing, name="pairing", input_batch_size=cfg.reward.input_batch_size)
         queries >> responses >> scores >> pairs
     return pipeline

@@ -62,6 +62,7 @@ def build_pipeline(cfg: InstructionsConfig) -> Pipeline:
     def llm_for(model: str) -> CompletionLLM:
         return make_backend(cfg.backend, model, cfg.seed)
 
+    stand_in = cfg.backend.kind == "standin"  # every model boundary, not only the engines
     with Pipeline(name="magpie-instructions", description=__doc__,
                   cache_dir=cfg.cache_dir / "distilabel") as pipeline:  # its own cache, removed after the run
         queries = query_stage(gen, llm_for(gen.model), cfg.seed, cfg.scaleout.query_replicas, **stored)
@@ -76,12 +77,12 @@ def build_pipeline(cfg: InstructionsConfig) -> Pipeline:
                 num_generations=1, seed=cfg.seed, output_mappings=RESPONSE_COLUMNS, **stored,
             )
             score = RewardScoring.from_config(
-                cfg.reward, name="instruct_reward_model",
+                cfg.reward, name="instruct_reward_model", stand_in=stand_in,
                 # A truncated instruct response is scored too, as the reference does.
                 input_mappings={"generations": "instruct_response"}, output_mappings=RATING_COLUMNS, **stored,
             )
             last = last >> response >> score >> InstructReward.from_config(ir, name="instruct_reward")
-        near_dups = NearDuplicateTagging.from_config(cfg.dedup, name="near_duplicates")
+        near_dups = NearDuplicateTagging.from_config(cfg.dedup, name="near_duplicates", stand_in=stand_in)
         select = CuratedSelection.from_config(
             cfg.selection, name="selection", seed=cfg.seed,
             min_instruct_reward=cfg.selection.min_instruct_reward if ir.enabled else None,

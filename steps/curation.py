@@ -334,6 +334,8 @@ class NearDuplicateTagging(GlobalStep, Configured):
     nprobe: RuntimeParameter[int] = setting(DedupSection, "nprobe")
     embedding_batch_size: RuntimeParameter[int] = setting(DedupSection, "embedding_batch_size")
     keep_embedding: RuntimeParameter[bool] = Field(default=False, description="Keep the embedding column.")
+    stand_in: bool = Field(False, description="Embed with magpie_dl's instant stand-in (scale runs and tests: "
+                           "never real embeddings).")
 
     @property
     def inputs(self) -> "StepColumns":
@@ -349,6 +351,10 @@ class NearDuplicateTagging(GlobalStep, Configured):
 
         if rows and all(r.get("embedding") is not None for r in rows):
             return np.asarray([r["embedding"] for r in rows], dtype=np.float32)
+        if self.stand_in:
+            from magpie_dl.backends.standin import StandInEmbedder
+
+            return StandInEmbedder().encode([r.get("instruction") or "" for r in rows])
         from magpie_dl.embeddings import SentenceEmbedder
 
         embedder = SentenceEmbedder(self.embedding_model, batch_size=self.embedding_batch_size, device=self.device)

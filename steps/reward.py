@@ -5,11 +5,11 @@ from typing import TYPE_CHECKING, ClassVar, Dict, Optional
 
 from distilabel.mixins.runtime_parameters import RuntimeParameter
 from distilabel.steps import Step, StepInput
-from pydantic import PrivateAttr
+from pydantic import Field, PrivateAttr
 
 from magpie_dl.backends.gpus import PlannedDevices
 from magpie_dl.progress import RowTally
-from magpie_dl.scoring import RewardScorer, Scored, conversation_token_ids, responses_to_score, set_ratings
+from magpie_dl.scoring import RewardScorer, Scored, conversations_token_ids, responses_to_score, set_ratings
 from magpie_dl.sections import RewardConfig
 from magpie_dl.store import cached_map, result_key
 from steps.base import LLMStep
@@ -66,6 +66,8 @@ class RewardScoring(LLMStep, Step, Configured, PlannedDevices):
     max_length: RuntimeParameter[int] = setting(RewardConfig, "max_length")
     scoring_batch_size: RuntimeParameter[int] = setting(RewardConfig, "batch_size")
     scoring_batch_tokens: RuntimeParameter[int] = setting(RewardConfig, "batch_tokens")
+    stand_in: bool = Field(False, description="Score with magpie_dl's instant stand-in (scale runs and tests: "
+                           "never real scores); only the model's tokenizer is loaded.")
 
     _scorer: Optional[RewardScorer] = PrivateAttr(default=None)
     # 2: ArmoRM scored natively (the tiny reward model became an ArmoRM at the same path).
@@ -73,6 +75,11 @@ class RewardScoring(LLMStep, Step, Configured, PlannedDevices):
 
     def model_to_load(self) -> RewardScorer:
         """The reward scorer, loaded and freed by :class:`~steps.base.LLMStep` in place of an ``llm``."""
+        if self.stand_in:
+            from magpie_dl.backends.standin import StandInScorer
+
+            self._scorer = StandInScorer(self.model, self.max_length)  # type: ignore[assignment]
+            return self._scorer
         # Pinned to this replica's planned device, "cuda" is that device (not device 0 for all).
         device = "cuda" if self.device.startswith("cuda") and self.pin_planned_devices() else self.device
         self._scorer = RewardScorer(
@@ -110,8 +117,9 @@ class RewardScoring(LLMStep, Step, Configured, PlannedDevices):
         """Scores through the durable store, keyed by model, exact tokens and max length;
         ``tally`` (over ``pairs``) is told of each forward pass's scores and tokens."""
         tokenizer = self._scorer.tokenizer
-        sequences = [conversation_token_ids(tokenizer, user, assistant) for user, assistant in pairs]
-        keys = [result_key("score", self.CACHE_VERSION, self.model, self.max_length, ids) for ids in sequences]
+        sequences = conversations_token_ids(tokenizer, pairs)
+        model = f"stand-in:{self.model}" if self.stand_in else self.model  # never read back as the real model's
+        keys = [result_key("score", self.CACHE_VERSION, model, self.max_length, ids) for ids in sequences]
 
         def compute(missing: list[int]) -> list[dict]:
             def scored(done: list[int], tokens: int) -> None:

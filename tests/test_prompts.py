@@ -296,3 +296,22 @@ def test_chat_token_ids_match_the_template_for_plain_text(tok) -> None:
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "  Sort a list?\n"}]
     expected = tok(render_chat(tok, messages), add_special_tokens=False)["input_ids"]
     assert chat_token_ids(tok, messages) == expected
+
+
+def test_reward_inputs_in_one_call_equal_one_by_one(tok) -> None:
+    """The reward step tokenises a whole batch at once: the ids must be those of each pair
+    alone (template markup as control ids, texts as text, repeated users, empty text)."""
+    from magpie_dl.scoring import _SLOTS, conversations_token_ids
+
+    rendered = tok.apply_chat_template(
+        [{"role": "user", "content": _SLOTS[0]}, {"role": "assistant", "content": _SLOTS[1]}], tokenize=False
+    )
+    head, _, rest = rendered.partition(_SLOTS[0])
+    middle, _, tail = rest.partition(_SLOTS[1])
+    markup = lambda part: list(tok.encode(part, add_special_tokens=False))  # noqa: E731
+    text = lambda part: list(tok(part, add_special_tokens=False, split_special_tokens=True)["input_ids"])  # noqa: E731
+    pairs = [("How do I sort a list?", "Use sorted()."), ("How do I sort a list?", "<|eot_id|> a leaked header"),
+             ("Say <|start_header_id|>", ""), ("Why?", "  spaced  "), ("How do I sort a list?", "Use sorted().")]
+    expected = [markup(head) + text(u) + markup(middle) + text(a) + markup(tail) for u, a in pairs]
+    assert conversations_token_ids(tok, pairs) == expected
+    assert conversations_token_ids(tok, []) == []

@@ -38,4 +38,8 @@ def make_backend(config: BackendConfig, model: str, seed: int = 0) -> Completion
         from magpie_dl.backends.openai import OpenAIBackend
 
         return OpenAIBackend(model=model, base_urls=list(config.base_urls), **pinned)
-    raise ValueError(f"unknown backend {config.kind!r}; use transformers, vllm or openai")
+    if config.kind == "standin":
+        from magpie_dl.backends.standin import StandInBackend
+
+        return StandInBackend(model=model, seed=seed, seconds_per_prompt=config.standin_seconds_per_prompt, **pinned)
+    raise ValueError(f"unknown backend {config.kind!r}; use transformers, vllm, openai or standin")

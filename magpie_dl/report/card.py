@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from magpie_dl.export import _atomic_write_text
-from magpie_dl.provenance import stand_in_reward_note
+from magpie_dl.provenance import stand_in_engine_note, stand_in_reward_note
 from magpie_dl.reasons import RESPONSE_STATUSES
 from magpie_dl.report.facts import (
     TAGS,
@@ -96,13 +96,14 @@ def render_card(run: RunOutput, license: str | None = None, pretty_name: str | N
     _, license_note = (meta["license"], None) if license else license_for([models["instructions"], models["responses"]])
     _, language_note = languages_of(run)
     reward_note = stand_in_reward_note(str((cfg.get("reward") or {}).get("model") or ""))
+    engine_note = stand_in_engine_note(cfg)
     share = chosen_longer_share(run)
     columns = list(next(iter(run.pairs.values())).column_names) if run.pairs else []
     body = environment(autoescape=False).get_template("card.md.j2").render(
         meta=meta,
         pairs=run.num_pairs,
         splits=", ".join(f"{name}: {len(split)}" for name, split in run.pairs.items()),
-        notes=[n for n in (license_note, language_note, reward_note) if n],
+        notes=[n for n in (engine_note, license_note, language_note, reward_note) if n],
         recipe=recipe_steps(cfg, models),
         models=models,
         stages=stage_counts(run.summary, run.selection),

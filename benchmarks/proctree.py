@@ -1,0 +1,71 @@
+"""A process tree read from /proc: its processes, their memory and CPU (Linux only).
+
+Shared by the benchmarks that measure a whole run: the driver and every process it
+forks (distilabel's step workers and queue manager). PSS counts a page shared by k
+processes as 1/k in each, so the tree's sum counts shared pages once; its anonymous part
+(``Pss_Anon``) is what the run allocates, the rest is memory-mapped files (libraries,
+Arrow data: clean page cache the kernel can drop).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def tree(root: int) -> list[int]:
+    """``root`` and all its live descendants."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, []))
+    return found
+
+
+def kib(path: str, field: str) -> int:
+    """A ``Field:  N kB`` value from a /proc file (0 when the process is gone)."""
+    try:
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(field):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def memory_mib(pids: list[int]) -> tuple[float, float, float]:
+    """(summed PSS, summed anonymous PSS, largest single RSS) of ``pids``, in MiB."""
+    pss = anon = 0
+    for pid in pids:
+        try:
+            text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if line.startswith("Pss:"):
+                pss += int(line.split()[1])
+            elif line.startswith("Pss_Anon:"):
+                anon += int(line.split()[1])
+    rss = max((kib(f"/proc/{p}/status", "VmRSS:") for p in pids), default=0)
+    return pss / 1024, anon / 1024, rss / 1024
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of one process so far (None when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
