@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
@@ -24,7 +25,7 @@ import yaml
 
 from magpie_dl import outdir
 from magpie_dl.config import REPO_ROOT, SMOLLM2_DIR, TINY_DIR, ConfigError, resolve
-from magpie_dl.export import discard_loaded_copy
+from magpie_dl.export import discard_loaded_copy, failed_requests
 from magpie_dl.outdir import OutputDirError
 from magpie_dl.preflight import check_before_run
 from magpie_dl.procs import die_with_parent, own_process_group, preload_worker_imports, shared_with_workers
@@ -46,6 +47,20 @@ Build = Callable[[Any], "Pipeline"]
 
 class OutputLockedError(RuntimeError):
     """Another run holds the output directory."""
+
+
+class RequestsFailedError(RuntimeError):
+    """Requests failed after their retries: the run published nothing (exit 7); the
+    message is the one line for the user."""
+
+    @classmethod
+    def of(cls, count: int, last: str) -> RequestsFailedError:
+        # "HTTP 500 from http://host:port (body...); gave up after 5 attempts" -> "HTTP 500 from http://host:port"
+        shown = match.group(0) if (match := re.match(r".*? from \S+", last)) else last
+        return cls(
+            f"{count} request{'s' if count != 1 else ''} failed after retries (last: {shown}); nothing was "
+            "published; rerun the same command to retry them (--allow-failed-requests publishes the rest)"
+        )
 
 
 @contextmanager
@@ -113,6 +128,11 @@ def run_recipe(
         try:
             with ProgressMonitor(store, totals) if progress else nullcontext():
                 rows = run_pipeline(pipeline, expected, stop)
+            failed, last = failed_requests(rows)
+            if failed and not cfg.backend.allow_failed_requests:
+                # Failed requests are not stored: the rerun sends exactly those again.
+                discard_loaded_copy(rows)
+                raise RequestsFailedError.of(failed, last)
             with outdir.release(out_dir) as release:
                 release.add_in_progress()  # config.yaml, pipeline.yaml (and what steps wrote there)
                 # Memory-mapped Arrow: the export streams it, never a list of rows.
@@ -221,7 +241,8 @@ def main_for(recipe: Recipe, build: Build, description: str, argv: list[str] | N
 
     0: done; 1: the run ended with rows missing; 2: a config or output directory refused
     before any model loads; 3: another run holds the output directory; 4: a push failed
-    (the local release is intact); 5: a step failed; 128 + N: stopped by signal N.
+    (the local release is intact); 5: a step failed; 7: requests failed after their
+    retries (nothing published; a rerun retries them); 128 + N: stopped by signal N.
     """
     # distilabel installs a rich excepthook that prints every frame's local variables,
     # tokens and API keys included; put Python's own back.
@@ -273,6 +294,9 @@ def main_for(recipe: Recipe, build: Build, description: str, argv: list[str] | N
     except StepFailedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 5
+    except RequestsFailedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 7
     except RunStopped as exc:
         print(exc.line(recipe.output_dir(cfg)), file=sys.stderr)
         return exc.exit_code
