@@ -215,8 +215,14 @@ class OpenAIBackend(CompletionLLM):
             "max_tokens": 1,
             "vllm_xargs": {FIRST_TOKEN_BAN_ARG: "not-a-list"},
         }
-        response = self._clients[url].post(f"{url}/v1/completions", json=body, timeout=self.connect_timeout_s * 6)
-        return response.status_code == 400 and FIRST_TOKEN_BAN_ARG in response.text
+        for _ in range(self.max_retries + 1):
+            response = self._clients[url].post(f"{url}/v1/completions", json=body, timeout=self.connect_timeout_s * 6)
+            # A transient answer (a proxy shedding load) says nothing about the processor: ask again.
+            if response.status_code not in _RETRY_STATUS:
+                return response.status_code == 400 and FIRST_TOKEN_BAN_ARG in response.text
+        raise EndpointUnreachableError(
+            f"endpoint {url} answered HTTP {response.status_code} at load ({self.max_retries + 1} tries)"
+        )
 
     def unload(self) -> None:
         if self._closed is not None:

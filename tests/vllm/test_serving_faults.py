@@ -1,0 +1,168 @@
+"""Serving faults on real `vllm serve` processes (CPU build, 127.0.0.1), run as a user runs
+the recipe: an endpoint killed, one frozen (SIGSTOP) and resumed, a proxy answering HTTP 500
+to every third request, another answering slowly. Each run ends as documented and its
+dataset (or its rerun's) equals an undisturbed run's. The backend's logic without a model:
+tests/test_serving_faults.py."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from serving_helpers import API_KEY, Proxy, served
+from test_pipeline_e2e import run_smoke
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.vllm
+ENV = {"MAGPIE_DL_API_KEY": API_KEY}
+SMALL = ("--num-instructions", "40", "--quiet")
+# Liveness in seconds a test can afford; the defaults are minutes.
+QUICK = ("--backend.stall_timeout_s", "3", "--backend.probe_timeout_s", "2", "--backend.probe_interval_s", "1")
+
+
+def served_run(out: Path, *urls: str, extra: tuple[str, ...] = ()) -> tuple[int, str]:
+    code, output, leftovers = run_smoke(
+        out, "--backend", "openai", "--base-url", ",".join(urls), *SMALL, *extra, env=ENV
+    )
+    assert leftovers == [], output
+    return code, output
+
+
+def dataset_rows(out: Path) -> dict[str, dict]:
+    """Every published row (pairs and left-out rows) by uuid."""
+    from datasets import load_from_disk
+
+    rows = {}
+    for part in ("dataset", "left_out"):
+        loaded = load_from_disk(str(out / part))
+        for split in (loaded.values() if hasattr(loaded, "values") else [loaded]):
+            rows.update({row["uuid"]: row for row in split})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def undisturbed(server: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    out = tmp_path_factory.mktemp("undisturbed") / "out"
+    code, output = served_run(out, server)
+    assert code == 0, output
+    return dataset_rows(out)
+
+
+@pytest.fixture(scope="module")
+def second_server(tiny_generator: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One more real server (the session's must survive these tests): frozen, then killed."""
+    with served(tiny_generator, tmp_path_factory.mktemp("second") / "vllm_serve.log", REPO) as (url, proc):
+        yield url, proc
+
+
+def when_seen(proxy: Proxy, completions: int, action) -> threading.Thread:
+    """Run ``action`` once ``proxy`` has forwarded ``completions`` completion requests (mid-run)."""
+    def watch() -> None:
+        deadline = time.monotonic() + 300
+        while proxy.completions_seen() < completions and time.monotonic() < deadline:
+            time.sleep(0.05)
+        action()
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_requests_failing_after_retries_publish_nothing_exit_7_and_the_rerun_completes(
+    server: str, undisturbed: dict, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    with Proxy(server) as shedding:
+        shedding.fail_every = 3
+        code, output = served_run(out, shedding.url, extra=("--backend.max_retries", "0"))
+        assert code == 7, output
+        last = output.strip().splitlines()[-1]
+        assert last.startswith("error: ") and " requests failed after retries (last: HTTP 500 from " in last, last
+        assert shedding.url in last and "rerun the same command to retry them" in last
+        failed = int(last.removeprefix("error: ").split()[0])
+        assert failed >= 5, last  # a third of 80 requests, less those after failed queries
+        assert not (out / "dataset").exists() and not (out / "summary.json").exists()
+        shedding.fail_every = 0  # the server recovered: the same command again
+        code, output = served_run(out, shedding.url, extra=("--backend.max_retries", "0"))
+    assert code == 0, output
+    assert dataset_rows(out) == undisturbed
+
+
+def test_with_allow_failed_requests_the_rest_is_published_and_the_failures_counted(
+    server: str, tmp_path: Path
+) -> None:
+    import json
+
+    out = tmp_path / "out"
+    with Proxy(server) as shedding:
+        shedding.fail_every = 3
+        code, output = served_run(out, shedding.url, extra=("--backend.max_retries", "0", "--allow-failed-requests"))
+    assert code == 0, output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["requests_failed"] >= 5
+    assert summary["left_out"].get("instruction_request_failed", 0) + summary["left_out"].get("request_failed", 0) \
+        == summary["requests_failed"]
+    assert "instruction_empty" not in summary["left_out"]
+    assert "requests failed after retries" in (out / "README.md").read_text()
+    rows = dataset_rows(out)
+    failed = [r for r in rows.values() if r["request_error"]]
+    assert len(failed) == summary["requests_failed"]
+    assert all(r["request_error"].startswith(f"HTTP 500 from {shedding.url}") for r in failed)
+
+
+def test_a_slow_endpoint_is_waited_for_and_nothing_is_retried(server: str, undisturbed: dict, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with Proxy(server) as slow:
+        slow.delay_s = 4.0  # past the stall timeout: only the probe tells it is alive
+        code, output = served_run(out, slow.url, extra=QUICK)
+    assert code == 0, output
+    assert "stopped answering" not in output
+    assert dataset_rows(out) == undisturbed
+
+
+def test_a_frozen_endpoint_is_set_aside_and_the_run_goes_on(
+    server: str, second_server, undisturbed: dict, tmp_path: Path
+) -> None:
+    url, proc = second_server
+    out = tmp_path / "out"
+    with Proxy(url) as watched:
+        when_seen(watched, 4, lambda: os.killpg(proc.pid, signal.SIGSTOP))
+        started = time.monotonic()
+        # Resumed while the run still goes on (it must not have waited for it).
+        threading.Timer(25, lambda: os.killpg(proc.pid, signal.SIGCONT)).start()
+        code, output = served_run(out, watched.url, server, extra=QUICK)
+        took = time.monotonic() - started
+    os.killpg(proc.pid, signal.SIGCONT)
+    assert code == 0, output
+    assert f"endpoint {watched.url} stopped answering" in output, output
+    assert dataset_rows(out) == undisturbed
+    assert took < 300
+
+
+def test_a_killed_endpoint_leaves_the_run_to_the_other(
+    server: str, second_server, undisturbed: dict, tmp_path: Path
+) -> None:
+    import psutil
+
+    url, proc = second_server
+    out = tmp_path / "out"
+    with Proxy(url) as watched:
+        # The whole process group, as the README says: the server and its engine processes.
+        when_seen(watched, 4, lambda: os.killpg(proc.pid, signal.SIGKILL))
+        code, output = served_run(out, watched.url, server, extra=QUICK)
+    assert code == 0, output
+    assert dataset_rows(out) == undisturbed
+    proc.wait(timeout=30)
+    left = [p for p in psutil.process_iter(["pid"]) if _session_of(p.info["pid"]) == proc.pid]
+    assert left == [], "a killed server's engine processes outlived it"
+
+
+def _session_of(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except (ProcessLookupError, PermissionError):
+        return None
