@@ -52,6 +52,7 @@ class FakeServer:
     def start(self) -> None:
         server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
         server.daemon_threads = True
+        server.request_queue_size = 1024  # a client's burst of connections, as a real server takes it
         self.port = server.server_address[1]
         self._server = server
         threading.Thread(target=server.serve_forever, daemon=True).start()

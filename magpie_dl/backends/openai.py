@@ -215,13 +215,14 @@ class OpenAIBackend(CompletionLLM):
             "max_tokens": 1,
             "vllm_xargs": {FIRST_TOKEN_BAN_ARG: "not-a-list"},
         }
-        for _ in range(self.max_retries + 1):
+        tries = max(3, self.max_retries + 1)
+        for _ in range(tries):
             response = self._clients[url].post(f"{url}/v1/completions", json=body, timeout=self.connect_timeout_s * 6)
             # A transient answer (a proxy shedding load) says nothing about the processor: ask again.
             if response.status_code not in _RETRY_STATUS:
                 return response.status_code == 400 and FIRST_TOKEN_BAN_ARG in response.text
         raise EndpointUnreachableError(
-            f"endpoint {url} answered HTTP {response.status_code} at load ({self.max_retries + 1} tries)"
+            f"endpoint {url} answered HTTP {response.status_code} at load ({tries} tries)"
         )
 
     def unload(self) -> None:
@@ -314,9 +315,10 @@ class OpenAIBackend(CompletionLLM):
         last_error = "no endpoint in use"
         connection = True
         tried: list[str] = []
-        for attempt in range(self.max_retries + 1):
-            if attempt:
-                delay = min(30.0, self.backoff_s * 2 ** (attempt - 1))
+        failures = 0
+        while failures <= self.max_retries:
+            if failures:
+                delay = min(30.0, self.backoff_s * 2 ** (failures - 1))
                 time.sleep(delay * (0.5 + random.random()))  # jitter spreads a burst of retries
             url = self._pick(avoid=tried[-1:])
             if url is None:  # every endpoint set aside past the grace time, or unloading
@@ -326,8 +328,10 @@ class OpenAIBackend(CompletionLLM):
                 return self._post(url, path, body, spec.n), False
             except _TransientError as e:
                 last_error, connection = f"{e} from {url}" + (f" ({e.detail})" if e.detail else ""), e.connection
-                if e.connection and url not in self._aside and not self._answers(url, fresh=True):
-                    self._set_aside(url, str(e))
+                # An endpoint found not answering is set aside: the request waits for one in
+                # use (restart_grace_s bounds that) instead of spending a retry on it.
+                if not (e.connection and self._aside_now(url, str(e))):
+                    failures += 1
             finally:
                 with self._lock:  # type: ignore[union-attr]
                     self._in_flight[url] -= 1
@@ -378,6 +382,16 @@ class OpenAIBackend(CompletionLLM):
         with self._lock:
             self._probed[url] = (time.monotonic(), answered)
         return answered
+
+    def _aside_now(self, url: str, why: str) -> bool:
+        """Whether ``url`` is set aside after a request to it got no answer: already, or now
+        because it does not answer a probe either."""
+        if url in self._aside:
+            return True
+        if self._answers(url, fresh=True):
+            return False
+        self._set_aside(url, why)
+        return True
 
     def _set_aside(self, url: str, why: str) -> None:
         """Stop sending to ``url`` (one line says so) and probe it until it answers again."""

@@ -113,6 +113,17 @@ def served(model: Path, log: Path, cwd: Path) -> Iterator[tuple[str, subprocess.
         stop_process(proc)
 
 
+class _Server(ThreadingHTTPServer):
+    """A test server that takes a client's whole burst of connections (the default backlog
+    of 5 resets the rest, which no real server does) and keeps dropped clients quiet."""
+
+    request_queue_size = 1024
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass
+
+
 class Proxy:
     """Forwards every request to ``upstream``; ``faults`` are consumed one per request first."""
 
@@ -125,8 +136,7 @@ class Proxy:
         self.delay_s = 0.0  # completions answered this much later (a slow server; /v1/models stays prompt)
         self._lock = threading.Lock()
         self._client = httpx.Client(timeout=600)
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
+        self._server = _Server(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
