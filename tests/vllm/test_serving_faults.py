@@ -118,8 +118,8 @@ def test_with_allow_failed_requests_the_rest_is_published_and_the_failures_count
 def test_a_slow_endpoint_is_waited_for_and_nothing_is_retried(server: str, undisturbed: dict, tmp_path: Path) -> None:
     out = tmp_path / "out"
     with Proxy(server) as slow:
-        slow.delay_s = 4.0  # past the stall timeout: only the probe tells it is alive
-        code, output = served_run(out, slow.url, extra=QUICK)
+        slow.delay_s = 1.5  # past the stall timeout: only the probe tells it is alive
+        code, output = served_run(out, slow.url, extra=("--backend.stall_timeout_s", "1", "--backend.probe_timeout_s", "1"))
     assert code == 0, output
     assert "stopped answering" not in output
     assert_same(dataset_rows(out), undisturbed)  # scores batched differently: within tolerance
