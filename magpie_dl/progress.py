@@ -8,10 +8,13 @@ of the total, rows/s, tokens/s and an ETA.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -117,6 +120,26 @@ class ProgressMonitor:
             except Exception:  # the store is busy or gone: skip this tick, never kill the run
                 continue
             print(f"[progress] {line}", file=self.stream, flush=True)
+
+
+@contextmanager
+def notices_as_lines(stream: TextIO | None = None) -> Iterator[None]:
+    """While a run lasts, our own loggers' notices (``magpie_dl.*``: an endpoint set aside,
+    a curation warning) print as one plain line each, ``WARNING: ...``, on stderr, from the
+    driver and from step workers alike (they fork with this setting). Through distilabel's
+    log handler they would be wrapped to 80 columns whenever the output is not a terminal
+    (a CI log, a pipe), splitting the very line a user greps for."""
+    logger = logging.getLogger("magpie_dl")
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    propagated = logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False  # not a second, wrapped copy through distilabel's handler
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagated
 
 
 def _count(value: float) -> str:

@@ -29,7 +29,7 @@ from magpie_dl.export import discard_loaded_copy, failed_requests
 from magpie_dl.outdir import OutputDirError
 from magpie_dl.preflight import check_before_run
 from magpie_dl.procs import die_with_parent, own_process_group, preload_worker_imports, shared_with_workers
-from magpie_dl.progress import ProgressMonitor, quiet_libraries
+from magpie_dl.progress import ProgressMonitor, notices_as_lines, quiet_libraries
 from magpie_dl.scaleout import maybe_ray, place_steps, run_options, scaleout_of, wants_ray
 from magpie_dl.step_errors import StepFailedError, surfaced
 from magpie_dl.stopping import RunStopped, StopSignals
@@ -178,7 +178,8 @@ def run_pipeline(pipeline: Pipeline | RayPipeline, expected_rows: int | None = N
     """
     try:
         # A step's failure: one StepFailedError line (surfaced); a signal: RunStopped (stop).
-        with shared_with_workers(), surfaced(pipeline), stop.around(pipeline) if stop else nullcontext():
+        with (shared_with_workers(), surfaced(pipeline), notices_as_lines(),
+              stop.around(pipeline) if stop else nullcontext()):
             distiset = pipeline.run(use_cache=False, **run_options(pipeline))
     except (KeyboardInterrupt, SystemExit):
         # A signal before the workers were up, or distilabel's forced stop (sys.exit).
