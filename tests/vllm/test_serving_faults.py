@@ -1,8 +1,8 @@
 """Serving faults on real `vllm serve` processes (CPU build, 127.0.0.1), run as a user runs
 the recipe: an endpoint killed, one frozen (SIGSTOP) and resumed, a proxy answering HTTP 500
-to every third request, another answering slowly. Each run ends as documented and its
-dataset (or its rerun's) equals an undisturbed run's. The backend's logic without a model:
-tests/test_serving_faults.py."""
+to every third request, then answering slowly (the reruns of that one disturbed run). Each
+run ends as documented and its dataset (or its rerun's) equals an undisturbed run's. The
+backend's logic without a model, and the runs this file leaves out: tests/test_serving_faults.py."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from test_pipeline_e2e import run_smoke
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.vllm
 ENV = {"MAGPIE_DL_API_KEY": API_KEY}
-SMALL = ("--num-instructions", "40", "--quiet")
+SMALL = ("--num-instructions", "16", "--quiet")
 # Liveness in seconds a test can afford; the defaults are minutes.
 QUICK = ("--backend.stall_timeout_s", "3", "--backend.probe_timeout_s", "2", "--backend.probe_interval_s", "1")
 
@@ -73,53 +73,43 @@ def when_seen(proxy: Proxy, completions: int, action) -> threading.Thread:
     return thread
 
 
-def test_requests_failing_after_retries_publish_nothing_exit_7_and_the_rerun_completes(
+def test_failed_requests_exit_7_allowed_they_are_counted_and_the_rerun_on_a_slow_endpoint_completes(
     server: str, undisturbed: dict, tmp_path: Path
 ) -> None:
+    """One disturbed run, rerun three ways: the same command while the proxy still sheds
+    load (exit 7), then with --allow-failed-requests, then once it is healthy but slow."""
+    import json
+
     out = tmp_path / "out"
+    no_retry = ("--backend.max_retries", "0")
     with Proxy(server) as shedding:
         shedding.fail_every = 3
-        code, output = served_run(out, shedding.url, extra=("--backend.max_retries", "0"))
+        code, output = served_run(out, shedding.url, extra=no_retry)
         assert code == 7, output
         last = output.strip().splitlines()[-1]
         assert last.startswith("error: ") and " requests failed after retries (last: HTTP 500 from " in last, last
         assert shedding.url in last and "rerun the same command to retry them" in last
-        failed = int(last.removeprefix("error: ").split()[0])
-        assert failed >= 5, last  # a third of 80 requests, less those after failed queries
+        assert int(last.removeprefix("error: ").split()[0]) >= 3, last  # a third of ~30 requests
         assert not (out / "dataset").exists() and not (out / "summary.json").exists()
-        shedding.fail_every = 0  # the server recovered: the same command again
-        code, output = served_run(out, shedding.url, extra=("--backend.max_retries", "0"))
-    assert code == 0, output
-    assert_same(dataset_rows(out), undisturbed)  # scores batched differently: within tolerance
 
+        # Publishing what succeeded is an explicit choice; the failures are counted and named.
+        code, output = served_run(out, shedding.url, extra=(*no_retry, "--allow-failed-requests"))
+        assert code == 0, output
+        summary = json.loads((out / "summary.json").read_text())
+        left_out = summary["left_out"]
+        assert summary["requests_failed"] >= 1 and "instruction_empty" not in left_out
+        assert left_out.get("instruction_request_failed", 0) + left_out.get("request_failed", 0) \
+            == summary["requests_failed"]
+        assert "requests failed after retries" in (out / "README.md").read_text()
+        failed = [row for row in dataset_rows(out).values() if row["request_error"]]
+        assert len(failed) == summary["requests_failed"]
+        assert all(row["request_error"].startswith(f"HTTP 500 from {shedding.url}") for row in failed)
 
-def test_with_allow_failed_requests_the_rest_is_published_and_the_failures_counted(
-    server: str, tmp_path: Path
-) -> None:
-    import json
-
-    out = tmp_path / "out"
-    with Proxy(server) as shedding:
-        shedding.fail_every = 3
-        code, output = served_run(out, shedding.url, extra=("--backend.max_retries", "0", "--allow-failed-requests"))
-    assert code == 0, output
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["requests_failed"] >= 5
-    assert summary["left_out"].get("instruction_request_failed", 0) + summary["left_out"].get("request_failed", 0) \
-        == summary["requests_failed"]
-    assert "instruction_empty" not in summary["left_out"]
-    assert "requests failed after retries" in (out / "README.md").read_text()
-    rows = dataset_rows(out)
-    failed = [r for r in rows.values() if r["request_error"]]
-    assert len(failed) == summary["requests_failed"]
-    assert all(r["request_error"].startswith(f"HTTP 500 from {shedding.url}") for r in failed)
-
-
-def test_a_slow_endpoint_is_waited_for_and_nothing_is_retried(server: str, undisturbed: dict, tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    with Proxy(server) as slow:
-        slow.delay_s = 1.5  # past the stall timeout: only the probe tells it is alive
-        code, output = served_run(out, slow.url, extra=("--backend.stall_timeout_s", "1", "--backend.probe_timeout_s", "1"))
+        # Recovered, but slow: each answer takes longer than the stall timeout. Only the probe
+        # tells the endpoint is alive; abandoning a request would fail it (no retries): exit 7.
+        shedding.fail_every, shedding.delay_s = 0, 1.5
+        code, output = served_run(out, shedding.url, extra=(
+            *no_retry, "--backend.stall_timeout_s", "1", "--backend.probe_timeout_s", "1"))
     assert code == 0, output
     assert "stopped answering" not in output
     assert_same(dataset_rows(out), undisturbed)  # scores batched differently: within tolerance
@@ -130,15 +120,20 @@ def test_a_frozen_endpoint_is_set_aside_and_the_run_goes_on(
 ) -> None:
     url, proc = second_server
     out = tmp_path / "out"
+
+    def freeze() -> None:
+        os.killpg(proc.pid, signal.SIGSTOP)
+        # Resumed 10 s later, while the run goes on without it (it must not wait for it).
+        threading.Timer(10, lambda: os.killpg(proc.pid, signal.SIGCONT)).start()
+
     with Proxy(url) as watched:
-        when_seen(watched, 4, lambda: os.killpg(proc.pid, signal.SIGSTOP))
+        when_seen(watched, 4, freeze)  # the ban probes at load, then requests in flight
         started = time.monotonic()
-        # Resumed while the run still goes on (it must not have waited for it).
-        threading.Timer(25, lambda: os.killpg(proc.pid, signal.SIGCONT)).start()
         code, output = served_run(out, watched.url, server, extra=QUICK)
         took = time.monotonic() - started
     os.killpg(proc.pid, signal.SIGCONT)
     assert code == 0, output
+    assert f"WARNING: endpoint {watched.url} stopped answering (" in output, output  # one line, for the user
     assert_same(dataset_rows(out), undisturbed)  # scores batched differently: within tolerance
     assert took < 300
 
