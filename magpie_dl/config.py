@@ -103,6 +103,7 @@ ALIASES: dict[str, str] = {
     "--argilla-dataset": "output.argilla_dataset",
     "--backend": "backend.kind",
     "--base-url": "backend.base_urls",
+    "--allow-failed-requests": "backend.allow_failed_requests",
     "--push-to-hub": "output.push_to_hub",
     "--num-instructions": "generator.num_instructions",
     "--family": "generator.family",

@@ -21,12 +21,14 @@ from magpie_dl.reasons import (
     EMPTY,
     FAILED,
     FEWER_THAN_TWO,
+    FINISH_ERROR,
     FINISH_LENGTH,
     FINISH_STOP,
     KEPT,
     LOW_MARGIN,
     NO_SCORE,
     OK,
+    REQUEST_FAILED,
     TRUNCATED,
     pair_status,
 )
@@ -113,6 +115,10 @@ def pair_messages(instruction: str, response: str) -> list[dict[str, str]]:
 def pair_columns(row: Mapping[str, Any], rules: PairingRules = PairingRules()) -> dict[str, Any]:
     """The pairing columns of one scored row (see ``BestWorstPairing``); the row's pair is ``None`` unless kept."""
     pair = pick_best_worst(row["generations"], row["ratings"], row["finish_reasons"], rules)
+    if row.get("request_error") and FINISH_ERROR in row["finish_reasons"]:
+        # The responses' one request failed after its retries: no pair, for that reason.
+        statuses = [REQUEST_FAILED if f == FINISH_ERROR else s for s, f in zip(pair.statuses, row["finish_reasons"])]
+        pair = Pair(tuple(statuses), reason=REQUEST_FAILED)
     status = pair_status(row.get("instruction_status", OK), pair.reason)
     kept = status == KEPT
     return {

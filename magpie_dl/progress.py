@@ -11,12 +11,14 @@ line every interval. Each step ends on a line of its own at 100%.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -278,6 +280,26 @@ def _fit(text: str, width: int) -> str:
     """``text`` cut to fit ``width`` columns, one spare (a full line makes some terminals wrap)."""
     room = max(width - 1, 10)
     return text if len(text) <= room else text[: room - 1] + "…"
+
+
+@contextmanager
+def notices_as_lines(stream: TextIO | None = None) -> Iterator[None]:
+    """While a run lasts, our own loggers' notices (``magpie_dl.*``: an endpoint set aside,
+    a curation warning) print as one plain line each, ``WARNING: ...``, on stderr, from the
+    driver and from step workers alike (they fork with this setting). Through distilabel's
+    log handler they would be wrapped to 80 columns whenever the output is not a terminal
+    (a CI log, a pipe), splitting the very line a user greps for."""
+    logger = logging.getLogger("magpie_dl")
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    propagated = logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False  # not a second, wrapped copy through distilabel's handler
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagated
 
 
 def _count(value: float) -> str:

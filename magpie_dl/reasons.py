@@ -12,6 +12,9 @@ Columns and their values:
 - ``pair_status``: :data:`KEPT` or why the row has no pair (:data:`LEFT_OUT_REASONS`: an
   unusable instruction's status prefixed ``instruction_``, or a pairing reason).
 - ``rating_errors[i]``: why response ``i`` has no score (:data:`RATING_ERRORS`).
+- ``request_error``: ``""``, or why the row's last request to a server failed after all its
+  retries (endpoint and last error, credentials scrubbed); such a row's query or responses
+  are :data:`REQUEST_FAILED`, never empty, and a rerun sends the request again.
 - ``selection_reason``: None for a selected row, else the first failed curation check
   (:data:`SELECTION_REASONS`).
 - ``finish_reasons[i]``: the engine's ``stop`` / ``length`` / ``error`` (:data:`FINISH_REASONS`).
@@ -49,6 +52,10 @@ FRAGMENT = "fragment"
 UNFINISHED = "unfinished"
 TRUNCATED = "truncated"
 GENERATION_FAILED = "generation_failed"
+# The request got no usable answer after its retries (a server or the path to it failed,
+# not the model): counted apart everywhere, fails the run unless allowed, retried by a rerun.
+REQUEST_FAILED = "request_failed"
+REQUEST_FAILED_TEXT = "the request to the server failed after all its retries (request_error says why); a rerun retries it"
 DUPLICATE = "duplicate"
 
 # Why a query is unusable; OK is the one usable value.
@@ -63,12 +70,16 @@ INSTRUCTION_STATUSES: dict[str, str] = {
     UNFINISHED: "the model ended its turn in the middle of a sentence",
     TRUNCATED: "the query hit max_tokens before it ended",
     GENERATION_FAILED: "the engine failed to produce the query",
+    REQUEST_FAILED: REQUEST_FAILED_TEXT,
     DUPLICATE: "an exact copy (ignoring case and spacing) of an earlier query",
 }
 
 
-def instruction_status_of(finish_reason: str) -> str:
-    """A query's status from its finish reason: one that hit max_tokens or failed is not a finished query."""
+def instruction_status_of(finish_reason: str, request_failed: bool = False) -> str:
+    """A query's status from its finish reason: one that hit max_tokens or failed is not a
+    finished query; a failure is the request's when it failed after its retries."""
+    if request_failed:
+        return REQUEST_FAILED
     return {FINISH_STOP: OK, FINISH_LENGTH: TRUNCATED}.get(finish_reason, GENERATION_FAILED)
 
 
@@ -86,6 +97,7 @@ RESPONSE_STATUSES: dict[str, str] = {
     EMPTY: "empty text",
     TRUNCATED: "hit max_tokens (never chosen)",
     FAILED: "the engine reported a failure",
+    REQUEST_FAILED: REQUEST_FAILED_TEXT,
     NO_SCORE: "the reward model gave no finite score",
 }
 
@@ -97,6 +109,7 @@ RATING_ERRORS: dict[str, str] = {
     EMPTY_RESPONSE: "the response was empty or failed, so it was not scored",
     NON_FINITE_SCORE: "the reward model returned NaN or infinity (the value follows the colon)",
     GATING_TOKENS_MISSING: "the cut at reward.max_length removed the assistant header ArmoRM gates on",
+    REQUEST_FAILED: "the response's request failed after all its retries, so there was nothing to score",
 }
 
 
@@ -114,6 +127,7 @@ PAIRING_REASONS: dict[str, str] = {
     FEWER_THAN_TWO: "fewer than two responses were usable (non-empty, finished, scored)",
     ALL_TIED: "every usable response got the same score, so there is no preference",
     LOW_MARGIN: "chosen - rejected score was below pairing.min_margin",
+    REQUEST_FAILED: "the responses' request failed after all its retries (request_error says why)",
 }
 INSTRUCTION_PREFIX = "instruction_"
 

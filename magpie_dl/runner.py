@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
@@ -24,12 +25,12 @@ import yaml
 
 from magpie_dl import outdir
 from magpie_dl.config import REPO_ROOT, SMOLLM2_DIR, TINY_DIR, ConfigError, resolve
-from magpie_dl.export import discard_loaded_copy
+from magpie_dl.export import discard_loaded_copy, failed_requests
 from magpie_dl.leaf_output import reconciled_leaf_output
 from magpie_dl.outdir import OutputDirError
 from magpie_dl.preflight import check_before_run
 from magpie_dl.procs import die_with_parent, own_process_group, preload_worker_imports, shared_with_workers
-from magpie_dl.progress import ProgressMonitor, quiet_libraries
+from magpie_dl.progress import ProgressMonitor, notices_as_lines, quiet_libraries
 from magpie_dl.scaleout import maybe_ray, plan_local, run_options, scaleout_of, wants_ray
 from magpie_dl.step_data import without_step_data_copies
 from magpie_dl.step_errors import StepFailedError, surfaced
@@ -49,6 +50,20 @@ Build = Callable[[Any], "Pipeline"]
 
 class OutputLockedError(RuntimeError):
     """Another run holds the output directory."""
+
+
+class RequestsFailedError(RuntimeError):
+    """Requests failed after their retries: the run published nothing (exit 7); the
+    message is the one line for the user."""
+
+    @classmethod
+    def of(cls, count: int, last: str) -> RequestsFailedError:
+        # "HTTP 500 from http://host:port (body...); gave up after 5 attempts" -> "HTTP 500 from http://host:port"
+        shown = match.group(0) if (match := re.match(r".*? from \S+", last)) else last
+        return cls(
+            f"{count} request{'s' if count != 1 else ''} failed after retries (last: {shown}); nothing was "
+            "published; rerun the same command to retry them (--allow-failed-requests publishes the rest)"
+        )
 
 
 @contextmanager
@@ -116,6 +131,11 @@ def run_recipe(
         try:
             with ProgressMonitor(store, totals) if progress else nullcontext():
                 rows = run_pipeline(pipeline, expected, stop)
+            failed, last = failed_requests(rows)
+            if failed and not cfg.backend.allow_failed_requests:
+                # Failed requests are not stored: the rerun sends exactly those again.
+                discard_loaded_copy(rows)
+                raise RequestsFailedError.of(failed, last)
             with outdir.release(out_dir) as release:
                 try:
                     release.add_in_progress()  # config.yaml, pipeline.yaml (and what steps wrote there)
@@ -167,8 +187,9 @@ def run_pipeline(pipeline: Pipeline | RayPipeline, expected_rows: int | None = N
     try:
         # A step's failure: one StepFailedError line (surfaced); a signal: RunStopped (stop);
         # the leaf's rows typed over the whole run, not by their first chunk; no copy of
-        # every batch on disk for distilabel's own cache, which we never use.
-        with shared_with_workers(), surfaced(pipeline), reconciled_leaf_output(pipeline), \
+        # every batch on disk for distilabel's own cache, which we never use; our own
+        # notices from step workers as whole lines.
+        with shared_with_workers(), surfaced(pipeline), notices_as_lines(), reconciled_leaf_output(pipeline), \
                 without_step_data_copies(pipeline), stop.around(pipeline) if stop else nullcontext():
             distiset = pipeline.run(use_cache=False, **run_options(pipeline))
     except (KeyboardInterrupt, SystemExit):
@@ -231,7 +252,8 @@ def main_for(recipe: Recipe, build: Build, description: str, argv: list[str] | N
     before any model loads; 3: another run holds the output directory; 4: a push failed
     (the local release is intact); 5: a step failed; 6: every step finished and its results are
     stored, but distilabel's teardown or the export failed (rerunning the same command publishes
-    from the store); 128 + N: stopped by signal N.
+    from the store); 7: requests failed after their retries (nothing published; a rerun retries
+    them); 128 + N: stopped by signal N.
     """
     # distilabel installs a rich excepthook that prints every frame's local variables,
     # tokens and API keys included; put Python's own back.
@@ -292,6 +314,9 @@ def main_for(recipe: Recipe, build: Build, description: str, argv: list[str] | N
     except NotPublished as exc:
         print(exc.line(recipe.output_dir(cfg)), file=sys.stderr)
         return NOT_PUBLISHED
+    except RequestsFailedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 7
     except RunStopped as exc:
         print(exc.line(recipe.output_dir(cfg)), file=sys.stderr)
         return exc.exit_code

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from magpie_dl import armorm
 from magpie_dl.prompts import encode_markup, encode_texts
-from magpie_dl.reasons import EMPTY_RESPONSE, FINISH_ERROR, GATING_TOKENS_MISSING, non_finite_score
+from magpie_dl.reasons import EMPTY_RESPONSE, FINISH_ERROR, GATING_TOKENS_MISSING, REQUEST_FAILED, non_finite_score
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -104,17 +104,28 @@ def set_ratings(
 ) -> Counter[str]:
     """Write every row's ``ratings``, ``rating_truncated`` and ``rating_errors`` from the scores
     of the ``wanted`` positions (:func:`responses_to_score`). A response not scored has no
-    rating; an empty one says so (``empty_response``). Returns why scored responses got no
-    score, counted by reason."""
+    rating; an empty one says so (``empty_response``), and one whose request failed after
+    its retries says that (``request_failed``). Returns why scored responses got no score,
+    counted by reason."""
     for row in rows:
         texts = row["generations"] or []
         row["ratings"], row["rating_truncated"] = [None] * len(texts), [False] * len(texts)
-        row["rating_errors"] = [None if _has_text(text) else EMPTY_RESPONSE for text in texts]
+        row["rating_errors"] = [_unscored(row, j, text) for j, text in enumerate(texts)]
     for (r, j), result in zip(wanted, scored):
         rows[r]["ratings"][j] = result.score
         rows[r]["rating_truncated"][j] = result.truncated
         rows[r]["rating_errors"][j] = result.error
     return Counter(result.error for result in scored if result.error)
+
+
+def _unscored(row: Mapping[str, Any], j: int, text: str | None) -> str | None:
+    """Why response ``j`` gets no score before any scoring (None: it is scored)."""
+    if _has_text(text):
+        return None
+    reasons = row.get("finish_reasons") or []
+    if row.get("request_error") and j < len(reasons) and reasons[j] == FINISH_ERROR:
+        return REQUEST_FAILED
+    return EMPTY_RESPONSE
 
 
 class RewardScorer:

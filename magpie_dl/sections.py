@@ -195,6 +195,28 @@ class BackendConfig(_Section):
         date.fromisoformat(DEFAULT_TEMPLATE_DATE),
         description="Date chat templates render as today (Llama 3.1+); pinned so a resumed run builds the same prompts.",
     )
+    # Serving (--backend openai): retries, timeouts and liveness of `vllm serve` endpoints.
+    max_concurrency: int = Field(64, ge=1, description="openai: requests in flight across all endpoints.")
+    max_retries: int = Field(4, ge=0, description="openai: retries of one request after a transient failure.")
+    backoff_s: float = Field(0.5, ge=0.0, description="openai: first retry delay in seconds; doubles each retry, capped at 30.")
+    connect_timeout_s: float = Field(10.0, gt=0.0, description="openai: seconds to open a connection.")
+    request_timeout_s: float = Field(
+        900.0, gt=0.0, description="openai: longest one request may take, however live its server (seconds)."
+    )
+    stall_timeout_s: float = Field(
+        60.0, gt=0.0, description="openai: a request unanswered this long has its endpoint probed; one that does "
+        "not answer is set aside and the request retried elsewhere (seconds)."
+    )
+    probe_timeout_s: float = Field(5.0, gt=0.0, description="openai: seconds a probe (GET /v1/models) may take.")
+    probe_interval_s: float = Field(2.0, gt=0.0, description="openai: seconds between probes of a set-aside endpoint.")
+    restart_grace_s: float = Field(
+        120.0, ge=0.0, description="openai: seconds requests wait for an endpoint to come back when every "
+        "endpoint is set aside (a server restart) before they fail."
+    )
+    allow_failed_requests: bool = Field(
+        False, description="Publish what succeeded although some requests failed after their retries "
+        "(counted in the summary and the card); by default such a run publishes nothing and exits 7."
+    )
 
     @model_validator(mode="after")
     def _urls_for_openai(self) -> BackendConfig:

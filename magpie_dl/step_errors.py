@@ -61,12 +61,17 @@ def describe(exc: BaseException) -> str:
     return scrub_text(f"{type(exc).__name__}: {first}" if first else type(exc).__name__)[:300]
 
 
-def record(step: str, phase: str, exc: BaseException) -> None:
-    """In a worker: append one failure to the run's file (no-op outside a surfaced run)."""
+def record(step: str, phase: str, exc: BaseException, knock_on: bool = False) -> None:
+    """In a worker: append one failure to the run's file (no-op outside a surfaced run).
+
+    ``knock_on``: the step failed on a batch after another step had failed, most likely on
+    the ``None`` distilabel put in the failed step's output columns; it is kept out of the
+    line shown (it is not a second bug)."""
     path = os.environ.get(FAILURES_ENV)
     if not path:
         return
-    line = json.dumps({"step": step, "phase": phase, "error": describe(exc)}, ensure_ascii=False)
+    failure = {"step": step, "phase": phase, "error": describe(exc)} | ({"knock_on": True} if knock_on else {})
+    line = json.dumps(failure, ensure_ascii=False)
     with open(path, "a", encoding="utf-8") as handle:  # one short append per failure
         handle.write(line + "\n")
 
@@ -79,8 +84,10 @@ def read_failures(path: Path) -> list[dict[str, str]]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def summary_line(failures: list[dict[str, str]]) -> str:
-    """The one line for the user: the first failure, how often it happened, what else failed."""
+def summary_line(failures: list[dict[str, Any]]) -> str:
+    """The one line for the user: the first failure, how often it happened, what else failed
+    (knock-on failures of later steps left out)."""
+    failures = [f for f in failures if not f.get("knock_on")] or failures
     first = failures[0]
     same = [f for f in failures if f["step"] == first["step"] and f["phase"] == first["phase"]]
     if first["phase"] == "load":
@@ -201,9 +208,13 @@ def _install() -> None:
 
         failure = sys.exc_info()[1]
         if failure is not None:
-            record(self.step.name, "process", failure)
+            path = os.environ.get(FAILURES_ENV)
+            earlier = path is not None and any(f["step"] != self.step.name for f in read_failures(Path(path)))
+            record(self.step.name, "process", failure, knock_on=earlier)
             if not any(isinstance(f, _WorkerLogFilter) for f in self.step._logger.filters):
                 self.step._logger.addFilter(_WorkerLogFilter())
+            if earlier:  # most likely the None a failed step left in its rows: no second warning
+                return original_impute(self, batch)
             self.step._logger.warning(
                 f"step '{self.step.name}' failed on batch {batch.seq_no}: {describe(failure)} "
                 "(its rows get no result; the run will end with an error)"

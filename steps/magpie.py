@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 QUERY_COLUMNS = [
     "uuid", "instruction", "raw_instruction", "cleaning_actions", "cleaning_removed", "instruction_status",
-    "system_prompt_category", "gen_input_configs",
+    "system_prompt_category", "gen_input_configs", "request_error",
 ]
 # The row index a query slot carries from QuerySlots to ExactDuplicateQueries (dropped there).
 INDEX_COLUMN = "query_index"

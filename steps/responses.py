@@ -59,7 +59,9 @@ class MultiResponseGeneration(StreamingStep, Step, Configured):
 
     Output columns:
         - generations (list[str]), finish_reasons (list[str]), generation_tokens (list[int]),
-          gen_response_configs (dict: the exact prompt and sampling parameters);
+          gen_response_configs (dict: the exact prompt and sampling parameters),
+          request_error (str: ``""``, or why the responses' request failed after its retries;
+          a row not sent keeps its query's);
           with ``thinking``, reasoning (list[str | None]: each response's think block).
     """
 
@@ -105,7 +107,7 @@ class MultiResponseGeneration(StreamingStep, Step, Configured):
 
     @property
     def outputs(self) -> "StepColumns":
-        return ["generations", "finish_reasons", "generation_tokens", "gen_response_configs"] + (
+        return ["generations", "finish_reasons", "generation_tokens", "gen_response_configs", "request_error"] + (
             ["reasoning"] if self.thinking else []
         )
 
@@ -148,7 +150,9 @@ class MultiResponseGeneration(StreamingStep, Step, Configured):
         by_uuid = {row["uuid"]: (spec, done) for row, spec, done in zip(todo, specs, completions)}
         for row in rows:
             spec, done = by_uuid.get(row["uuid"], (None, []))
+            query_error = row.get("request_error") or ""
             row.update(response_columns(done, self.thinking))
+            row["request_error"] = row["request_error"] or query_error
             row["gen_response_configs"] = self._provenance(row["instruction"], spec.seed if spec else None)
         return rows
 

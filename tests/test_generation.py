@@ -37,20 +37,40 @@ def test_a_query_row_keeps_the_raw_text_its_status_and_its_provenance():
     }
 
 
-def test_a_query_row_status_comes_from_the_cleaner_first_then_the_finish_reason():
+def test_a_query_row_status_comes_from_a_failure_first_then_the_cleaner_then_the_finish_reason():
     assert _query_row(Completion("How do tides work?", finish_reason="length"))["instruction_status"] == "truncated"
-    assert _query_row(Completion("", finish_reason="error"))["instruction_status"] == "empty"
+    # A failure leaves no text: it is a failure, never an empty query.
+    assert _query_row(Completion("", finish_reason="error"))["instruction_status"] == "generation_failed"
     assert _query_row(Completion("How do tides work?", finish_reason="error"))["instruction_status"] == "generation_failed"
     short = _query_row(Completion("Why?", finish_reason="length"), rules=CleaningRules(min_chars=10))
     assert short["instruction_status"] == "too_short"
+
+
+def test_a_query_whose_request_failed_is_request_failed_with_the_error_and_never_empty():
+    error = "HTTP 500 from http://10.0.0.1:8000 (boom); gave up after 5 attempts"
+    row = _query_row(Completion("", [], "error", error, request_failed=True))
+    assert row["instruction_status"] == "request_failed" and row["request_error"] == error
+    assert row["gen_input_configs"]["finish_reason"] == "error"
+    assert _query_row(Completion("How do tides work?", finish_reason="stop"))["request_error"] == ""
+
+
+def test_responses_whose_request_failed_carry_its_error():
+    error = "ReadTimeout from http://10.0.0.1:8000; gave up after 5 attempts"
+    columns = response_columns([Completion("", [], "error", error, request_failed=True)] * 2, thinking=False)
+    assert columns["finish_reasons"] == ["error", "error"] and columns["request_error"] == error
+    refused = response_columns([Completion("", [], "error", "HTTP 400: too long")], thinking=False)
+    assert refused["request_error"] == ""  # refused by the server: the engine's failure, not a failed request
 
 
 def test_responses_are_stripped_and_counted():
     done = [Completion("  An answer.\n", [1, 2], "stop"), Completion(" \n", [3], "length")]
     assert response_columns(done, thinking=False) == {
         "generations": ["An answer.", ""], "finish_reasons": ["stop", "length"], "generation_tokens": [2, 1],
+        "request_error": "",
     }
-    assert response_columns([], thinking=False) == {"generations": [], "finish_reasons": [], "generation_tokens": []}
+    assert response_columns([], thinking=False) == {
+        "generations": [], "finish_reasons": [], "generation_tokens": [], "request_error": "",
+    }
 
 
 def test_with_thinking_the_think_block_goes_to_reasoning_and_is_never_a_generation():
@@ -58,7 +78,7 @@ def test_with_thinking_the_think_block_goes_to_reasoning_and_is_never_a_generati
             Completion("plain answer", [1], "stop"),
             Completion("<think>ran out", [1], "length")]
     columns = response_columns(done, thinking=True)
-    assert list(columns) == ["reasoning", "generations", "finish_reasons", "generation_tokens"]
+    assert list(columns) == ["reasoning", "generations", "finish_reasons", "generation_tokens", "request_error"]
     assert columns["reasoning"] == ["sum the digits", None, "ran out"]
     assert columns["generations"] == ["42", "plain answer", ""]
 

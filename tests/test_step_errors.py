@@ -136,17 +136,27 @@ FAILING_RUN = textwrap.dedent(
     from magpie_dl.runner import run_pipeline
     from magpie_dl.step_errors import StepFailedError
 
+    NOTICE = "endpoint http://127.0.0.1:1 stopped answering (a notice longer than any terminal line): set aside"
+
     @step(inputs=["instruction"], outputs=["answer"])
     def Answer(inputs: StepInput):
+        logging.getLogger("magpie_dl.backends.openai").warning(NOTICE)  # a notice from a worker
         if any("boom" in row["instruction"] for row in inputs):
             raise ValueError("cannot answer " + sys.argv[2] + "\\nsecond line")
         for row in inputs:
             row["answer"] = "ok"
         yield inputs
 
+    @step(inputs=["answer"], outputs=["length"])
+    def Measure(inputs: StepInput):
+        for row in inputs:
+            row["length"] = len(row["answer"])  # a failed batch's answer is None: a knock-on failure
+        yield inputs
+
     rows = [{"instruction": "fine"}] * 4 + [{"instruction": sys.argv[1]}] * 2
     with Pipeline(name="failing", cache_dir=sys.argv[3]) as pipeline:
-        LoadDataFromDicts(data=rows, batch_size=2) >> Answer(name="answer", input_batch_size=2)
+        (LoadDataFromDicts(data=rows, batch_size=2) >> Answer(name="answer", input_batch_size=2)
+         >> Measure(name="measure", input_batch_size=2))
     try:
         out = run_pipeline(pipeline)
         print("finished:", len(out))
@@ -174,8 +184,14 @@ def test_a_batch_that_fails_inside_a_step_is_reported_and_logging_still_works(tm
             "nothing was exported, stored results are kept: fix the cause and rerun"
         )
         assert "Traceback" not in result.stderr and "hf_secret_value_1234" not in result.stderr + result.stdout
+        # The next step failing on the failed batch's missing answers is not shown as a second bug.
+        assert "TypeError" not in result.stderr + result.stdout and "'measure'" not in result.stderr
     else:
         assert result.stdout.strip().splitlines()[-1] == "finished: 6"
+    # A worker's notice is one line on stderr, not wrapped to 80 columns by distilabel's handler on stdout.
+    notice = "WARNING: endpoint http://127.0.0.1:1 stopped answering (a notice longer than any terminal line): set aside"
+    assert result.stderr.splitlines().count(notice) >= 1, result.stderr + result.stdout
+    assert "stopped answering" not in result.stdout
     # The driver's logging works after the run (distilabel's log queue is closed by then).
     assert "Logging error" not in result.stderr
     assert "a warning after the run" in result.stderr

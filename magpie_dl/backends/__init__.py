@@ -11,6 +11,12 @@ if TYPE_CHECKING:
 
 __all__ = ["Completion", "CompletionLLM", "PromptInput", "SamplingSpec", "make_backend"]
 
+# The backend section's settings the server backend takes as they are.
+SERVING_SETTINGS = (
+    "max_concurrency", "max_retries", "backoff_s", "connect_timeout_s", "request_timeout_s",
+    "stall_timeout_s", "probe_timeout_s", "probe_interval_s", "restart_grace_s",
+)
+
 
 def make_backend(config: BackendConfig, model: str, seed: int = 0) -> CompletionLLM:
     """The backend ``config.kind`` for ``model``; engine modules import lazily."""
@@ -37,7 +43,8 @@ def make_backend(config: BackendConfig, model: str, seed: int = 0) -> Completion
     if config.kind == "openai":
         from magpie_dl.backends.openai import OpenAIBackend
 
-        return OpenAIBackend(model=model, base_urls=list(config.base_urls), **pinned)
+        serving = {name: getattr(config, name) for name in SERVING_SETTINGS}
+        return OpenAIBackend(model=model, base_urls=list(config.base_urls), **serving, **pinned)
     if config.kind == "standin":
         from magpie_dl.backends.standin import StandInBackend
 

@@ -124,15 +124,19 @@ class Completion:
     error: str | None = None
     # Tokens generated (stop token included); len(token_ids) unless given.
     num_tokens: int = -1
+    # True when the request never got an answer it could use after all its retries (a
+    # server or the path to it failed, not the prompt): the row says ``request_failed``,
+    # the run does not end as a success, and a rerun sends it again.
+    request_failed: bool = False
 
     def __post_init__(self) -> None:
         if self.num_tokens < 0:
             self.num_tokens = len(self.token_ids)
 
 
-def error_completions(n: int, reason: str) -> list[Completion]:
-    """``n`` failed completions carrying ``reason``."""
-    return [Completion("", [], "error", reason) for _ in range(n)]
+def error_completions(n: int, reason: str, request_failed: bool = False) -> list[Completion]:
+    """``n`` failed completions carrying ``reason`` (``request_failed``: see :class:`Completion`)."""
+    return [Completion("", [], "error", reason, request_failed=request_failed) for _ in range(n)]
 
 
 Request = tuple[Hashable, PromptInput, SamplingSpec]

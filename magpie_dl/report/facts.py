@@ -161,8 +161,11 @@ def stage_counts(summary: Mapping[str, Any], selection: Mapping[str, Any] | None
             ("tagged instructions (selection input)", int(selection.get("input_rows", 0)), ""),
             ("selected instructions", int(selection.get("selected_rows", 0)), f"dropped: {dropped}" if dropped else ""),
         ]
+    failed = int(summary.get("requests_failed") or 0)
     return selected + [
         ("instructions generated" if not selection else "instructions paired", int(summary.get("instructions", 0)), ""),
+        *([("requests failed after retries", failed, "published with allow_failed_requests; a rerun retries them")]
+          if failed else []),
         ("usable instructions", int(summary.get("usable_instructions", 0)), "after cleaning and exact-duplicate removal"),
         ("responses", int(summary.get("responses", 0)), ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items()))),
         ("pairs kept", int(summary.get("pairs_kept", 0)), ", ".join(f"{k}: {v}" for k, v in sorted(splits.items()))),

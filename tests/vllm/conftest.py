@@ -9,20 +9,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from serving_helpers import (
-    API_KEY,
-    MAX_MODEL_LEN,
-    STRUCTURED_OUTPUTS_CONFIG,
-    free_port,
-    server_command,
-    stop_process,
-    wait_for_http,
-)
+from serving_helpers import API_KEY, MAX_MODEL_LEN, STRUCTURED_OUTPUTS_CONFIG, served
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_VLLM = REPO / ".venv-vllm"
@@ -75,23 +66,8 @@ def engine(tiny_generator: Path) -> Iterator:
 @pytest.fixture(scope="session")
 def server(tiny_generator: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real `vllm serve` on 127.0.0.1 (its root URL), with the ban processor and an API key."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("server") / "vllm_serve.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            server_command(tiny_generator, port),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-            start_new_session=True,  # its own process group, so teardown stops its children too
-            env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ["VLLM_CPU_KVCACHE_SPACE"]},
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(f"{url}/v1/models", proc, timeout=300, log=log)
+    with served(tiny_generator, tmp_path_factory.mktemp("server") / "vllm_serve.log", REPO) as (url, _):
         yield url
-    finally:
-        stop_process(proc)
 
 
 @pytest.fixture()

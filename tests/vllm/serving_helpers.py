@@ -3,8 +3,9 @@
 The proxy: a counting, fault-injecting HTTP server on 127.0.0.1 in front of a real `vllm serve`.
 
 Two proxies make two distinct endpoints for one server (spreading is then observable per
-endpoint), and scripted faults (HTTP 503, a dropped connection) exercise the client's
-retries against real traffic. Test-only.
+endpoint), and scripted faults (HTTP 503, a dropped connection, HTTP 500 for every n-th
+completion, slow answers) exercise the client's retries and liveness against real traffic.
+An upstream that stopped (killed) drops the connection, as the server itself would. Test-only.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Literal
@@ -86,6 +89,41 @@ def server_command(model: Path, port: int) -> list[str]:
     ]  # fmt: skip
 
 
+@contextmanager
+def served(model: Path, log: Path, cwd: Path) -> Iterator[tuple[str, subprocess.Popen]]:
+    """A real `vllm serve` of ``model`` on 127.0.0.1: its root URL and process (the leader of
+    its own process group, so signalling the group reaches its engine processes too)."""
+    port = free_port()
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            server_command(model, port),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            start_new_session=True,  # its own process group, so teardown stops its children too
+            env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")},
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{url}/v1/models", proc, timeout=300, log=log)
+        yield url, proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGCONT)  # a frozen server cannot stop
+        stop_process(proc)
+
+
+class _Server(ThreadingHTTPServer):
+    """A test server that takes a client's whole burst of connections (the default backlog
+    of 5 resets the rest, which no real server does) and keeps dropped clients quiet."""
+
+    request_queue_size = 1024
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass
+
+
 class Proxy:
     """Forwards every request to ``upstream``; ``faults`` are consumed one per request first."""
 
@@ -94,10 +132,11 @@ class Proxy:
         self.counts: Counter[str] = Counter()  # path -> requests seen (faulted ones included)
         self.faults: list[Fault] = []
         self.faults_served = 0
+        self.fail_every = 0  # HTTP 500 for every fail_every-th completion request (0: never)
+        self.delay_s = 0.0  # completions answered this much later (a slow server; /v1/models stays prompt)
         self._lock = threading.Lock()
         self._client = httpx.Client(timeout=600)
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
+        self._server = _Server(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
@@ -117,12 +156,15 @@ class Proxy:
     def completions_seen(self) -> int:
         return self.counts["/v1/completions"] + self.counts["/v1/chat/completions"]
 
-    def _next_fault(self, path: str) -> Fault | None:
+    def _next_fault(self, path: str) -> Fault | Literal["500"] | None:
         with self._lock:
             self.counts[path] += 1
             if self.faults and path != "/v1/models":
                 self.faults_served += 1
                 return self.faults.pop(0)
+            if self.fail_every and path != "/v1/models" and self.completions_seen() % self.fail_every == 0:
+                self.faults_served += 1
+                return "500"
             return None
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
@@ -143,11 +185,18 @@ class Proxy:
                     self.close_connection = True
                     self.connection.shutdown(2)
                     return
-                if fault == "503":
-                    self._reply(503, b'{"error": "injected by the test proxy"}')
+                if fault in ("503", "500"):
+                    self._reply(int(fault), b'{"error": "injected by the test proxy"}')
                     return
+                if proxy.delay_s and self.path != "/v1/models":
+                    time.sleep(proxy.delay_s)
                 headers = {k: v for k, v in self.headers.items() if k.lower() in ("authorization", "content-type")}
-                upstream = proxy._client.request(method, proxy.upstream + self.path, content=body, headers=headers)
+                try:
+                    upstream = proxy._client.request(method, proxy.upstream + self.path, content=body, headers=headers)
+                except httpx.HTTPError:  # the server is gone: so is the connection
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                    return
                 self._reply(upstream.status_code, upstream.content)
 
             def _reply(self, status: int, content: bytes) -> None:
