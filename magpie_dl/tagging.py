@@ -433,9 +433,13 @@ def record_answer(
 ) -> bool:
     """Put one answer into ``row``: its parsed columns, or (a failed completion or an
     unreadable answer) a ``tagging_errors`` entry ``{task, error, finish_reason, raw_output}``.
+    A request that failed after its retries also sets the row's ``request_error`` (the run
+    then ends as one with failed requests, never as a row that merely lacks a tag).
     True when the answer parsed."""
     if answer.finish_reason == FINISH_ERROR:
         value, error = None, f"backend error: {answer.error}"
+        if getattr(answer, "request_failed", False) and not row.get("request_error"):
+            row["request_error"] = f"{task}: {answer.error or 'request failed'}"
     else:
         value, error = parse(answer.text)
     if value is None:

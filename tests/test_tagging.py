@@ -151,6 +151,20 @@ def test_an_answer_fills_its_columns_and_a_failure_is_recorded_not_dropped():
     failed = Completion("", finish_reason="error", error="engine died")
     assert not record_answer(row, "safety", parse_guard_output, failed)
     assert row["tagging_errors"][-1]["error"] == "backend error: engine died"
+    assert not row.get("request_error")  # an engine error is not a request that failed
+
+
+def test_a_judge_request_that_failed_after_its_retries_is_the_row_s_request_error():
+    from magpie_dl.backends.base import error_completions
+    from magpie_dl.tagging import record_answer, untagged_columns
+
+    task = TAG_TASKS["quality"]
+    row = {"instruction": "Sort a list", "request_error": "", **untagged_columns([task], "judge")}
+    [failed] = error_completions(1, "HTTP 500 from http://127.0.0.1:9/v1 (busy); gave up after 5 attempts",
+                                 request_failed=True)
+    assert not record_answer(row, task.name, task.parse, failed)
+    assert row["request_error"] == "quality: HTTP 500 from http://127.0.0.1:9/v1 (busy); gave up after 5 attempts"
+    assert row["tagging_errors"][-1]["task"] == "quality"
 
 
 def test_guard_columns_keep_the_judge_errors_without_sharing_them():
