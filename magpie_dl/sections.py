@@ -177,8 +177,8 @@ class BackendConfig(_Section):
     """Where generation runs."""
 
     kind: Literal["transformers", "vllm", "openai", "standin"] = Field(
-        "vllm", description="transformers | vllm | openai | standin (an instant stand-in for every model, "
-        "for scale runs and tests: never real data)"
+        "vllm", description="transformers | vllm | openai | standin; standin is an instant stand-in for every "
+        "model, for scale runs and tests, never real data."
     )
     base_urls: list[str] = Field(default_factory=list, description="vLLM server URLs for --backend openai.")
     device: Device = Field("cuda", description="Torch device for the transformers backend.")
