@@ -6,6 +6,7 @@ checks the addresses Ray reports. The tiny models run on CPU (~3-4 min in all).
 
 from __future__ import annotations
 
+from collections import Counter
 import json
 import os
 import subprocess
@@ -73,6 +74,8 @@ def test_recipe_on_ray_matches_local_run(ray_head, tiny_models, tmp_path):
         env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
     )
     assert local.returncode == 0, local.stderr[-3000:]
+    # The head is shared by the session's Ray tests: this run's actors are those added from here on.
+    before = _probe(address, env)
     on_ray = subprocess.run(
         [sys.executable, *run_args(FORCED, RECIPE), *SMOKE, "--output-dir", str(tmp_path / "ray"),
          "--scaleout.query_replicas", "2", "--scaleout.generation_replicas", "2", "--scaleout.reward_replicas", "2"],
@@ -88,7 +91,8 @@ def test_recipe_on_ray_matches_local_run(ray_head, tiny_models, tmp_path):
     assert seen["actor_ips"] == ["127.0.0.1"]
     # The steps ran as Ray actors, data parallel as configured: two query writers (fed row
     # slots; duplicates marked after them, in row order), two response engines, two scorers.
-    assert _step_actors(seen, "magpie-dpo-100k") == {
+    this_run = {"actors": list((Counter(seen["actors"]) - Counter(before["actors"])).elements())}
+    assert _step_actors(this_run, "magpie-dpo-100k") == {
         "query_slots-0", "magpie_queries-0", "magpie_queries-1", "exact_duplicates-0",
         "responses-0", "responses-1", "reward-0", "reward-1", "pairing-0",
     }
