@@ -46,7 +46,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -318,7 +317,7 @@ def run_one(variant: str, n: int, batch_scale: float) -> dict[str, Any]:
     return {"variant": variant, "instructions": n, "rows": rows, "seconds": seconds, "batch_scale": batch_scale}
 
 
-class TreeMemory:
+class TreeMemory(proctree.Periodic):
     """Samples a process tree's memory (MiB): peaks of the summed PSS, of its anonymous part
     (heap: what the run allocates), and of the largest single process RSS.
 
@@ -328,24 +327,14 @@ class TreeMemory:
     """
 
     def __init__(self, root: int, every: float = 0.5) -> None:
-        self.root, self.every = root, every
+        super().__init__(every)
+        self.root = root
         self.peak_pss = self.peak_pss_anon = self.peak_rss = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
 
-    def __enter__(self) -> "TreeMemory":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.every):
-            pss, anon, rss = proctree.memory_mib(proctree.tree(self.root))
-            self.peak_pss, self.peak_rss = max(self.peak_pss, pss), max(self.peak_rss, rss)
-            self.peak_pss_anon = max(self.peak_pss_anon, anon)
+    def sample(self) -> None:
+        pss, anon, rss = proctree.memory_mib(proctree.tree(self.root))
+        self.peak_pss, self.peak_rss = max(self.peak_pss, pss), max(self.peak_rss, rss)
+        self.peak_pss_anon = max(self.peak_pss_anon, anon)
 
 
 def measure(variant: str, n: int, batch_scale: float, timeout: float | None = None) -> dict[str, Any]:

@@ -10,6 +10,7 @@ Arrow data: clean page cache the kernel can drop).
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -69,3 +70,30 @@ def cpu_seconds(pid: int) -> float | None:
     except OSError:
         return None
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+
+
+class Periodic:
+    """Calls :meth:`sample` on a background thread every ``every`` seconds while the ``with``
+    block runs (``at_start``: once as the block opens too, before the first wait)."""
+
+    def __init__(self, every: float, at_start: bool = False) -> None:
+        self.every, self._at_start = every, at_start
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def sample(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):  # noqa: ANN204 (returns the subclass)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        if self._at_start:
+            self.sample()
+        while not self._stop.wait(self.every):
+            self.sample()

@@ -39,7 +39,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -90,31 +89,16 @@ def store_progress(out: Path) -> dict[str, int]:
         return {}
 
 
-class Sampler:
+class Sampler(proctree.Periodic):
     """Samples a running recipe's process tree, its output directory and its progress every ``every`` s."""
 
     def __init__(self, root: int, out: Path, every: float = 1.0) -> None:
-        self.root, self.out, self.every = root, out, every
+        super().__init__(every, at_start=True)
+        self.root, self.out = root, out
         self.started = time.perf_counter()
         self.samples: list[dict[str, Any]] = []
         self.release_seen: float | None = None
         self._cpu_last: dict[int, float] = {}  # CPU seconds per process at its last sample
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def __enter__(self) -> Sampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _loop(self) -> None:
-        while True:
-            self.sample()
-            if self._stop.wait(self.every):
-                return
 
     def sample(self) -> None:
         t = time.perf_counter() - self.started
