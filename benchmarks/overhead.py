@@ -5,7 +5,7 @@ subprocess (so its peak memory is its own), one after another in one run:
 
 * ``ours``: what ``python pipelines/dpo_100k.py`` does: the recipe's own graph
   (``build_pipeline``, the full preset's batch sizes, the durable result store on) run by
-  distilabel through ``magpie_dl.runner.run_recipe``, then the export (train/test split,
+  distilabel through ``magpie_dl.run.driver.run_recipe``, then the export (train/test split,
   ``left_out``, summary), the dataset card and the HTML report;
 * ``loop``: the same step objects called directly in a Python loop
   (``next(step.process(rows))``), no distilabel engine: what the transformations cost;
@@ -62,8 +62,8 @@ from benchmarks import proctree  # noqa: E402
 from magpie_dl.backends.base import Completion, CompletionLLM, PromptInput, SamplingSpec  # noqa: E402
 from magpie_dl.backends import make_backend  # noqa: E402, F401  (first: it quiets distilabel's import warnings)
 from distilabel.steps import RewardModelScore, Step, StepInput  # noqa: E402
-from magpie_dl.scoring import Scored  # noqa: E402
-from steps.reward import RewardScoring  # noqa: E402
+from magpie_dl.reward.scoring import Scored  # noqa: E402
+from magpie_dl.steps.reward import RewardScoring  # noqa: E402
 
 TINY = REPO / "models" / "tiny"
 # Model directories whose tokenizers a run uses: (query writer and responses, reward step).
@@ -224,7 +224,7 @@ def load_recipe() -> Any:
 
 def recipe_config(n: int, out_dir: Path, batch_scale: float = 1.0) -> Any:
     """The full preset (its batch sizes) on the chosen tokenizers, N instructions."""
-    from magpie_dl.config import validate
+    from magpie_dl.config.dpo import validate
 
     gen, resp, rm = 1000, 500, 500  # the full preset's batch sizes
     generator, reward = tokenizer_models()
@@ -250,8 +250,8 @@ def patched_recipe() -> Any:
 
 
 def run_ours(n: int, work: Path, batch_scale: float) -> int:
-    from magpie_dl.recipes import DPO_100K
-    from magpie_dl.runner import run_recipe
+    from magpie_dl.run.recipes import DPO_100K
+    from magpie_dl.run.driver import run_recipe
 
     recipe = patched_recipe()
     summary, _ = run_recipe(DPO_100K, recipe.build_pipeline, recipe_config(n, work / "out", batch_scale), progress=False)

@@ -2,7 +2,7 @@
 
 All methods score the same (instruction, response) token sequences with the same model in
 the same process and report real (unpadded) tokens per second. The default model is the
-tiny reward model ``python -m magpie_dl.tiny`` builds: an ArmoRM
+tiny reward model ``python -m magpie_dl.local.tiny`` builds: an ArmoRM
 (``LlamaForRewardModelWithGating``, scored by this library's implementation); a plain
 sequence classifier works too. Each method runs ``--repeats`` times, interleaved with the
 others and with the ceilings; the tables give the median run and the best run.
@@ -53,8 +53,8 @@ from typing import Callable
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from magpie_dl import armorm  # noqa: E402
-from magpie_dl.scoring import RewardScorer, conversation_token_ids  # noqa: E402
+from magpie_dl.reward import armorm  # noqa: E402
+from magpie_dl.reward.scoring import RewardScorer, conversation_token_ids  # noqa: E402
 
 _WORDS = (
     "the model data answer question time system value function process result example list "
@@ -87,7 +87,7 @@ def model_over_tokenizer(model: str, tokenizer_dir: str, out: Path) -> str:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaModel
 
-    from magpie_dl.tiny import build_reward
+    from magpie_dl.local.tiny import build_reward
 
     raw = armorm.read_config(model)
     if not armorm.is_armorm(raw):

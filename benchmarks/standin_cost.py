@@ -17,8 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from magpie_dl.backends.base import PromptInput, SamplingSpec  # noqa: E402
 from magpie_dl.backends.standin import StandInBackend, StandInScorer  # noqa: E402
-from magpie_dl.config import SMOLLM2_DIR  # noqa: E402
-from magpie_dl.scoring import conversations_token_ids  # noqa: E402
+from magpie_dl.config.dpo import SMOLLM2_DIR  # noqa: E402
+from magpie_dl.reward.scoring import conversations_token_ids  # noqa: E402
 
 
 def main() -> None:

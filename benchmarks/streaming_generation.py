@@ -57,8 +57,8 @@ from pydantic import PrivateAttr  # noqa: E402
 from magpie_dl.backends.base import Completion, CompletionStream, PromptInput, SamplingSpec  # noqa: E402
 from magpie_dl.backends.openai import OpenAIBackend  # noqa: E402
 from magpie_dl.backends.vllm import VLLMBackend  # noqa: E402
-from magpie_dl.streaming import OrderedBatches, complete_in_batches  # noqa: E402
-from steps.responses import MultiResponseGeneration  # noqa: E402
+from magpie_dl.run.streaming import OrderedBatches, complete_in_batches  # noqa: E402
+from magpie_dl.steps.responses import MultiResponseGeneration  # noqa: E402
 from vllm_generation import instructions  # noqa: E402
 
 Z99 = 2.3263478740408408  # the standard normal's 99th percentile
@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args(argv)
 
-    from magpie_dl.magpie import row_uuid
+    from magpie_dl.recipe.queries import row_uuid
 
     lengths = fixed_lengths(args.requests, args.median, args.p99, args.cap, args.seed)
     ordered = sorted(lengths)

@@ -107,8 +107,8 @@ def run_pipeline(args: argparse.Namespace, record: Path) -> dict[str, Any]:
     from distilabel.pipeline import Pipeline
     from distilabel.steps import LoadDataFromDicts
 
-    from magpie_dl.magpie import row_uuid
-    from steps.responses import MultiResponseGeneration
+    from magpie_dl.recipe.queries import row_uuid
+    from magpie_dl.steps.responses import MultiResponseGeneration
 
     queries = instructions(args.instructions)
     rows = [{"instruction": q, "uuid": row_uuid(args.model, 0, i)} for i, q in enumerate(queries)]

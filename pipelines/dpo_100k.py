@@ -7,25 +7,22 @@ scores, 100K instructions); `--preset smoke` runs the same pipeline on tiny loca
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
-
-from magpie_dl.stopping import exit_on_stop_signals  # noqa: E402
+from magpie_dl.run.stopping import exit_on_stop_signals
 
 if __name__ == "__main__":  # a script run, not an import of its steps: leave the importer's handlers alone
     exit_on_stop_signals()  # Ctrl-C while the libraries import: one line, not a traceback
-from magpie_dl.backends import make_backend  # noqa: E402  (first: it quiets distilabel's import warnings)
-from distilabel.pipeline import Pipeline  # noqa: E402
-from magpie_dl.config import RecipeConfig  # noqa: E402
-from magpie_dl.recipes import DPO_100K  # noqa: E402
-from magpie_dl.runner import main_for  # noqa: E402
-from steps.instructions import LoadInstructions  # noqa: E402
-from steps.magpie import query_stage  # noqa: E402
-from steps.pairing import BestWorstPairing  # noqa: E402
-from steps.responses import MultiResponseGeneration  # noqa: E402
-from steps.reward import RewardScoring  # noqa: E402
+from magpie_dl.backends import make_backend  # (first: it quiets distilabel's import warnings)
+from distilabel.pipeline import Pipeline
+from magpie_dl.config.dpo import RecipeConfig
+from magpie_dl.run.recipes import DPO_100K
+from magpie_dl.run.driver import main_for
+from magpie_dl.steps.instructions import LoadInstructions
+from magpie_dl.steps.magpie import query_stage
+from magpie_dl.steps.pairing import BestWorstPairing
+from magpie_dl.steps.responses import MultiResponseGeneration
+from magpie_dl.steps.reward import RewardScoring
 
 if TYPE_CHECKING:
     from distilabel.steps.base import _Step

@@ -13,22 +13,19 @@ selected, 30% of them from Information + Advice seeking and 70% from the other c
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
-
-from magpie_dl.stopping import exit_on_stop_signals  # noqa: E402
+from magpie_dl.run.stopping import exit_on_stop_signals
 
 if __name__ == "__main__":  # a script run, not an import of its steps: leave the importer's handlers alone
     exit_on_stop_signals()  # Ctrl-C while the libraries import: one line, not a traceback
-from magpie_dl.backends import make_backend  # noqa: E402  (first: it quiets distilabel's import warnings)
-from magpie_dl.backends.base import CompletionLLM  # noqa: E402
-from distilabel.pipeline import Pipeline  # noqa: E402
-from magpie_dl.curation import InstructionsConfig  # noqa: E402
-from magpie_dl.outdir import in_progress_dir  # noqa: E402
-from magpie_dl.recipes import MAGPIE_INSTRUCTIONS  # noqa: E402
-from magpie_dl.runner import main_for  # noqa: E402
-from steps.curation import (  # noqa: E402
+from magpie_dl.backends import make_backend  # (first: it quiets distilabel's import warnings)
+from magpie_dl.backends.base import CompletionLLM
+from distilabel.pipeline import Pipeline
+from magpie_dl.config.curation import InstructionsConfig
+from magpie_dl.run.outdir import in_progress_dir
+from magpie_dl.run.recipes import MAGPIE_INSTRUCTIONS
+from magpie_dl.run.driver import main_for
+from magpie_dl.steps.curation import (
     CuratedSelection,
     InstructionTagging,
     InstructReward,
@@ -36,9 +33,9 @@ from steps.curation import (  # noqa: E402
     NearDuplicateTagging,
     SafetyTagging,
 )
-from steps.magpie import query_stage  # noqa: E402
-from steps.responses import MultiResponseGeneration  # noqa: E402
-from steps.reward import RewardScoring  # noqa: E402
+from magpie_dl.steps.magpie import query_stage
+from magpie_dl.steps.responses import MultiResponseGeneration
+from magpie_dl.steps.reward import RewardScoring
 
 # The instruct-reward response and its scores live beside, not in, the DPO columns.
 RESPONSE_COLUMNS = {

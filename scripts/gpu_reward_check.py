@@ -1,17 +1,17 @@
 """Reward scoring on a real GPU: ArmoRM at the 8B shape, throughput, attention kernels, placement.
 
 For a machine with a GPU and only torch and transformers (no vLLM, no network, no
-weights carried): builds :class:`magpie_dl.armorm_model.LlamaForRewardModelWithGating` at
+weights carried): builds :class:`magpie_dl.reward.armorm_modules.LlamaForRewardModelWithGating` at
 ArmoRM-Llama3-8B's real layer sizes with random weights in bf16, and scores 512
 mixed-length (long-tailed) responses through the recipe's own scorer
-(:class:`magpie_dl.scoring.RewardScorer`: length-sorted batches under its token cap).
+(:class:`magpie_dl.reward.scoring.RewardScorer`: length-sorted batches under its token cap).
 
 It prints, and writes as JSON (``--out``):
 
 * tokens/s and the share of the card's dense bf16 peak (useful FLOPs: 2 x parameters per
   token plus causal attention; the table below names the cards it knows);
 * SDPA against eager attention on the same batches (time, and the largest score difference);
-* the reward step's placement on this node: the plan (:mod:`magpie_dl.placement`) gives
+* the reward step's placement on this node: the plan (:mod:`magpie_dl.run.placement`) gives
   one scorer per GPU, each replica is started under its ``CUDA_VISIBLE_DEVICES``, and
   reports the physical device it landed on (all must differ).
 
@@ -36,7 +36,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
-from magpie_dl.placement import Node, StepNeed, parameter_count, plan, visible_devices  # noqa: E402
+from magpie_dl.run.placement import Node, StepNeed, parameter_count, plan, visible_devices  # noqa: E402
 
 # Dense (no sparsity) bf16 tensor-core peaks, TFLOPS, from the vendors' data sheets.
 # First match of the device name wins: more specific names first.
@@ -91,9 +91,9 @@ def build_scorer(config: dict[str, Any], device: str, dtype: str, gating: list[i
     import torch
     from transformers import LlamaConfig
 
-    from magpie_dl.armorm import armorm_config
-    from magpie_dl.armorm_model import LlamaForRewardModelWithGating
-    from magpie_dl.scoring import RewardScorer
+    from magpie_dl.reward.armorm import armorm_config
+    from magpie_dl.reward.armorm_modules import LlamaForRewardModelWithGating
+    from magpie_dl.reward.scoring import RewardScorer
 
     torch.manual_seed(0)
     cfg = armorm_config(LlamaConfig(**config))

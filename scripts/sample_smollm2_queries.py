@@ -55,9 +55,9 @@ def sample(num_rows: int, seed: int, batch_size: int) -> tuple[list[dict], dict]
     import transformers
 
     from magpie_dl.backends import make_backend
-    from magpie_dl.config import PRESETS, SMOLLM2_DIR, validate
-    from magpie_dl.smollm2 import MANIFEST, MODEL_ID
-    from steps.magpie import MagpieGenerator
+    from magpie_dl.config.dpo import PRESETS, SMOLLM2_DIR, validate
+    from magpie_dl.local.smollm2 import MANIFEST, MODEL_ID
+    from magpie_dl.steps.magpie import MagpieGenerator
 
     config = validate(PRESETS["demo"])
     generator = config.generator.model_copy(update={"num_instructions": num_rows, "batch_size": batch_size})
@@ -94,8 +94,8 @@ def reclean(entries: list[dict]) -> list[dict]:
     What the query writer does to a completion: clean it, take the finish reason as the
     status of a clean query, then mark exact duplicates in row order.
     """
-    from magpie_dl.cleaning import clean_query, mark_exact_duplicates
-    from magpie_dl.reasons import instruction_status_of
+    from magpie_dl.recipe.cleaning import clean_query, mark_exact_duplicates
+    from magpie_dl.recipe.reasons import instruction_status_of
 
     rows = []
     for entry in entries:
@@ -136,7 +136,7 @@ def render(entries: list[dict], provenance: dict) -> str:
         "Raw Magpie queries written by SmolLM2-135M-Instruct, with the cleaner's reviewed results.",
         "",
         "Produced by scripts/sample_smollm2_queries.py (the recipe's own query writer,",
-        "steps.magpie.MagpieGenerator, with the demo preset's generator section); the model",
+        "magpie_dl.steps.magpie.MagpieGenerator, with the demo preset's generator section); the model",
         "(weights fingerprint), backend, prompt, run seed and sampling parameters are under",
         f"`provenance` below. Rows: {len(entries)}; statuses: {json.dumps(dict(sorted(statuses.items())))}.",
         "",

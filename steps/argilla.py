@@ -11,8 +11,8 @@ from distilabel.steps import Step, StepInput
 from pydantic import Field, PrivateAttr
 
 from magpie_dl import review
-from magpie_dl import review_dataset as rd
-from steps.settings import OptionalRuntimeParameter
+from magpie_dl.review import dataset as rd
+from magpie_dl.steps.settings import OptionalRuntimeParameter
 
 if TYPE_CHECKING:
     from distilabel.typing import StepColumns, StepOutput

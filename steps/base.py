@@ -5,10 +5,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, Optional, Protocol
 
 from pydantic import BaseModel, Field, PrivateAttr
 
-from magpie_dl.procs import die_with_parent
-from magpie_dl.progress import RowTally
-from magpie_dl.store import ResultStore
-from magpie_dl.streaming import cached_complete
+from magpie_dl.run.procs import die_with_parent
+from magpie_dl.run.progress import RowTally
+from magpie_dl.run.store import ResultStore
+from magpie_dl.run.streaming import cached_complete
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -57,7 +57,7 @@ class StoredResults(BaseModel):
             self._store.count_progress(self.name, rows, tokens)  # type: ignore[attr-defined]
 
     def row_tally(self, num_rows: int, row_of: "Sequence[int] | None" = None) -> RowTally:
-        """A batch of ``num_rows`` rows counted as they finish (see :class:`~magpie_dl.progress.RowTally`)."""
+        """A batch of ``num_rows`` rows counted as they finish (see :class:`~magpie_dl.run.progress.RowTally`)."""
         return RowTally(self.report_progress, num_rows, row_of)
 
 

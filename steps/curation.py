@@ -1,7 +1,7 @@
 """Curation steps: tag instructions, find near-duplicates, select a balanced subset.
 
-Thin distilabel adapters over ``magpie_dl.tagging``, ``magpie_dl.language``,
-``magpie_dl.embeddings``, ``magpie_dl.dedup`` and ``magpie_dl.selection``. The instruct
+Thin distilabel adapters over ``magpie_dl.curation.tagging``, ``magpie_dl.curation.language``,
+``magpie_dl.curation.embeddings``, ``magpie_dl.curation.dedup`` and ``magpie_dl.curation.selection``. The instruct
 reward is not scored here: the recipe reuses ``steps.reward.RewardScoring`` on one
 response per instruction, and :class:`InstructReward` lifts its score into the released
 ``instruct_reward`` column.
@@ -18,25 +18,25 @@ from distilabel.steps import GlobalStep, Step, StepInput
 from pydantic import Field, PrivateAttr
 
 from magpie_dl.backends.base import CompletionLLM, PromptInput, SamplingSpec
-from magpie_dl.embeddings import PACKAGED_MINILM
-from magpie_dl.sections import DedupSection, TaggingConfig
-from magpie_dl.selection import SelectionConfig
-from magpie_dl.tagging import (
+from magpie_dl.curation.embeddings import PACKAGED_MINILM
+from magpie_dl.config.sections import DedupSection, TaggingConfig
+from magpie_dl.curation.selection import SelectionConfig
+from magpie_dl.curation.tagging import (
     SAFETY_TASK, TAG_TASKS, TagTask, TagTaskNames, parse_guard_output, record_answer, taggable, unguarded_columns,
     untagged_columns,
 )
-from steps.base import LLMStep
-from steps.settings import Configured, OptionalRuntimeParameter, setting
+from magpie_dl.steps.base import LLMStep
+from magpie_dl.steps.settings import Configured, OptionalRuntimeParameter, setting
 
 if TYPE_CHECKING:
     from distilabel.typing import StepColumns, StepOutput
 
-    from magpie_dl.embeddings import SentenceEmbedder
-    from magpie_dl.language import LanguageDetector
+    from magpie_dl.curation.embeddings import SentenceEmbedder
+    from magpie_dl.curation.language import LanguageDetector
 
 TASK_COLUMNS = {task: list(TAG_TASKS[task].columns.values()) for task in TAG_TASKS}
 
-_log = logging.getLogger("magpie_dl.curation")
+_log = logging.getLogger("magpie_dl.config.curation")
 
 
 class InstructionTagging(LLMStep, Step, Configured):
@@ -191,7 +191,7 @@ class LanguageTagging(Step, Configured):
 
     def load(self) -> None:
         super().load()
-        from magpie_dl.language import LanguageDetector
+        from magpie_dl.curation.language import LanguageDetector
 
         self._detector = LanguageDetector(self.languages, low_accuracy=self.low_accuracy)
 
@@ -269,7 +269,7 @@ class InstructionEmbedding(Step):
 
     def load(self) -> None:
         super().load()
-        from magpie_dl.embeddings import SentenceEmbedder
+        from magpie_dl.curation.embeddings import SentenceEmbedder
 
         self._embedder = SentenceEmbedder(self.model, batch_size=self.embedding_batch_size, device=self.device)
 
@@ -293,7 +293,7 @@ class InstructionEmbedding(Step):
 
 
 class NearDuplicateTagging(GlobalStep, Configured):
-    """Tags near-duplicate instructions over all rows at once (see ``magpie_dl.dedup``).
+    """Tags near-duplicate instructions over all rows at once (see ``magpie_dl.curation.dedup``).
 
     Rows are not removed here; ``min_similar_uuid`` says which row represents each
     group, and :class:`CuratedSelection` drops the others. The survivor of a group is
@@ -355,13 +355,13 @@ class NearDuplicateTagging(GlobalStep, Configured):
             from magpie_dl.backends.standin import StandInEmbedder
 
             return StandInEmbedder().encode([r.get("instruction") or "" for r in rows])
-        from magpie_dl.embeddings import SentenceEmbedder
+        from magpie_dl.curation.embeddings import SentenceEmbedder
 
         embedder = SentenceEmbedder(self.embedding_model, batch_size=self.embedding_batch_size, device=self.device)
         return embedder.encode([r.get("instruction") or "" for r in rows])
 
     def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
-        from magpie_dl.dedup import DedupConfig, find_near_duplicates
+        from magpie_dl.curation.dedup import DedupConfig, find_near_duplicates
 
         config = DedupConfig(
             threshold=self.threshold, k=self.k, method=self.method,  # type: ignore[arg-type]
@@ -378,7 +378,7 @@ class NearDuplicateTagging(GlobalStep, Configured):
 
 class CuratedSelection(GlobalStep, Configured):
     """Keeps rows that pass the quality thresholds and are not near-duplicates, then
-    samples per task category to ``target_size`` (see ``magpie_dl.selection``).
+    samples per task category to ``target_size`` (see ``magpie_dl.curation.selection``).
 
     The report (rows dropped per reason, every failed check, category mix before,
     eligible and after, judge parse failures per task) is logged and, with
@@ -400,7 +400,7 @@ class CuratedSelection(GlobalStep, Configured):
         - selection_reason (str | None: None for selected rows)
     """
 
-    # Declared by magpie_dl.selection.SelectionConfig; a recipe's `selection` section sets them.
+    # Declared by magpie_dl.curation.selection.SelectionConfig; a recipe's `selection` section sets them.
     min_difficulty: OptionalRuntimeParameter[str] = setting(SelectionConfig, "min_difficulty")
     min_input_quality: OptionalRuntimeParameter[str] = setting(SelectionConfig, "min_input_quality")
     min_instruct_reward: OptionalRuntimeParameter[float] = setting(SelectionConfig, "min_instruct_reward")
@@ -434,7 +434,7 @@ class CuratedSelection(GlobalStep, Configured):
         return SelectionConfig(**{name: getattr(self, name) for name in SelectionConfig.model_fields})
 
     def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
-        from magpie_dl.selection import select_rows
+        from magpie_dl.curation.selection import select_rows
 
         reasons, report = select_rows(inputs, self.config())
         report_dict = report.to_dict()

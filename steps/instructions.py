@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from distilabel.steps import GeneratorStep
 from pydantic import Field, PrivateAttr
 
-from magpie_dl.inputs import load_instructions
+from magpie_dl.run.inputs import load_instructions
 
 if TYPE_CHECKING:
     from distilabel.typing import GeneratorStepOutput, StepColumns

@@ -14,17 +14,17 @@ from distilabel.steps import GeneratorStep, Step, StepInput
 from pydantic import Field, PrivateAttr
 
 from magpie_dl.backends.base import Completion, CompletionLLM, PromptInput, SamplingSpec
-from magpie_dl.cleaning import CleaningRules, mark_exact_duplicates
-from magpie_dl.families import (
+from magpie_dl.recipe.cleaning import CleaningRules, mark_exact_duplicates
+from magpie_dl.templates.families import (
     ModelFamily, ResolvedStops, resolve_family, resolve_single_token_ids, resolve_stops,
 )
-from magpie_dl.generation import query_row
-from magpie_dl.magpie import SystemPromptPlan, derive_seed
-from magpie_dl.prompts import pre_query_token_ids
-from magpie_dl.sections import GeneratorConfig
-from magpie_dl.streaming import complete_in_batches
-from steps.settings import Configured, setting
-from steps.streaming import StreamedCompletions, StreamingStep
+from magpie_dl.recipe.rows import query_row
+from magpie_dl.recipe.queries import SystemPromptPlan, derive_seed
+from magpie_dl.templates.prompts import pre_query_token_ids
+from magpie_dl.config.sections import GeneratorConfig
+from magpie_dl.run.streaming import complete_in_batches
+from magpie_dl.steps.settings import Configured, setting
+from magpie_dl.steps.streaming import StreamedCompletions, StreamingStep
 
 if TYPE_CHECKING:
     from distilabel.steps.base import _Step

@@ -5,9 +5,9 @@ from typing import TYPE_CHECKING
 from distilabel.mixins.runtime_parameters import RuntimeParameter
 from distilabel.steps import Step, StepInput
 
-from magpie_dl.pairing import PairingRules, pair_columns
-from magpie_dl.sections import PairingConfig
-from steps.settings import Configured, setting
+from magpie_dl.recipe.pairing import PairingRules, pair_columns
+from magpie_dl.config.sections import PairingConfig
+from magpie_dl.steps.settings import Configured, setting
 
 if TYPE_CHECKING:
     from distilabel.typing import StepColumns, StepOutput

@@ -8,15 +8,15 @@ from distilabel.steps import Step, StepInput
 from pydantic import Field, PrivateAttr
 
 from magpie_dl.backends.base import Completion, CompletionLLM, PromptInput, SamplingSpec
-from magpie_dl.families import ModelFamily, ResolvedStops, resolve_family, resolve_stops
-from magpie_dl.generation import response_columns
-from magpie_dl.magpie import derive_seed
-from magpie_dl.provenance import response_provenance
-from magpie_dl.prompts import render_response_prompt, response_prompt_template, response_token_ids
-from magpie_dl.reasons import is_usable
-from magpie_dl.sections import GeneratorConfig, ResponsesConfig
-from steps.settings import Configured, setting
-from steps.streaming import StreamingStep
+from magpie_dl.templates.families import ModelFamily, ResolvedStops, resolve_family, resolve_stops
+from magpie_dl.recipe.rows import response_columns
+from magpie_dl.recipe.queries import derive_seed
+from magpie_dl.recipe.provenance import response_provenance
+from magpie_dl.templates.prompts import render_response_prompt, response_prompt_template, response_token_ids
+from magpie_dl.recipe.reasons import is_usable
+from magpie_dl.config.sections import GeneratorConfig, ResponsesConfig
+from magpie_dl.steps.settings import Configured, setting
+from magpie_dl.steps.streaming import StreamingStep
 
 if TYPE_CHECKING:
     from distilabel.typing import StepColumns, StepOutput

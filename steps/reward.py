@@ -8,12 +8,12 @@ from distilabel.steps import Step, StepInput
 from pydantic import Field, PrivateAttr
 
 from magpie_dl.backends.gpus import PlannedDevices
-from magpie_dl.progress import RowTally
-from magpie_dl.scoring import RewardScorer, Scored, conversations_token_ids, responses_to_score, set_ratings
-from magpie_dl.sections import RewardConfig
-from magpie_dl.store import cached_map, result_key
-from steps.base import LLMStep
-from steps.settings import Configured, setting
+from magpie_dl.run.progress import RowTally
+from magpie_dl.reward.scoring import RewardScorer, Scored, conversations_token_ids, responses_to_score, set_ratings
+from magpie_dl.config.sections import RewardConfig
+from magpie_dl.run.store import cached_map, result_key
+from magpie_dl.steps.base import LLMStep
+from magpie_dl.steps.settings import Configured, setting
 
 if TYPE_CHECKING:
     from distilabel.typing import StepColumns, StepOutput

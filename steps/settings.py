@@ -1,6 +1,6 @@
 """Steps configured from the recipe's config sections, one way for every step.
 
-A setting is declared once, in its config section (:mod:`magpie_dl.sections`); a step's
+A setting is declared once, in its config section (:mod:`magpie_dl.config.sections`); a step's
 field for it is declared from that declaration with :func:`setting` (its default,
 description and bounds), so the runtime parameters people reuse the steps by stay the
 steps' public knobs. A recipe builds each step from its section whole::
@@ -16,7 +16,7 @@ from typing import Annotated, Any, ClassVar, Dict, Optional, Type, TypeVar, Unio
 from distilabel.mixins.runtime_parameters import _RUNTIME_PARAMETER_ANNOTATION
 from pydantic import BaseModel
 
-from magpie_dl.settings import setting
+from magpie_dl.config.settings import setting
 
 __all__ = ["Configured", "OptionalRuntimeParameter", "setting"]
 

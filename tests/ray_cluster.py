@@ -19,7 +19,7 @@ import pytest
 
 TESTS = Path(__file__).parent
 # What the head advertises: a simulated 2 x 8 GPU cluster's worth (Ray multi-node is refused on
-# loopback, see magpie_dl.scaleout: the two nodes are one Ray node, the plan is told --nodes 2).
+# loopback, see magpie_dl.run.scaleout: the two nodes are one Ray node, the plan is told --nodes 2).
 RAY_GPUS = 16
 
 
@@ -48,7 +48,7 @@ def ray_head_cluster():
     temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")
     env = {
         **os.environ,
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # see magpie_dl.scaleout: keeps 127.0.0.1
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # see magpie_dl.run.scaleout: keeps 127.0.0.1
         "RAY_USAGE_STATS_ENABLED": "0",
         # The workers (which inherit the head's environment) rebuild the runs' steps, the stub
         # backend of tests/forced_queries.py among them: they must be able to import it.

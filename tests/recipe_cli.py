@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from magpie_dl.config import REPO_ROOT
+from magpie_dl.config.dpo import REPO_ROOT
 
 
 def run_recipe_cli(*args: str, timeout: int = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

@@ -14,8 +14,8 @@ import random
 import pytest
 import torch
 
-from magpie_dl.scoring import GATING_TOKENS_MISSING, RewardScorer, conversation_token_ids, plan_batches
-from magpie_dl.tiny import LLAMA3_CHAT_TEMPLATE
+from magpie_dl.reward.scoring import GATING_TOKENS_MISSING, RewardScorer, conversation_token_ids, plan_batches
+from magpie_dl.local.tiny import LLAMA3_CHAT_TEMPLATE
 from test_scoring import PAIRS as SCORING_PAIRS
 
 # Float32 on one machine; the same sequence computed in a different batch shape differs
@@ -127,7 +127,7 @@ def scorer(armorm_dir):
 def test_loads_natively_without_remote_code(scorer, armorm_dir):
     assert not (armorm_dir / "modeling_custom.py").exists()  # auto_map points at code that is not there
     assert scorer.trust_remote_code is False
-    assert type(scorer.model).__module__ == "magpie_dl.armorm_model"
+    assert type(scorer.model).__module__ == "magpie_dl.reward.armorm_modules"
     assert scorer.is_armorm and scorer.mask_padding is False
     assert scorer.tokenizer.pad_token_id == scorer.tokenizer.eos_token_id
 
@@ -197,8 +197,8 @@ def test_truncation_that_eats_the_gating_tokens_is_a_marked_response(armorm_dir)
 
 
 def test_reward_step_marks_and_pairing_counts_a_missing_gate(armorm_dir):
-    from magpie_dl.pairing import NO_SCORE, pick_best_worst
-    from steps.reward import RewardScoring
+    from magpie_dl.recipe.pairing import NO_SCORE, pick_best_worst
+    from magpie_dl.steps.reward import RewardScoring
 
     step = RewardScoring(model=str(armorm_dir), dtype="float32", max_length=24)
     step.load()
@@ -250,7 +250,7 @@ def test_smoke_run_scores_with_a_local_armorm_and_no_remote_code(armorm_dir, tmp
 
 
 def test_gating_position_is_the_last_whole_occurrence():
-    from magpie_dl.armorm import gating_position
+    from magpie_dl.reward.armorm import gating_position
 
     pattern = [4, 2, 9]
     assert gating_position([1, 4, 2, 9, 5, 4, 2, 9, 7], pattern) == 5

@@ -13,17 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from magpie_dl.chat_template import (
+from magpie_dl.templates.chat import (
     ChatTemplateError,
     derive_parts,
     derived_family,
     mismatches,
     split_thinking,
 )
-from magpie_dl.config import REPO_ROOT
-from magpie_dl.families import FAMILIES, detect_family, resolve_family
-from magpie_dl.family_templates import FAMILY_TEMPLATES, UNSEEN, family_tokenizer
-from magpie_dl.prompts import DEFAULT_TEMPLATE_DATE, encode_text, pre_query_token_ids, response_prompt_template
+from magpie_dl.config.dpo import REPO_ROOT
+from magpie_dl.templates.families import FAMILIES, detect_family, resolve_family
+from magpie_dl.templates.published import FAMILY_TEMPLATES, UNSEEN, family_tokenizer
+from magpie_dl.templates.prompts import DEFAULT_TEMPLATE_DATE, encode_text, pre_query_token_ids, response_prompt_template
 from recipe_cli import run_recipe_cli
 
 SYSTEM = "Be brief."
@@ -264,7 +264,7 @@ def test_split_thinking(text, expected):
 
 def test_thinking_responses_keep_the_block_apart_and_score_the_answer(tmp_path, tokenizers):
     from magpie_dl.backends.base import Completion, CompletionLLM
-    from steps.responses import MultiResponseGeneration
+    from magpie_dl.steps.responses import MultiResponseGeneration
 
     tok_dir = tmp_path / "qwen3"
     tokenizers["qwen3"].save_pretrained(tok_dir)
@@ -285,7 +285,7 @@ def test_thinking_responses_keep_the_block_apart_and_score_the_answer(tmp_path, 
 
 
 def _families_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "magpie_dl.families", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "magpie_dl.templates.families", *args], capture_output=True, text=True,
                           timeout=120, cwd=REPO_ROOT)
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from magpie_dl.cleaning import CUT_RULES, CleaningRules, clean_query, is_fragment
+from magpie_dl.recipe.cleaning import CUT_RULES, CleaningRules, clean_query, is_fragment
 
 
 @pytest.mark.parametrize(
@@ -66,7 +66,7 @@ def test_enormous_query_is_marked_too_long():
 
 
 def test_duplicate_keys_fold_case_and_spacing_and_stay_small():
-    from magpie_dl.cleaning import duplicate_key
+    from magpie_dl.recipe.cleaning import duplicate_key
 
     assert duplicate_key("How do I  bake\nbread?") == duplicate_key("how do i bake bread?")
     assert duplicate_key("How do I bake bread?") != duplicate_key("How do I bake a bread?")

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from magpie_dl.cleaning import clean_query, mark_exact_duplicates
-from magpie_dl.reasons import instruction_status_of
+from magpie_dl.recipe.cleaning import clean_query, mark_exact_duplicates
+from magpie_dl.recipe.reasons import instruction_status_of
 
 CORPUS = yaml.safe_load((Path(__file__).parent / "data" / "smollm2_raw_queries.yaml").read_text(encoding="utf-8"))
 ROWS = CORPUS["queries"]

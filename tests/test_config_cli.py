@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from recipe_cli import run_recipe_cli
-from magpie_dl.config import ConfigError, RecipeConfig, _fields, build_parser, resolve
+from magpie_dl.config.dpo import ConfigError, RecipeConfig, _fields, build_parser, resolve
 
 
 def parse(*argv: str) -> RecipeConfig:

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from compare import assert_same  # floats within a stated tolerance: a resumed run may score in another batch
-from magpie_dl.config import REPO_ROOT
+from magpie_dl.config.dpo import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -266,7 +266,7 @@ def test_second_run_on_the_same_directory_is_refused(reference, tmp_path):
     The holder is this test process (the same lock a run takes), not a live run: a
     live first run might finish before the second one starts, and the test would race.
     """
-    from magpie_dl.runner import output_lock
+    from magpie_dl.run.driver import output_lock
 
     out = tmp_path / "busy"
     shutil.copytree(reference[0], out)

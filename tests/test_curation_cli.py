@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from magpie_dl.config import REPO_ROOT
+from magpie_dl.config.dpo import REPO_ROOT
 
 RECIPE = str(REPO_ROOT / "pipelines" / "magpie_instructions.py")
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from datasets import Dataset, load_from_disk
 
-from magpie_dl.curation_export import split_selected, write_outputs
+from magpie_dl.release.curation import split_selected, write_outputs
 
 REASONS = ("near_duplicate", "category_quota", "instruction_unusable", "below_min_difficulty")
 

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from magpie_dl.curation import InstructionsConfig, PRESETS, build_parser, resolve
-from magpie_dl.curation_export import write_outputs
-from magpie_dl.export import TAG_COLUMNS, released_row
-from magpie_dl.inputs import load_instructions
+from magpie_dl.config.curation import InstructionsConfig, PRESETS, build_parser, resolve
+from magpie_dl.release.curation import write_outputs
+from magpie_dl.release.export import TAG_COLUMNS, released_row
+from magpie_dl.run.inputs import load_instructions
 
 
 def curated_rows() -> list[dict]:
@@ -59,16 +59,16 @@ def test_config_presets_and_flags() -> None:
     assert str(smoke.output_dir) == "out/x" and smoke.generator.num_instructions == PRESETS["smoke"]["generator"]["num_instructions"]
     cfg = smoke.selection.to_selection_config(seed=3)
     assert cfg.target_size == 10 and cfg.seed == 3
-    from magpie_dl.config import ConfigError
+    from magpie_dl.config.dpo import ConfigError
 
     with pytest.raises(ConfigError, match="min_difficulty"):
         resolve(build_parser("x").parse_args(["--selection.min_difficulty", "medium-rare"]))
 
 
 def test_full_curation_recipe_uses_the_references_instruct_reward_model_and_mix(capsys) -> None:
-    from magpie_dl.recipes import MAGPIE_INSTRUCTIONS
-    from magpie_dl.runner import main_for
-    from steps.curation import CuratedSelection
+    from magpie_dl.run.recipes import MAGPIE_INSTRUCTIONS
+    from magpie_dl.run.driver import main_for
+    from magpie_dl.steps.curation import CuratedSelection
 
     assert main_for(MAGPIE_INSTRUCTIONS, _no_build, "x", ["--print-config"]) == 0
     import yaml
@@ -88,9 +88,9 @@ def _no_build(cfg):  # a recipe whose config is refused never gets this far
 
 
 def test_another_instruct_reward_model_needs_its_own_threshold(capsys) -> None:
-    from magpie_dl.config import ConfigError
-    from magpie_dl.recipes import MAGPIE_INSTRUCTIONS
-    from magpie_dl.runner import main_for
+    from magpie_dl.config.dpo import ConfigError
+    from magpie_dl.run.recipes import MAGPIE_INSTRUCTIONS
+    from magpie_dl.run.driver import main_for
 
     armorm = ["--reward.model", "RLHFlow/ArmoRM-Llama3-8B-v0.1"]
     with pytest.raises(ConfigError, match=r"min_instruct_reward.*scale"):

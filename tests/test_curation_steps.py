@@ -10,8 +10,8 @@ from pydantic import PrivateAttr
 
 from magpie_dl.backends.base import Completion, CompletionLLM, PromptInput, SamplingSpec
 from magpie_dl.backends.transformers import TransformersBackend
-from magpie_dl.tagging import TAG_TASKS
-from steps.curation import (
+from magpie_dl.curation.tagging import TAG_TASKS
+from magpie_dl.steps.curation import (
     CuratedSelection,
     InstructionEmbedding,
     InstructionTagging,
@@ -190,7 +190,7 @@ PIPELINE_SCRIPT = """
 import json, sys
 from distilabel.pipeline import Pipeline
 from distilabel.steps import LoadDataFromDicts
-from steps.curation import CuratedSelection, NearDuplicateTagging
+from magpie_dl.steps.curation import CuratedSelection, NearDuplicateTagging
 
 rows, report = json.loads(sys.argv[1]), sys.argv[2]
 with Pipeline(name="curation-steps-test") as pipeline:
@@ -210,7 +210,7 @@ def test_steps_run_inside_a_distilabel_pipeline(tmp_path) -> None:
     import subprocess
     import sys
 
-    from magpie_dl.config import REPO_ROOT
+    from magpie_dl.config.dpo import REPO_ROOT
 
     report = tmp_path / "sel.json"
     proc = subprocess.run(

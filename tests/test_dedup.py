@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from magpie_dl.dedup import DedupConfig, DedupResult, find_near_duplicates, normalize_rows
+from magpie_dl.curation.dedup import DedupConfig, DedupResult, find_near_duplicates, normalize_rows
 
 # Pairs measured with all-MiniLM-L6-v2 (squared L2 of unit vectors): the groups below
 # are within the 0.05 threshold; the "near misses" are real paraphrases just outside it.
@@ -34,7 +34,7 @@ GROUPS = [{0, 1, 2}, {3, 4}, {6, 8}, {9, 10}]
 
 @pytest.fixture(scope="module")
 def minilm_vectors() -> np.ndarray:
-    from magpie_dl.embeddings import SentenceEmbedder
+    from magpie_dl.curation.embeddings import SentenceEmbedder
 
     return SentenceEmbedder().encode(TEXTS)
 
@@ -162,7 +162,7 @@ def test_auto_switches_to_the_index_at_the_configured_size() -> None:
 
 def test_embedder_matches_sentence_transformers(minilm_vectors) -> None:
     st = pytest.importorskip("sentence_transformers")
-    from magpie_dl.embeddings import resolve_model_path, PACKAGED_MINILM
+    from magpie_dl.curation.embeddings import resolve_model_path, PACKAGED_MINILM
 
     model = st.SentenceTransformer(resolve_model_path(PACKAGED_MINILM), device="cpu")
     expected = model.encode(TEXTS[:6], convert_to_numpy=True)

@@ -6,7 +6,7 @@ import random
 
 from datasets import load_from_disk
 
-from magpie_dl.export import released_row, split_rows, write_dataset
+from magpie_dl.release.export import released_row, split_rows, write_dataset
 
 
 def row(i: int, status: str = "kept") -> dict:
@@ -61,7 +61,7 @@ def test_a_dataset_on_disk_exports_batch_by_batch_like_a_list(tmp_path, monkeypa
     """
     from datasets import Dataset
 
-    import magpie_dl.export as export
+    import magpie_dl.release.export as export
 
     kept = [row(i) for i in range(15, 60)]
     random.Random(3).shuffle(kept)  # arrival order is not uuid order

@@ -6,7 +6,7 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from magpie_dl.families import (
+from magpie_dl.templates.families import (
     FAMILIES,
     UnknownFamilyError,
     detect_family,
@@ -14,7 +14,7 @@ from magpie_dl.families import (
     resolve_single_token_ids,
     resolve_stops,
 )
-from magpie_dl.prompts import encode_text, pre_query_token_ids
+from magpie_dl.templates.prompts import encode_text, pre_query_token_ids
 
 # The literal pre-query templates of the recipe (FIELD_NOTES §1).
 EXPECTED_TEMPLATES = {

@@ -1,14 +1,14 @@
 """The rows the generation steps write, from completions alone (no model): query rows,
-response columns and their provenance (magpie_dl.generation, magpie_dl.provenance)."""
+response columns and their provenance (magpie_dl.recipe.rows, magpie_dl.recipe.provenance)."""
 
 from __future__ import annotations
 
 from magpie_dl.backends.base import Completion, SamplingSpec
-from magpie_dl.cleaning import CleaningRules
-from magpie_dl.families import get_family
-from magpie_dl.generation import query_row, response_columns
-from magpie_dl.magpie import row_uuid
-from magpie_dl.provenance import response_provenance
+from magpie_dl.recipe.cleaning import CleaningRules
+from magpie_dl.templates.families import get_family
+from magpie_dl.recipe.rows import query_row, response_columns
+from magpie_dl.recipe.queries import row_uuid
+from magpie_dl.recipe.provenance import response_provenance
 
 LLAMA = get_family("llama-3.1")
 SPEC = SamplingSpec(n=1, temperature=0.9, top_p=0.95, max_tokens=64, seed=1234)

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from gpu_node.hub import recipe_hub
-from magpie_dl.config import REPO_ROOT
-from magpie_dl.placement import Node, PlacementError, StepNeed, parameter_count, plan
+from magpie_dl.config.dpo import REPO_ROOT
+from magpie_dl.run.placement import Node, PlacementError, StepNeed, parameter_count, plan
 
 pytestmark = pytest.mark.slow
 
@@ -181,7 +181,7 @@ def test_four_gpu_node(hub, tmp_path):
 
 def test_weights_that_cannot_fit_are_refused(hub):
     """70B in bf16 (~141 GB, from its config.json in the cache) on one 80 GB GPU: the line names the setting."""
-    from magpie_dl.placement import weights_gb
+    from magpie_dl.run.placement import weights_gb
 
     snap = hub / "models--meta-llama--Llama-3.1-70B-Instruct" / "snapshots" / "simulated"
     assert weights_gb(str(snap), "bfloat16") == pytest.approx(141, rel=0.01)
@@ -251,8 +251,8 @@ def test_parameter_count_from_config_matches_the_published_sizes():
 
 def test_the_node_honours_cuda_visible_devices(monkeypatch):
     """The devices a local run pins are the ones CUDA_VISIBLE_DEVICES lists, not 0..N-1."""
-    import magpie_dl.preflight as preflight
-    from magpie_dl.placement import this_node
+    import magpie_dl.run.preflight as preflight
+    from magpie_dl.run.placement import this_node
 
     monkeypatch.setattr(preflight, "cuda_devices", lambda: (2, 141.0))  # what torch reports under the variable
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,7")

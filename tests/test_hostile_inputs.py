@@ -7,7 +7,7 @@ import json
 import pytest
 
 from recipe_cli import run_recipe_cli
-from magpie_dl.inputs import InstructionSourceError, load_instructions
+from magpie_dl.run.inputs import InstructionSourceError, load_instructions
 
 
 def write_jsonl(path, rows):

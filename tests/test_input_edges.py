@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from magpie_dl import curation
-from magpie_dl.config import REPO_ROOT, ConfigError, build_parser, resolve
-from magpie_dl.inputs import InstructionSourceError, load_instructions
+from magpie_dl.config import curation
+from magpie_dl.config.dpo import REPO_ROOT, ConfigError, build_parser, resolve
+from magpie_dl.run.inputs import InstructionSourceError, load_instructions
 from recipe_cli import run_recipe_cli
 
 

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from magpie_dl.config import REPO_ROOT
-from magpie_dl.export import TAG_COLUMNS
+from magpie_dl.config.dpo import REPO_ROOT
+from magpie_dl.release.export import TAG_COLUMNS
 
 
 def run(script: str, *args: str) -> subprocess.CompletedProcess:

@@ -1,4 +1,4 @@
-"""The run's leaf rows on disk: no chunk decides a column's type (magpie_dl.leaf_output, magpie_dl.schema)."""
+"""The run's leaf rows on disk: no chunk decides a column's type (magpie_dl.run.leaf_output, magpie_dl.recipe.schema)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import textwrap
 import pyarrow as pa
 import pytest
 
-from magpie_dl.config import REPO_ROOT
-from magpie_dl.leaf_output import BUFFER_ATTRIBUTES, PIPELINE_HOOK, conform, make_buffer_class
-from magpie_dl.schema import TypeConflict, column_types, merge_types
+from magpie_dl.config.dpo import REPO_ROOT
+from magpie_dl.run.leaf_output import BUFFER_ATTRIBUTES, PIPELINE_HOOK, conform, make_buffer_class
+from magpie_dl.recipe.schema import TypeConflict, column_types, merge_types
 
 # Each case: (column, first chunk's values, later chunk's values), 60 rows each.
 LATE_VALUES = {
@@ -115,7 +115,7 @@ LATE_STRINGS_RUN = textwrap.dedent(
     import json, sys
     from distilabel.pipeline import Pipeline
     from distilabel.steps import LoadDataFromDicts
-    from magpie_dl.runner import run_pipeline
+    from magpie_dl.run.driver import run_pipeline
 
     rows = [{"uuid": str(i), "cleaning_removed": [], "note": None} for i in range(60)]
     rows += [{"uuid": str(i), "cleaning_removed": ["cut"], "note": "late"} for i in range(60, 120)]

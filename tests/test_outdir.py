@@ -1,5 +1,5 @@
 """The output directory is the run's alone: whose it is, what lands in it, and when
-(:mod:`magpie_dl.outdir`; the recipe scripts' side is in test_output_dir_cli.py)."""
+(:mod:`magpie_dl.run.outdir`; the recipe scripts' side is in test_output_dir_cli.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from magpie_dl import outdir
-from magpie_dl.outdir import MARKER, OutputDirError, check_output_dir, claim, publish, release, remove_stale_staging
+from magpie_dl.run import outdir
+from magpie_dl.run.outdir import MARKER, OutputDirError, check_output_dir, claim, publish, release, remove_stale_staging
 from output_dirs import snapshot, users_files
 
 

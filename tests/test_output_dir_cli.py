@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from magpie_dl.config import REPO_ROOT
+from magpie_dl.config.dpo import REPO_ROOT
 from output_dirs import snapshot, users_files
 from recipe_cli import run_recipe_cli
 

@@ -33,7 +33,7 @@ def _imported() -> set[str]:
                     names |= {alias.name.split(".")[0] for alias in node.names}
                 elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                     names.add(node.module.split(".")[0])
-    return {n for n in names if n not in sys.stdlib_module_names and n not in ("magpie_dl", "steps", "pipelines")}
+    return {n for n in names if n not in sys.stdlib_module_names and n != "magpie_dl"}
 
 
 def test_every_imported_package_is_declared():
@@ -51,8 +51,9 @@ def test_console_scripts_resolve_to_callables():
 
 def test_every_package_and_template_ships():
     setuptools = PYPROJECT["tool"]["setuptools"]
-    packages = {str(p.parent.relative_to(ROOT)).replace("/", ".") for tree in ("magpie_dl", "steps", "pipelines")
-                for p in (ROOT / tree).rglob("__init__.py")}
+    installed_as = {"magpie_dl": "magpie_dl", **{folder: package for package, folder in setuptools["package-dir"].items()}}
+    packages = {".".join([installed_as[p.parent.relative_to(ROOT).parts[0]], *p.parent.relative_to(ROOT).parts[1:]])
+                for tree in installed_as for p in (ROOT / tree).rglob("__init__.py")}
     assert packages <= set(setuptools["packages"])
     patterns = setuptools["package-data"]["magpie_dl.report"]
     templates = (ROOT / "magpie_dl" / "report" / "templates").iterdir()

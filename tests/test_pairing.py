@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from magpie_dl.pairing import (
+from magpie_dl.recipe.pairing import (
     ALL_TIED,
     EMPTY,
     FAILED,

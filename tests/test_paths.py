@@ -6,8 +6,8 @@ import os
 import subprocess
 import sys
 
-from magpie_dl import paths
-from magpie_dl.config import REPO_ROOT
+from magpie_dl.local import paths
+from magpie_dl.config.dpo import REPO_ROOT
 
 
 def test_the_environment_variable_wins(monkeypatch, tmp_path):

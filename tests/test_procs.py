@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import sys
 
-from magpie_dl.procs import shared_with_workers
+from magpie_dl.run.procs import shared_with_workers
 
 
 def test_workers_inherit_imports_and_a_frozen_heap_then_the_heap_thaws():

@@ -10,9 +10,9 @@ import pytest
 
 from recipe_cli import run_recipe_cli
 from magpie_dl.backends.base import Completion, CompletionLLM, CompletionStream, PromptInput, SamplingSpec
-from magpie_dl.estimate import EstimateConfig, estimate
-from magpie_dl.progress import ProgressMonitor, RowTally, rates
-from magpie_dl.store import ResultStore
+from magpie_dl.run.estimate import EstimateConfig, estimate
+from magpie_dl.run.progress import ProgressMonitor, RowTally, rates
+from magpie_dl.run.store import ResultStore
 
 
 def test_rates_count_from_first_progress_and_give_an_eta():
@@ -231,7 +231,7 @@ def test_a_long_batch_shows_rising_counts_and_tokens_before_it_is_released(tiny_
     from distilabel.pipeline import Pipeline
     from distilabel.steps import LoadDataFromDicts
 
-    from steps.responses import MultiResponseGeneration
+    from magpie_dl.steps.responses import MultiResponseGeneration
 
     rows = [{"uuid": f"u{i}", "instruction": f"Tell me about tea ({i})."} for i in range(8)]
     with Pipeline(name="trickle", cache_dir=str(tmp_path / "distilabel")) as pipeline:
@@ -270,7 +270,7 @@ class CountingStore(ResultStore):
 def test_the_reward_step_counts_rows_and_tokens_as_it_scores_them(tiny_models, tmp_path):
     """Scored two sequences a pass: rows count as their responses are scored, with the tokens
     scored, not all at the batch's end; a row with nothing to score counts at once."""
-    from steps.reward import RewardScoring
+    from magpie_dl.steps.reward import RewardScoring
 
     step = RewardScoring(model=tiny_models["reward"], dtype="float32", max_length=256, scoring_batch_size=2,
                          cache_dir=str(tmp_path))
@@ -312,7 +312,7 @@ def test_the_transformers_backend_hands_back_each_prompt_as_it_finishes(tiny_mod
 def test_the_judge_step_counts_a_row_once_all_its_tasks_are_answered(tiny_models, tmp_path):
     """Three judge tasks per instruction, answered one by one: a row counts with its last
     answer, every answer's tokens as it comes; an instruction not sent counts at once."""
-    from steps.curation import InstructionTagging
+    from magpie_dl.steps.curation import InstructionTagging
 
     step = InstructionTagging(llm=TrickleLLM(model=tiny_models["generator"], every_s=0.01),
                               tasks=["difficulty", "quality", "classification"], cache_dir=str(tmp_path))

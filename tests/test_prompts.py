@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from magpie_dl.backends.base import Completion, CompletionLLM, PromptInput, SamplingSpec
-from magpie_dl.config import REPO_ROOT, ConfigError, RecipeConfig, validate
-from magpie_dl.families import FAMILIES, detect_family
-from magpie_dl.prompts import (
+from magpie_dl.config.dpo import REPO_ROOT, ConfigError, RecipeConfig, validate
+from magpie_dl.templates.families import FAMILIES, detect_family
+from magpie_dl.templates.prompts import (
     chat_token_ids,
     encode_markup,
     encode_text,
@@ -25,8 +25,8 @@ from magpie_dl.prompts import (
     response_prompt_template,
     response_token_ids,
 )
-from magpie_dl.scoring import conversation_token_ids
-from magpie_dl.tagging import TAG_TASKS
+from magpie_dl.reward.scoring import conversation_token_ids
+from magpie_dl.curation.tagging import TAG_TASKS
 
 # The released rows' response prompt (every row of Magpie-Llama-3.1-Pro-DPO-100K records it).
 RELEASED = (
@@ -130,7 +130,7 @@ def test_released_reference_rows_are_reproduced_from_their_instructions(tok) -> 
 
 def test_response_step_defaults_to_the_released_prompt(tiny_models) -> None:
     from magpie_dl.backends.transformers import TransformersBackend
-    from steps.responses import MultiResponseGeneration
+    from magpie_dl.steps.responses import MultiResponseGeneration
 
     step = MultiResponseGeneration(llm=TransformersBackend(model=tiny_models["generator"]), max_tokens=2,
                                    num_generations=1)
@@ -162,7 +162,7 @@ def test_chat_template_renders_the_pinned_date_whatever_today_is(strftime_tok, m
 def test_resumed_run_on_another_day_reuses_its_stored_responses(tiny_models, tmp_path, monkeypatch) -> None:
     """Same pinned date, another day: the same prompt tokens, so the stored completions are found."""
     from magpie_dl.backends.transformers import TransformersBackend
-    from steps.responses import MultiResponseGeneration
+    from magpie_dl.steps.responses import MultiResponseGeneration
 
     model = tmp_path / "model"
     shutil.copytree(tiny_models["generator"], model)
@@ -246,7 +246,7 @@ def judge(tiny_models):
 
 @pytest.mark.parametrize("task", sorted(TAG_TASKS))
 def test_judge_prompt_instruction_is_text(judge, task) -> None:
-    from steps.curation import InstructionTagging
+    from magpie_dl.steps.curation import InstructionTagging
 
     step = InstructionTagging(llm=judge)
     _assert_text_only(judge.tokenizer, lambda text: list(step.prompt(TAG_TASKS[task], text).token_ids))
@@ -264,7 +264,7 @@ _RECORDED: list[PromptInput] = []
 
 
 def test_guard_prompt_instruction_is_text(tiny_models) -> None:
-    from steps.curation import SafetyTagging
+    from magpie_dl.steps.curation import SafetyTagging
 
     step = SafetyTagging(llm=_RecordingLLM(model=tiny_models["generator"]))
     step.load()
@@ -301,7 +301,7 @@ def test_chat_token_ids_match_the_template_for_plain_text(tok) -> None:
 def test_reward_inputs_in_one_call_equal_one_by_one(tok) -> None:
     """The reward step tokenises a whole batch at once: the ids must be those of each pair
     alone (template markup as control ids, texts as text, repeated users, empty text)."""
-    from magpie_dl.scoring import _SLOTS, conversations_token_ids
+    from magpie_dl.reward.scoring import _SLOTS, conversations_token_ids
 
     rendered = tok.apply_chat_template(
         [{"role": "user", "content": _SLOTS[0]}, {"role": "assistant", "content": _SLOTS[1]}], tokenize=False

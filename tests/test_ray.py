@@ -18,7 +18,7 @@ import pytest
 
 from compare import assert_same
 from forced_queries import query_seeds, run_args
-from magpie_dl.config import REPO_ROOT
+from magpie_dl.config.dpo import REPO_ROOT
 
 pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
@@ -30,7 +30,7 @@ PROBE = textwrap.dedent(
     """
     import json, sys
     import ray._private.state as state
-    from magpie_dl.scaleout import ScaleoutConfig, connect
+    from magpie_dl.run.scaleout import ScaleoutConfig, connect
     report = connect(ScaleoutConfig(ray_address=sys.argv[1]))
     actors = state.actors()
     print(json.dumps({

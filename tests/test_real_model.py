@@ -12,12 +12,12 @@ import json
 
 import pytest
 
-from magpie_dl import smollm2
+from magpie_dl.local import smollm2
 from magpie_dl.backends.transformers import TransformersBackend
-from magpie_dl.families import detect_family
-from magpie_dl.provenance import model_label
-from steps.magpie import MagpieGenerator
-from steps.responses import MultiResponseGeneration
+from magpie_dl.templates.families import detect_family
+from magpie_dl.recipe.provenance import model_label
+from magpie_dl.steps.magpie import MagpieGenerator
+from magpie_dl.steps.responses import MultiResponseGeneration
 
 # Floors well under what the model does (seen here: 15 and 16 of 16 queries usable in two runs;
 # at a 192-token cap only 5 of 12 responses ended their turn, at 512 13 and 19 of 24, the second

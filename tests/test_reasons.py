@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from magpie_dl import reasons
-from magpie_dl.cleaning import CleaningRules, clean_query, mark_exact_duplicates, unusable_reason
-from magpie_dl.pairing import PairingRules, pair_columns
-from magpie_dl.selection import CHECKS, QUOTA_REASON
+from magpie_dl.recipe import reasons
+from magpie_dl.recipe.cleaning import CleaningRules, clean_query, mark_exact_duplicates, unusable_reason
+from magpie_dl.recipe.pairing import PairingRules, pair_columns
+from magpie_dl.curation.selection import CHECKS, QUOTA_REASON
 
 ROOT = Path(__file__).resolve().parent.parent
 STOP, LENGTH, ERROR = "stop", "length", "error"
@@ -101,9 +101,9 @@ def test_kept_is_defined_once():
             for node in ast.walk(ast.parse(path.read_text())):
                 if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) and node.value.value == "kept":
                     where.append(f"{path.relative_to(ROOT)}:{node.lineno}")
-    assert where == ["magpie_dl/reasons.py:" + str(_line_of("KEPT = "))]
+    assert where == ["magpie_dl/recipe/reasons.py:" + str(_line_of("KEPT = "))]
 
 
 def _line_of(prefix: str) -> int:
-    lines = (ROOT / "magpie_dl" / "reasons.py").read_text().splitlines()
+    lines = (ROOT / "magpie_dl" / "recipe" / "reasons.py").read_text().splitlines()
     return next(i for i, line in enumerate(lines, 1) if line.startswith(prefix))

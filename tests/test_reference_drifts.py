@@ -16,18 +16,18 @@ import torch
 from datasets import load_from_disk
 from pydantic import PrivateAttr
 
-import steps.magpie as magpie_steps
-import steps.responses as response_steps
+import magpie_dl.steps.magpie as magpie_steps
+import magpie_dl.steps.responses as response_steps
 from magpie_dl.backends.base import Completion, CompletionLLM, PromptInput, SamplingSpec
 from magpie_dl.backends.openai import OpenAIBackend
 from magpie_dl.backends.transformers import TransformersBackend
-from magpie_dl.config import REPO_ROOT, ConfigError, build_parser, resolve
-from magpie_dl.export import split_order, split_rows, write_dataset
-from magpie_dl.families import FAMILIES
-from steps.magpie import MagpieGenerator
-from steps.pairing import BestWorstPairing
-from steps.responses import MultiResponseGeneration
-from steps.reward import RewardScoring
+from magpie_dl.config.dpo import REPO_ROOT, ConfigError, build_parser, resolve
+from magpie_dl.release.export import split_order, split_rows, write_dataset
+from magpie_dl.templates.families import FAMILIES
+from magpie_dl.steps.magpie import MagpieGenerator
+from magpie_dl.steps.pairing import BestWorstPairing
+from magpie_dl.steps.responses import MultiResponseGeneration
+from magpie_dl.steps.reward import RewardScoring
 
 # ---------------------------------------------------------------- query stops per family
 

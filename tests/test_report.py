@@ -32,8 +32,8 @@ import pytest
 import yaml
 
 from magpie_dl import report
-from magpie_dl.config import REPO_ROOT, RecipeConfig
-from magpie_dl.export import write_dataset
+from magpie_dl.config.dpo import REPO_ROOT, RecipeConfig
+from magpie_dl.release.export import write_dataset
 from report_pages import blank_reason, chromium_path, embedded_plots, parse, render_in_chromium
 
 SECRET = "hf_report_test_secret_4f9a"
@@ -48,7 +48,7 @@ HUB_LICENSES = {"apache-2.0", "mit", "cc-by-4.0", "cc-by-nc-4.0", "llama3", "lla
 
 def _rows(n: int, tagged: bool, seed: int = 0) -> list[dict[str, Any]]:
     """Pipeline rows as they reach the exporter, paired by the real BestWorstPairing step."""
-    from steps.pairing import BestWorstPairing
+    from magpie_dl.steps.pairing import BestWorstPairing
 
     rng = random.Random(seed)
     rows: list[dict[str, Any]] = []
@@ -483,7 +483,7 @@ def test_smoke_run_card_and_report(smoke_output: Path, chromium: str, tmp_path: 
 
 def test_hub_push_uploads_config_pipeline_and_report_beside_the_card(tagged_output: Path, tmp_path: Path,
                                                                       monkeypatch) -> None:
-    from magpie_dl.hub import hub_files
+    from magpie_dl.release.hub import hub_files
 
     out = tmp_path / "run"
     shutil.copytree(tagged_output, out)

@@ -17,9 +17,9 @@ import pytest
 import yaml
 
 from magpie_dl.backends.standin import DUPLICATE_QUERIES, FRAGMENT_QUERY, STAND_IN, UNFINISHED_QUERY
-from magpie_dl.config import REPO_ROOT
-from magpie_dl.magpie import row_uuid
-from magpie_dl.reasons import GATING_TOKENS_MISSING, KEPT
+from magpie_dl.config.dpo import REPO_ROOT
+from magpie_dl.recipe.queries import row_uuid
+from magpie_dl.recipe.reasons import GATING_TOKENS_MISSING, KEPT
 from tests.recipe_cli import run_recipe_cli
 
 ROWS = 2000

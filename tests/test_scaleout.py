@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from magpie_dl.config import PRESETS, REPO_ROOT, validate
-from magpie_dl.outdir import in_progress_dir
-from magpie_dl.scaleout import ScaleoutConfig, is_loopback, load_groups, place_steps, wants_ray
+from magpie_dl.config.dpo import PRESETS, REPO_ROOT, validate
+from magpie_dl.run.outdir import in_progress_dir
+from magpie_dl.run.scaleout import ScaleoutConfig, is_loopback, load_groups, place_steps, wants_ray
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def test_one_query_replica_keeps_the_single_generator(recipe):
 
 
 def test_curation_recipe_placement():
-    from magpie_dl.curation import InstructionsConfig
+    from magpie_dl.config.curation import InstructionsConfig
 
     spec = importlib.util.spec_from_file_location(
         "magpie_instructions", REPO_ROOT / "pipelines" / "magpie_instructions.py"
@@ -96,7 +96,7 @@ def test_curation_recipe_placement():
 
 def test_global_steps_split_what_must_fit_at_once():
     """Steps on either side of a global step never run together: only one side must fit."""
-    from magpie_dl.curation import InstructionsConfig
+    from magpie_dl.config.curation import InstructionsConfig
 
     spec = importlib.util.spec_from_file_location(
         "magpie_instructions", REPO_ROOT / "pipelines" / "magpie_instructions.py"
@@ -121,7 +121,7 @@ STAGE_END = """
 import sys
 from distilabel.pipeline import Pipeline
 from distilabel.steps import LoadDataFromDicts, Step, StepInput, StepResources
-from magpie_dl.scaleout import stop_replicas_at_stage_end
+from magpie_dl.run.scaleout import stop_replicas_at_stage_end
 
 class Double(Step):
     @property

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from magpie_dl.scoring import RewardScorer, conversation_token_ids, extract_scores, plan_batches
+from magpie_dl.reward.scoring import RewardScorer, conversation_token_ids, extract_scores, plan_batches
 
 PAIRS = [
     ("How do I bake bread?", "Mix flour, water and salt, then bake."),
@@ -175,7 +175,7 @@ def test_non_finite_scores_become_none_with_a_reason(scorer, monkeypatch):
 
 
 def test_only_responses_with_text_that_did_not_fail_are_scored_and_every_row_gets_ratings():
-    from magpie_dl.scoring import Scored, responses_to_score, set_ratings
+    from magpie_dl.reward.scoring import Scored, responses_to_score, set_ratings
 
     rows = [
         {"generations": ["good", "  ", "", "broken"], "finish_reasons": ["stop", "stop", "length", "error"]},

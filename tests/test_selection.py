@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from magpie_dl.selection import (
+from magpie_dl.curation.selection import (
     QUOTA_REASON,
     SelectionConfig,
     REFERENCE_MIX,

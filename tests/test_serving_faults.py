@@ -17,11 +17,11 @@ import pytest
 
 from magpie_dl.backends.base import Completion, PromptInput, SamplingSpec
 from magpie_dl.backends.openai import OpenAIBackend
-from magpie_dl.export import summarize
-from magpie_dl.pairing import pair_columns
+from magpie_dl.release.export import summarize
+from magpie_dl.recipe.pairing import pair_columns
 from magpie_dl.report.facts import left_out_reasons, stage_counts
-from magpie_dl.runner import RequestsFailedError
-from magpie_dl.scoring import set_ratings
+from magpie_dl.run.driver import RequestsFailedError
+from magpie_dl.reward.scoring import set_ratings
 
 SERVED = "tiny"
 
@@ -241,7 +241,7 @@ def test_past_the_grace_time_a_server_that_stays_down_fails_the_backend(tiny_mod
 
 def test_knobs_reach_the_backend_from_the_config() -> None:
     from magpie_dl.backends import make_backend
-    from magpie_dl.sections import BackendConfig
+    from magpie_dl.config.sections import BackendConfig
 
     config = BackendConfig(kind="openai", base_urls=["http://127.0.0.1:1"], max_retries=10, stall_timeout_s=7,
                            restart_grace_s=40, max_concurrency=3)

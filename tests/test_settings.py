@@ -5,20 +5,20 @@ from __future__ import annotations
 import pytest
 from pydantic import BaseModel, Field, ValidationError
 
-from magpie_dl.config import ConfigError
-from magpie_dl.curation import build_parser, resolve
-from magpie_dl.sections import (
+from magpie_dl.config.dpo import ConfigError
+from magpie_dl.config.curation import build_parser, resolve
+from magpie_dl.config.sections import (
     DedupSection, GeneratorConfig, InstructRewardConfig, PairingConfig, ResponsesConfig, RewardConfig,
     SelectionSection, TaggingConfig,
 )
-from magpie_dl.settings import setting
-from steps.curation import (
+from magpie_dl.config.settings import setting
+from magpie_dl.steps.curation import (
     CuratedSelection, InstructionTagging, InstructReward, LanguageTagging, NearDuplicateTagging, SafetyTagging,
 )
-from steps.magpie import ExactDuplicateQueries, MagpieGenerator, MagpieQueries, QuerySlots
-from steps.pairing import BestWorstPairing
-from steps.responses import MultiResponseGeneration
-from steps.reward import RewardScoring
+from magpie_dl.steps.magpie import ExactDuplicateQueries, MagpieGenerator, MagpieQueries, QuerySlots
+from magpie_dl.steps.pairing import BestWorstPairing
+from magpie_dl.steps.responses import MultiResponseGeneration
+from magpie_dl.steps.reward import RewardScoring
 
 
 class _Owner(BaseModel):

@@ -11,11 +11,11 @@ from magpie_dl.backends.base import CompletionLLM, PromptInput, SamplingSpec
 from magpie_dl.backends.standin import (
     DUPLICATE_QUERIES, FRAGMENT_QUERY, STAND_IN, StandInBackend, StandInEmbedder, StandInScorer, long_tail_tokens,
 )
-from magpie_dl.cleaning import clean_query
-from magpie_dl.config import SMOLLM2_DIR
-from magpie_dl.reasons import FRAGMENT, GATING_TOKENS_MISSING
-from magpie_dl.scoring import conversation_token_ids
-from magpie_dl.tagging import DIFFICULTY_SCHEMA, parse_judge_output
+from magpie_dl.recipe.cleaning import clean_query
+from magpie_dl.config.dpo import SMOLLM2_DIR
+from magpie_dl.recipe.reasons import FRAGMENT, GATING_TOKENS_MISSING
+from magpie_dl.reward.scoring import conversation_token_ids
+from magpie_dl.curation.tagging import DIFFICULTY_SCHEMA, parse_judge_output
 
 pytestmark = pytest.mark.skipif(not (SMOLLM2_DIR / "tokenizer.json").exists(), reason="needs models/smollm2 (make models)")
 

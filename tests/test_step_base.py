@@ -9,10 +9,10 @@ from distilabel.pipeline import Pipeline
 
 from magpie_dl.backends.base import CallStream, Completion, CompletionLLM, PromptInput, SamplingSpec
 from magpie_dl.backends.transformers import TransformersBackend
-from steps.curation import InstructionTagging, SafetyTagging
-from steps.magpie import MagpieGenerator, MagpieQueries
-from steps.responses import MultiResponseGeneration
-from steps.reward import RewardScoring
+from magpie_dl.steps.curation import InstructionTagging, SafetyTagging
+from magpie_dl.steps.magpie import MagpieGenerator, MagpieQueries
+from magpie_dl.steps.responses import MultiResponseGeneration
+from magpie_dl.steps.reward import RewardScoring
 
 
 class RecordingStream(CallStream):

@@ -1,4 +1,4 @@
-"""distilabel's per-batch JSON copy of every step's output is not written by our runs (magpie_dl.step_data)."""
+"""distilabel's per-batch JSON copy of every step's output is not written by our runs (magpie_dl.run.step_data)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import subprocess
 import sys
 import textwrap
 
-from magpie_dl.config import REPO_ROOT
-from magpie_dl.step_data import PIPELINE_HOOK
+from magpie_dl.config.dpo import REPO_ROOT
+from magpie_dl.run.step_data import PIPELINE_HOOK
 
 RUN = textwrap.dedent(
     """
@@ -16,7 +16,7 @@ RUN = textwrap.dedent(
     from pathlib import Path
     from distilabel.pipeline import Pipeline
     from distilabel.steps import LoadDataFromDicts
-    from magpie_dl.runner import run_pipeline
+    from magpie_dl.run.driver import run_pipeline
     from tests.step_data_probe import CountCopies
 
     rows = [{"uuid": str(i), "text": "x" * 200} for i in range(300)]

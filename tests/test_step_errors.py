@@ -10,8 +10,8 @@ import textwrap
 
 import pytest
 
-from magpie_dl.config import REPO_ROOT, ConfigError, build_parser, resolve
-from magpie_dl.preflight import check_before_run
+from magpie_dl.config.dpo import REPO_ROOT, ConfigError, build_parser, resolve
+from magpie_dl.run.preflight import check_before_run
 from recipe_cli import run_recipe_cli
 
 
@@ -133,8 +133,8 @@ FAILING_RUN = textwrap.dedent(
     import logging, sys
     from distilabel.pipeline import Pipeline
     from distilabel.steps import LoadDataFromDicts, StepInput, step
-    from magpie_dl.runner import run_pipeline
-    from magpie_dl.step_errors import StepFailedError
+    from magpie_dl.run.driver import run_pipeline
+    from magpie_dl.run.step_errors import StepFailedError
 
     NOTICE = "endpoint http://127.0.0.1:1 stopped answering (a notice longer than any terminal line): set aside"
 
@@ -200,7 +200,7 @@ def test_a_batch_that_fails_inside_a_step_is_reported_and_logging_still_works(tm
 
 
 def test_the_curation_recipe_gets_the_same_checks(monkeypatch, tiny_models):
-    from magpie_dl import curation
+    from magpie_dl.config import curation
 
     def curation_checked(*argv: str):
         check_before_run(curation.resolve(curation.build_parser("test").parse_args(["--preset", "smoke", *argv])))

@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from magpie_dl.stopping import RunStopped, StopSignals
+from magpie_dl.run.stopping import RunStopped, StopSignals
 
 
 def test_outside_a_pipeline_run_a_signal_stops_where_the_run_is():
@@ -54,7 +54,7 @@ def test_before_the_run_starts_a_signal_is_one_line():
     import subprocess
     import sys
 
-    code = ("from magpie_dl.stopping import exit_on_stop_signals; exit_on_stop_signals(); "
+    code = ("from magpie_dl.run.stopping import exit_on_stop_signals; exit_on_stop_signals(); "
             "import os, signal, time; os.kill(os.getpid(), signal.SIGTERM); time.sleep(30)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 143

@@ -14,8 +14,8 @@ import pytest
 
 from magpie_dl.backends.base import CallStream, Completion, PromptInput, SamplingSpec
 from magpie_dl.backends.transformers import TransformersBackend
-from magpie_dl.store import STORE_FILE, ResultStore, completion_key, stored_form
-from magpie_dl.streaming import OrderedBatches, cached_complete, complete_in_batches
+from magpie_dl.run.store import STORE_FILE, ResultStore, completion_key, stored_form
+from magpie_dl.run.streaming import OrderedBatches, cached_complete, complete_in_batches
 
 
 @pytest.fixture(scope="module")

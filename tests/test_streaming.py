@@ -18,8 +18,8 @@ from pydantic import PrivateAttr
 
 from magpie_dl.backends.base import CallStream, Completion, CompletionLLM, CompletionStream, PromptInput, Request, SamplingSpec
 from magpie_dl.backends.transformers import TransformersBackend
-from magpie_dl.store import ResultStore
-from magpie_dl.streaming import OrderedBatches, cached_complete, complete_in_batches
+from magpie_dl.run.store import ResultStore
+from magpie_dl.run.streaming import OrderedBatches, cached_complete, complete_in_batches
 
 
 def sample(prompt: PromptInput, spec: SamplingSpec) -> list[Completion]:
@@ -220,7 +220,7 @@ def test_the_response_step_streams_inside_a_pipeline_and_keeps_rows_in_order(tin
     from distilabel.pipeline import Pipeline
     from distilabel.steps import LoadDataFromDicts
 
-    from steps.responses import MultiResponseGeneration
+    from magpie_dl.steps.responses import MultiResponseGeneration
 
     def step(**kw) -> MultiResponseGeneration:
         llm = ThreadRecordingBackend(
@@ -270,7 +270,7 @@ def test_a_failing_batch_is_sent_empty_in_its_place_and_the_others_go_on(tiny_mo
     from distilabel.pipeline import Pipeline
     from distilabel.steps import LoadDataFromDicts
 
-    from steps.responses import MultiResponseGeneration
+    from magpie_dl.steps.responses import MultiResponseGeneration
 
     rows = response_rows(7)
     rows[4]["instruction"] = None  # the step cannot build this row's prompt: batch 1 (rows 3-5) fails
@@ -326,7 +326,7 @@ def noted_pipeline(name: str, tmp_path, tiny_models, rows: int, num_generations:
     in the returned record."""
     from distilabel.pipeline import Pipeline
 
-    from steps.responses import MultiResponseGeneration
+    from magpie_dl.steps.responses import MultiResponseGeneration
 
     record = tmp_path / "notes"
     with Pipeline(name=name, cache_dir=str(tmp_path / "distilabel")) as pipeline:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datasets import load_from_disk
 
-from magpie_dl.config import TINY_DIR
-from magpie_dl.provenance import model_label, stand_in_reward_note
+from magpie_dl.config.dpo import TINY_DIR
+from magpie_dl.recipe.provenance import model_label, stand_in_reward_note
 from magpie_dl.report import example_lines
 
 

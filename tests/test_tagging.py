@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from magpie_dl.tagging import (
+from magpie_dl.curation.tagging import (
     CLASSIFICATION_SCHEMA,
     DIFFICULTY_SCHEMA,
     QUALITY_SCHEMA,
@@ -117,14 +117,14 @@ def test_extract_skips_non_object_json() -> None:
     ],
 )
 def test_guard_verdicts(text: str, expected: dict) -> None:
-    from magpie_dl.tagging import parse_guard_output
+    from magpie_dl.curation.tagging import parse_guard_output
 
     assert parse_guard_output(text) == (expected, None)
 
 
 @pytest.mark.parametrize("text", ["", "I think it is fine", "safely unsafe"])
 def test_guard_garbage_is_a_reason(text: str) -> None:
-    from magpie_dl.tagging import parse_guard_output
+    from magpie_dl.curation.tagging import parse_guard_output
 
     value, error = parse_guard_output(text)
     assert value is None and error
@@ -135,7 +135,7 @@ def test_guard_garbage_is_a_reason(text: str) -> None:
 
 def test_an_answer_fills_its_columns_and_a_failure_is_recorded_not_dropped():
     from magpie_dl.backends.base import Completion
-    from magpie_dl.tagging import parse_guard_output, record_answer, untagged_columns
+    from magpie_dl.curation.tagging import parse_guard_output, record_answer, untagged_columns
 
     task = TAG_TASKS["quality"]
     row = {"instruction": "Sort a list", **untagged_columns([task], "judge")}
@@ -156,7 +156,7 @@ def test_an_answer_fills_its_columns_and_a_failure_is_recorded_not_dropped():
 
 def test_a_judge_request_that_failed_after_its_retries_is_the_row_s_request_error():
     from magpie_dl.backends.base import error_completions
-    from magpie_dl.tagging import record_answer, untagged_columns
+    from magpie_dl.curation.tagging import record_answer, untagged_columns
 
     task = TAG_TASKS["quality"]
     row = {"instruction": "Sort a list", "request_error": "", **untagged_columns([task], "judge")}
@@ -168,7 +168,7 @@ def test_a_judge_request_that_failed_after_its_retries_is_the_row_s_request_erro
 
 
 def test_guard_columns_keep_the_judge_errors_without_sharing_them():
-    from magpie_dl.tagging import unguarded_columns, untagged_columns
+    from magpie_dl.curation.tagging import unguarded_columns, untagged_columns
 
     earlier = [{"task": "difficulty", "error": "x", "finish_reason": "stop", "raw_output": ""}]
     columns = unguarded_columns("guard", earlier)
@@ -180,7 +180,7 @@ def test_guard_columns_keep_the_judge_errors_without_sharing_them():
 
 
 def test_only_usable_instructions_are_tagged():
-    from magpie_dl.tagging import taggable
+    from magpie_dl.curation.tagging import taggable
 
     assert taggable({"instruction": "Sort a list"}) and taggable({"instruction": "x", "instruction_status": "ok"})
     assert not taggable({"instruction": "Sort a list", "instruction_status": "truncated"})

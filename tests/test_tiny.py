@@ -6,7 +6,7 @@ import json
 
 import torch
 
-from magpie_dl import tiny
+from magpie_dl.local import tiny
 
 
 def test_build_prints_and_keeps_a_fingerprint_of_each_model(tmp_path, capsys):

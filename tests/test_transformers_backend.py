@@ -6,8 +6,8 @@ import pytest
 
 from magpie_dl.backends.base import PromptInput, SamplingSpec
 from magpie_dl.backends.transformers import TransformersBackend
-from magpie_dl.families import FAMILIES, resolve_stops
-from magpie_dl.prompts import pre_query_token_ids
+from magpie_dl.templates.families import FAMILIES, resolve_stops
+from magpie_dl.templates.prompts import pre_query_token_ids
 
 
 @pytest.fixture(scope="module")

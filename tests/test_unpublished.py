@@ -1,5 +1,5 @@
 """Work done is never lost at the end: a failure after every step finished is one line and exit 6,
-and rerunning the same command publishes from the store (magpie_dl.unpublished, the runner)."""
+and rerunning the same command publishes from the store (magpie_dl.run.unpublished, the runner)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import textwrap
 
 import pytest
 
-from magpie_dl.config import REPO_ROOT
-from magpie_dl.unpublished import EXIT_CODE
+from magpie_dl.config.dpo import REPO_ROOT
+from magpie_dl.run.unpublished import EXIT_CODE
 from tests.recipe_cli import run_recipe_cli
 
 # The DPO recipe's real command line, with one failure put in after the steps (argv[1] says where).
@@ -20,10 +20,10 @@ FAILING_AT_THE_END = textwrap.dedent(
     import sys
     from dataclasses import replace
 
-    import magpie_dl.leaf_output as leaf_output
-    from magpie_dl.recipes import DPO_100K
-    from magpie_dl.runner import main_for
-    from pipelines.dpo_100k import build_pipeline
+    import magpie_dl.run.leaf_output as leaf_output
+    from magpie_dl.run.recipes import DPO_100K
+    from magpie_dl.run.driver import main_for
+    from magpie_dl.pipelines.dpo_100k import build_pipeline
 
     where, argv = sys.argv[1], sys.argv[2:]
     recipe = DPO_100K

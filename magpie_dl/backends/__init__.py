@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from magpie_dl.backends.base import Completion, CompletionLLM, PromptInput, SamplingSpec
 
 if TYPE_CHECKING:
-    from magpie_dl.config import BackendConfig
+    from magpie_dl.config.dpo import BackendConfig
 
 __all__ = ["Completion", "CompletionLLM", "PromptInput", "SamplingSpec", "make_backend"]
 

@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any, Literal
 from distilabel.models.llms.base import LLM
 from pydantic import Field, PrivateAttr, field_validator
 
-from magpie_dl.prompts import DEFAULT_TEMPLATE_DATE, chat_token_ids, check_template_date
+from magpie_dl.templates.prompts import DEFAULT_TEMPLATE_DATE, chat_token_ids, check_template_date
 
-from magpie_dl.provenance import model_label
+from magpie_dl.recipe.provenance import model_label
 
 if TYPE_CHECKING:
     from distilabel.typing import FormattedInput, GenerateOutput

@@ -3,7 +3,7 @@
 distilabel's local step wrapper gives each ``CudaDevicePlacementMixin`` in a step the
 identifier ``<step>-replica-<N>``, and on its own would pick free devices through a
 shared file, one GPU unless the step reserves more. The plan
-(:mod:`magpie_dl.placement`) has already chosen every replica's devices, so a model
+(:mod:`magpie_dl.run.placement`) has already chosen every replica's devices, so a model
 with a ``device_plan`` pins exactly those: ``CUDA_VISIBLE_DEVICES`` in its own worker
 process, before anything there initialises CUDA. On Ray the wrapper switches placement
 off (``disable_cuda_device_placement``): Ray sets each actor's devices itself.

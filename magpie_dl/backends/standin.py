@@ -35,13 +35,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import Field, PrivateAttr
 
 from magpie_dl.backends.base import Completion, CompletionLLM, PromptInput, SamplingSpec
-from magpie_dl.provenance import model_label
-from magpie_dl.reasons import GATING_TOKENS_MISSING, non_finite_score
+from magpie_dl.recipe.provenance import model_label
+from magpie_dl.recipe.reasons import GATING_TOKENS_MISSING, non_finite_score
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-    from magpie_dl.scoring import Scored
+    from magpie_dl.reward.scoring import Scored
 
 STAND_IN = "magpie_dl-stand-in"
 
@@ -261,7 +261,7 @@ def generation_header(tokenizer: PreTrainedTokenizerBase) -> str:
 class StandInScorer:
     """The reward model's stand-in: seeded scores, with NaN, ``gating_tokens_missing`` and tied rows.
 
-    Same interface as :class:`magpie_dl.scoring.RewardScorer` (``load``, ``unload``,
+    Same interface as :class:`magpie_dl.reward.scoring.RewardScorer` (``load``, ``unload``,
     ``tokenizer``, ``score_token_ids``); loads only ``model``'s tokenizer.
     """
 
@@ -275,7 +275,7 @@ class StandInScorer:
     def load(self) -> None:
         from transformers import AutoTokenizer
 
-        from magpie_dl.scoring import conversation_token_ids
+        from magpie_dl.reward.scoring import conversation_token_ids
 
         self.tokenizer = AutoTokenizer.from_pretrained(self.model)
         # The text between the user's message and the assistant's: what splits a scored input.
@@ -288,7 +288,7 @@ class StandInScorer:
     def score_token_ids(
         self, sequences: list[list[int]], done: Callable[[list[int], int], None] | None = None
     ) -> list[Scored]:
-        from magpie_dl.scoring import Scored
+        from magpie_dl.reward.scoring import Scored
 
         results = []
         for ids in sequences:

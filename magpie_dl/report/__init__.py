@@ -21,7 +21,7 @@ secret-looking keys are redacted, and any value of a secret environment variable
 replaced wherever it appears in the text.
 """
 
-from magpie_dl.reasons import LEFT_OUT_REASONS, RESPONSE_STATUSES
+from magpie_dl.recipe.reasons import LEFT_OUT_REASONS, RESPONSE_STATUSES
 from magpie_dl.report.card import CARD_FILENAME, MAGPIE_CITATION, card_metadata, render_card, write_card
 from magpie_dl.report.cli import main, write_card_and_report
 from magpie_dl.report.facts import (

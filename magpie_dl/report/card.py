@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from magpie_dl.export import _atomic_write_text
-from magpie_dl.provenance import stand_in_engine_note, stand_in_reward_note
-from magpie_dl.reasons import RESPONSE_STATUSES
+from magpie_dl.release.export import _atomic_write_text
+from magpie_dl.recipe.provenance import stand_in_engine_note, stand_in_reward_note
+from magpie_dl.recipe.reasons import RESPONSE_STATUSES
 from magpie_dl.report.facts import (
     TAGS,
     _assistant_text,
@@ -34,7 +34,7 @@ from magpie_dl.report.render import environment
 from magpie_dl.scrub import REDACTED, scrub, scrub_text
 
 if TYPE_CHECKING:
-    from magpie_dl.export import Summary
+    from magpie_dl.release.export import Summary
 
 CARD_FILENAME = "README.md"
 EXAMPLE_CHARS = 1500  # per text in the card's example pairs

@@ -14,7 +14,7 @@ from magpie_dl.report.load import load_output
 from magpie_dl.report.page import write_report
 
 if TYPE_CHECKING:
-    from magpie_dl.export import Summary
+    from magpie_dl.release.export import Summary
 
 
 def write_card_and_report(

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from magpie_dl.reasons import LEFT_OUT_REASONS, UNDESCRIBED
+from magpie_dl.recipe.reasons import LEFT_OUT_REASONS, UNDESCRIBED
 from magpie_dl.report.load import RunOutput, column_values, load_output
-from magpie_dl.tagging import DIFFICULTY_LEVELS, QUALITY_LEVELS
+from magpie_dl.curation.tagging import DIFFICULTY_LEVELS, QUALITY_LEVELS
 
 # Hub vocabularies (https://huggingface.co/docs/hub/datasets-cards and
 # .../repositories-licenses). Size buckets are upper-exclusive powers of ten.

@@ -13,7 +13,7 @@ import yaml
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
 
-    from magpie_dl.export import Summary
+    from magpie_dl.release.export import Summary
 
 
 @dataclass

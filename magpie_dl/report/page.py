@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from magpie_dl.export import _atomic_write_text
-from magpie_dl.reasons import RESPONSE_STATUSES
+from magpie_dl.release.export import _atomic_write_text
+from magpie_dl.recipe.reasons import RESPONSE_STATUSES
 from magpie_dl.report.facts import (
     _assistant_text,
     _fmt_stats,
@@ -35,7 +35,7 @@ from magpie_dl.report.render import environment
 from magpie_dl.scrub import REDACTED, scrub, scrub_text
 
 if TYPE_CHECKING:
-    from magpie_dl.export import Summary
+    from magpie_dl.release.export import Summary
 
 REPORT_FILENAME = "report.html"
 EXAMPLE_CHARS = 4000  # per text in the report's example pairs

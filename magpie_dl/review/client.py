@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Iterator, Optional, Tuple, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from magpie_dl import review_dataset as rd
+from magpie_dl.review import dataset as rd
 from magpie_dl.scrub import scrub_text
 
 if TYPE_CHECKING:

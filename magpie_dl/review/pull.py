@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Counter, Dict, List, Mapping, Optional, Tuple, Union
 
-from magpie_dl import review_dataset as rd
+from magpie_dl.review import dataset as rd
 from magpie_dl.review.client import (
     MAX_BATCH_SIZE,
     ReviewError,

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, List, Mapping, Optional, TypeVar, Union
 
-from magpie_dl import review_dataset as rd
+from magpie_dl.review import dataset as rd
 from magpie_dl.review.client import (
     DEFAULT_BATCH_SIZE,
     MAX_BATCH_SIZE,

@@ -9,8 +9,8 @@ import collections
 from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
-from magpie_dl import review_dataset as rd
-from magpie_dl.pairing import pair_messages
+from magpie_dl.review import dataset as rd
+from magpie_dl.recipe.pairing import pair_messages
 
 @dataclass(frozen=True)
 class Review:

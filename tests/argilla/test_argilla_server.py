@@ -10,7 +10,7 @@ from typing import Any, Dict, List
 import pytest
 
 from magpie_dl import review
-from magpie_dl import review_dataset as rd
+from magpie_dl.review import dataset as rd
 
 pytestmark = pytest.mark.argilla
 
@@ -275,7 +275,7 @@ def test_pull_back_applies_submitted_reviews(argilla_env, dataset_name, make_dpo
 
 
 def test_distilabel_step_pushes_and_marks_rows_without_serialising_secrets(argilla_env, dataset_name, make_dpo_row):
-    from steps.argilla import PushToArgillaReview
+    from magpie_dl.steps.argilla import PushToArgillaReview
 
     step = PushToArgillaReview(dataset_name=dataset_name, records_batch_size=2)
     step.load()
@@ -377,7 +377,7 @@ def test_step_runs_inside_a_distilabel_pipeline(argilla_env, dataset_name, make_
     from distilabel.pipeline import Pipeline
     from distilabel.steps import LoadDataFromDicts
 
-    from steps.argilla import PushToArgillaReview
+    from magpie_dl.steps.argilla import PushToArgillaReview
 
     rows = [make_dpo_row(i) for i in range(7)]
     with Pipeline(name="argilla-push-test", cache_dir=str(tmp_path / "cache")) as pipeline:

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from magpie_dl.config import REPO_ROOT
+from magpie_dl.config.dpo import REPO_ROOT
 
 pytestmark = [pytest.mark.argilla, pytest.mark.slow]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from magpie_dl import review
-from magpie_dl import review_dataset as rd
+from magpie_dl.review import dataset as rd
 from magpie_dl.review import Review, Verdict, aggregate_reviews, apply_verdict
 
 

@@ -9,7 +9,7 @@ Active in any Python process started with this directory on ``PYTHONPATH`` and
   ``LLM`` is an engine that loads nothing, completes every request with a finished text,
   and appends to ``log`` when it starts and stops, with the ``CUDA_VISIBLE_DEVICES`` it was
   started under, its tensor-parallel size and memory fraction;
-* the reward scorer (:class:`magpie_dl.scoring.RewardScorer`) loads its tokenizer only,
+* the reward scorer (:class:`magpie_dl.reward.scoring.RewardScorer`) loads its tokenizer only,
   scores from the token ids, and logs its load and unload the same way.
 
 Everything else (the recipe, distilabel's local or Ray pipeline, the steps, the placement
@@ -136,4 +136,4 @@ def install() -> None:
     when torch or the scorer is imported, so a process started before the spec was written joins in)."""
     if not os.environ.get(SPEC_ENV):
         return
-    sys.meta_path.insert(0, _AfterImport({"torch": _patch_torch, "magpie_dl.scoring": _patch_scoring}))
+    sys.meta_path.insert(0, _AfterImport({"torch": _patch_torch, "magpie_dl.reward.scoring": _patch_scoring}))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from distilabel.steps import Step
 
-from magpie_dl.tagging import DIFFICULTY_LEVELS, QUALITY_LEVELS, TASK_CATEGORIES
-from steps.curation import InstructionTagging
+from magpie_dl.curation.tagging import DIFFICULTY_LEVELS, QUALITY_LEVELS, TASK_CATEGORIES
+from magpie_dl.steps.curation import InstructionTagging
 
 INSTRUCTIONS = [
     "How do I sort a list of tuples by the second element in Python?",

@@ -9,8 +9,8 @@ from serving_helpers import Proxy, free_port
 
 from magpie_dl.backends.base import PromptInput, SamplingSpec
 from magpie_dl.backends.openai import EndpointUnreachableError, OpenAIBackend
-from magpie_dl.families import get_family, resolve_stops
-from magpie_dl.prompts import pre_query_token_ids
+from magpie_dl.templates.families import get_family, resolve_stops
+from magpie_dl.templates.prompts import pre_query_token_ids
 
 pytestmark = pytest.mark.vllm
 FAMILY = get_family("llama-3.1")

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from test_pipeline_e2e import run_smoke
 
-from magpie_dl import smollm2
-from magpie_dl.config import SMOLLM2_DIR
+from magpie_dl.local import smollm2
+from magpie_dl.config.dpo import SMOLLM2_DIR
 
 pytestmark = pytest.mark.vllm
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from magpie_dl.backends.base import PromptInput, SamplingSpec
-from magpie_dl.families import get_family, resolve_single_token_ids, resolve_stops
-from magpie_dl.prompts import pre_query_token_ids
+from magpie_dl.templates.families import get_family, resolve_single_token_ids, resolve_stops
+from magpie_dl.templates.prompts import pre_query_token_ids
 
 pytestmark = pytest.mark.vllm
 FAMILY = get_family("llama-3.1")
@@ -284,7 +284,7 @@ def test_stream_gives_generates_samples_as_each_request_finishes(engine) -> None
     """Requests join the running engine and come back as they finish: a short one submitted
     after a long one overtakes it; samples equal ``complete``'s; refusals come back as errors;
     and a batch stream releases whole batches in order."""
-    from magpie_dl.streaming import OrderedBatches
+    from magpie_dl.run.streaming import OrderedBatches
 
     prompt = pre_query(engine)
     fixed = dict(ignore_eos=True, stop=(), stop_token_ids=())  # lengths that do not depend on the samples

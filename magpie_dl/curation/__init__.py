@@ -1,0 +1,1 @@
+"""Curation's logic: tagging, language, embeddings, near-duplicates and the balanced selection."""

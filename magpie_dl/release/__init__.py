@@ -1,0 +1,1 @@
+"""From a run's rows to what is published: the datasets, the summary and the Hub push."""

@@ -1,0 +1,1 @@
+"""Reward scoring: ArmoRM semantics, batch-invariant, and ArmoRM itself implemented here."""

@@ -1,0 +1,1 @@
+"""Running a recipe: the driver, output directory, result store, streaming, progress, stopping, scale-out."""

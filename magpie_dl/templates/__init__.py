@@ -1,0 +1,1 @@
+"""Chat templates and model families: what Magpie reads from a model's own template."""
