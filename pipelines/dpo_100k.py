@@ -25,10 +25,10 @@ from magpie_dl.steps.responses import MultiResponseGeneration
 from magpie_dl.steps.reward import RewardScoring
 
 if TYPE_CHECKING:
-    from distilabel.steps.base import _Step
+    from magpie_dl.distilabel_compat import AnyStep
 
 
-def query_source(cfg: RecipeConfig, stored: dict) -> _Step:
+def query_source(cfg: RecipeConfig, stored: dict) -> AnyStep:
     """Magpie queries from the generator model (one writer, or replicas on Ray), or an
     existing (curated) instruction set; returns the step whose rows are the queries."""
     gen = cfg.generator

@@ -27,7 +27,7 @@ from magpie_dl.steps.settings import Configured, setting
 from magpie_dl.steps.streaming import StreamedCompletions, StreamingStep
 
 if TYPE_CHECKING:
-    from distilabel.steps.base import _Step
+    from magpie_dl.distilabel_compat import AnyStep
     from distilabel.typing import GeneratorStepOutput, StepColumns, StepOutput
 
 QUERY_COLUMNS = [
@@ -310,7 +310,7 @@ class ExactDuplicateQueries(Step, Configured):
 
 def query_stage(
     config: GeneratorConfig, llm: CompletionLLM, seed: int, replicas: int = 1, cache_dir: Optional[str] = None
-) -> "_Step":
+) -> "AnyStep":
     """The query stage of a recipe (call inside ``with Pipeline``); returns the step to connect on.
 
     ``llm`` is the generator's engine (``make_backend(cfg.backend, config.model, seed)``).

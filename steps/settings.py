@@ -13,9 +13,9 @@ What is not in the section (the ``llm`` built from the section's model, ``name``
 
 from typing import Annotated, Any, ClassVar, Dict, Optional, Type, TypeVar, Union
 
-from distilabel.mixins.runtime_parameters import _RUNTIME_PARAMETER_ANNOTATION
 from pydantic import BaseModel
 
+from magpie_dl import distilabel_compat
 from magpie_dl.config.settings import setting
 
 __all__ = ["Configured", "OptionalRuntimeParameter", "setting"]
@@ -25,7 +25,7 @@ _T = TypeVar("_T")
 # ``Optional[RuntimeParameter[X]]`` as distilabel reads it (an optional runtime parameter),
 # without the ``Field(default=None)`` that distilabel's alias nests inside the union, which
 # pydantic warns about for every class that declares one (the field's own default applies).
-OptionalRuntimeParameter = Optional[Annotated[Union[_T, None], _RUNTIME_PARAMETER_ANNOTATION]]
+OptionalRuntimeParameter = Optional[Annotated[Union[_T, None], distilabel_compat.runtime_parameter_annotation()]]
 
 StepT = TypeVar("StepT", bound="Configured")
 

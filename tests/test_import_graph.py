@@ -20,11 +20,10 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 # Folder -> the package it installs as (pyproject.toml maps steps/ and pipelines/ into magpie_dl).
 TREES = {"magpie_dl": "magpie_dl", "steps": "magpie_dl.steps", "pipelines": "magpie_dl.pipelines"}
-# The pure core: no distilabel and no torch at import (only inside functions, if at all).
-CORE = (
-    "magpie_dl.templates.families", "magpie_dl.templates.prompts", "magpie_dl.recipe.cleaning", "magpie_dl.recipe.pairing", "magpie_dl.curation.selection",
-    "magpie_dl.curation.dedup", "magpie_dl.curation.tagging", "magpie_dl.recipe.reasons",
-)  # (there is no schema module: the released columns live in magpie_dl.release.export)
+# The core: no distilabel and no torch at import (only inside functions, if at all). Only the
+# adapters (steps, pipelines, the model backends) and the torch modules of ArmoRM, imported
+# when a model loads, stand on distilabel or torch.
+NOT_CORE = ("magpie_dl.steps", "magpie_dl.pipelines", "magpie_dl.backends", "magpie_dl.reward.armorm_modules")
 HEAVY = ("distilabel", "torch")
 
 
@@ -102,11 +101,61 @@ def test_no_import_cycles():
         pytest.fail(f"import cycle: {' -> '.join(exc.args[1])}")
 
 
-@pytest.mark.parametrize("module", CORE)
+def _core() -> list[str]:
+    return sorted(name for name in _modules() if name != "magpie_dl" and not name.startswith(NOT_CORE))
+
+
+def test_the_core_is_most_of_the_library():
+    assert {"magpie_dl.recipe.cleaning", "magpie_dl.run.driver", "magpie_dl.distilabel_compat"} <= set(_core())
+    assert len(_core()) > 60
+
+
+@pytest.mark.parametrize("module", _core())
 def test_core_modules_import_no_distilabel_or_torch(module):
     path = _modules()[module]
     heavy = sorted({name for name, top in _imports(path, module) if top and name.split(".")[0] in HEAVY})
     assert heavy == [], f"{module} imports {heavy} at module level"
+
+
+def distilabel_private_names() -> set[str]:
+    """Every private name (``_x``, not dunder) that distilabel's pipeline, step and model
+    modules define or use: what only ``magpie_dl.distilabel_compat`` may name."""
+    import distilabel
+
+    root = Path(distilabel.__file__).parent
+    names: set[str] = set()
+    for module in ("pipeline", "steps/base.py", "models/llms/base.py", "models/mixins", "mixins"):
+        paths = [root / module] if module.endswith(".py") else sorted((root / module).rglob("*.py"))
+        for path in paths:
+            for node in ast.walk(ast.parse(path.read_text())):
+                name = (node.attr if isinstance(node, ast.Attribute) else node.name
+                        if isinstance(node, (ast.FunctionDef, ast.ClassDef)) else node.id if isinstance(node, ast.Name) else "")
+                if name.startswith("_") and not name.startswith("__"):
+                    names.add(name)
+    # distilabel's documented logger of custom steps and LLMs; names too generic to be theirs.
+    return names - {"_logger", "_", "_T", "_pool", "_step", "_stop", "_write", "_path"}
+
+
+def private_uses(path: Path, private: set[str]) -> list[str]:
+    """Where ``path`` names one of ``private``: an import, an attribute or a string."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("distilabel"):
+            found += [f"{path.name}:{node.lineno} import {a.name}" for a in node.names if a.name.startswith("_")]
+        elif isinstance(node, ast.Attribute) and node.attr in private:
+            found.append(f"{path.name}:{node.lineno} .{node.attr}")
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in private:
+            found.append(f"{path.name}:{node.lineno} {node.value!r}")
+    return found
+
+
+def test_only_the_compat_module_names_distilabel_s_private_parts():
+    private = distilabel_private_names()
+    assert {"_StepWrapper", "_write_buffer", "_register_batch", "_desired_num_gpus"} <= private
+    uses = [use for name, path in _modules().items() if name != "magpie_dl.distilabel_compat"
+            for use in private_uses(path, private)]
+    assert uses == []
+    assert private_uses(_modules()["magpie_dl.distilabel_compat"], private)  # it does, and the scan sees it
 
 
 def test_the_checks_can_fail(tmp_path, monkeypatch):

@@ -1,4 +1,4 @@
-"""distilabel's per-batch JSON copy of every step's output is not written by our runs (magpie_dl.run.step_data)."""
+"""distilabel's per-batch JSON copy of every step's output is not written by our runs (magpie_dl.distilabel_compat.patched)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import sys
 import textwrap
 
 from magpie_dl.config.dpo import REPO_ROOT
-from magpie_dl.run.step_data import PIPELINE_HOOK
 
 RUN = textwrap.dedent(
     """
@@ -47,11 +46,3 @@ def test_a_run_keeps_no_copy_of_each_batch_and_loses_no_row(tmp_path):
     assert _run(tmp_path, "distilabel")["copies"] >= 3
     # ... the runner's run writes none, and every row arrives.
     assert _run(tmp_path, "runner") == {"rows": 300, "copies": 0, "pipeline_unchanged": True}
-
-
-def test_the_distilabel_internals_used_still_exist():
-    from distilabel.pipeline import Pipeline
-    from distilabel.pipeline.batch_manager import _BatchManager
-
-    assert callable(getattr(Pipeline, PIPELINE_HOOK))
-    assert "steps_data_path" in _BatchManager.register_batch.__code__.co_varnames

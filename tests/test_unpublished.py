@@ -32,13 +32,10 @@ FAILING_AT_THE_END = textwrap.dedent(
             raise OSError(28, "No space left on device (put in by the test)")
         recipe = replace(DPO_100K, export=export)
     else:  # distilabel's teardown: its write buffer fails to close
-        plain = leaf_output.make_buffer_class()
+        def finish(self):
+            raise OSError(28, "No space left on device (put in by the test)")
 
-        class Failing(plain):
-            def write_out(self):
-                raise OSError(28, "No space left on device (put in by the test)")
-
-        leaf_output.make_buffer_class = lambda: Failing
+        leaf_output.LeafFiles.finish = finish
     sys.exit(main_for(recipe, build_pipeline, "test", argv))
     """
 )

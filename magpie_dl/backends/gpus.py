@@ -17,6 +17,8 @@ import re
 from distilabel.models.mixins.cuda_device_placement import CudaDevicePlacementMixin
 from pydantic import Field
 
+from magpie_dl import distilabel_compat
+
 _REPLICA = re.compile(r"-replica-(\d+)$")
 
 
@@ -38,10 +40,10 @@ class PlannedDevices(CudaDevicePlacementMixin):
         (None when there is no plan, or Ray placed the process)."""
         if self.disable_cuda_device_placement or not self.device_plan:
             return None
-        found = _REPLICA.search(self._llm_identifier or "")
+        found = _REPLICA.search(distilabel_compat.replica_identifier(self))
         replica = int(found.group(1)) if found else 0
         if replica >= len(self.device_plan):
-            raise RuntimeError(f"{self._llm_identifier}: the placement plan has {len(self.device_plan)} replica(s)")
+            raise RuntimeError(f"{distilabel_compat.replica_identifier(self)}: the placement plan has {len(self.device_plan)} replica(s)")
         devices = [int(d) for d in self.device_plan[replica].split(",")]
         self.cuda_devices = devices
         os.environ["CUDA_VISIBLE_DEVICES"] = self.device_plan[replica]

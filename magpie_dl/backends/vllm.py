@@ -30,6 +30,7 @@ from distilabel.mixins.runtime_parameters import RuntimeParameter
 from distilabel.models.mixins.cuda_device_placement import CudaDevicePlacementMixin
 from pydantic import Field, PrivateAttr
 
+from magpie_dl import distilabel_compat
 from magpie_dl.backends.base import (
     Completion, CompletionLLM, CompletionStream, PromptInput, Request, SamplingSpec, error_completions,
 )
@@ -148,10 +149,11 @@ class VLLMBackend(CompletionLLM, PlannedDevices):
 
     def check_gpu_reservation(self) -> None:
         """The step must reserve a GPU per tensor-parallel rank (distilabel pins that many)."""
-        if self.tensor_parallel_size > self._desired_num_gpus:
+        reserved = distilabel_compat.reserved_gpus(self)
+        if self.tensor_parallel_size > reserved:
             raise ValueError(
                 f"tensor_parallel_size={self.tensor_parallel_size} but the step reserves "
-                f"{self._desired_num_gpus} GPU(s): set resources=StepResources("
+                f"{reserved} GPU(s): set resources=StepResources("
                 f"gpus={self.tensor_parallel_size}) on the step"
             )
 

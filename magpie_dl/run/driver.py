@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from magpie_dl import distilabel_compat
 from magpie_dl.run import outdir
 from magpie_dl.config.dpo import REPO_ROOT, SMOLLM2_DIR, TINY_DIR, ConfigError, resolve
 from magpie_dl.release.export import discard_loaded_copy, failed_requests
@@ -32,7 +33,6 @@ from magpie_dl.run.preflight import check_before_run
 from magpie_dl.run.procs import die_with_parent, own_process_group, preload_worker_imports, shared_with_workers
 from magpie_dl.run.progress import ProgressMonitor, notices_as_lines, quiet_libraries
 from magpie_dl.run.scaleout import maybe_ray, plan_local, run_options, scaleout_of, wants_ray
-from magpie_dl.run.step_data import without_step_data_copies
 from magpie_dl.run.step_errors import StepFailedError, surfaced
 from magpie_dl.run.stopping import RunStopped, StopSignals
 from magpie_dl.run.store import ResultStore
@@ -186,11 +186,11 @@ def run_pipeline(pipeline: Pipeline | RayPipeline, expected_rows: int | None = N
     """
     try:
         # A step's failure: one StepFailedError line (surfaced); a signal: RunStopped (stop);
-        # the leaf's rows typed over the whole run, not by their first chunk; no copy of
-        # every batch on disk for distilabel's own cache, which we never use; our own
-        # notices from step workers as whole lines.
+        # the leaf's rows typed over the whole run, not by their first chunk; streaming steps
+        # streaming, and no copy of every batch on disk for distilabel's own cache, which we
+        # never use (patched); our own notices from step workers as whole lines.
         with shared_with_workers(), surfaced(pipeline), notices_as_lines(), reconciled_leaf_output(pipeline), \
-                without_step_data_copies(pipeline), stop.around(pipeline) if stop else nullcontext():
+                distilabel_compat.patched(pipeline), stop.around(pipeline) if stop else nullcontext():
             distiset = pipeline.run(use_cache=False, **run_options(pipeline))
     except (KeyboardInterrupt, SystemExit):
         # A signal before the workers were up, or distilabel's forced stop (sys.exit).

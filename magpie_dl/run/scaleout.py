@@ -34,12 +34,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from magpie_dl import distilabel_compat
 from magpie_dl.run.placement import DEFAULT_GPU_MEMORY_GB
 from magpie_dl.config.scaleout import ROLE_REPLICAS, ScaleoutConfig
 
 if TYPE_CHECKING:
     from distilabel.pipeline import Pipeline, RayPipeline
-    from distilabel.steps.base import _Step
+    from magpie_dl.distilabel_compat import AnyStep
 
     from magpie_dl.config.dpo import RecipeConfig
     from magpie_dl.run.placement import Plan, StepNeed
@@ -127,7 +128,7 @@ def connect(scale: ScaleoutConfig) -> dict[str, Any]:
     return report
 
 
-def engine_gpus(step: _Step, cfg: RecipeConfig) -> int:
+def engine_gpus(step: AnyStep, cfg: RecipeConfig) -> int:
     """GPUs one replica of ``step`` must hold: its engine's tensor-parallel size, or 0.
 
     An engine that declares ``gpus_per_replica`` (vLLM: its ``tensor_parallel_size``; the
@@ -143,7 +144,7 @@ def engine_gpus(step: _Step, cfg: RecipeConfig) -> int:
     return 1 if device.startswith("cuda") else 0
 
 
-def step_replicas(step: _Step, scale: ScaleoutConfig) -> int:
+def step_replicas(step: AnyStep, scale: ScaleoutConfig) -> int:
     """Data-parallel replicas for ``step`` by the role it declares; generator and global steps run once.
 
     distilabel runs one instance of a generator step and of a global step (it sees all
@@ -316,7 +317,7 @@ def place_local(pipeline: Pipeline, cfg: RecipeConfig) -> Pipeline:
     options: dict[str, Any] = {"use_fs_to_pass_data": True}
     if placement.load_groups:
         options["load_groups"] = placement.load_groups
-        stop_replicas_at_stage_end(pipeline)
+        distilabel_compat.stop_replicas_at_stage_end(pipeline)
     pipeline._magpie_run_options = options  # type: ignore[attr-defined]
     if any(p.gpus for p in placement.steps.values()):
         _logger.info("placement: %s", "; ".join(placement.lines()))
@@ -342,33 +343,12 @@ def as_ray(pipeline: Pipeline, cfg: RecipeConfig, scale: ScaleoutConfig | None =
         placement = plan(needs, node, scale.stages, local=False)
     ray_pipeline = pipeline.ray()
     apply_plan(ray_pipeline, placement)
-    stop_replicas_at_stage_end(ray_pipeline)
+    distilabel_compat.stop_replicas_at_stage_end(ray_pipeline)
     groups = placement.load_groups
     ray_pipeline._magpie_run_options = {"load_groups": groups} if groups else {}  # type: ignore[attr-defined]
     ray_pipeline._magpie_cluster = report  # type: ignore[attr-defined]
     _logger.info("Ray placement: %s", "; ".join(placement.lines()))
     return ray_pipeline
-
-
-def stop_replicas_at_stage_end(pipeline: Pipeline | RayPipeline) -> None:
-    """Work around a distilabel 1.5 hang: replicated steps at the end of a load stage.
-
-    distilabel stops a step's replicas when the step's successor sends its last batch.
-    The replicas of a stage's last step (``responses`` staged alone, ``judge_tags``...)
-    have their successor in the next stage, so every replica but the one that got the
-    last batch waits for input forever, and the pipeline spins waiting for the stage
-    to unload. Once a stage's last batches are in, nothing in it has work left: tell
-    the replicas still running to stop (each ends after the batch it is on).
-    """
-    wait_for_stage = pipeline._wait_current_stage_to_finish
-
-    def stop_then_wait() -> None:
-        for name in pipeline._steps_to_be_loaded_in_stage(pipeline._current_stage):
-            if pipeline._is_step_running(name):
-                pipeline._send_last_batch_flag_to_step(name)
-        wait_for_stage()
-
-    pipeline._wait_current_stage_to_finish = stop_then_wait  # type: ignore[method-assign]
 
 
 def maybe_ray(pipeline: Pipeline, cfg: RecipeConfig) -> Pipeline | RayPipeline:
@@ -392,5 +372,5 @@ def run_options(pipeline: Pipeline | RayPipeline) -> dict[str, Any]:
 
 __all__ = [
     "ScaleoutConfig", "apply_plan", "as_ray", "place_local", "plan_local", "step_needs", "connect", "load_groups", "maybe_ray", "place_steps", "run_options",
-    "stop_replicas_at_stage_end", "wants_ray",
+    "wants_ray",
 ]

@@ -26,28 +26,18 @@ import logging
 import os
 import shutil
 import tempfile
-import types
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from magpie_dl import distilabel_compat
 from magpie_dl.scrub import scrub_text
 
 if TYPE_CHECKING:
     from distilabel.pipeline import Pipeline, RayPipeline
 
 FAILURES_ENV = "MAGPIE_DL_STEP_FAILURES"
-# distilabel's log lines about a failure this module reports itself.
-_SURFACED_LOGS = (
-    "❌ Failed to load step",
-    "❌ Failed with an unhandled exception",
-    "❌ Failed to load all the steps",
-    "⚠️ Processing batch",
-    "Subprocess traceback",
-    "An error occurred in global step",
-    "✋ An error occurred when running global step",
-)
 
 
 class StepFailedError(RuntimeError):
@@ -103,7 +93,7 @@ def summary_line(failures: list[dict[str, Any]]) -> str:
 @contextmanager
 def surfaced(pipeline: Pipeline | RayPipeline) -> Iterator[None]:
     """Around ``pipeline.run``: a failed step raises :class:`StepFailedError` (one line)."""
-    _install()
+    distilabel_compat.install_failure_hooks(_Recorded())
     handle, name = tempfile.mkstemp(prefix="magpie-dl-failures-", suffix=".jsonl")
     os.close(handle)
     path = Path(name)
@@ -146,7 +136,7 @@ class _SurfacedLogFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = str(record.msg)
-        if not message.startswith(_SURFACED_LOGS):
+        if not message.startswith(distilabel_compat.FAILURE_LOG_LINES):
             return True
         try:
             return self.path.stat().st_size == 0
@@ -174,7 +164,7 @@ def _remove_run_cache(pipeline: Pipeline | RayPipeline) -> None:
     """
     from distilabel.constants import PIPELINES_CACHE_DIR
 
-    cache_dir = Path(getattr(pipeline, "_cache_dir", PIPELINES_CACHE_DIR)).resolve()
+    cache_dir = distilabel_compat.run_cache_dir(pipeline)
     shared = {PIPELINES_CACHE_DIR.resolve()}
     if os.environ.get("DISTILABEL_CACHE_DIR"):
         shared.add(Path(os.environ["DISTILABEL_CACHE_DIR"]).resolve())
@@ -182,76 +172,36 @@ def _remove_run_cache(pipeline: Pipeline | RayPipeline) -> None:
         shutil.rmtree(cache_dir, ignore_errors=True)
 
 
-_installed = False
+class _Recorded(distilabel_compat.WorkerFailureHooks):
+    """In a worker: every failure written to the run's file; a batch failure logged as one line."""
 
+    def failed(self, step_name: str, phase: str, exc: BaseException) -> None:
+        record(step_name, phase, exc)
 
-def _install() -> None:
-    """Wrap distilabel's step wrapper once (workers forked later inherit it)."""
-    global _installed
-    if _installed:
-        return
-    from distilabel.pipeline.step_wrapper import _StepWrapper
-
-    original_run = _StepWrapper.run
-    original_impute = _StepWrapper._impute_step_outputs
-
-    def run(self: _StepWrapper) -> str:
-        try:
-            return original_run(self)
-        except Exception as exc:
-            raise _reported(self, exc) from None
-
-    def impute(self: _StepWrapper, batch: Any) -> list[dict[str, Any]]:
-        # distilabel calls this inside its `except` around a failed batch of a
-        # non-global step: the exception being handled is the batch's failure.
-        import sys
-
-        failure = sys.exc_info()[1]
-        if failure is not None:
-            path = os.environ.get(FAILURES_ENV)
-            earlier = path is not None and any(f["step"] != self.step.name for f in read_failures(Path(path)))
-            record(self.step.name, "process", failure, knock_on=earlier)
-            if not any(isinstance(f, _WorkerLogFilter) for f in self.step._logger.filters):
-                self.step._logger.addFilter(_WorkerLogFilter())
-            if earlier:  # most likely the None a failed step left in its rows: no second warning
-                return original_impute(self, batch)
-            self.step._logger.warning(
-                f"step '{self.step.name}' failed on batch {batch.seq_no}: {describe(failure)} "
+    def batch_failed(self, step: Any, batch_seq_no: int, exc: BaseException) -> None:
+        path = os.environ.get(FAILURES_ENV)
+        earlier = path is not None and any(f["step"] != step.name for f in read_failures(Path(path)))
+        record(step.name, "process", exc, knock_on=earlier)
+        if not any(isinstance(f, _WorkerLogFilter) for f in step._logger.filters):
+            step._logger.addFilter(_WorkerLogFilter())
+        if not earlier:  # else most likely the None a failed step left in its rows: no second warning
+            step._logger.warning(
+                f"step '{step.name}' failed on batch {batch_seq_no}: {describe(exc)} "
                 "(its rows get no result; the run will end with an error)"
             )
-        return original_impute(self, batch)
 
-    _StepWrapper.run = run  # type: ignore[method-assign]
-    _StepWrapper._impute_step_outputs = impute  # type: ignore[method-assign]
-    _installed = True
+    def describe(self, exc: BaseException) -> str:
+        return describe(exc)
 
-
-def _reported(wrapper: Any, exc: Exception) -> Exception:
-    """Record a worker's failure; what to send back to distilabel (it must pickle)."""
-    from distilabel.exceptions import DistilabelOfflineBatchGenerationNotFinishedException
-    from distilabel.pipeline.step_wrapper import _StepWrapperException
-
-    step = wrapper.step
-    if not isinstance(exc, _StepWrapperException):
-        record(step.name, "run", exc)
-        return RuntimeError(describe(exc))
-    cause = exc.subprocess_exception
-    if isinstance(cause, DistilabelOfflineBatchGenerationNotFinishedException):
-        return exc  # distilabel's own resume signal, not a failure
-    record(step.name, "load" if exc.is_load_error else "process", cause)
-    # The real step holds a model, tokenizer or store that does not pickle; distilabel's
-    # error callback only reads these two attributes.
-    stand_in = types.SimpleNamespace(name=step.name, is_global=step.is_global)
-    sent = _StepWrapperException(describe(cause), stand_in, exc.code, RuntimeError(describe(cause)))  # type: ignore[arg-type]
-    sent.formatted_traceback = scrub_text(exc.formatted_traceback)
-    return sent
+    def scrub(self, text: str) -> str:
+        return scrub_text(text)
 
 
 class _WorkerLogFilter(logging.Filter):
     """In a worker: distilabel's batch-failure traceback is replaced by our one-line warning."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (os.environ.get(FAILURES_ENV) and str(record.msg).startswith(_SURFACED_LOGS))
+        return not (os.environ.get(FAILURES_ENV) and str(record.msg).startswith(distilabel_compat.FAILURE_LOG_LINES))
 
 
 __all__ = ["StepFailedError", "describe", "record", "summary_line", "surfaced"]

@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
+from magpie_dl import distilabel_compat
+
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -96,23 +98,22 @@ class StopSignals:
         distilabel installs its SIGINT handler once its workers exist (and never removes
         it); here that step installs ours instead, pointed at the pipeline's own stop.
         """
-        def install() -> Any:
-            self._gentle = pipeline._stop
+        def install(gentle_stop: Any) -> Any:
+            self._gentle = gentle_stop
             self._defer = False
             if self.received:  # a signal came while distilabel was setting up
                 self._stop_gently(self.received)
             return signal.getsignal(signal.SIGINT)
 
-        pipeline._handle_keyboard_interrupt = install
         # Until then a signal is only recorded: raised inside distilabel's set-up, it can
         # leave non-daemon pool workers that the interpreter then waits for forever.
         self._defer = True
         try:
-            yield
+            with distilabel_compat.sigint_setup(pipeline, install):
+                yield
         finally:
             self._gentle = None
             self._defer = False
-            del pipeline._handle_keyboard_interrupt
             for sig in self._previous:
                 signal.signal(sig, self._handle)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import traceback
 from pathlib import Path
 
+from magpie_dl import distilabel_compat
 from magpie_dl.scrub import scrub_text
 
 EXIT_CODE = 6  # the rows are stored but teardown or export failed (rerun publishes from the store)
@@ -51,8 +52,8 @@ class NotPublished(Exception):
 
 
 def in_teardown(exc: BaseException) -> bool:
-    """Whether ``exc`` was raised in distilabel's teardown (after its steps ran), by its traceback."""
-    return any(frame.name == "_teardown" for frame in traceback.extract_tb(exc.__traceback__))
+    """Whether ``exc`` was raised in distilabel's teardown, after its steps ran."""
+    return distilabel_compat.in_teardown(exc)
 
 
 __all__ = ["EXIT_CODE", "NotPublished", "in_teardown"]
