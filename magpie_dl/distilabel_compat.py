@@ -402,7 +402,7 @@ _run_stopped: Any = None
 
 
 def streams_batches(step: Any) -> bool:
-    """Whether ``step`` runs in the streaming loop."""
+    """Whether ``step`` can run in the streaming loop."""
     return bool(getattr(step, "STREAMS_BATCHES", False)) and not step.is_global
 
 
@@ -420,7 +420,8 @@ def install_streaming_loop() -> None:
         return
 
     def loop(self: _StepWrapper) -> None:
-        if streams_batches(self.step):
+        # Only a step of a run under streaming(): the flag travels with the step to its worker.
+        if streams_batches(self.step) and getattr(self.step, "_in_streaming_run", False):
             return _streaming_loop(self)
         return original_loop(self)
 

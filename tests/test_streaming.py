@@ -18,6 +18,7 @@ from pydantic import PrivateAttr
 
 from magpie_dl.backends.base import CallStream, Completion, CompletionLLM, CompletionStream, PromptInput, Request, SamplingSpec
 from magpie_dl.backends.transformers import TransformersBackend
+from magpie_dl.distilabel_compat import streaming
 from magpie_dl.run.store import ResultStore
 from magpie_dl.run.streaming import OrderedBatches, cached_complete, complete_in_batches
 
@@ -198,6 +199,7 @@ class ThreadRecordingBackend(TransformersBackend):
 
     def open_stream(self) -> CallStream:
         backend = self
+        backend.note("open")
 
         class NotingStream(CallStream):
             def submit(self, requests):
@@ -235,7 +237,8 @@ def test_the_response_step_streams_inside_a_pipeline_and_keeps_rows_in_order(tin
         load = LoadDataFromDicts(name="load", data=rows, batch_size=3)
         respond = step(name="responses", input_batch_size=3)
         load >> respond
-    out = pipeline.run(use_cache=False)["default"]["train"].to_list()
+    with streaming(pipeline):
+        out = pipeline.run(use_cache=False)["default"]["train"].to_list()
     notes = [line.split() for line in (tmp_path / "calls").read_text().split("\n")[:-1]]
     calls = [n[1:] for n in notes if n[0] == "complete"]
     # Batches went through the step's stream (one complete() per batch, off the step's
@@ -256,6 +259,30 @@ def test_the_response_step_streams_inside_a_pipeline_and_keeps_rows_in_order(tin
     assert [{k: r[k] for k in keys} for r in out] == [{k: r[k] for k in keys} for r in expected]
     assert len(ResultStore(tmp_path / "store")) == 11
 
+
+
+def test_in_a_pipeline_of_one_s_own_the_step_runs_a_batch_at_a_time_unless_asked(tiny_models, tmp_path):
+    """Importing or using our step changes nothing in distilabel: without ``streaming()``
+    (the documented call) its batches go through distilabel's own loop and ``process()``,
+    even in a process where another run streamed."""
+    from distilabel.pipeline import Pipeline
+
+    from magpie_dl.distilabel_compat import install_streaming_loop
+    from magpie_dl.steps.responses import MultiResponseGeneration
+
+    install_streaming_loop()  # as after an earlier streamed run in this process
+    # A slow engine, as in the streaming test above, where the next batch is taken while one runs.
+    llm = ThreadRecordingBackend(model=tiny_models["generator"], dtype="float32", record=str(tmp_path / "calls"), delay_s=0.5)
+    rows = response_rows(7)
+    with Pipeline(name="plain-responses", cache_dir=str(tmp_path / "distilabel")) as pipeline:
+        LoadDataFromDicts(name="load", data=rows, batch_size=3) >> MultiResponseGeneration(
+            name="responses", llm=llm, num_generations=2, max_tokens=6, seed=5, input_batch_size=3)
+    out = pipeline.run(use_cache=False)["default"]["train"].to_list()
+    notes = (tmp_path / "calls").read_text().split("\n")[:-1]
+    # One batch at a time, each through a stream of its own (the streaming loop opens one for all).
+    assert notes.count("open") == 3 and [n for n in notes if n.startswith("submit")] == ["submit 0"] * 3
+    assert [n.split()[-1] for n in notes if n.startswith("complete")] == ["3", "3", "1"]
+    assert [r["uuid"] for r in out] == [r["uuid"] for r in rows]
 
 def test_a_batch_the_stream_refuses_is_not_held(llm):
     ordered = OrderedBatches(llm.open_stream(), None, "responses", "1", llm.model_name)
@@ -281,7 +308,8 @@ def test_a_failing_batch_is_sent_empty_in_its_place_and_the_others_go_on(tiny_mo
             num_generations=2, max_tokens=6, seed=5, input_batch_size=3,
         )  # fmt: skip
         load >> respond
-    out = pipeline.run(use_cache=False)["default"]["train"].to_list()
+    with streaming(pipeline):
+        out = pipeline.run(use_cache=False)["default"]["train"].to_list()
     assert [r["uuid"] for r in out] == [r["uuid"] for r in rows]
     assert [r["generations"] is None for r in out] == [False] * 3 + [True] * 3 + [False]
 
@@ -346,7 +374,8 @@ def test_a_fast_generator_runs_only_a_bounded_way_ahead_of_the_streaming_step(ti
     step's stream could take plus two per replica; here 1 + 2), where an unbounded run-ahead
     lets an instant loader queue every batch while the step has finished a few."""
     pipeline, record = noted_pipeline("bounded-run-ahead", tmp_path, tiny_models, 30, num_generations=1, delay_s=0.15)
-    out = pipeline.run(use_cache=False)["default"]["train"].to_list()
+    with streaming(pipeline):
+        out = pipeline.run(use_cache=False)["default"]["train"].to_list()
     assert [r["uuid"] for r in out] == [r["uuid"] for r in response_rows(30)]
     ahead, most = 0, 0
     for line in record.read_text().split("\n"):
@@ -379,7 +408,8 @@ def test_a_stop_ends_a_full_streaming_step_at_once_not_after_what_it_holds_and_h
     stopper = threading.Thread(target=stop_once_busy)
     stopper.start()
     started = time.monotonic()
-    pipeline.run(use_cache=False)
+    with streaming(pipeline):
+        pipeline.run(use_cache=False)
     stopper.join()
     notes = record.read_text().split("\n")
     assert "stop" in notes, "the step never got busy"
