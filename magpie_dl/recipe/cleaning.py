@@ -6,22 +6,12 @@ several queries. The cleaner strips the decorations, cuts only where an answer o
 second turn demonstrably follows the query, records every edit (rule and removed text)
 and marks unusable queries with a reason instead of dropping them.
 
-The reference is ``instruction_post_process`` in magpie-align/magpie
-(``exp/str_utils.py``). Ported: its prefixes, its answer markers (with its regex bug
-fixed: a marker ending in ``:`` matches with a single ``:``; it needed ``::``) and its
-"# Step 1" markers. Its first-question-or-first-line rule is ported only for a query
-written as a bold or quoted question title followed by an answer (where the reference
-applies it first); its fallback, which keeps the text up to the first ``?`` or the first
-line of *every* query, cuts real multi-line queries (a list of attempts, pasted code, a
-second question) and is not ported. A marker is never taken where the user plainly
-quotes it: after an introducing colon, inside a code block, next to the user's own
-attempt, or when the user goes on to ask a question after it.
-
-Real Magpie output (tests/data/smollm2_raw_queries.yaml, 240 queries SmolLM2 wrote) added
-three cases: a closing quote the model never opened ends the query (what follows a
-paragraph break after it is cut), an opener that answers the question right before it
-("...? Absolutely, I can do it.") is cut even where the text ends on a question, and a
-query the model ended on a space after a word, with no sentence end, is ``unfinished``.
+Rules follow the reference's ``instruction_post_process`` (magpie-align/magpie,
+``exp/str_utils.py``: its prefixes, answer markers and "# Step 1" markers) where they cut
+only what is demonstrably not the query; a marker is never taken where the user plainly
+quotes it (after an introducing colon, inside a code block, next to the user's own attempt,
+or followed by the user's own question). Each rule, and each difference from the reference,
+is a case in ``tests/test_cleaning.py``; the evidence is ``tests/data/*raw_queries.yaml``.
 """
 
 from __future__ import annotations
