@@ -4,8 +4,8 @@ distilabel's worker loop (``_StepWrapper._non_generator_process_loop``, the same
 local process and in a Ray actor) takes one batch, runs ``process()`` on it, sends the
 result and only then looks at the next batch, although the pipeline has usually queued
 it already. With long-tailed generation lengths the engine idles through every batch's
-tail. A step that mixes in :class:`StreamingStep` opts into another loop (installed
-over distilabel's on import of this module, for those steps only): it keeps taking queued
+tail. A :class:`~steps.base.StreamingStep` runs in another loop (installed over
+distilabel's on import of this module, for those steps only): it keeps taking queued
 batches into one :class:`~magpie_dl.run.streaming.OrderedBatches` while earlier ones run, up
 to ``max_in_flight`` sequences, and sends each batch as distilabel would (same batch
 object, ``seq_no`` and ``last_batch``), complete and in the order received. A generator
@@ -25,16 +25,13 @@ import multiprocessing
 import queue
 import time
 import traceback
-from abc import abstractmethod
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
-from distilabel.mixins.runtime_parameters import RuntimeParameter
-from pydantic import Field, PrivateAttr
-
-from magpie_dl.backends.base import Completion, PromptInput, SamplingSpec
 from magpie_dl.run.progress import RowTally
-from magpie_dl.run.streaming import DEFAULT_MAX_IN_FLIGHT, OrderedBatches
-from magpie_dl.steps.base import LLMStep
+from magpie_dl.run.streaming import OrderedBatches
+from magpie_dl.steps.base import StreamingStep
+
+__all__ = ["StreamingStep", "run_ahead_limit", "streaming_loop"]
 
 if TYPE_CHECKING:
     from distilabel.pipeline.batch import _Batch
@@ -51,73 +48,6 @@ _POLL_S = 0.05
 # generation at scale). Created at import, before the workers fork, so they share it; a
 # Ray actor has its own, never set, and stops on the marker.
 _RUN_STOPPED = multiprocessing.Event()
-
-
-class StreamedCompletions(LLMStep):
-    """Mixin: an :class:`~steps.base.LLMStep` that sends its completions through a stream on its backend.
-
-    Attributes:
-        max_in_flight: sequences (prompts x samples) in flight above which no further
-            batch is taken; what a kill can lose at most.
-    """
-
-    max_in_flight: RuntimeParameter[int] = Field(
-        default=DEFAULT_MAX_IN_FLIGHT,
-        ge=1,
-        description="Sequences in flight across batches before the step waits for some to finish.",
-    )
-
-    _batches: Optional[OrderedBatches] = PrivateAttr(default=None)
-
-    def open_batches(self) -> OrderedBatches:
-        """A fresh stream on the step's backend, batches ordered, results stored."""
-        llm = self.llm  # type: ignore[attr-defined]
-        self._batches = OrderedBatches(
-            llm.open_stream(), self.store, self.name, self.CACHE_VERSION, llm.model_name, self.max_in_flight  # type: ignore[attr-defined]
-        )
-        return self._batches
-
-    def close_batches(self) -> None:
-        """Drop what the last stream still runs (a stopped run must not compute the
-        batches it had queued ahead before its worker can exit)."""
-        if self._batches is not None:
-            self._batches.close()
-            self._batches = None
-
-    def unload(self) -> None:
-        self.close_batches()  # before the engine goes
-        super().unload()
-
-
-class StreamingStep(StreamedCompletions):
-    """Mixin for a normal step whose batch is prompts in, completions out, rows back.
-
-    Implement :meth:`completion_requests` and :meth:`rows_from_completions`; then
-    :meth:`complete_rows` is the whole of a plain ``process()``, and inside a pipeline
-    :func:`streaming_loop` runs the same two hooks with batches overlapping on one stream.
-    """
-
-    @abstractmethod
-    def completion_requests(self, rows: list[dict[str, Any]]) -> tuple[Any, list[PromptInput], list[SamplingSpec]]:
-        """A batch's requests: ``(context, prompts, specs)``, at most one request per row;
-        context goes back to :meth:`rows_from_completions` untouched."""
-
-    @abstractmethod
-    def rows_from_completions(
-        self, rows: list[dict[str, Any]], context: Any, completions: list[list[Completion]]
-    ) -> list[dict[str, Any]]:
-        """The batch's output rows from its completions (in request order)."""
-
-    def complete_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """One batch, start to end (``process()`` of a step not run by the streaming loop)."""
-        self.report_started()
-        context, prompts, specs = self.completion_requests(rows)
-        return self.rows_from_completions(rows, context, self.complete(prompts, specs, self.batch_tally(rows, prompts)))
-
-    def batch_tally(self, rows: list[dict[str, Any]], prompts: list[PromptInput]) -> RowTally:
-        """The live count of a batch: a row is done when its request is (requests are one per
-        row at most; rows with none, :meth:`completion_requests` skipped them, at once)."""
-        return self.row_tally(len(rows), range(len(prompts)))
 
 
 class _Held:
