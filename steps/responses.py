@@ -3,7 +3,7 @@
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Optional
 
 from distilabel.mixins.runtime_parameters import RuntimeParameter
-from pydantic import Field, PrivateAttr
+from pydantic import Field, PrivateAttr, ValidationInfo, field_validator
 
 from magpie_dl.backends.base import Completion, CompletionLLM, PromptInput, SamplingSpec
 from magpie_dl.templates.families import ModelFamily, ResolvedStops, resolve_family, resolve_stops
@@ -36,7 +36,7 @@ class MultiResponseGeneration(StreamingStep):
         prompt_style: ``magpie`` or ``chat_template``.
         thinking: open the assistant turn with thinking on (families with a switch: Qwen3);
             the ``<think>`` block goes to ``reasoning``, ``generations`` keep the answer.
-        engine: recorded as ``gen_response_configs.engine``.
+        engine: recorded as ``gen_response_configs.engine``; ``None``: the ``llm``'s kind.
 
     Runtime parameters:
         - `temperature`, `top_p`, `max_tokens`, `seed`, `repetition_penalty`: sampling.
@@ -59,13 +59,21 @@ class MultiResponseGeneration(StreamingStep):
     family: str = setting(GeneratorConfig, "family")
     prompt_style: Literal["chat_template", "magpie"] = setting(ResponsesConfig, "prompt_style")
     thinking: bool = setting(ResponsesConfig, "thinking")
-    engine: str = Field(default="transformers", description="Recorded as gen_response_configs.engine.")
+    engine: Optional[str] = Field(
+        default=None, validate_default=True, description="Recorded as gen_response_configs.engine; None: the llm's kind."
+    )
 
     temperature: RuntimeParameter[float] = setting(ResponsesConfig, "temperature")
     top_p: RuntimeParameter[float] = setting(ResponsesConfig, "top_p")
     max_tokens: RuntimeParameter[int] = setting(ResponsesConfig, "max_tokens")
     seed: RuntimeParameter[int] = Field(default=0, description="Run seed; row seeds derive from it.")
     repetition_penalty: RuntimeParameter[float] = setting(ResponsesConfig, "repetition_penalty")
+
+    @field_validator("engine")
+    @classmethod
+    def _the_llms_kind(cls, engine: Optional[str], info: ValidationInfo) -> Optional[str]:
+        llm = info.data.get("llm")
+        return engine or (llm.kind if llm is not None else None)
 
     _family: Optional[ModelFamily] = PrivateAttr(default=None)
     _template: Optional[str] = PrivateAttr(default=None)
