@@ -85,3 +85,38 @@ def test_a_new_streamed_step_is_one_base_and_two_hooks(tiny_models, tmp_path):
     assert step.store is not None and step.store.progress() == {"shout": (2, 2)}  # rows, tokens
     step.unload()
     assert Shout.from_config(ResponsesConfig(batch_size=7), llm=Echo(model="m"), name="s2").input_batch_size == 7  # a section's batch_size is the step's input_batch_size
+
+
+def test_the_local_models_a_preset_needs_come_from_its_data_not_its_name():
+    from magpie_dl.config import curation as curation_config, dpo
+    from magpie_dl.run.recipes import local_models_named
+
+    tiny, smol = dpo.TINY_DIR, dpo.SMOLLM2_DIR
+    needs = {name: local_models_named(preset) for name, preset in dpo.PRESETS.items()}
+    assert needs == {"full": [], "smoke": [tiny], "demo": [tiny, smol], "scale": [smol]}
+    assert {name: local_models_named(p) for name, p in curation_config.PRESETS.items()} == {
+        "full": [], "smoke": [tiny], "scale": [smol]}
+    assert local_models_named({"generator": {"model": str(smol / "x")}, "reward": {"model": "org/m"}}) == [smol]
+
+
+def test_the_response_step_records_the_engine_its_llm_is():
+    from magpie_dl.backends.standin import StandInBackend
+    from magpie_dl.backends.transformers import TransformersBackend
+
+    assert responses.MultiResponseGeneration(llm=TransformersBackend(model="m"), name="a").engine == "transformers"
+    assert responses.MultiResponseGeneration(llm=StandInBackend(model="m"), name="b").engine == "standin"
+    assert responses.MultiResponseGeneration(llm=StandInBackend(model="m"), name="c", engine="x").engine == "x"
+
+
+def test_the_recipes_rules_import_no_engine_not_even_for_types():
+    """recipe/ <- backends/ only: the circle backends.base <-> recipe.provenance (a type-only
+    import back) is gone, so the rules read as what they are, independent of any engine."""
+    import ast
+    from pathlib import Path
+
+    recipe = Path(__file__).resolve().parent.parent / "magpie_dl" / "recipe"
+    found = [
+        (path.name, node.module) for path in sorted(recipe.glob("*.py")) for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("magpie_dl.backends")
+    ]
+    assert found == []
