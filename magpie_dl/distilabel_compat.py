@@ -380,7 +380,7 @@ def leaf_output_failure(pipeline: Any) -> Exception | None:
 # distilabel's worker loop takes one batch, runs ``process()`` on it, sends the result and
 # only then looks at the next batch, although the pipeline has usually queued it already;
 # with long-tailed generation lengths the engine idles through every batch's tail. A step
-# with ``STREAMS_BATCHES`` (``magpie_dl.steps.streaming.StreamingStep``) runs in
+# with ``STREAMS_BATCHES`` (``magpie_dl.steps.base.StreamingStep``) runs in
 # :func:`_streaming_loop` instead: it keeps taking queued batches into one stream while
 # earlier ones run and sends each batch as distilabel would (same batch object, ``seq_no``
 # and ``last_batch``), complete and in the order received. A generator feeding such a step

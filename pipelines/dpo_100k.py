@@ -46,7 +46,7 @@ def build_pipeline(cfg: RecipeConfig) -> Pipeline:
         queries = query_source(cfg, stored)
         responses = MultiResponseGeneration.from_config(
             cfg.responses, name="responses", llm=make_backend(cfg.backend, cfg.response_model, cfg.seed),
-            engine=cfg.backend.kind, family=cfg.generator.family, seed=cfg.seed, **stored,
+            family=cfg.generator.family, seed=cfg.seed, **stored,
         )
         scores = RewardScoring.from_config(cfg.reward, name="reward", stand_in=cfg.backend.kind == "standin", **stored)
         pairs = BestWorstPairing.from_config(cfg.pairing, name="pairing", input_batch_size=cfg.reward.input_batch_size)

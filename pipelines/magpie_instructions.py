@@ -70,7 +70,7 @@ def build_pipeline(cfg: InstructionsConfig) -> Pipeline:
             last = last >> SafetyTagging.from_config(tag, name="safety", llm=llm_for(tag.guard_model), **stored)
         if ir.enabled:
             response = MultiResponseGeneration.from_config(
-                ir, name="instruct_response", llm=llm_for(gen.model), engine=cfg.backend.kind, family=gen.family,
+                ir, name="instruct_response", llm=llm_for(gen.model), family=gen.family,
                 num_generations=1, seed=cfg.seed, output_mappings=RESPONSE_COLUMNS, **stored,
             )
             score = RewardScoring.from_config(

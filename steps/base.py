@@ -1,64 +1,91 @@
-"""What our steps share: durable results in the output directory, process hygiene, and
-the life cycle of the model a step runs."""
+"""The bases of our steps, one per role: a step needs one of them and its own few lines.
 
-from typing import TYPE_CHECKING, Any, ClassVar, Optional, Protocol
+- :class:`RecipeStep`, :class:`RecipeGlobalStep`, :class:`RecipeGeneratorStep`: distilabel's
+  ``Step``, ``GlobalStep`` and ``GeneratorStep``, built by a recipe from a config section
+  (:meth:`RecipeStep.from_config`).
+- :class:`ModelStep`: a normal step that runs one model: durable results, the model's life
+  cycle, live progress. :class:`DevicePlacedStep` is one whose model it places itself on the
+  devices the run's plan gave its replica.
+- :class:`StreamingStep`: a model step whose batch is prompts in, completions out, rows back:
+  two hooks, :meth:`~StreamingStep.completion_requests` and
+  :meth:`~StreamingStep.rows_from_completions`.
+- :class:`ModelGeneratorStep`: a generator step that streams its model's completions.
 
+What the model steps share lives in one plain object, :class:`ModelRun`, not in a mixin.
+
+No ``from __future__ import annotations``: distilabel finds the input parameter of
+``process`` by its evaluated ``StepInput`` annotation.
+"""
+
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Optional, Protocol, Sequence, Type, TypeVar
+
+from distilabel.mixins.runtime_parameters import RuntimeParameter
+from distilabel.steps import GeneratorStep, GlobalStep, Step, StepInput
 from pydantic import BaseModel, Field, PrivateAttr
 
+from magpie_dl import distilabel_compat
+from magpie_dl.backends.base import Completion, CompletionLLM, PromptInput, SamplingSpec
+from magpie_dl.backends.gpus import PlannedDevices
 from magpie_dl.run.procs import die_with_parent
 from magpie_dl.run.progress import RowTally
 from magpie_dl.run.store import ResultStore
-from magpie_dl.run.streaming import cached_complete
+from magpie_dl.run.streaming import DEFAULT_MAX_IN_FLIGHT, OrderedBatches, cached_complete
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from distilabel.typing import StepOutput
 
-    from magpie_dl.backends.base import Completion, CompletionLLM, PromptInput, SamplingSpec
+StepT = TypeVar("StepT", bound=BaseModel)
+
+# ----------------------------------------------------------------------- built from config
 
 
-class StoredResults(BaseModel):
-    """Mixin: a step whose expensive calls go through a :class:`ResultStore`.
+def config_values(step: Type[BaseModel], section: BaseModel) -> dict[str, Any]:
+    """The field values of ``step`` that a config ``section`` sets.
 
-    Attributes:
-        cache_dir: directory of the durable result store; ``None`` stores nothing.
+    Each section field sets the step field of the same name, or the one the step's
+    ``config_names`` maps it to; a field mapped to ``None`` is not the step's. Section
+    fields the step has no field for are the caller's (``model``, from which it builds the ``llm``).
+    """
+    names: Mapping[str, Optional[str]] = getattr(step, "config_names", {})
+    values = {}
+    for name in type(section).model_fields:
+        field = names.get(name, name)
+        if field is not None and field in step.model_fields:
+            values[field] = getattr(section, name)
+    return values
 
-    ``CACHE_VERSION`` is part of every key: bump it when a change to the step alters
-    its results, and stored results of the old code are no longer used.
+
+def from_config(step: Type[StepT], section: BaseModel, **kwargs: Any) -> StepT:
+    """The step for a recipe's config ``section``; ``kwargs`` set the rest (and win)."""
+    return step(**{**config_values(step, section), **kwargs})
+
+
+class RecipeStep(Step):
+    """A normal step a recipe builds from a config section: ``Step.from_config(cfg.section, name=...)``.
+
+    A section's ``batch_size`` is the step's ``input_batch_size``; a step whose names
+    differ otherwise extends ``config_names``.
     """
 
-    CACHE_VERSION: ClassVar[str] = "1"
+    config_names: ClassVar[Mapping[str, Optional[str]]] = {"batch_size": "input_batch_size"}
+    from_config = classmethod(from_config)
 
-    cache_dir: Optional[str] = Field(default=None, description="Durable result store directory.")
 
-    _store: Optional[ResultStore] = PrivateAttr(default=None)
+class RecipeGlobalStep(GlobalStep):
+    """A global step (all rows at once) a recipe builds from a config section."""
 
-    def model_post_init(self, context: Any) -> None:
-        # pydantic gives a model with private attributes a model_post_init that does not call
-        # super(): listed before distilabel's step class, this mixin's would hide distilabel's
-        # (which names the step and adds it to its pipeline). Hand on explicitly.
-        super().model_post_init(context)
+    config_names: ClassVar[Mapping[str, Optional[str]]] = RecipeStep.config_names
+    from_config = classmethod(from_config)
 
-    def open_store(self) -> None:
-        """Call from ``load()``: open the store (if any) and tie this worker to its parent."""
-        die_with_parent()
-        self._store = ResultStore(self.cache_dir) if self.cache_dir else None
 
-    @property
-    def store(self) -> Optional[ResultStore]:
-        return self._store
+class RecipeGeneratorStep(GeneratorStep):
+    """A generator step a recipe builds from a config section (its ``batch_size`` is its own)."""
 
-    def report_started(self) -> None:
-        """Call when a batch starts: the live display times the step's rate from its first one."""
-        self.report_progress(0, 0)
+    config_names: ClassVar[Mapping[str, Optional[str]]] = {}
+    from_config = classmethod(from_config)
 
-    def report_progress(self, rows: int, tokens: int) -> None:
-        """Count finished rows and tokens for the run's live progress display."""
-        if self._store is not None:
-            self._store.count_progress(self.name, rows, tokens)  # type: ignore[attr-defined]
 
-    def row_tally(self, num_rows: int, row_of: "Sequence[int] | None" = None) -> RowTally:
-        """A batch of ``num_rows`` rows counted as they finish (see :class:`~magpie_dl.run.progress.RowTally`)."""
-        return RowTally(self.report_progress, num_rows, row_of)
+# ----------------------------------------------------------------------- model steps
 
 
 class Loadable(Protocol):
@@ -69,45 +96,230 @@ class Loadable(Protocol):
     def unload(self) -> None: ...
 
 
-class LLMStep(StoredResults):
-    """Mixin: a step that runs one model, with its store and progress counters.
+class ModelRun:
+    """A loaded step's model, durable result store and progress counts.
 
-    ``load()`` ties the worker to its parent, opens the store and loads the model;
-    ``unload()`` frees it. A step adds only what is its own, after ``super().load()``
-    (its family, template, stops). The model is the step's ``llm`` (a ``CompletionLLM``);
-    a step around another kind of model (the reward scorer) returns it from
-    :meth:`model_to_load`.
-
-    List it before distilabel's step class (``class MyStep(LLMStep, Step)``):
-    distilabel's ``load()`` and ``unload()`` do not call ``super()``, so a mixin after it
-    would never run.
+    Held by :class:`ModelStep` and :class:`ModelGeneratorStep` alike. Creating one ties
+    the worker to its parent process (it dies with the run that forked it).
     """
+
+    def __init__(self, step_name: str, cache_dir: Optional[str], version: str) -> None:
+        die_with_parent()
+        self.step_name, self.version = step_name, version
+        self.store = ResultStore(cache_dir) if cache_dir else None
+        self.model: Optional[Loadable] = None
+        self.batches: Optional[OrderedBatches] = None
+
+    def load(self, model: Loadable) -> None:
+        self.model = model
+        model.load()
+
+    def close(self) -> None:
+        """Drop what the stream still runs, then free the model; a second call does nothing."""
+        self.close_batches()  # before the engine goes
+        if self.model is not None:
+            self.model.unload()
+            self.model = None
+
+    def report_progress(self, rows: int, tokens: int) -> None:
+        if self.store is not None:
+            self.store.count_progress(self.step_name, rows, tokens)
+
+    def row_tally(self, num_rows: int, row_of: Optional[Sequence[int]] = None) -> RowTally:
+        return RowTally(self.report_progress, num_rows, row_of)
+
+    def open_batches(self, llm: CompletionLLM, max_in_flight: int) -> OrderedBatches:
+        self.batches = OrderedBatches(
+            llm.open_stream(), self.store, self.step_name, self.version, llm.model_name, max_in_flight
+        )
+        return self.batches
+
+    def close_batches(self) -> None:
+        if self.batches is not None:
+            self.batches.close()
+            self.batches = None
+
+
+def _cache_dir_field() -> Any:
+    return Field(default=None, description="Durable result store directory.")
+
+
+def _max_in_flight_field() -> Any:
+    return Field(
+        default=DEFAULT_MAX_IN_FLIGHT,
+        ge=1,
+        description="Sequences in flight across batches before the step waits for some to finish.",
+    )
+
+
+class ModelStep(RecipeStep):
+    """A step that runs one model, with a durable result store and live progress.
+
+    ``load()`` opens the store and loads the model; ``unload()`` frees it. The model is the
+    step's ``llm`` field (a ``CompletionLLM``); a step around another kind of model
+    overrides :meth:`model_to_load`. A subclass that loads more calls ``super().load()`` first.
+
+    Attributes:
+        cache_dir: directory of the durable result store; ``None`` stores nothing.
+
+    ``CACHE_VERSION`` is part of every stored result's key: bump it when a change alters
+    the step's results, so results of the old code are no longer read back.
+    """
+
+    CACHE_VERSION: ClassVar[str] = "1"
 
     if TYPE_CHECKING:
         llm: CompletionLLM  # declared by each step, as its own field
 
-    _model: Optional[Loadable] = PrivateAttr(default=None)
+    cache_dir: Optional[str] = _cache_dir_field()
+
+    _run: Optional[ModelRun] = PrivateAttr(default=None)
 
     def model_to_load(self) -> Loadable:
         """The model ``load()`` loads and ``unload()`` frees: the step's ``llm``."""
         return self.llm
 
     def load(self) -> None:
-        super().load()  # type: ignore[misc]  # distilabel's: the step's logger
-        self.open_store()
-        self._model = self.model_to_load()
-        self._model.load()
+        super().load()
+        self._run = ModelRun(self.name, self.cache_dir, self.CACHE_VERSION)  # type: ignore[arg-type]
+        self._run.load(self.model_to_load())
 
     def unload(self) -> None:
-        if self._model is not None:
-            self._model.unload()
-            self._model = None
-        super().unload()  # type: ignore[misc]
+        if self._run is not None:
+            self._run.close()
+        super().unload()
+
+    @property
+    def store(self) -> Optional[ResultStore]:
+        return self._run.store if self._run else None
+
+    def report_started(self) -> None:
+        """Call when a batch starts: the live display times the step's rate from its first one."""
+        self.report_progress(0, 0)
+
+    def report_progress(self, rows: int, tokens: int) -> None:
+        """Count finished rows and tokens for the run's live progress display."""
+        if self._run is not None:
+            self._run.report_progress(rows, tokens)
+
+    def row_tally(self, num_rows: int, row_of: Optional[Sequence[int]] = None) -> RowTally:
+        """A batch of ``num_rows`` rows counted as they finish (see :class:`~magpie_dl.run.progress.RowTally`)."""
+        return RowTally(self.report_progress, num_rows, row_of)
 
     def complete(
-        self, prompts: "list[PromptInput]", specs: "list[SamplingSpec]", tally: Optional[RowTally] = None
-    ) -> "list[list[Completion]]":
-        """The step's ``llm`` completions of ``prompts``, read from the store where it has them;
+        self, prompts: list[PromptInput], specs: list[SamplingSpec], tally: Optional[RowTally] = None
+    ) -> list[list[Completion]]:
+        """The ``llm``'s completions of ``prompts``, read from the store where it has them;
         ``tally`` (:meth:`row_tally`) counts the batch's rows as their requests finish."""
-        return cached_complete(self.store, self.name, self.CACHE_VERSION, self.llm, prompts, specs, tally)  # type: ignore[attr-defined]
+        return cached_complete(self.store, self.name, self.CACHE_VERSION, self.llm, prompts, specs, tally)  # type: ignore[arg-type]
 
+
+class DevicePlacedStep(ModelStep, PlannedDevices):
+    """A model step that places its own model (not through an ``llm``) on the devices the
+    run's placement plan gave its replica (:meth:`pin_planned_devices`, in :meth:`model_to_load`).
+
+    distilabel's step wrapper names the replica of a step that is a
+    ``CudaDevicePlacementMixin``; its ``load()`` placement is not used (the plan placed it).
+    """
+
+
+class StreamingStep(ModelStep):
+    """A model step whose batch is prompts in, completions out, rows back.
+
+    Implement :meth:`completion_requests` and :meth:`rows_from_completions`; ``process()``
+    runs them on one batch, and in a run under :func:`magpie_dl.distilabel_compat.streaming`
+    the step's worker runs them with batches overlapping on one stream, so the next batches'
+    requests run while a batch's longest finish.
+
+    Attributes:
+        max_in_flight: sequences (prompts x samples) in flight above which no further
+            batch is taken; what a kill can lose at most.
+    """
+
+    max_in_flight: RuntimeParameter[int] = _max_in_flight_field()
+
+    STREAMS_BATCHES: ClassVar[bool] = True
+    # Set by distilabel_compat.streaming() on the driver's copy; travels with the step to a Ray
+    # actor, which did not fork from the driver and installs the loop itself when the step loads.
+    _in_streaming_run: bool = PrivateAttr(default=False)
+
+    def load(self) -> None:
+        super().load()
+        if self._in_streaming_run:
+            distilabel_compat.install_streaming_loop()
+
+    def completion_requests(self, rows: list[dict[str, Any]]) -> tuple[Any, list[PromptInput], list[SamplingSpec]]:
+        """A batch's requests: ``(context, prompts, specs)``, at most one request per row;
+        ``context`` goes back to :meth:`rows_from_completions` untouched."""
+        raise NotImplementedError
+
+    def rows_from_completions(
+        self, rows: list[dict[str, Any]], context: Any, completions: list[list[Completion]]
+    ) -> list[dict[str, Any]]:
+        """The batch's output rows from its completions (in request order)."""
+        raise NotImplementedError
+
+    def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
+        yield self.complete_rows(inputs)
+
+    def complete_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """One batch, start to end (``process()`` when not run by the streaming loop)."""
+        self.report_started()
+        context, prompts, specs = self.completion_requests(rows)
+        return self.rows_from_completions(rows, context, self.complete(prompts, specs, self.batch_tally(rows, prompts)))
+
+    def batch_tally(self, rows: list[dict[str, Any]], prompts: list[PromptInput]) -> RowTally:
+        """The live count of a batch: a row is done when its request is (rows with no
+        request, which :meth:`completion_requests` skipped, at once)."""
+        return self.row_tally(len(rows), range(len(prompts)))
+
+    def open_batches(self) -> OrderedBatches:
+        """A fresh stream on the step's backend, batches ordered, results stored."""
+        assert self._run is not None, "load() was not called"
+        return self._run.open_batches(self.llm, self.max_in_flight)
+
+    def close_batches(self) -> None:
+        """Drop what the last stream still runs (a stopped run must not compute the batches
+        it had queued ahead before its worker can exit)."""
+        if self._run is not None:
+            self._run.close_batches()
+
+
+class ModelGeneratorStep(RecipeGeneratorStep):
+    """A generator step that streams its model's completions (see :class:`ModelStep`).
+
+    Attributes:
+        cache_dir: directory of the durable result store; ``None`` stores nothing.
+        max_in_flight: sequences in flight across batches: later batches' requests enter
+            the engine while a batch's longest finish.
+    """
+
+    CACHE_VERSION: ClassVar[str] = "1"
+
+    if TYPE_CHECKING:
+        llm: CompletionLLM  # declared by each step, as its own field
+
+    cache_dir: Optional[str] = _cache_dir_field()
+    max_in_flight: RuntimeParameter[int] = _max_in_flight_field()
+
+    _run: Optional[ModelRun] = PrivateAttr(default=None)
+
+    def load(self) -> None:
+        super().load()
+        self._run = ModelRun(self.name, self.cache_dir, self.CACHE_VERSION)  # type: ignore[arg-type]
+        self._run.load(self.llm)
+
+    def unload(self) -> None:
+        if self._run is not None:
+            self._run.close()
+        super().unload()
+
+    @property
+    def run(self) -> ModelRun:
+        """The loaded step's :class:`ModelRun`: its store, progress counts and stream."""
+        assert self._run is not None, "load() was not called"
+        return self._run
+
+    def open_batches(self) -> OrderedBatches:
+        """A fresh stream on the step's backend, batches ordered, results stored."""
+        return self.run.open_batches(self.llm, self.max_in_flight)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Optional, Union
 
 from distilabel.mixins.runtime_parameters import RuntimeParameter
-from distilabel.steps import GlobalStep, Step, StepInput
+from distilabel.steps import Step, StepInput
 from pydantic import Field, PrivateAttr
 
 from magpie_dl.backends.base import CompletionLLM, PromptInput, SamplingSpec
@@ -25,8 +25,8 @@ from magpie_dl.curation.tagging import (
     SAFETY_TASK, TAG_TASKS, TagTask, TagTaskNames, parse_guard_output, record_answer, taggable, unguarded_columns,
     untagged_columns,
 )
-from magpie_dl.steps.base import LLMStep
-from magpie_dl.steps.settings import Configured, OptionalRuntimeParameter, setting
+from magpie_dl.steps.base import ModelStep, RecipeGlobalStep, RecipeStep
+from magpie_dl.steps.settings import OptionalRuntimeParameter, setting
 
 if TYPE_CHECKING:
     from distilabel.typing import StepColumns, StepOutput
@@ -39,7 +39,7 @@ TASK_COLUMNS = {task: list(TAG_TASKS[task].columns.values()) for task in TAG_TAS
 _log = logging.getLogger("magpie_dl.config.curation")
 
 
-class InstructionTagging(LLMStep, Step, Configured):
+class InstructionTagging(ModelStep):
     """Tags instructions with an LLM judge: difficulty, input quality, task category.
 
     One prompt per (instruction, tag task), rendered with the judge's chat template and
@@ -71,7 +71,6 @@ class InstructionTagging(LLMStep, Step, Configured):
     """
 
     role: ClassVar[str] = "tagging"  # replicated by scaleout.tagging_replicas
-    config_names: ClassVar[Dict[str, Optional[str]]] = {"batch_size": "input_batch_size"}  # the `tagging` section
 
     llm: CompletionLLM
     tasks: TagTaskNames = setting(TaggingConfig, "tasks")
@@ -114,7 +113,7 @@ class InstructionTagging(LLMStep, Step, Configured):
         yield inputs
 
 
-class SafetyTagging(LLMStep, Step, Configured):
+class SafetyTagging(ModelStep):
     """Optional: a guard model's verdict on each instruction (Llama Guard in the reference).
 
     The guard's own chat template turns the instruction into its classification prompt;
@@ -137,7 +136,7 @@ class SafetyTagging(LLMStep, Step, Configured):
 
     role: ClassVar[str] = "tagging"  # replicated by scaleout.tagging_replicas
     # The `tagging` section's max_tokens is the judge's: a guard's verdict is a few tokens.
-    config_names: ClassVar[Dict[str, Optional[str]]] = {"batch_size": "input_batch_size", "max_tokens": None}
+    config_names = {**ModelStep.config_names, "max_tokens": None}
 
     llm: CompletionLLM
     max_tokens: RuntimeParameter[int] = Field(default=16, description="Answer budget.")
@@ -168,7 +167,7 @@ class SafetyTagging(LLMStep, Step, Configured):
         yield inputs
 
 
-class LanguageTagging(Step, Configured):
+class LanguageTagging(RecipeStep):
     """Adds the ISO 639-1 language (``EN``, ``ZH``, ...) of each instruction, via lingua.
 
     Runtime parameters:
@@ -182,7 +181,6 @@ class LanguageTagging(Step, Configured):
         - language (str | None: None when no language is detectable)
     """
 
-    config_names: ClassVar[Dict[str, Optional[str]]] = {"batch_size": "input_batch_size"}  # the `tagging` section
 
     languages: OptionalRuntimeParameter[List[str]] = setting(TaggingConfig, "languages")
     low_accuracy: RuntimeParameter[bool] = Field(default=False, description="lingua's low-accuracy mode.")
@@ -209,7 +207,7 @@ class LanguageTagging(Step, Configured):
         yield inputs
 
 
-class InstructReward(Step, Configured):
+class InstructReward(RecipeStep):
     """Lifts the reward of an instruction's single response into ``instruct_reward``.
 
     Magpie's ``instruct_reward`` is a reward model's score of the instruction with a
@@ -223,8 +221,6 @@ class InstructReward(Step, Configured):
     Output columns:
         - instruct_reward (float | None)
     """
-
-    config_names: ClassVar[Dict[str, Optional[str]]] = {"batch_size": "input_batch_size"}  # `instruct_reward`
 
     @property
     def inputs(self) -> "StepColumns":
@@ -292,7 +288,7 @@ class InstructionEmbedding(Step):
         yield inputs
 
 
-class NearDuplicateTagging(GlobalStep, Configured):
+class NearDuplicateTagging(RecipeGlobalStep):
     """Tags near-duplicate instructions over all rows at once (see ``magpie_dl.curation.dedup``).
 
     Rows are not removed here; ``min_similar_uuid`` says which row represents each
@@ -376,7 +372,7 @@ class NearDuplicateTagging(GlobalStep, Configured):
         yield inputs
 
 
-class CuratedSelection(GlobalStep, Configured):
+class CuratedSelection(RecipeGlobalStep):
     """Keeps rows that pass the quality thresholds and are not near-duplicates, then
     samples per task category to ``target_size`` (see ``magpie_dl.curation.selection``).
 

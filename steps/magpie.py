@@ -6,27 +6,28 @@ write the queries of the indices they receive, and :class:`ExactDuplicateQueries
 puts the rows back in row order and marks exact duplicates. :func:`query_stage` picks.
 """
 
-from typing import Any, Dict, Optional, Sequence, TYPE_CHECKING
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Optional, Sequence
 
 from distilabel.mixins.runtime_parameters import RuntimeParameter
-from distilabel.steps import GeneratorStep, Step, StepInput
-from pydantic import Field, PrivateAttr
+from distilabel.steps import StepInput
+from pydantic import BaseModel, Field, PrivateAttr
 
 from magpie_dl.backends.base import Completion, CompletionLLM, PromptInput, SamplingSpec
+from magpie_dl.config.sections import GeneratorConfig
 from magpie_dl.recipe.cleaning import CleaningRules, mark_exact_duplicates
+from magpie_dl.recipe.queries import SystemPromptPlan, derive_seed
+from magpie_dl.recipe.rows import query_row
+from magpie_dl.run.streaming import complete_in_batches
+from magpie_dl.steps.base import ModelGeneratorStep, RecipeGeneratorStep, RecipeStep, StreamingStep
+from magpie_dl.steps.settings import setting
 from magpie_dl.templates.families import (
     ModelFamily, ResolvedStops, resolve_family, resolve_single_token_ids, resolve_stops,
 )
-from magpie_dl.recipe.rows import query_row
-from magpie_dl.recipe.queries import SystemPromptPlan, derive_seed
 from magpie_dl.templates.prompts import pre_query_token_ids
-from magpie_dl.config.sections import GeneratorConfig
-from magpie_dl.run.streaming import complete_in_batches
-from magpie_dl.steps.settings import Configured, setting
-from magpie_dl.steps.streaming import StreamedCompletions, StreamingStep
 
 if TYPE_CHECKING:
+    from logging import Logger
+
     from magpie_dl.distilabel_compat import AnyStep
     from distilabel.typing import GeneratorStepOutput, StepColumns, StepOutput
 
@@ -38,28 +39,22 @@ QUERY_COLUMNS = [
 INDEX_COLUMN = "query_index"
 
 
-class MagpieQueryWriter(StreamedCompletions, Configured):
-    """Mixin: writes, cleans and annotates the Magpie queries of given row indices.
+class MagpieQuerySettings(BaseModel):
+    """The settings of a Magpie query writer (the recipe's ``generator`` section declares them).
 
-    Each row's system prompt and sampling seed derive from (``seed``, row index), so a
-    row's query does not depend on batching, on which step wrote it, or on replicas.
-    Raw queries are cleaned; unusable ones are kept and marked with a reason. Exact
-    duplicates are not marked here: that needs the rows before, in index order.
-    The fields are declared by the recipe's ``generator`` section, and a recipe builds
-    the steps from it: ``MagpieGenerator.from_config(cfg.generator, llm=..., seed=...)``.
+    Fields only: :class:`MagpieGenerator` and :class:`MagpieQueries` both take them; the
+    work is :class:`QueryWriter`'s.
 
     Attributes:
-        llm: a ``CompletionLLM`` backend (transformers, vLLM, OpenAI-compatible server).
+        llm: the generator, a ``CompletionLLM``.
         family: model family name, or ``auto`` to detect it from the tokenizer.
         system_prompt: one fixed system prompt for every query.
         system_prompts: weighted categories: ``{name: (prompt or None, weight)}``.
         control_task: ``math``, ``code`` or ``translation``: a built-in system prompt.
         ban_first_token_markdown: ban the family's markdown tokens at the first position.
-        stop_at_newline: stop a query at its first newline (the reference's early stop);
-            ``None`` takes the family's default. Recorded in ``gen_input_configs``.
+        stop_at_newline: stop a query at its first newline; ``None``: the family's default.
+        min_chars, max_chars: cleaned queries outside these lengths are marked unusable.
     """
-
-    role: ClassVar[str] = "queries"  # replicated by scaleout.query_replicas (MagpieQueries; a generator runs once)
 
     llm: CompletionLLM
     family: str = setting(GeneratorConfig, "family")
@@ -76,119 +71,136 @@ class MagpieQueryWriter(StreamedCompletions, Configured):
     max_tokens: RuntimeParameter[int] = setting(GeneratorConfig, "max_tokens")
     seed: RuntimeParameter[int] = Field(default=0, description="Run seed; row seeds derive from it.")
 
-    _family: Optional[ModelFamily] = PrivateAttr(default=None)
-    _plan: Optional[SystemPromptPlan] = PrivateAttr(default=None)
-    # Resolved once per load: resolving stops scans the whole vocabulary (~0.1 s at 128K).
-    _stops: Optional[ResolvedStops] = PrivateAttr(default=None)
-    _ban_ids: tuple[int, ...] = PrivateAttr(default=())
-    _newline: bool = PrivateAttr(default=False)
 
-    def load(self) -> None:
-        """The system-prompt plan (a bad one fails before the model loads), the store and the
-        engine (:class:`~steps.base.LLMStep`), then the family and its stops."""
-        self._plan = SystemPromptPlan.build(self.system_prompt, self.system_prompts, self.control_task)
-        super().load()
-        tokenizer = self.llm.tokenizer
-        self._family = family = resolve_family(self.family, tokenizer, self.llm.chat_template_date)
+class QueryWriter:
+    """Writes, cleans and annotates the Magpie queries of given row indices.
+
+    A row's system prompt and sampling seed derive from (``seed``, row index), so its query
+    does not depend on batching, on which step wrote it, or on replicas. Exact duplicates
+    are not marked here: that needs the rows before it, in index order.
+
+    Built before the model loads (a bad system-prompt plan fails first), then
+    :meth:`resolve` reads the family, stops and bans from the loaded tokenizer, once per load:
+    resolving stops scans the whole vocabulary (~0.1 s at 128K).
+    """
+
+    def __init__(self, settings: MagpieQuerySettings) -> None:
+        self.settings = settings
+        self.plan = SystemPromptPlan.build(settings.system_prompt, settings.system_prompts, settings.control_task)
+        self.family: Optional[ModelFamily] = None
+        self.stops: Optional[ResolvedStops] = None
+        self.ban_ids: tuple[int, ...] = ()
+        self.newline = False
+
+    def resolve(self, logger: "Logger") -> "QueryWriter":
+        s, tokenizer = self.settings, self.settings.llm.tokenizer
+        self.family = family = resolve_family(s.family, tokenizer, s.llm.chat_template_date)
         if family.note:
-            self._logger.warning(family.note)  # one line: why the prompts are not the table's
-        self._newline = family.stop_at_newline if self.stop_at_newline is None else self.stop_at_newline
-        self._stops = resolve_stops(tokenizer, family.query_stop(self._newline))
-        bans = family.first_token_ban if self.ban_first_token_markdown else ()
-        self._ban_ids = resolve_single_token_ids(tokenizer, bans)
+            logger.warning(family.note)  # one line: why the prompts are not the table's
+        self.newline = family.stop_at_newline if s.stop_at_newline is None else s.stop_at_newline
+        self.stops = resolve_stops(tokenizer, family.query_stop(self.newline))
+        self.ban_ids = resolve_single_token_ids(tokenizer, family.first_token_ban if s.ban_first_token_markdown else ())
+        return self
 
     def sampling_spec(self, row_seed: int) -> SamplingSpec:
-        """The sampling parameters of one query (stops and bans as resolved at load)."""
-        stops, bans = self._stops, self._ban_ids
+        """The sampling parameters of one query."""
+        s, stops = self.settings, self.stops
+        assert stops is not None, "resolve() was not called"
         return SamplingSpec(
-            n=1,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            max_tokens=self.max_tokens,
-            seed=row_seed,
-            stop=stops.strings,
-            stop_token_ids=stops.token_ids,
-            first_token_ban_ids=bans,
+            n=1, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, seed=row_seed,
+            stop=stops.strings, stop_token_ids=stops.token_ids, first_token_ban_ids=self.ban_ids,
         )
 
-    def query_requests(self, indices: Sequence[int]) -> tuple[Any, list[PromptInput], list[SamplingSpec]]:
-        """The requests of rows ``indices``: ``(context, prompts, specs)`` for :meth:`query_rows`."""
-        tokenizer, family = self.llm.tokenizer, self._family
-        picks = [self._plan.pick(self.seed, i) for i in indices]
+    def requests(self, indices: Sequence[int]) -> tuple[Any, list[PromptInput], list[SamplingSpec]]:
+        """The requests of rows ``indices``: ``(context, prompts, specs)`` for :meth:`rows`."""
+        seed, tokenizer = self.settings.seed, self.settings.llm.tokenizer
+        picks = [self.plan.pick(seed, i) for i in indices]
         prompts, specs = [], []
         for i, (_, system) in zip(indices, picks):
-            prompts.append(PromptInput(tuple(pre_query_token_ids(tokenizer, family, system))))
-            specs.append(self.sampling_spec(derive_seed("query", self.seed, i)))
+            prompts.append(PromptInput(tuple(pre_query_token_ids(tokenizer, self.family, system))))
+            specs.append(self.sampling_spec(derive_seed("query", seed, i)))
         return (list(indices), picks, specs), prompts, specs
 
-    def query_rows(self, context: Any, completions: list[list[Completion]]) -> list[dict[str, Any]]:
-        """Clean and annotate the queries of :meth:`query_requests`' rows."""
-        rules = CleaningRules(min_chars=self.min_chars, max_chars=self.max_chars)
+    def rows(self, context: Any, completions: list[list[Completion]]) -> list[dict[str, Any]]:
+        """The cleaned, annotated query rows of :meth:`requests`' rows."""
+        s = self.settings
+        rules = CleaningRules(min_chars=s.min_chars, max_chars=s.max_chars)
         indices, picks, specs = context
-        rows = [
+        return [
             query_row(
-                completion, generator=self.llm.provenance_name, seed=self.seed, index=i, category=category,
-                system_prompt=system, spec=spec, family=self._family, stop_at_newline=self._newline, rules=rules,
+                completion, generator=s.llm.provenance_name, seed=s.seed, index=i, category=category,
+                system_prompt=system, spec=spec, family=self.family, stop_at_newline=self.newline, rules=rules,
             )
             for i, (category, system), spec, [completion] in zip(indices, picks, specs, completions)
         ]
-        return rows
 
 
-class MagpieGenerator(MagpieQueryWriter, GeneratorStep):
+# The settings are listed first so pipeline.yaml keeps its key order (the step's base's
+# fields, then these); they add fields only, so nothing else depends on where they are listed.
+class MagpieGenerator(MagpieQuerySettings, ModelGeneratorStep):
     """Synthesises user queries with Magpie: the model sees only its pre-query template.
 
-    Emits exactly ``num_rows`` rows whatever the ``batch_size``. Each row's system prompt
-    and sampling seed derive from (``seed``, row index), so a rerun reproduces the rows.
-    Raw queries are cleaned; unusable ones are kept and marked with a reason; a usable
-    query equal (case and spacing folded) to an earlier row's is marked ``duplicate``.
+    Emits exactly ``num_rows`` rows whatever the ``batch_size``, the same on a rerun.
+    Unusable queries are kept and marked with a reason; a usable query equal (case and
+    spacing folded) to an earlier row's is marked ``duplicate``.
 
     Attributes:
-        num_rows: how many queries to write; the rest as in :class:`MagpieQueryWriter`.
+        num_rows: how many queries to write; the rest: :class:`MagpieQuerySettings`.
 
     Runtime parameters:
         - `batch_size`: rows per batch sent to the backend.
         - `temperature`, `top_p`, `max_tokens`, `seed`: sampling.
-        - `max_in_flight`: sequences in flight across batches: later batches' queries enter
-          the engine while a batch's longest finish (:mod:`steps.streaming`).
+        - `max_in_flight`: sequences in flight across batches.
 
     Output columns:
-        - uuid (str), instruction (str), raw_instruction (str), cleaning_actions (list[str]:
-          the cleaner's rules, in order), cleaning_removed (list[str]: what each removed),
-          instruction_status (str: ``ok`` or why unusable), system_prompt_category (str | None),
-          gen_input_configs (dict: provenance).
+        - uuid (str), instruction (str), raw_instruction (str), cleaning_actions (list[str]),
+          cleaning_removed (list[str]), instruction_status (str), system_prompt_category (str | None),
+          gen_input_configs (dict), request_error (str).
 
     Examples:
         >>> gen = MagpieGenerator(llm=TransformersBackend(model="models/tiny/generator"), num_rows=8)
         >>> gen.load(); rows, last = next(gen.process())
     """
 
-    config_names: ClassVar[Dict[str, Optional[str]]] = {"num_instructions": "num_rows"}
+    role: ClassVar[str] = "queries"  # replicated by scaleout.query_replicas (MagpieQueries; a generator runs once)
+    config_names = {"num_instructions": "num_rows"}
 
     # Standalone, a handful of queries; the recipe's section says how many it writes.
     num_rows: int = setting(GeneratorConfig, "num_instructions", default=100)
+
+    _writer: Optional[QueryWriter] = PrivateAttr(default=None)
+
+    def load(self) -> None:
+        writer = QueryWriter(self)  # a bad system-prompt plan fails before the model loads
+        super().load()
+        self._writer = writer.resolve(self._logger)
+
+    def sampling_spec(self, row_seed: int) -> SamplingSpec:
+        """The sampling parameters of one query (stops and bans as resolved at load)."""
+        assert self._writer is not None, "load() was not called"
+        return self._writer.sampling_spec(row_seed)
 
     @property
     def outputs(self) -> "StepColumns":
         return list(QUERY_COLUMNS)
 
     def process(self, offset: int = 0) -> "GeneratorStepOutput":
-        # Later batches are already in the engine while a batch's longest queries finish
-        # (and while distilabel hands the batch on); batches still come out in row order.
-        seen: set[bytes] = set()
-        for context, completions in complete_in_batches(self.open_batches(), self._query_batches(offset)):
-            rows = self.query_rows(context, completions)
+        # Batches come out in row order, while later ones already run in the engine.
+        writer, seen = self._writer, set[bytes]()
+        assert writer is not None, "load() was not called"
+        for context, completions in complete_in_batches(self.open_batches(), self._query_batches(writer, offset)):
+            rows = writer.rows(context, completions)
             mark_exact_duplicates(rows, seen)
             yield rows, context[0][-1] == self.num_rows - 1
 
-    def _query_batches(self, offset: int) -> Any:
+    def _query_batches(self, writer: QueryWriter, offset: int) -> Any:
         for start in range(offset, self.num_rows, self.batch_size):
-            self.report_started()
-            context, prompts, specs = self.query_requests(range(start, min(start + self.batch_size, self.num_rows)))
-            yield context, prompts, specs, self.row_tally(len(prompts))  # counted as each query finishes
+            self.run.report_progress(0, 0)  # the batch started: the live display times the rate from here
+            context, prompts, specs = writer.requests(range(start, min(start + self.batch_size, self.num_rows)))
+            yield context, prompts, specs, self.run.row_tally(len(prompts))  # counted as each query finishes
 
 
-class QuerySlots(GeneratorStep, Configured):
+class QuerySlots(RecipeGeneratorStep):
     """Emits the row indices ``0 .. num_rows - 1`` for :class:`MagpieQueries` replicas to fill.
 
     A generator step runs once; a normal step can be replicated. This cheap generator
@@ -204,7 +216,7 @@ class QuerySlots(GeneratorStep, Configured):
         - query_index (int)
     """
 
-    config_names: ClassVar[Dict[str, Optional[str]]] = {"num_instructions": "num_rows"}
+    config_names = {"num_instructions": "num_rows"}
 
     num_rows: int = setting(GeneratorConfig, "num_instructions", default=100)
 
@@ -218,7 +230,7 @@ class QuerySlots(GeneratorStep, Configured):
             yield [{INDEX_COLUMN: i} for i in range(start, stop)], stop == self.num_rows
 
 
-class MagpieQueries(StreamingStep, MagpieQueryWriter, Step):
+class MagpieQueries(MagpieQuerySettings, StreamingStep):
     """Writes the Magpie queries of the row slots it receives; replicable (one engine each).
 
     The rows equal :class:`MagpieGenerator`'s except for exact duplicates, which
@@ -228,7 +240,7 @@ class MagpieQueries(StreamingStep, MagpieQueryWriter, Step):
         - `input_batch_size`: slots per batch sent to the backend.
         - `temperature`, `top_p`, `max_tokens`, `seed`: sampling.
         - `max_in_flight`: sequences in flight across batches (in a pipeline, queued batches
-          stream into the engine: :mod:`steps.streaming`).
+          stream into the engine: :class:`~magpie_dl.steps.base.StreamingStep`).
 
     Input columns:
         - query_index (int)
@@ -237,7 +249,14 @@ class MagpieQueries(StreamingStep, MagpieQueryWriter, Step):
         - the columns of :class:`MagpieGenerator`.
     """
 
-    config_names: ClassVar[Dict[str, Optional[str]]] = {"batch_size": "input_batch_size"}
+    role: ClassVar[str] = "queries"  # replicated by scaleout.query_replicas
+
+    _writer: Optional[QueryWriter] = PrivateAttr(default=None)
+
+    def load(self) -> None:
+        writer = QueryWriter(self)  # a bad system-prompt plan fails before the model loads
+        super().load()
+        self._writer = writer.resolve(self._logger)
 
     @property
     def inputs(self) -> "StepColumns":
@@ -247,19 +266,20 @@ class MagpieQueries(StreamingStep, MagpieQueryWriter, Step):
     def outputs(self) -> "StepColumns":
         return list(QUERY_COLUMNS)
 
-    def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
-        yield self.complete_rows(inputs)
-
     def completion_requests(self, rows: list[dict[str, Any]]) -> tuple[Any, list[PromptInput], list[SamplingSpec]]:
-        return self.query_requests([slot[INDEX_COLUMN] for slot in rows])
+        assert self._writer is not None, "load() was not called"
+        return self._writer.requests([slot[INDEX_COLUMN] for slot in rows])
 
-    def rows_from_completions(self, rows: list[dict[str, Any]], context: Any, completions: list[list[Completion]]) -> list[dict[str, Any]]:
-        for slot, row in zip(rows, self.query_rows(context, completions)):
+    def rows_from_completions(
+        self, rows: list[dict[str, Any]], context: Any, completions: list[list[Completion]]
+    ) -> list[dict[str, Any]]:
+        assert self._writer is not None, "load() was not called"
+        for slot, row in zip(rows, self._writer.rows(context, completions)):
             slot.update(row)
         return rows
 
 
-class ExactDuplicateQueries(Step, Configured):
+class ExactDuplicateQueries(RecipeStep):
     """Marks exact duplicate queries in row order, as :class:`MagpieGenerator` does; one replica.
 
     :class:`MagpieQueries` replicas finish batches in any order. This step puts the rows
@@ -277,8 +297,6 @@ class ExactDuplicateQueries(Step, Configured):
     Output columns:
         - instruction_status (str: ``duplicate`` where the query repeats an earlier row's)
     """
-
-    config_names: ClassVar[Dict[str, Optional[str]]] = {"batch_size": "input_batch_size"}
 
     _pending: dict[int, dict[str, Any]] = PrivateAttr(default_factory=dict)
     _next_index: int = PrivateAttr(default=0)

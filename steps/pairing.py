@@ -3,17 +3,18 @@
 from typing import TYPE_CHECKING
 
 from distilabel.mixins.runtime_parameters import RuntimeParameter
-from distilabel.steps import Step, StepInput
+from distilabel.steps import StepInput
 
 from magpie_dl.recipe.pairing import PairingRules, pair_columns
 from magpie_dl.config.sections import PairingConfig
-from magpie_dl.steps.settings import Configured, setting
+from magpie_dl.steps.base import RecipeStep
+from magpie_dl.steps.settings import setting
 
 if TYPE_CHECKING:
     from distilabel.typing import StepColumns, StepOutput
 
 
-class BestWorstPairing(Step, Configured):
+class BestWorstPairing(RecipeStep):
     """Turns scored responses into a chosen/rejected pair, or a reason there is none.
 
     Truncated (finish reason ``length``), empty or failed responses and responses

@@ -1,11 +1,9 @@
 """MultiResponseGeneration: N responses per instruction from one prompt (not N calls)."""
 
-from typing import Any, Dict, Literal, Optional, TYPE_CHECKING
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Optional
 
 from distilabel.mixins.runtime_parameters import RuntimeParameter
-from distilabel.steps import Step, StepInput
-from pydantic import Field, PrivateAttr
+from pydantic import Field, PrivateAttr, ValidationInfo, field_validator
 
 from magpie_dl.backends.base import Completion, CompletionLLM, PromptInput, SamplingSpec
 from magpie_dl.templates.families import ModelFamily, ResolvedStops, resolve_family, resolve_stops
@@ -15,60 +13,45 @@ from magpie_dl.recipe.provenance import response_provenance
 from magpie_dl.templates.prompts import render_response_prompt, response_prompt_template, response_token_ids
 from magpie_dl.recipe.reasons import is_usable
 from magpie_dl.config.sections import GeneratorConfig, ResponsesConfig
-from magpie_dl.steps.settings import Configured, setting
-from magpie_dl.steps.streaming import StreamingStep
+from magpie_dl.steps.base import StreamingStep
+from magpie_dl.steps.settings import setting
 
 if TYPE_CHECKING:
-    from distilabel.typing import StepColumns, StepOutput
+    from distilabel.typing import StepColumns
 
 
-class MultiResponseGeneration(StreamingStep, Step, Configured):
-    """Samples ``num_generations`` responses per instruction in one request.
+class MultiResponseGeneration(StreamingStep):
+    """Samples ``num_generations`` responses per instruction in one request (not N calls).
 
-    The prompt is the Magpie reference's bare prompt (``prompt_style="magpie"``, the
-    default: what every released row records) or the model's chat template
-    (``"chat_template"``, "today" pinned to the backend's ``chat_template_date``); either
-    way the instruction is tokenised as text, so it cannot inject turns. The row's seed derives from
-    (``seed``, uuid): a rerun, or a resumed run, reproduces every response. Rows whose
-    ``instruction_status`` is not ``ok`` are passed through with no responses.
-    Responses are stripped of surrounding whitespace, as the reference does, before
-    anything scores or exports them; one that was only whitespace becomes ``""`` and is
-    marked empty downstream. In a pipeline, batches overlap on one stream (see
-    :mod:`steps.streaming`): the next rows' requests run while this batch's longest finish.
-
-    In a recipe: ``MultiResponseGeneration.from_config(cfg.responses, llm=..., family=...,
-    engine=..., seed=...)``; its fields are declared by that section.
+    The prompt is the Magpie reference's bare prompt (``prompt_style="magpie"``) or the
+    model's chat template (``"chat_template"``); the instruction is tokenised as text, so it
+    cannot inject turns. A row's seed derives from (``seed``, uuid), so a rerun reproduces
+    it. Rows whose instruction is not usable pass through with no responses. Responses are
+    stripped of surrounding whitespace, as the reference does.
 
     Attributes:
         llm: a ``CompletionLLM`` backend.
-        num_generations: responses per instruction (5 in the recipe).
+        num_generations: responses per instruction.
         family: model family, or ``auto``.
-        prompt_style: ``magpie`` (default) or ``chat_template``.
-        thinking: open the assistant turn with thinking on (families with a switch:
-            Qwen3); each response's ``<think>`` block then goes to ``reasoning`` and
-            ``generations`` keep the answer alone, which is what gets scored.
+        prompt_style: ``magpie`` or ``chat_template``.
+        thinking: open the assistant turn with thinking on (families with a switch: Qwen3);
+            the ``<think>`` block goes to ``reasoning``, ``generations`` keep the answer.
+        engine: recorded as ``gen_response_configs.engine``; ``None``: the ``llm``'s kind.
 
     Runtime parameters:
-        - `temperature`, `top_p`, `max_tokens`, `seed`: sampling.
-        - `repetition_penalty`: vLLM's repetition penalty (1.0, none, in the recipe); sent to
-          every backend and recorded in ``gen_response_configs``.
-        - `max_in_flight`: sequences in flight across batches (see :class:`~steps.streaming.StreamedCompletions`).
+        - `temperature`, `top_p`, `max_tokens`, `seed`, `repetition_penalty`: sampling.
+        - `max_in_flight`: sequences in flight across batches.
 
     Input columns:
         - instruction (str), uuid (str); optional instruction_status (str).
 
     Output columns:
         - generations (list[str]), finish_reasons (list[str]), generation_tokens (list[int]),
-          gen_response_configs (dict: the exact prompt and sampling parameters),
-          request_error (str: ``""``, or why the responses' request failed after its retries;
-          a row not sent keeps its query's);
-          with ``thinking``, reasoning (list[str | None]: each response's think block).
+          gen_response_configs (dict), request_error (str: ``""``, or why the request failed);
+          with ``thinking``, reasoning (list[str | None]).
     """
 
     role: ClassVar[str] = "responses"  # replicated by scaleout.generation_replicas
-
-    # The recipe's ``responses`` section (or the curation recipe's ``instruct_reward``).
-    config_names: ClassVar[Dict[str, Optional[str]]] = {"batch_size": "input_batch_size"}
 
     llm: CompletionLLM
     # One response is a use too (the instruct reward); the DPO recipe needs two to pair.
@@ -76,7 +59,9 @@ class MultiResponseGeneration(StreamingStep, Step, Configured):
     family: str = setting(GeneratorConfig, "family")
     prompt_style: Literal["chat_template", "magpie"] = setting(ResponsesConfig, "prompt_style")
     thinking: bool = setting(ResponsesConfig, "thinking")
-    engine: str = Field(default="transformers", description="Recorded as gen_response_configs.engine.")
+    engine: Optional[str] = Field(
+        default=None, validate_default=True, description="Recorded as gen_response_configs.engine; None: the llm's kind."
+    )
 
     temperature: RuntimeParameter[float] = setting(ResponsesConfig, "temperature")
     top_p: RuntimeParameter[float] = setting(ResponsesConfig, "top_p")
@@ -84,13 +69,19 @@ class MultiResponseGeneration(StreamingStep, Step, Configured):
     seed: RuntimeParameter[int] = Field(default=0, description="Run seed; row seeds derive from it.")
     repetition_penalty: RuntimeParameter[float] = setting(ResponsesConfig, "repetition_penalty")
 
+    @field_validator("engine")
+    @classmethod
+    def _the_llms_kind(cls, engine: Optional[str], info: ValidationInfo) -> Optional[str]:
+        llm = info.data.get("llm")
+        return engine or (llm.kind if llm is not None else None)
+
     _family: Optional[ModelFamily] = PrivateAttr(default=None)
     _template: Optional[str] = PrivateAttr(default=None)
     _stops: Optional[ResolvedStops] = PrivateAttr(default=None)
     _stop_tokens: tuple[str, ...] = PrivateAttr(default=())
 
     def load(self) -> None:
-        super().load()  # the store and the engine (steps.base.LLMStep)
+        super().load()
         self._family = resolve_family(self.family, self.llm.tokenizer, self.llm.chat_template_date)
         if self._family.note:
             self._logger.warning(self._family.note)
@@ -110,9 +101,6 @@ class MultiResponseGeneration(StreamingStep, Step, Configured):
         return ["generations", "finish_reasons", "generation_tokens", "gen_response_configs", "request_error"] + (
             ["reasoning"] if self.thinking else []
         )
-
-    def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
-        yield self.complete_rows(inputs)
 
     def completion_requests(self, rows: list[dict[str, Any]]) -> tuple[Any, list[PromptInput], list[SamplingSpec]]:
         """One request (``n`` samples) per row whose instruction is usable."""

@@ -1,52 +1,50 @@
 """RewardScoring: every response scored by a reward model (ArmoRM in the recipe)."""
 
 from dataclasses import asdict
-from typing import TYPE_CHECKING, ClassVar, Dict, Optional
+from typing import TYPE_CHECKING, ClassVar, Optional, Union
 
 from distilabel.mixins.runtime_parameters import RuntimeParameter
-from distilabel.steps import Step, StepInput
+from distilabel.steps import StepInput
 from pydantic import Field, PrivateAttr
 
-from magpie_dl.backends.gpus import PlannedDevices
 from magpie_dl.run.progress import RowTally
 from magpie_dl.reward.scoring import RewardScorer, Scored, conversations_token_ids, responses_to_score, set_ratings
 from magpie_dl.config.sections import RewardConfig
 from magpie_dl.run.store import cached_map, result_key
-from magpie_dl.steps.base import LLMStep
-from magpie_dl.steps.settings import Configured, setting
+from magpie_dl.steps.base import DevicePlacedStep
+from magpie_dl.steps.settings import setting
 
 if TYPE_CHECKING:
     from distilabel.typing import StepColumns, StepOutput
 
+    from magpie_dl.backends.standin import StandInScorer
 
-class RewardScoring(LLMStep, Step, Configured, PlannedDevices):
+
+class RewardScoring(DevicePlacedStep):
     """Scores each (instruction, response) with a reward model, batch-invariantly.
 
-    ArmoRM (recognised from its ``config.json``) runs on this library's implementation
-    and gives its preference ``score``; any other model is a one-label sequence
-    classifier and gives its logit. Inputs are the reward model's chat template over
-    [user, assistant], cut at ``max_length`` tokens; batches are grouped by length.
-    Empty or failed responses get no score (``None``) rather than a made-up one, and so
-    do non-finite scores and ArmoRM inputs whose assistant header the cut removed; the
-    reason is in ``rating_errors`` (``empty_response``, ``non_finite_score:...``,
-    ``gating_tokens_missing``) and the step logs how many of each.
-
-    Built from a recipe's ``reward`` section with ``RewardScoring.from_config(cfg.reward, ...)``.
+    ArmoRM (recognised from its ``config.json``) runs on this library's implementation and
+    gives its preference ``score``; any other model is a one-label sequence classifier and
+    gives its logit. Inputs are the model's chat template over [user, assistant], cut at
+    ``max_length`` tokens, in passes grouped by length. A response that cannot be scored
+    gets ``None``, never a made-up score, and its reason in ``rating_errors``.
 
     Attributes:
         model: reward model path or hub id.
-        trust_remote_code: explicit opt-in to a model's own code, for architectures this
-            library does not implement (ArmoRM never needs it).
-        dtype, device: where and how the model runs. On cuda in a recipe run, each replica
-            gets its own device from the placement plan (``device_plan``), as an engine does.
+        trust_remote_code: opt-in to a model's own code, for architectures this library
+            does not implement.
+        dtype, device: how and where the model runs; on cuda in a recipe run, each replica
+            gets the device its placement plan gave it (``device_plan``).
+        stand_in: score with the instant stand-in (scale runs and tests), never real scores.
 
     Runtime parameters:
-        - `max_length`: truncation length in tokens (4096 in the recipe).
-        - `scoring_batch_size`: most sequences per forward pass.
-        - `scoring_batch_tokens`: most padded tokens (sequences x longest) per forward pass.
+        - `max_length`: truncation length in tokens.
+        - `scoring_batch_size`, `scoring_batch_tokens`: most sequences, and most padded
+          tokens, per forward pass.
 
     Input columns:
-        - instruction (str), generations (list[str]); optional finish_reasons (list[str]).
+        - instruction (str), generations (list[str]); optional finish_reasons (list[str]:
+          failed generations are not scored).
 
     Output columns:
         - ratings (list[float | None]), rating_truncated (list[bool]), rating_errors (list[str | None]).
@@ -54,9 +52,7 @@ class RewardScoring(LLMStep, Step, Configured, PlannedDevices):
 
     role: ClassVar[str] = "reward"  # replicated by scaleout.reward_replicas
 
-    config_names: ClassVar[Dict[str, Optional[str]]] = {
-        "batch_size": "scoring_batch_size", "batch_tokens": "scoring_batch_tokens",
-    }
+    config_names = {"batch_size": "scoring_batch_size", "batch_tokens": "scoring_batch_tokens"}
 
     model: str = setting(RewardConfig, "model", default=...)  # required: no default model standalone
     trust_remote_code: bool = setting(RewardConfig, "trust_remote_code")
@@ -69,16 +65,16 @@ class RewardScoring(LLMStep, Step, Configured, PlannedDevices):
     stand_in: bool = Field(False, description="Score with magpie_dl's instant stand-in (scale runs and tests: "
                            "never real scores); only the model's tokenizer is loaded.")
 
-    _scorer: Optional[RewardScorer] = PrivateAttr(default=None)
+    _scorer: Optional[Union[RewardScorer, "StandInScorer"]] = PrivateAttr(default=None)
     # 2: ArmoRM scored natively (the tiny reward model became an ArmoRM at the same path).
     CACHE_VERSION: ClassVar[str] = "2"
 
-    def model_to_load(self) -> RewardScorer:
-        """The reward scorer, loaded and freed by :class:`~steps.base.LLMStep` in place of an ``llm``."""
+    def model_to_load(self) -> Union[RewardScorer, "StandInScorer"]:
+        """The reward scorer, loaded and freed in place of an ``llm``."""
         if self.stand_in:
             from magpie_dl.backends.standin import StandInScorer
 
-            self._scorer = StandInScorer(self.model, self.max_length)  # type: ignore[assignment]
+            self._scorer = StandInScorer(self.model, self.max_length)
             return self._scorer
         # Pinned to this replica's planned device, "cuda" is that device (not device 0 for all).
         device = "cuda" if self.device.startswith("cuda") and self.pin_planned_devices() else self.device

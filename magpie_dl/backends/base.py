@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from distilabel.models.llms.base import LLM
 from pydantic import Field, PrivateAttr, field_validator
@@ -281,6 +281,9 @@ class CompletionLLM(LLM):
         chat_template_date: the ISO date chat templates render as "today" (pinned, so
             prompts do not change with the day a run resumes on).
     """
+
+    kind: ClassVar[str] = "custom"
+    """The engine, as the config's ``backend.kind`` names it; rows record it (``gen_response_configs.engine``)."""
 
     model: str
     tokenizer_path: str | None = Field(default=None, description="Tokenizer; defaults to `model`.")

@@ -35,7 +35,7 @@ import threading
 import time
 from collections.abc import Hashable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, ClassVar, Literal, TYPE_CHECKING
 
 from pydantic import Field, PrivateAttr, field_validator
 
@@ -105,6 +105,8 @@ class OpenAIBackend(CompletionLLM):
             servers were started with ``--api-key``. The key is read at load, sent as a
             bearer token and never stored in the config or logged.
     """
+
+    kind: ClassVar[str] = "openai"
 
     base_urls: list[str] = Field(min_length=1, description="Endpoint roots (http://host:port).")
     served_model_name: str | None = Field(default=None, description="Model name the servers serve.")

@@ -121,6 +121,8 @@ class StandInBackend(CompletionLLM):
             (tests that stop a run part-way); 0 by default.
     """
 
+    kind: ClassVar[str] = "standin"
+
     seed: int = Field(0, description="Run seed, part of every draw.")
     seconds_per_prompt: float = Field(0.0, ge=0.0, description="Pause per prompt (0: instant).")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar, TYPE_CHECKING
 
 from distilabel.mixins.runtime_parameters import RuntimeParameter
 from pydantic import Field, PrivateAttr
@@ -42,6 +42,8 @@ class TransformersBackend(CompletionLLM):
         dtype: ``auto``, ``float32``, ``bfloat16`` or ``float16``.
         batch_size: completions decoded together in one forward pass.
     """
+
+    kind: ClassVar[str] = "transformers"
 
     device: str = Field(default="cpu", description="Torch device.")
     dtype: str = Field(default="auto", description="auto | float32 | bfloat16 | float16")

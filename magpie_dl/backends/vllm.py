@@ -24,7 +24,7 @@ import gc
 import itertools
 import time
 from collections.abc import Hashable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar, TYPE_CHECKING
 
 from distilabel.mixins.runtime_parameters import RuntimeParameter
 from distilabel.models.mixins.cuda_device_placement import CudaDevicePlacementMixin
@@ -77,6 +77,8 @@ class VLLMBackend(CompletionLLM, PlannedDevices):
         >>> [[c.text for c in cs]] = llm.complete([PromptInput(ids)], [SamplingSpec(n=1)])
         >>> llm.unload()
     """
+
+    kind: ClassVar[str] = "vllm"
 
     tensor_parallel_size: RuntimeParameter[int] = Field(default=1, description="GPUs per engine.")
     max_model_len: RuntimeParameter[int] | None = Field(

@@ -12,13 +12,22 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from magpie_dl.backends.base import SamplingSpec
     from magpie_dl.templates.family import ModelFamily
 
 MANIFEST = "magpie_dl_model.json"
+
+
+class Sampled(Protocol):
+    """What a query's provenance records of how it was sampled
+    (``magpie_dl.backends.base.SamplingSpec`` is one): the recipe's rules do not depend on the engines."""
+
+    temperature: float
+    top_p: float
+    max_tokens: int
+    seed: int | None
 
 
 def model_label(ref: str) -> str:
@@ -62,7 +71,7 @@ def stand_in_engine_note(config: dict[str, Any]) -> str | None:
 
 def query_provenance(
     generator: str,
-    spec: SamplingSpec,
+    spec: Sampled,
     family: ModelFamily,
     system_prompt: str | None,
     stop_at_newline: bool,

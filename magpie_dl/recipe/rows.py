@@ -14,11 +14,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 from magpie_dl.templates.chat import split_thinking
 from magpie_dl.recipe.cleaning import CleaningRules, clean_query
 from magpie_dl.recipe.queries import row_uuid
-from magpie_dl.recipe.provenance import query_provenance
+from magpie_dl.recipe.provenance import Sampled as SamplingSettings, query_provenance
 from magpie_dl.recipe.reasons import FINISH_ERROR, instruction_status_of
 
 if TYPE_CHECKING:
-    from magpie_dl.backends.base import SamplingSpec
     from magpie_dl.templates.family import ModelFamily
 
 
@@ -50,7 +49,7 @@ def query_row(
     index: int,
     category: str | None,
     system_prompt: str | None,
-    spec: SamplingSpec,
+    spec: SamplingSettings,
     family: ModelFamily,
     stop_at_newline: bool,
     rules: CleaningRules,

@@ -30,6 +30,7 @@ from magpie_dl.release.export import discard_loaded_copy, failed_requests
 from magpie_dl.run.leaf_output import reconciled_leaf_output
 from magpie_dl.run.outdir import OutputDirError
 from magpie_dl.run.preflight import check_before_run
+from magpie_dl.run.recipes import local_models_named
 from magpie_dl.run.procs import die_with_parent, own_process_group, preload_worker_imports, shared_with_workers
 from magpie_dl.run.progress import ProgressMonitor, notices_as_lines, quiet_libraries
 from magpie_dl.run.scaleout import maybe_ray, plan_local, run_options, scaleout_of, wants_ray
@@ -260,10 +261,8 @@ def main_for(recipe: Recipe, build: Build, description: str, argv: list[str] | N
     sys.excepthook = sys.__excepthook__
     args = recipe.parser(description).parse_args(argv)
     try:
-        if args.preset in ("smoke", "demo"):
-            _ensure_tiny_models()
-        if args.preset in ("demo", "scale"):
-            _ensure_smollm2()
+        for folder in local_models_named(args._presets[args.preset]):  # built on first use
+            {TINY_DIR: _ensure_tiny_models, SMOLLM2_DIR: _ensure_smollm2}[folder]()
         cfg = resolve(args)
         if source := recipe.instructions(cfg):
             _check_instructions(source)

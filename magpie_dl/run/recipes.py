@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -34,6 +34,27 @@ if TYPE_CHECKING:
 
     from magpie_dl.config.dpo import RecipeConfig
     from magpie_dl.config.curation import InstructionsConfig
+
+
+def local_models_named(preset: Mapping[str, Any]) -> list[Path]:
+    """The local model folders (:data:`~magpie_dl.config.dpo.TINY_DIR`, then
+    :data:`~magpie_dl.config.dpo.SMOLLM2_DIR`) a preset's config names a model in: the driver
+    builds them before the run, so a preset needs no setup step."""
+    named: list[str] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, Mapping):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                walk(item)
+        elif isinstance(value, str):
+            named.append(value)
+
+    walk(preset)
+    return [folder for folder in (config.TINY_DIR, config.SMOLLM2_DIR)
+            if any(Path(value) == folder or Path(value).is_relative_to(folder) for value in named)]
 
 
 def _reads_nothing(cfg: Any) -> None:
