@@ -12,7 +12,7 @@ from pydantic import Field, PrivateAttr
 
 from magpie_dl import review
 from magpie_dl.review import dataset as rd
-from magpie_dl.steps.settings import OptionalRuntimeParameter
+from magpie_dl.steps.base import OptionalRuntimeParameter
 
 if TYPE_CHECKING:
     from distilabel.typing import StepColumns, StepOutput

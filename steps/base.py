@@ -17,7 +17,7 @@ No ``from __future__ import annotations``: distilabel finds the input parameter 
 ``process`` by its evaluated ``StepInput`` annotation.
 """
 
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Optional, Protocol, Sequence, Type, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Mapping, Optional, Protocol, Sequence, Type, TypeVar, Union
 
 from distilabel.mixins.runtime_parameters import RuntimeParameter
 from distilabel.steps import GeneratorStep, GlobalStep, Step, StepInput
@@ -38,6 +38,13 @@ StepT = TypeVar("StepT", bound=BaseModel)
 
 # ----------------------------------------------------------------------- built from config
 
+
+_T = TypeVar("_T")
+
+# ``Optional[RuntimeParameter[X]]`` as distilabel reads it (an optional runtime parameter),
+# without the ``Field(default=None)`` that distilabel's alias nests inside the union, which
+# pydantic warns about for every class that declares one (the field's own default applies).
+OptionalRuntimeParameter = Optional[Annotated[Union[_T, None], distilabel_compat.runtime_parameter_annotation()]]
 
 def config_values(step: Type[BaseModel], section: BaseModel) -> dict[str, Any]:
     """The field values of ``step`` that a config ``section`` sets.

@@ -26,7 +26,8 @@ from magpie_dl.curation.tagging import (
     untagged_columns,
 )
 from magpie_dl.steps.base import ModelStep, RecipeGlobalStep, RecipeStep
-from magpie_dl.steps.settings import OptionalRuntimeParameter, setting
+from magpie_dl.config.sections import setting
+from magpie_dl.steps.base import OptionalRuntimeParameter
 
 if TYPE_CHECKING:
     from distilabel.typing import StepColumns, StepOutput

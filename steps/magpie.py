@@ -19,7 +19,7 @@ from magpie_dl.recipe.queries import SystemPromptPlan, derive_seed
 from magpie_dl.recipe.rows import query_row
 from magpie_dl.run.streaming import complete_in_batches
 from magpie_dl.steps.base import ModelGeneratorStep, RecipeGeneratorStep, RecipeStep, StreamingStep
-from magpie_dl.steps.settings import setting
+from magpie_dl.config.sections import setting
 from magpie_dl.templates.families import (
     ModelFamily, ResolvedStops, resolve_family, resolve_single_token_ids, resolve_stops,
 )

@@ -8,7 +8,7 @@ from distilabel.steps import StepInput
 from magpie_dl.recipe.pairing import PairingRules, pair_columns
 from magpie_dl.config.sections import PairingConfig
 from magpie_dl.steps.base import RecipeStep
-from magpie_dl.steps.settings import setting
+from magpie_dl.config.sections import setting
 
 if TYPE_CHECKING:
     from distilabel.typing import StepColumns, StepOutput

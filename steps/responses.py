@@ -14,7 +14,7 @@ from magpie_dl.templates.prompts import render_response_prompt, response_prompt_
 from magpie_dl.recipe.reasons import is_usable
 from magpie_dl.config.sections import GeneratorConfig, ResponsesConfig
 from magpie_dl.steps.base import StreamingStep
-from magpie_dl.steps.settings import setting
+from magpie_dl.config.sections import setting
 
 if TYPE_CHECKING:
     from distilabel.typing import StepColumns

@@ -12,7 +12,7 @@ from magpie_dl.reward.scoring import RewardScorer, Scored, conversations_token_i
 from magpie_dl.config.sections import RewardConfig
 from magpie_dl.run.store import cached_map, result_key
 from magpie_dl.steps.base import DevicePlacedStep
-from magpie_dl.steps.settings import setting
+from magpie_dl.config.sections import setting
 
 if TYPE_CHECKING:
     from distilabel.typing import StepColumns, StepOutput

@@ -11,7 +11,7 @@ from magpie_dl.config.sections import (
     DedupSection, GeneratorConfig, InstructRewardConfig, PairingConfig, ResponsesConfig, RewardConfig,
     SelectionSection, TaggingConfig,
 )
-from magpie_dl.config.settings import setting
+from magpie_dl.config.sections import setting
 from magpie_dl.steps.curation import (
     CuratedSelection, InstructionTagging, InstructReward, LanguageTagging, NearDuplicateTagging, SafetyTagging,
 )

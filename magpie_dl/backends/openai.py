@@ -44,7 +44,7 @@ from magpie_dl.backends.base import (
 )
 from magpie_dl.scrub import scrub_text
 from magpie_dl.config.sections import BackendConfig
-from magpie_dl.config.settings import setting
+from magpie_dl.config.sections import setting
 from magpie_dl.backends.first_token_ban import (
     FIRST_TOKEN_BAN_ARG,
     FIRST_TOKEN_BAN_V1_FQCN,

@@ -4,10 +4,20 @@ A section is one step's (or one concern's) settings: ``generator``, ``responses`
 ``reward``, ``tagging``, ``dedup``, ``selection``... The recipes' whole configs
 (:class:`magpie_dl.config.dpo.RecipeConfig`, :class:`magpie_dl.config.curation.InstructionsConfig`)
 are made of them, and every configurable step takes its section whole
-(``RewardScoring.from_config(cfg.reward, ...)``, see :mod:`steps.settings`), its runtime
-parameters declared from the section's fields (:func:`magpie_dl.config.settings.setting`).
-Where a library config already declares a setting (:mod:`magpie_dl.curation.dedup`,
-:mod:`magpie_dl.curation.selection`), the section reuses that declaration.
+(``RewardScoring.from_config(cfg.reward, ...)``).
+
+A setting is declared once, with its default, description and bounds, in the model that
+owns it: a section here, or a library config (:mod:`magpie_dl.curation.dedup`,
+:mod:`magpie_dl.curation.selection`). Another model that exposes the same knob (a step's
+runtime parameter, a section over a library config) declares its field as
+``setting(Owner, "name")`` instead of repeating it::
+
+    class MultiResponseGeneration(StreamingStep):
+        temperature: RuntimeParameter[float] = setting(ResponsesConfig, "temperature")
+
+The new field keeps its own annotation and takes the owner's default (or default factory),
+description and numeric bounds; validators in the owner's annotation (a model path's
+existence check) are not carried over.
 """
 
 from __future__ import annotations
@@ -15,7 +25,7 @@ from __future__ import annotations
 import re
 from datetime import date
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -25,8 +35,31 @@ from magpie_dl.templates.families import FAMILIES
 from magpie_dl.recipe.queries import CONTROL_TASKS
 from magpie_dl.templates.prompts import DEFAULT_TEMPLATE_DATE
 from magpie_dl.curation.selection import SelectionRules
-from magpie_dl.config.settings import setting
 from magpie_dl.curation.tagging import TAG_TASKS, TagTaskNames
+
+
+# Numeric bounds: pydantic keeps each as a metadata object with an attribute of its name (``Ge(ge=0)``).
+_BOUNDS = ("gt", "ge", "lt", "le")
+
+
+def setting(owner: type[BaseModel], name: str, **overrides: Any) -> Any:
+    """A field declared as ``owner``'s field ``name``: same default, description and bounds.
+
+    ``overrides`` change what must differ, with a reason at the call: ``default=`` (a
+    standalone step's default where the recipe's would not suit, e.g. ``device="cpu"``),
+    a bound (``ge=1``), or ``None`` to drop a bound.
+    """
+    info = owner.model_fields[name]
+    spec: dict[str, Any] = {
+        key: getattr(meta, key) for meta in info.metadata for key in _BOUNDS if getattr(meta, key, None) is not None
+    }
+    spec["description"] = info.description
+    if info.default_factory is not None and "default" not in overrides:
+        spec["default_factory"] = info.default_factory
+    else:
+        spec["default"] = info.default
+    spec.update(overrides)
+    return Field(**{key: value for key, value in spec.items() if value is not None or key == "default"})
 
 
 class _Section(BaseModel):
