@@ -110,6 +110,25 @@ def test_the_core_is_most_of_the_library():
     assert len(_core()) > 60
 
 
+def folder_graph() -> dict[str, set[str]]:
+    """Folder of magpie_dl (``magpie_dl.run``, ``magpie_dl.steps``...) -> the folders it imports."""
+    def folder(module: str) -> str:
+        return ".".join(module.split(".")[:2])
+
+    graph: dict[str, set[str]] = {}
+    for src, targets in import_graph().items():
+        graph.setdefault(folder(src), set()).update(folder(t) for t in targets if folder(t) != folder(src))
+    return graph
+
+
+def test_no_circle_between_the_folders():
+    """The folders stack: each stands on those below it, none on one above it."""
+    try:
+        TopologicalSorter(folder_graph()).prepare()
+    except CycleError as exc:
+        pytest.fail(f"folders import in a circle: {' -> '.join(exc.args[1])}")
+
+
 @pytest.mark.parametrize("module", _core())
 def test_core_modules_import_no_distilabel_or_torch(module):
     path = _modules()[module]

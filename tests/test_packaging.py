@@ -55,6 +55,6 @@ def test_every_package_and_template_ships():
     packages = {".".join([installed_as[p.parent.relative_to(ROOT).parts[0]], *p.parent.relative_to(ROOT).parts[1:]])
                 for tree in installed_as for p in (ROOT / tree).rglob("__init__.py")}
     assert packages <= set(setuptools["packages"])
-    patterns = setuptools["package-data"]["magpie_dl.report"]
-    templates = (ROOT / "magpie_dl" / "report" / "templates").iterdir()
+    patterns = setuptools["package-data"]["magpie_dl.release.report"]
+    templates = (ROOT / "magpie_dl" / "release" / "report" / "templates").iterdir()
     assert all(any(t.match(p) for p in patterns) for t in templates)

@@ -10,7 +10,7 @@ import pytest
 
 from recipe_cli import run_recipe_cli
 from magpie_dl.backends.base import Completion, CompletionLLM, CompletionStream, PromptInput, SamplingSpec
-from magpie_dl.run.estimate import EstimateConfig, estimate
+from magpie_dl.config.estimate import EstimateConfig, estimate
 from magpie_dl.run.progress import ProgressMonitor, RowTally, rates
 from magpie_dl.run.store import ResultStore
 
@@ -275,7 +275,7 @@ def test_the_reward_step_counts_rows_and_tokens_as_it_scores_them(tiny_models, t
     step = RewardScoring(model=tiny_models["reward"], dtype="float32", max_length=256, scoring_batch_size=2,
                          cache_dir=str(tmp_path))
     step.load()
-    step._store = store = CountingStore(tmp_path)
+    step._run.store = store = CountingStore(tmp_path)
     answers = ["Yes.", "Tea is a drink made from leaves.", "Owls hunt at night and sleep by day, mostly."]
     rows = [{"instruction": f"Question {i}?", "generations": [text, text]} for i, text in enumerate(answers)]
     rows.append({"instruction": "Nothing came back.", "generations": ["", ""]})
@@ -317,7 +317,7 @@ def test_the_judge_step_counts_a_row_once_all_its_tasks_are_answered(tiny_models
     step = InstructionTagging(llm=TrickleLLM(model=tiny_models["generator"], every_s=0.01),
                               tasks=["difficulty", "quality", "classification"], cache_dir=str(tmp_path))
     step.load()
-    step._store = store = CountingStore(tmp_path)
+    step._run.store = store = CountingStore(tmp_path)
     rows = [{"instruction": "Plan a trip."}, {"instruction": "", "instruction_status": "empty"},
             {"instruction": "Sort a list."}]
     list(step.process(rows))

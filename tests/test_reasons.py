@@ -87,7 +87,7 @@ def test_selection_reasons_are_described_in_check_order():
 
 
 def test_the_report_explains_reasons_from_the_one_vocabulary():
-    from magpie_dl import report
+    from magpie_dl.release import report
 
     assert report.LEFT_OUT_REASONS is reasons.LEFT_OUT_REASONS
     assert report.RESPONSE_STATUSES is reasons.RESPONSE_STATUSES

@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 import yaml
 
-from magpie_dl import report
+from magpie_dl.release import report
 from magpie_dl.config.dpo import REPO_ROOT, RecipeConfig
 from magpie_dl.release.export import write_dataset
 from report_pages import blank_reason, chromium_path, embedded_plots, parse, render_in_chromium
@@ -470,7 +470,7 @@ def test_smoke_run_card_and_report(smoke_output: Path, chromium: str, tmp_path: 
     out = tmp_path / "smoke"
     shutil.copytree(smoke_output, out, ignore=shutil.ignore_patterns(".lock", "README.md", "report.html"))
     started = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "magpie_dl.report", str(out)], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "magpie_dl.release.report", str(out)], capture_output=True, text=True,
                             timeout=120, cwd=REPO_ROOT)
     elapsed = time.perf_counter() - started
     assert result.returncode == 0, result.stderr[-3000:]

@@ -121,7 +121,7 @@ STAGE_END = """
 import sys
 from distilabel.pipeline import Pipeline
 from distilabel.steps import LoadDataFromDicts, Step, StepInput, StepResources
-from magpie_dl.run.scaleout import stop_replicas_at_stage_end
+from magpie_dl.distilabel_compat import stop_replicas_at_stage_end
 
 class Double(Step):
     @property

@@ -19,7 +19,7 @@ from magpie_dl.backends.base import Completion, PromptInput, SamplingSpec
 from magpie_dl.backends.openai import OpenAIBackend
 from magpie_dl.release.export import summarize
 from magpie_dl.recipe.pairing import pair_columns
-from magpie_dl.report.facts import left_out_reasons, stage_counts
+from magpie_dl.release.report.facts import left_out_reasons, stage_counts
 from magpie_dl.run.driver import RequestsFailedError
 from magpie_dl.reward.scoring import set_ratings
 

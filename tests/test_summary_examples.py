@@ -6,7 +6,7 @@ from datasets import load_from_disk
 
 from magpie_dl.config.dpo import TINY_DIR
 from magpie_dl.recipe.provenance import model_label, stand_in_reward_note
-from magpie_dl.report import example_lines
+from magpie_dl.release.report import example_lines
 
 
 def test_two_example_pairs_from_the_published_dataset(smoke_output):

@@ -19,8 +19,8 @@ from pydantic import BaseModel, Field
 
 from magpie_dl.config import command_line
 from magpie_dl.config.command_line import ConfigError, _fields, deep_merge, load_yaml  # noqa: F401  (re-exported)
-from magpie_dl.run.estimate import EstimateConfig
-from magpie_dl.local.paths import models_dir
+from magpie_dl.config.estimate import EstimateConfig
+from magpie_dl.local.paths import SMOLLM2_DIR, TINY_DIR  # noqa: F401  (re-exported)
 from magpie_dl.config.scaleout import ScaleoutConfig
 from magpie_dl.config.sections import (  # noqa: F401  (re-exported)
     DTYPES, BackendConfig, Device, DType, GeneratorConfig, ModelRef, OptionalModelRef, OutputConfig,
@@ -28,10 +28,6 @@ from magpie_dl.config.sections import (  # noqa: F401  (re-exported)
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]  # the checkout (tests, the wheel cache)
-# Local models: $MAGPIE_DL_MODELS, else the checkout's models/, else a user cache (magpie_dl.local.paths).
-TINY_DIR = models_dir() / "tiny"
-# SmolLM2-135M-Instruct converted from its PyPI wheel (magpie_dl.local.smollm2; `make models`).
-SMOLLM2_DIR = models_dir() / "smollm2"
 
 
 class RecipeConfig(_Section):

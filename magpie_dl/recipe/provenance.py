@@ -14,10 +14,11 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from magpie_dl.local.paths import MANIFEST, TINY_DIR
+
 if TYPE_CHECKING:
     from magpie_dl.templates.family import ModelFamily
 
-MANIFEST = "magpie_dl_model.json"
 
 
 class Sampled(Protocol):
@@ -47,8 +48,6 @@ def model_label(ref: str) -> str:
 
 def stand_in_reward_note(reward_model: str) -> str | None:
     """One line saying the scores come from a stand-in, when the reward model is the tiny local one."""
-    from magpie_dl.config.dpo import TINY_DIR
-
     path = Path(reward_model)
     if not (path.is_dir() and path.resolve().is_relative_to(TINY_DIR.resolve())):
         return None

@@ -191,7 +191,7 @@ def write_dataset(
         _atomic_save(released.select(left), out_dir / "left_out")
     finally:
         staging.unlink(missing_ok=True)
-    _atomic_write_text(out_dir / "summary.json", json.dumps(summary.__dict__, indent=2, sort_keys=True))
+    atomic_write_text(out_dir / "summary.json", json.dumps(summary.__dict__, indent=2, sort_keys=True))
     return summary
 
 
@@ -264,7 +264,8 @@ def _atomic_save(dataset: Any, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _atomic_write_text(target: Path, text: str) -> None:
+def atomic_write_text(target: Path, text: str) -> None:
+    """Write ``target`` whole or not at all (a reader never sees half a file)."""
     staging = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     staging.write_text(text)
     staging.replace(target)

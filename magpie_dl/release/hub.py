@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from magpie_dl.report import CARD_FILENAME, REPORT_FILENAME
+from magpie_dl.release.report import CARD_FILENAME, REPORT_FILENAME
 from magpie_dl.scrub import REDACTED, scrub_text
 
 if TYPE_CHECKING:

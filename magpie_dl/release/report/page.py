@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from magpie_dl.release.export import _atomic_write_text
+from magpie_dl.release.export import atomic_write_text
 from magpie_dl.recipe.reasons import RESPONSE_STATUSES
-from magpie_dl.report.facts import (
+from magpie_dl.release.report.facts import (
     _assistant_text,
     _fmt_stats,
     _num,
@@ -29,9 +29,9 @@ from magpie_dl.report.facts import (
     score_table,
     stage_counts,
 )
-from magpie_dl.report.load import RunOutput, column_values, load_output
-from magpie_dl.report.plots import make_plots
-from magpie_dl.report.render import environment
+from magpie_dl.release.report.load import RunOutput, column_values, load_output
+from magpie_dl.release.report.plots import make_plots
+from magpie_dl.release.report.render import environment
 from magpie_dl.scrub import REDACTED, scrub, scrub_text
 
 if TYPE_CHECKING:
@@ -110,5 +110,5 @@ def write_report(
     """Write ``out_dir/report.html``; returns its path."""
     run = run or load_output(out_dir, cfg_dict, summary)
     path = Path(out_dir) / REPORT_FILENAME
-    _atomic_write_text(path, render_report(run))
+    atomic_write_text(path, render_report(run))
     return path

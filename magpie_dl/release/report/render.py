@@ -40,9 +40,9 @@ def _escape_text(value: Any) -> Any:
 
 @cache
 def environment(autoescape: bool) -> Environment:
-    """Templates from ``magpie_dl/report/templates``; ``autoescape``: escape every value (HTML)."""
+    """Templates from ``magpie_dl/release/report/templates``; ``autoescape``: escape every value (HTML)."""
     env = Environment(
-        loader=PackageLoader("magpie_dl.report", "templates"),
+        loader=PackageLoader("magpie_dl.release.report", "templates"),
         autoescape=autoescape,
         finalize=_escape_text if autoescape else None,
         undefined=StrictUndefined,

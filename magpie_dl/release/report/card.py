@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from magpie_dl.release.export import _atomic_write_text
+from magpie_dl.release.export import atomic_write_text
 from magpie_dl.recipe.provenance import stand_in_engine_note, stand_in_reward_note
 from magpie_dl.recipe.reasons import RESPONSE_STATUSES
-from magpie_dl.report.facts import (
+from magpie_dl.release.report.facts import (
     TAGS,
     _assistant_text,
     _fmt_stats,
@@ -29,8 +29,8 @@ from magpie_dl.report.facts import (
     size_category,
     stage_counts,
 )
-from magpie_dl.report.load import RunOutput, load_output
-from magpie_dl.report.render import environment
+from magpie_dl.release.report.load import RunOutput, load_output
+from magpie_dl.release.report.render import environment
 from magpie_dl.scrub import REDACTED, scrub, scrub_text
 
 if TYPE_CHECKING:
@@ -154,5 +154,5 @@ def write_card(
     """
     run = run or load_output(out_dir, cfg_dict, summary)
     path = Path(out_dir) / CARD_FILENAME
-    _atomic_write_text(path, render_card(run, license, pretty_name, repo_id))
+    atomic_write_text(path, render_card(run, license, pretty_name, repo_id))
     return path

@@ -2,7 +2,7 @@
 
 Both are derived from what a run leaves on disk (``dataset/``, ``left_out/``,
 ``summary.json``, ``config.yaml``) and nothing else, so they can be regenerated at any
-time with ``python -m magpie_dl.report OUT_DIR``.
+time with ``python -m magpie_dl.release.report OUT_DIR``.
 
 - The card is what the Hub shows: YAML metadata the Hub accepts (license, task
   categories, a size category computed from the row count, tags, language, ``configs``
@@ -22,9 +22,9 @@ replaced wherever it appears in the text.
 """
 
 from magpie_dl.recipe.reasons import LEFT_OUT_REASONS, RESPONSE_STATUSES
-from magpie_dl.report.card import CARD_FILENAME, MAGPIE_CITATION, card_metadata, render_card, write_card
-from magpie_dl.report.cli import main, write_card_and_report
-from magpie_dl.report.facts import (
+from magpie_dl.release.report.card import CARD_FILENAME, MAGPIE_CITATION, card_metadata, render_card, write_card
+from magpie_dl.release.report.cli import main, write_card_and_report
+from magpie_dl.release.report.facts import (
     DIFFICULTY_ORDER,
     QUALITY_ORDER,
     TAGS,
@@ -43,9 +43,9 @@ from magpie_dl.report.facts import (
     size_category,
     stage_counts,
 )
-from magpie_dl.report.load import RunOutput, _assistant_lengths, load_output
-from magpie_dl.report.page import REPORT_FILENAME, render_report, write_report
-from magpie_dl.report.plots import (
+from magpie_dl.release.report.load import RunOutput, _assistant_lengths, load_output
+from magpie_dl.release.report.page import REPORT_FILENAME, render_report, write_report
+from magpie_dl.release.report.plots import (
     AFTER_COLOR,
     BEFORE_COLOR,
     CHOSEN_COLOR,

@@ -1,4 +1,4 @@
-"""``python -m magpie_dl.report OUT_DIR`` (console script ``magpie-dl-report``): (re)write the card and the report."""
+"""``python -m magpie_dl.release.report OUT_DIR`` (console script ``magpie-dl-report``): (re)write the card and the report."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from magpie_dl.report.card import write_card
-from magpie_dl.report.load import load_output
-from magpie_dl.report.page import write_report
+from magpie_dl.release.report.card import write_card
+from magpie_dl.release.report.load import load_output
+from magpie_dl.release.report.page import write_report
 
 if TYPE_CHECKING:
     from magpie_dl.release.export import Summary
@@ -35,7 +35,7 @@ def write_card_and_report(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m magpie_dl.report OUT_DIR``: (re)write README.md and report.html."""
+    """``python -m magpie_dl.release.report OUT_DIR``: (re)write README.md and report.html."""
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("out_dir", type=Path, help="Output directory of a run (holds dataset/, summary.json, config.yaml).")
     parser.add_argument("--license", help="Hub license id for the card (default: inferred from the models).")

@@ -10,8 +10,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from magpie_dl.report.facts import DIFFICULTY_ORDER, QUALITY_ORDER
-from magpie_dl.report.load import RunOutput
+from magpie_dl.release.report.facts import DIFFICULTY_ORDER, QUALITY_ORDER
+from magpie_dl.release.report.load import RunOutput
 
 MISSING = "(none)"  # the bar of rows without a value
 

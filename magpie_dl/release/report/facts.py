@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from magpie_dl.recipe.reasons import LEFT_OUT_REASONS, UNDESCRIBED
-from magpie_dl.report.load import RunOutput, column_values, load_output
+from magpie_dl.release.report.load import RunOutput, column_values, load_output
 from magpie_dl.curation.tagging import DIFFICULTY_LEVELS, QUALITY_LEVELS
 
 # Hub vocabularies (https://huggingface.co/docs/hub/datasets-cards and
