@@ -1,8 +1,6 @@
-"""A distilabel step that sends DPO pairs to the Argilla review dataset (``magpie_dl.review``).
+"""A distilabel step that sends DPO pairs to the Argilla review dataset (``magpie_dl.review``)."""
 
-No ``from __future__ import annotations`` here: distilabel finds the input parameter of
-``process`` by its evaluated ``StepInput`` annotation, and a string annotation hides it.
-"""
+# No `from __future__ import annotations`: distilabel reads the evaluated `StepInput` hint.
 
 from typing import TYPE_CHECKING, Optional
 
@@ -19,43 +17,22 @@ if TYPE_CHECKING:
 
 
 class PushToArgillaReview(Step):
-    """Upserts each DPO row as a review record in Argilla and passes the rows on unchanged.
+    """Upserts each DPO row as an Argilla review record (keyed by ``uuid``) and passes it on unchanged.
 
-    The dataset is created on ``load()``, or reused when one with the same settings exists (one
-    with other settings stops the pipeline at load with a one-line error). Each incoming batch is
-    upserted in requests of ``records_batch_size`` records, retried on transient failures, keyed by
-    the row ``uuid`` so a rerun updates records instead of duplicating them.
-
-    The server URL and key are read from ``ARGILLA_API_URL`` / ``ARGILLA_API_KEY`` in ``load()``.
-    They are deliberately not step attributes, so they never end up in ``pipeline.yaml`` or the
-    Distiset card.
+    The URL and key come from ``ARGILLA_API_URL`` / ``ARGILLA_API_KEY`` at ``load()``, never from
+    fields, so they stay out of ``pipeline.yaml`` and the card.
 
     Attributes:
-        reward_agent: the name shown as the author of the pre-filled preference suggestion.
+        reward_agent: the author shown on the pre-filled preference suggestion.
 
     Runtime parameters:
-        - `dataset_name`: the Argilla dataset to write to.
-        - `dataset_workspace`: its workspace; `None` means the user's first workspace.
-        - `records_batch_size`: records per upsert request (at most 500).
+        - `dataset_name`, `dataset_workspace`, `records_batch_size`: where and how to upsert.
 
     Input columns:
-        - uuid (`str`): the record id.
-        - instruction (`str`), chosen / rejected (`list[dict]`): the pair.
-        - responses (`list[str]`), rewards_armorm (`list[dict]`), chosen_index / rejected_index
-          (`int`), chosen_score / rejected_score / score_margin (`float`): shown to reviewers.
-        - optional tags: task_category, difficulty, input_quality, language,
-          gen_input_configs, gen_response_configs (become metadata when present).
+        - uuid, instruction, chosen, rejected, the scores shown to reviewers; optional tags (metadata).
 
     Output columns:
-        - argilla_pushed (`bool`): True once the row's batch was upserted; False when the push
-          failed for a reason ``magpie_dl.review`` reports (logged once per batch). A row whose
-          push crashed unexpectedly gets None from distilabel. The rows themselves are unchanged,
-          so a failed push loses nothing: rerun ``python -m magpie_dl.review push`` later.
-
-    Examples:
-        >>> step = PushToArgillaReview(dataset_name="magpie-review")  # doctest: +SKIP
-        >>> step.load()  # doctest: +SKIP
-        >>> rows = next(step.process(dpo_rows))  # doctest: +SKIP
+        - argilla_pushed (bool): whether the batch was upserted (``python -m magpie_dl.review push`` retries).
     """
 
     dataset_name: RuntimeParameter[str] = Field(default=None, description="Name of the Argilla review dataset.")

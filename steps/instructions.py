@@ -12,17 +12,14 @@ if TYPE_CHECKING:
 
 
 class LoadInstructions(GeneratorStep):
-    """Emits the rows of an instruction set: a saved dataset directory, a file, or a hub id.
-
-    Rows keep their tag columns; each gets ``uuid`` (kept when present),
-    ``instruction_status`` (``ok``, or why the text is unusable) and
-    ``gen_input_configs``. The source is read in ``load()``, not serialised.
+    """Emits the rows of an instruction set, read in ``load()``.
 
     Attributes:
         source: dataset directory, ``.jsonl``/``.json``/``.parquet``/``.csv`` file, or hub id.
 
     Output columns:
-        - uuid, instruction, instruction_status, gen_input_configs, plus the source's columns.
+        - uuid (kept when present), instruction, instruction_status (``ok`` or why unusable),
+          gen_input_configs, and the source's own columns.
     """
 
     source: str = Field(description="Instruction set: directory, file or hub id.")

@@ -1,10 +1,4 @@
-"""Magpie query steps: user queries written by an aligned model from its pre-query template.
-
-One writer (:class:`MagpieGenerator`) or, data parallel on Ray, three steps that give
-the same rows: :class:`QuerySlots` emits row indices, :class:`MagpieQueries` replicas
-write the queries of the indices they receive, and :class:`ExactDuplicateQueries`
-puts the rows back in row order and marks exact duplicates. :func:`query_stage` picks.
-"""
+"""Magpie query steps: user queries an aligned model writes from its pre-query template."""
 
 from typing import TYPE_CHECKING, Any, ClassVar, Optional, Sequence
 
@@ -40,20 +34,8 @@ INDEX_COLUMN = "query_index"
 
 
 class MagpieQuerySettings(BaseModel):
-    """The settings of a Magpie query writer (the recipe's ``generator`` section declares them).
-
-    Fields only: :class:`MagpieGenerator` and :class:`MagpieQueries` both take them; the
-    work is :class:`QueryWriter`'s.
-
-    Attributes:
-        llm: the generator, a ``CompletionLLM``.
-        family: model family name, or ``auto`` to detect it from the tokenizer.
-        system_prompt: one fixed system prompt for every query.
-        system_prompts: weighted categories: ``{name: (prompt or None, weight)}``.
-        control_task: ``math``, ``code`` or ``translation``: a built-in system prompt.
-        ban_first_token_markdown: ban the family's markdown tokens at the first position.
-        stop_at_newline: stop a query at its first newline; ``None``: the family's default.
-        min_chars, max_chars: cleaned queries outside these lengths are marked unusable.
+    """The fields :class:`MagpieGenerator` and :class:`MagpieQueries` share, described where
+    ``GeneratorConfig`` (the recipe's ``generator`` section) declares them; ``llm`` is a ``CompletionLLM``.
     """
 
     llm: CompletionLLM
@@ -73,15 +55,9 @@ class MagpieQuerySettings(BaseModel):
 
 
 class QueryWriter:
-    """Writes, cleans and annotates the Magpie queries of given row indices.
-
-    A row's system prompt and sampling seed derive from (``seed``, row index), so its query
-    does not depend on batching, on which step wrote it, or on replicas. Exact duplicates
-    are not marked here: that needs the rows before it, in index order.
-
-    Built before the model loads (a bad system-prompt plan fails first), then
-    :meth:`resolve` reads the family, stops and bans from the loaded tokenizer, once per load:
-    resolving stops scans the whole vocabulary (~0.1 s at 128K).
+    """Writes, cleans and annotates the Magpie queries of given row indices. A row's system prompt and
+    seed derive from (``seed``, row index), so its query depends on neither batching nor replicas;
+    exact duplicates need the earlier rows in order, so the caller marks them.
     """
 
     def __init__(self, settings: MagpieQuerySettings) -> None:
@@ -135,27 +111,20 @@ class QueryWriter:
         ]
 
 
-# The settings are listed first so pipeline.yaml keeps its key order (the step's base's
-# fields, then these); they add fields only, so nothing else depends on where they are listed.
+# Settings first, so pipeline.yaml keeps its key order (the base's fields, then these); they add
+# fields only, so nothing else depends on the order.
 class MagpieGenerator(MagpieQuerySettings, ModelGeneratorStep):
     """Synthesises user queries with Magpie: the model sees only its pre-query template.
 
-    Emits exactly ``num_rows`` rows whatever the ``batch_size``, the same on a rerun.
-    Unusable queries are kept and marked with a reason; a usable query equal (case and
-    spacing folded) to an earlier row's is marked ``duplicate``.
-
-    Attributes:
-        num_rows: how many queries to write; the rest: :class:`MagpieQuerySettings`.
+    Emits exactly ``num_rows`` rows whatever the ``batch_size``, the same on a rerun; unusable
+    queries are kept with a reason, a repeat of an earlier row's marked ``duplicate``.
 
     Runtime parameters:
-        - `batch_size`: rows per batch sent to the backend.
-        - `temperature`, `top_p`, `max_tokens`, `seed`: sampling.
-        - `max_in_flight`: sequences in flight across batches.
+        - `batch_size`, `max_in_flight` (:class:`~magpie_dl.steps.base.StreamingStep`), sampling.
 
     Output columns:
-        - uuid (str), instruction (str), raw_instruction (str), cleaning_actions (list[str]),
-          cleaning_removed (list[str]), instruction_status (str), system_prompt_category (str | None),
-          gen_input_configs (dict), request_error (str).
+        - uuid, instruction, raw_instruction, cleaning_actions, cleaning_removed, instruction_status,
+          system_prompt_category, gen_input_configs, request_error (``magpie_dl.recipe.rows``).
 
     Examples:
         >>> gen = MagpieGenerator(llm=TransformersBackend(model="models/tiny/generator"), num_rows=8)
@@ -176,7 +145,7 @@ class MagpieGenerator(MagpieQuerySettings, ModelGeneratorStep):
         self._writer = writer.resolve(self._logger)
 
     def sampling_spec(self, row_seed: int) -> SamplingSpec:
-        """The sampling parameters of one query (stops and bans as resolved at load)."""
+        """Stops and bans as resolved at load (see :meth:`QueryWriter.sampling_spec`)."""
         assert self._writer is not None, "load() was not called"
         return self._writer.sampling_spec(row_seed)
 
@@ -201,16 +170,8 @@ class MagpieGenerator(MagpieQuerySettings, ModelGeneratorStep):
 
 
 class QuerySlots(RecipeGeneratorStep):
-    """Emits the row indices ``0 .. num_rows - 1`` for :class:`MagpieQueries` replicas to fill.
-
-    A generator step runs once; a normal step can be replicated. This cheap generator
-    hands the work out as slots so that the expensive part runs on every replica.
-
-    Attributes:
-        num_rows: how many queries the run writes.
-
-    Runtime parameters:
-        - `batch_size`: slots per batch (one engine batch of :class:`MagpieQueries`).
+    """Emits row indices ``0 .. num_rows - 1`` for :class:`MagpieQueries` replicas to fill: a
+    generator step runs once, so this cheap one hands out the work that replicas then share.
 
     Output columns:
         - query_index (int)
@@ -231,16 +192,11 @@ class QuerySlots(RecipeGeneratorStep):
 
 
 class MagpieQueries(MagpieQuerySettings, StreamingStep):
-    """Writes the Magpie queries of the row slots it receives; replicable (one engine each).
-
-    The rows equal :class:`MagpieGenerator`'s except for exact duplicates, which
-    :class:`ExactDuplicateQueries` marks after this step, in row order.
+    """Writes the Magpie queries of the row slots it receives; replicable (one engine each). Followed by
+    :class:`ExactDuplicateQueries`, its rows equal :class:`MagpieGenerator`'s.
 
     Runtime parameters:
-        - `input_batch_size`: slots per batch sent to the backend.
-        - `temperature`, `top_p`, `max_tokens`, `seed`: sampling.
-        - `max_in_flight`: sequences in flight across batches (in a pipeline, queued batches
-          stream into the engine: :class:`~magpie_dl.steps.base.StreamingStep`).
+        - `input_batch_size`, `max_in_flight` (:class:`~magpie_dl.steps.base.StreamingStep`), sampling.
 
     Input columns:
         - query_index (int)
@@ -280,16 +236,10 @@ class MagpieQueries(MagpieQuerySettings, StreamingStep):
 
 
 class ExactDuplicateQueries(RecipeStep):
-    """Marks exact duplicate queries in row order, as :class:`MagpieGenerator` does; one replica.
-
-    :class:`MagpieQueries` replicas finish batches in any order. This step puts the rows
-    back in ``query_index`` order (holding a row until every lower index has passed) and
-    marks a usable query equal (case and spacing folded) to a lower-index row's
-    ``duplicate``, then drops the index: the rows equal a single generator's. It keeps
-    the keys seen so far, so it must run as one replica (``step_replicas`` gives it one).
-    distilabel already hands a normal step its predecessor's batches in order, so rows
-    stream through; a global step would do too, but distilabel 1.5 can hand a global
-    step the last batch of a replicated predecessor before the others.
+    """Puts :class:`MagpieQueries`' rows back in ``query_index`` order, marks exact duplicates as
+    :class:`MagpieGenerator` does, and drops the index. It keeps the keys seen, so it runs as one
+    replica. A normal step, not a global one: rows stream through, and distilabel 1.5 can hand a
+    global step a replicated predecessor's last batch before the others.
 
     Input columns:
         - query_index (int), instruction (str), instruction_status (str)
@@ -329,12 +279,8 @@ class ExactDuplicateQueries(RecipeStep):
 def query_stage(
     config: GeneratorConfig, llm: CompletionLLM, seed: int, replicas: int = 1, cache_dir: Optional[str] = None
 ) -> "AnyStep":
-    """The query stage of a recipe (call inside ``with Pipeline``); returns the step to connect on.
-
-    ``llm`` is the generator's engine (``make_backend(cfg.backend, config.model, seed)``).
-    ``replicas == 1``: one :class:`MagpieGenerator`. More: ``QuerySlots >> MagpieQueries
-    >> ExactDuplicateQueries``, whose ``magpie_queries`` step Ray replicates
-    (``scaleout.query_replicas``); off Ray it runs once. Both give the same rows.
+    """The query stage of a recipe (call inside ``with Pipeline``); returns the step to connect on:
+    one :class:`MagpieGenerator`, or ``QuerySlots >> MagpieQueries >> ExactDuplicateQueries``.
     """
     shared = {"llm": llm, "seed": seed, "cache_dir": cache_dir}
     if replicas == 1:

@@ -15,26 +15,18 @@ if TYPE_CHECKING:
 
 
 class BestWorstPairing(RecipeStep):
-    """Turns scored responses into a chosen/rejected pair, or a reason there is none.
-
-    Truncated (finish reason ``length``), empty or failed responses and responses
-    without a finite score are never chosen or rejected. Ties go to the lowest index.
-    Rows where fewer than two responses are usable, all scores tie, or the margin is
-    below ``min_margin`` get ``pair_status`` set to the reason and no pair; rows whose
-    instruction was unusable get ``instruction_<status>``. Nothing is dropped here:
-    the export decides where each row goes.
+    """Turns scored responses into a chosen/rejected pair, or the reason there is none
+    (rules: ``magpie_dl.recipe.pairing``). Nothing is dropped: the export decides where rows go.
 
     Runtime parameters:
         - `min_margin`: the smallest chosen - rejected score difference kept.
 
     Input columns:
-        - instruction (str), generations (list[str]), ratings (list[float | None]),
-          finish_reasons (list[str]); optional instruction_status (str).
+        - instruction, generations, ratings, finish_reasons; optional instruction_status.
 
     Output columns:
-        - chosen, rejected (list of {role, content} or None), chosen_index, rejected_index (int | None),
-          chosen_score, rejected_score, score_margin (float | None), response_status (list[str]),
-          pair_status (str: ``kept`` or the reason).
+        - chosen, rejected (list of {role, content} or None), chosen_index, rejected_index, chosen_score,
+          rejected_score, score_margin (None without a pair), response_status, pair_status (``kept`` or why not).
     """
 
     min_margin: RuntimeParameter[float] = setting(PairingConfig, "min_margin")  # the `pairing` section

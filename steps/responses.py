@@ -23,32 +23,18 @@ if TYPE_CHECKING:
 class MultiResponseGeneration(StreamingStep):
     """Samples ``num_generations`` responses per instruction in one request (not N calls).
 
-    The prompt is the Magpie reference's bare prompt (``prompt_style="magpie"``) or the
-    model's chat template (``"chat_template"``); the instruction is tokenised as text, so it
-    cannot inject turns. A row's seed derives from (``seed``, uuid), so a rerun reproduces
-    it. Rows whose instruction is not usable pass through with no responses. Responses are
-    stripped of surrounding whitespace, as the reference does.
-
-    Attributes:
-        llm: a ``CompletionLLM`` backend.
-        num_generations: responses per instruction.
-        family: model family, or ``auto``.
-        prompt_style: ``magpie`` or ``chat_template``.
-        thinking: open the assistant turn with thinking on (families with a switch: Qwen3);
-            the ``<think>`` block goes to ``reasoning``, ``generations`` keep the answer.
-        engine: recorded as ``gen_response_configs.engine``; ``None``: the ``llm``'s kind.
+    The instruction is tokenised as text, so it cannot inject turns; a row's seed derives from
+    (``seed``, uuid), so a rerun reproduces it. Rows with an unusable instruction get no responses.
 
     Runtime parameters:
-        - `temperature`, `top_p`, `max_tokens`, `seed`, `repetition_penalty`: sampling.
-        - `max_in_flight`: sequences in flight across batches.
+        - `temperature`, `top_p`, `max_tokens`, `seed`, `repetition_penalty`; `max_in_flight`.
 
     Input columns:
         - instruction (str), uuid (str); optional instruction_status (str).
 
     Output columns:
         - generations (list[str]), finish_reasons (list[str]), generation_tokens (list[int]),
-          gen_response_configs (dict), request_error (str: ``""``, or why the request failed);
-          with ``thinking``, reasoning (list[str | None]).
+          gen_response_configs (dict), request_error (str); with ``thinking``, reasoning (list[str | None]).
     """
 
     role: ClassVar[str] = "responses"  # replicated by scaleout.generation_replicas

@@ -21,30 +21,15 @@ if TYPE_CHECKING:
 
 
 class RewardScoring(DevicePlacedStep):
-    """Scores each (instruction, response) with a reward model, batch-invariantly.
+    """Scores each (instruction, response) with a reward model, batch-invariantly (``magpie_dl.reward``).
 
-    ArmoRM (recognised from its ``config.json``) runs on this library's implementation and
-    gives its preference ``score``; any other model is a one-label sequence classifier and
-    gives its logit. Inputs are the model's chat template over [user, assistant], cut at
-    ``max_length`` tokens, in passes grouped by length. A response that cannot be scored
-    gets ``None``, never a made-up score, and its reason in ``rating_errors``.
-
-    Attributes:
-        model: reward model path or hub id.
-        trust_remote_code: opt-in to a model's own code, for architectures this library
-            does not implement.
-        dtype, device: how and where the model runs; on cuda in a recipe run, each replica
-            gets the device its placement plan gave it (``device_plan``).
-        stand_in: score with the instant stand-in (scale runs and tests), never real scores.
+    A response that cannot be scored gets ``None``, never a made-up score, and a reason in ``rating_errors``.
 
     Runtime parameters:
-        - `max_length`: truncation length in tokens.
-        - `scoring_batch_size`, `scoring_batch_tokens`: most sequences, and most padded
-          tokens, per forward pass.
+        - `max_length`: truncation in tokens; `scoring_batch_size`, `scoring_batch_tokens`: per pass.
 
     Input columns:
-        - instruction (str), generations (list[str]); optional finish_reasons (list[str]:
-          failed generations are not scored).
+        - instruction (str), generations (list[str]); optional finish_reasons (failures are not scored).
 
     Output columns:
         - ratings (list[float | None]), rating_truncated (list[bool]), rating_errors (list[str | None]).
@@ -56,7 +41,7 @@ class RewardScoring(DevicePlacedStep):
 
     model: str = setting(RewardConfig, "model", default=...)  # required: no default model standalone
     trust_remote_code: bool = setting(RewardConfig, "trust_remote_code")
-    # Standalone, the step runs where any machine can: the recipe's section says bfloat16 on cuda.
+    # Standalone, the step runs on any machine; the recipe's section says how it runs there.
     dtype: str = setting(RewardConfig, "dtype", default="auto")
     device: str = setting(RewardConfig, "device", default="cpu")
     max_length: RuntimeParameter[int] = setting(RewardConfig, "max_length")
@@ -110,8 +95,8 @@ class RewardScoring(DevicePlacedStep):
         yield inputs
 
     def score(self, pairs: list[tuple[str, str]], tally: Optional[RowTally] = None) -> list[Scored]:
-        """Scores through the durable store, keyed by model, exact tokens and max length;
-        ``tally`` (over ``pairs``) is told of each forward pass's scores and tokens."""
+        """Scores through the durable store (keyed by model, exact tokens and max length);
+        ``tally`` (over ``pairs``) hears of each forward pass."""
         tokenizer = self._scorer.tokenizer
         sequences = conversations_token_ids(tokenizer, pairs)
         model = f"stand-in:{self.model}" if self.stand_in else self.model  # never read back as the real model's
