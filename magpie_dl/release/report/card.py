@@ -23,6 +23,8 @@ from magpie_dl.release.report.facts import (
     languages_of,
     left_out_reasons,
     license_for,
+    public_config,
+    query_prompt_facts,
     recipe_steps,
     run_models,
     score_table,
@@ -59,7 +61,7 @@ def card_metadata(run: RunOutput, license: str | None = None, pretty_name: str |
 
     languages, _ = languages_of(run)
     models = run_models(run)
-    lic = license or license_for([models["instructions"], models["responses"]])[0]
+    lic = license or license_for(_writers(run))[0]
     data = DatasetCardData(
         license=lic,
         language=languages,
@@ -91,12 +93,14 @@ def card_metadata(run: RunOutput, license: str | None = None, pretty_name: str |
 def render_card(run: RunOutput, license: str | None = None, pretty_name: str | None = None, repo_id: str | None = None) -> str:
     """The full README.md text: YAML metadata, then the card body."""
     meta = scrub(card_metadata(run, license, pretty_name))
-    cfg = scrub(run.config)
+    cfg = scrub(public_config(run.config))
     models = scrub(run_models(run))
-    _, license_note = (meta["license"], None) if license else license_for([models["instructions"], models["responses"]])
+    queries = query_prompt_facts(run)
+    _, license_note = (meta["license"], None) if license else license_for(_writers(run))
     _, language_note = languages_of(run)
-    reward_note = stand_in_reward_note(str((cfg.get("reward") or {}).get("model") or ""))
+    reward_note = stand_in_reward_note(str((run.config.get("reward") or {}).get("model") or ""))
     engine_note = stand_in_engine_note(cfg)
+    repo = repo_id or (cfg.get("output") or {}).get("push_to_hub")
     share = chosen_longer_share(run)
     columns = list(next(iter(run.pairs.values())).column_names) if run.pairs else []
     body = environment(autoescape=False).get_template("card.md.j2").render(
@@ -104,7 +108,7 @@ def render_card(run: RunOutput, license: str | None = None, pretty_name: str | N
         pairs=run.num_pairs,
         splits=", ".join(f"{name}: {len(split)}" for name, split in run.pairs.items()),
         notes=[n for n in (engine_note, license_note, language_note, reward_note) if n],
-        recipe=recipe_steps(cfg, models),
+        recipe=recipe_steps(cfg, models, queries),
         models=models,
         stages=stage_counts(run.summary, run.selection),
         reasons=left_out_reasons(run.summary),
@@ -113,12 +117,50 @@ def render_card(run: RunOutput, license: str | None = None, pretty_name: str | N
         examples=[_card_example(row) for row in example_pairs(run)],
         columns=", ".join(f"`{c}`" for c in columns) or "(none)",
         response_statuses="; ".join(f"`{k}`: {v}" for k, v in RESPONSE_STATUSES.items()),
-        repo=repo_id or (cfg.get("output") or {}).get("push_to_hub") or "path/to/this/dataset",
+        repo=repo,
+        hub_name=repo or "YOUR-NAME/DATASET-NAME",
+        limitations=limitations(run, models, cfg, engine_note, reward_note, share),
+        tagged=bool(set(columns) & {"difficulty", "task_category", "input_quality"}),
+        pre_query_template=queries["pre_query_template"],
         config_yaml=yaml.safe_dump(cfg, sort_keys=False).rstrip(),
         citation=MAGPIE_CITATION,
     )
     body = scrub_text(body, mask=REDACTED)
     return f"---\n{yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).rstrip()}\n---\n\n{body}"
+
+
+def _writers(run: RunOutput) -> list[str]:
+    """The models whose text the dataset holds (queries and responses), as configured: their licences apply."""
+    cfg = run.config
+    generator = (cfg.get("generator") or {}).get("model") or "unknown"
+    if cfg.get("instructions"):
+        generator = run_models(run)["instructions"]  # the writers the rows record
+    return [generator, (cfg.get("responses") or {}).get("model") or generator]
+
+
+def limitations(run: RunOutput, models: Mapping[str, str], cfg: Mapping[str, Any], engine_note: str | None,
+                reward_note: str | None, share: float | None) -> list[str]:
+    """What a user of the pairs should know before training on them, from this run's facts."""
+    found = []
+    if engine_note or reward_note:
+        found.append("The scores (and with the stand-in engine, the texts) are placeholders: see the notes above. "
+                     "Do not train on this dataset.")
+    writers = ", ".join(f"`{m}`" for m in dict.fromkeys((models["instructions"], models["responses"])))
+    found += [
+        f"Every instruction and response is machine-written ({writers}) "
+        "and may be wrong, unsafe or biased; nothing here was checked by a person.",
+        f"`chosen` / `rejected` are the best / worst answers by one reward model (`{models['reward']}`): its "
+        "preferences and blind spots, not human judgements.",
+    ]
+    if share is not None:
+        found.append(f"Reward models tend to prefer longer answers; here the chosen answer is the longer one in "
+                     f"{share:.0%} of pairs.")
+    columns = set(next(iter(run.pairs.values())).column_names) if run.pairs else set()
+    if not ({"difficulty", "task_category", "llama_guard_2"} & columns):
+        found.append("The queries were not tagged, selected or filtered for safety, difficulty or near-duplicates "
+                     "(the curation recipe, `pipelines/magpie_instructions.py`, does that; pass its output with "
+                     "`--instructions`); only exact duplicates were removed.")
+    return found
 
 
 def _card_example(row: Mapping[str, Any]) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import statistics
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from magpie_dl.local.paths import MANIFEST
 from magpie_dl.recipe.reasons import LEFT_OUT_REASONS, UNDESCRIBED
 from magpie_dl.release.report.load import RunOutput, column_values, load_output
 from magpie_dl.curation.tagging import DIFFICULTY_LEVELS, QUALITY_LEVELS
@@ -30,7 +32,12 @@ _MODEL_LICENSES: tuple[tuple[str, str], ...] = (
     ("meta-llama/meta-llama-3.1-", "llama3.1"),
     ("meta-llama/meta-llama-3-", "llama3"),
     ("google/gemma-", "gemma"),
+    ("huggingfacetb/smollm2-", "apache-2.0"),
+    ("huggingfacetb/smollm-", "apache-2.0"),
+    ("mistralai/mistral-7b-instruct-", "apache-2.0"),
+    ("microsoft/phi-3", "mit"),
 )
+LOCAL = " (local)"  # after the folder name of a local model or path that has no hub id
 TAGS = ("synthetic", "magpie", "dpo", "preference", "distilabel")
 
 # The judge's scales, easiest / poorest first (the tagging module owns them).
@@ -53,31 +60,83 @@ def models_of(cfg: Mapping[str, Any], instruction_models: Sequence[str] = ()) ->
     is whatever the rows record (``instruction_models``), not the configured generator.
     """
     generator = (cfg.get("generator") or {}).get("model") or "unknown"
-    writers = generator
+    writers = public_model_name(generator)
     if cfg.get("instructions"):
-        writers = ", ".join(instruction_models) or f"unknown (instructions given: {cfg['instructions']})"
+        writers = (", ".join(public_model_name(m) for m in instruction_models)
+                   or f"unknown (instructions given: {public_path(str(cfg['instructions']))})")
     return {
         "instructions": writers,
-        "responses": (cfg.get("responses") or {}).get("model") or generator,
-        "reward": (cfg.get("reward") or {}).get("model") or "unknown",
+        "responses": public_model_name((cfg.get("responses") or {}).get("model") or generator),
+        "reward": public_model_name((cfg.get("reward") or {}).get("model") or "unknown"),
     }
+
+
+def _looks_like_path(ref: str) -> bool:
+    return ref.startswith(("/", "~", "./", "../")) or ref.count("/") > 1 or Path(ref).is_dir()
+
+
+def public_path(ref: str) -> str:
+    """A local path as a published file may show it: its last part and ``(local)``, never absolute."""
+    return f"{Path(ref).expanduser().name or ref}{LOCAL}"
+
+
+def public_model_name(ref: str) -> str:
+    """The name a card gives the model at ``ref``: a hub id as is, a local directory by the hub id
+    its manifest records (as the rows name it), else by its folder's name marked ``(local)``;
+    never an absolute path."""
+    if not _looks_like_path(ref):
+        return ref  # a hub id ("org/name"), or a word such as "unknown"
+    named = _manifest(ref).get("model")
+    return named if isinstance(named, str) and named else public_path(ref)
+
+
+def public_config(cfg: Any) -> Any:
+    """``cfg`` with every local path in it named as :func:`public_model_name` names it."""
+    if isinstance(cfg, Mapping):
+        return {key: public_config(value) for key, value in cfg.items()}
+    if isinstance(cfg, list):
+        return [public_config(value) for value in cfg]
+    if isinstance(cfg, str) and cfg.startswith(("/", "~")):
+        return public_model_name(cfg)
+    return cfg
+
+
+def _manifest(ref: str) -> dict[str, Any]:
+    """A local model directory's manifest (:data:`~magpie_dl.local.paths.MANIFEST`); ``{}`` when none."""
+    try:
+        found = json.loads((Path(ref).expanduser() / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def model_license(ref: str) -> str | None:
+    """The Hub licence id a local model's manifest records (``{"license": ...}``), if any."""
+    found = _manifest(ref).get("license")
+    return found if isinstance(found, str) and found else None
 
 
 def run_models(run: RunOutput) -> dict[str, str]:
     """``models_of`` for a run, with the query writers recorded in its rows."""
+    writers = input_config_counts(run, "input_generator")
+    return models_of(run.config, [name for name, _ in writers.most_common()])
+
+
+def input_config_counts(run: RunOutput, name: str) -> Counter[str]:
+    """How many kept rows record each value of ``gen_input_configs.<name>`` (None values left out)."""
     import pyarrow.compute as pc
 
-    writers: Counter[str] = Counter()
+    found: Counter[str] = Counter()
     for split in run.pairs.values():
         if "gen_input_configs" not in split.column_names:
             continue
         configs = split.data.column("gen_input_configs")
-        if "input_generator" not in {field.name for field in configs.type}:
+        if name not in {field.name for field in configs.type}:
             continue
         # Only the one field, counted in Arrow: a 1M-row run has 1M config structs.
-        counts = pc.value_counts(pc.struct_field(configs, "input_generator")).to_pylist()
-        writers.update({str(c["values"]): c["counts"] for c in counts if c["values"]})
-    return models_of(run.config, [name for name, _ in writers.most_common()])
+        counts = pc.value_counts(pc.struct_field(configs, name)).to_pylist()
+        found.update({str(c["values"]): c["counts"] for c in counts if c["values"]})
+    return found
 
 
 def license_for(models: Iterable[str]) -> tuple[str, str | None]:
@@ -88,8 +147,10 @@ def license_for(models: Iterable[str]) -> tuple[str, str | None]:
     """
     found: dict[str, str] = {}
     for model in models:
-        ref = str(model).lower()
-        found[str(model)] = next((lic for prefix, lic in _MODEL_LICENSES if ref.startswith(prefix)), "")
+        name = public_model_name(str(model))
+        ref = name.lower()
+        found[name] = model_license(str(model)) or next(
+            (lic for prefix, lic in _MODEL_LICENSES if ref.startswith(prefix)), "")
     licenses = set(found.values())
     if len(licenses) == 1 and "" not in licenses:
         (only,) = licenses
@@ -226,30 +287,57 @@ def _short(text: str, limit: int) -> str:
 
 
 def default_pretty_name(run: RunOutput) -> str:
-    model = models_of(run.config)["responses"].rstrip("/").split("/")[-1]  # config only: cheap
-    return f"Magpie DPO pairs ({model})"
+    """The card's title: the recipe, and the model that wrote the responses when it has a hub id."""
+    model = models_of(run.config)["responses"]  # config only: cheap
+    if model.endswith(LOCAL) or model == "unknown":
+        return "Magpie DPO pairs (dpo_100k recipe)"
+    return f"Magpie DPO pairs from {model.rstrip('/').split('/')[-1]} (dpo_100k recipe)"
+
+
+def query_prompt_facts(run: RunOutput) -> dict[str, Any]:
+    """What the kept rows record of the query prompt: ``family`` (the resolved one, most rows'),
+    ``pre_query_template`` (most rows') and ``system_block`` (that template holds a system turn)."""
+    family = input_config_counts(run, "family").most_common(1)
+    template = input_config_counts(run, "pre_query_template").most_common(1)
+    text = template[0][0] if template else None
+    return {
+        "family": family[0][0] if family else None,
+        "pre_query_template": text,
+        # Every family's system turn is introduced by the word (<|im_start|>system, ...system<|end_header_id|>).
+        "system_block": bool(text and "system" in text.lower()),
+    }
 
 
 
-def recipe_steps(cfg: Mapping[str, Any], models: Mapping[str, str] | None = None) -> list[str]:
-    """The recipe in words, with this run's parameters (``models``: role -> model, see ``run_models``)."""
+def recipe_steps(cfg: Mapping[str, Any], models: Mapping[str, str] | None = None,
+                 queries: Mapping[str, Any] | None = None) -> list[str]:
+    """The recipe in words, with this run's parameters (``models``: role -> model, see ``run_models``;
+    ``queries``: what the rows record of the query prompt, see ``query_prompt_facts``)."""
     gen = cfg.get("generator") or {}
     resp = cfg.get("responses") or {}
     rew = cfg.get("reward") or {}
     backend = cfg.get("backend") or {}
     out = cfg.get("output") or {}
     models = models or models_of(cfg)
-    system = "a fixed system prompt" if gen.get("system_prompt") else (
-        f"the `{gen['control_task']}` control system prompt" if gen.get("control_task") else "no system prompt"
-    )
+    queries = queries or {}
+    if gen.get("system_prompt") or gen.get("system_prompts"):
+        system = "a fixed system prompt" if gen.get("system_prompt") else "system prompts drawn from a list"
+    elif gen.get("control_task"):
+        system = f"the `{gen['control_task']}` control system prompt"
+    elif queries.get("system_block"):
+        system = ("no system prompt of ours, but the model's own default system block, which its template "
+                  "writes when a conversation has none (see `gen_input_configs.pre_query_template`)")
+    else:
+        system = "no system prompt"
+    family = queries.get("family") or gen.get("family", "auto")
     ban = ", markdown heading tokens banned at the first position" if gen.get("ban_first_token_markdown") else ""
     if cfg.get("instructions"):
         # A given (usually curated) set: the queries were written and selected elsewhere.
-        first = (f"**Instructions**: read from `{cfg['instructions']}` (written by `{models['instructions']}`); "
+        first = (f"**Instructions**: read from `{public_path(str(cfg['instructions']))}` (written by `{models['instructions']}`); "
                  "rows the source marks unusable are left out with the reason.")
     else:
         first = (f"**Instructions**: `{models['instructions']}` continues its own pre-query template "
-                 f"(family `{gen.get('family', 'auto')}`, {system}) {gen.get('num_instructions', '?')} times at "
+                 f"(family `{family}`, {system}) {gen.get('num_instructions', '?')} times at "
                  f"temperature {gen.get('temperature')}, top_p {gen.get('top_p')}, max_tokens {gen.get('max_tokens')}"
                  f"{ban}; each query is cleaned (`raw_instruction` keeps the original) and exact duplicates are marked.")
     return [
