@@ -9,6 +9,7 @@ their reason and counted in the summary.
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import shutil
@@ -68,6 +69,14 @@ class Summary:
     splits: dict[str, int] = field(default_factory=dict)
     # Rows whose request failed after its retries (published only with allow_failed_requests).
     requests_failed: int = 0
+    # What made the rows and how they score: role -> model id, the run seed, and per score
+    # column of the kept pairs n / mean / min / max (``score_margin``: the margin's).
+    models: dict[str, str] = field(default_factory=dict)
+    seed: int | None = None
+    scores: dict[str, dict[str, float] | None] = field(default_factory=dict)
+    # Seconds, for reading only: they differ between two runs of one config, so comparisons of
+    # outputs (scripts/compare_runs.py) leave this key out.
+    timings: dict[str, Any] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
         """A short human-readable summary."""
@@ -145,10 +154,29 @@ def num_test_rows(rows: int, test_fraction: float) -> int:
     return round(share) if share >= 1 else 0
 
 
+SCORE_COLUMNS = ("chosen_score", "rejected_score", "score_margin")
+
+
+def score_stats(values: Iterable[Any]) -> dict[str, float] | None:
+    """n, mean, min and max of the finite numbers in ``values``; None when there are none."""
+    clean = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not clean:
+        return None
+    return {"n": len(clean), "mean": math.fsum(clean) / len(clean), "min": min(clean), "max": max(clean)}
+
+
+def _kept_stats(values: list[Any], kept: list[int]) -> dict[str, float] | None:
+    return score_stats(values[i] for i in kept)
+
+
 def write_dataset(
-    rows: Dataset | Iterable[dict[str, Any]], out_dir: Path, test_fraction: float, seed: int
+    rows: Dataset | Iterable[dict[str, Any]], out_dir: Path, test_fraction: float, seed: int,
+    *, models: dict[str, str] | None = None, timings: dict[str, Any] | None = None,
 ) -> Summary:
     """Write ``out_dir/dataset`` (train/test), ``out_dir/left_out`` and ``summary.json``.
+
+    ``summary.json`` holds the counts, the seed, the kept pairs' score statistics, and
+    ``models`` (role -> model id) and ``timings`` as given.
 
     ``rows`` is the pipeline's output, best as the (memory-mapped) ``datasets.Dataset``
     distilabel returns: rows then pass through memory ``BATCH_ROWS`` at a time, so a
@@ -182,6 +210,7 @@ def write_dataset(
         left.sort(key=uuids.__getitem__)
         del status, uuids
         summary.splits = {"train": len(train), "test": len(test)}
+        summary.scores = {name: _kept_stats(released.data.column(name).to_pylist(), kept) for name in SCORE_COLUMNS}
         pairs = released.remove_columns("pair_status")
         dataset = DatasetDict({
             "train": pairs.select([kept[i] for i in train]),
@@ -191,6 +220,7 @@ def write_dataset(
         _atomic_save(released.select(left), out_dir / "left_out")
     finally:
         staging.unlink(missing_ok=True)
+    summary.seed, summary.models, summary.timings = seed, dict(models or {}), dict(timings or {})
     atomic_write_text(out_dir / "summary.json", json.dumps(summary.__dict__, indent=2, sort_keys=True))
     return summary
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,8 @@ from magpie_dl.config.estimate import estimate
 from magpie_dl.release.export import Summary, write_dataset
 from magpie_dl.release.hub import push_for_hub, push_for_review
 from magpie_dl.recipe.provenance import stand_in_engine_note, stand_in_reward_note
-from magpie_dl.release.report import example_lines, write_card_and_report
+from magpie_dl.release.report import example_lines, input_config_counts, models_of, write_card_and_report
+from magpie_dl.run.store import ResultStore
 from magpie_dl.curation.selection import SelectionReport
 
 if TYPE_CHECKING:
@@ -103,9 +105,22 @@ class Recipe:
 # --------------------------------------------------------------------------- the DPO recipe
 
 
+def run_timings(cache_dir: Path | str, staging: Path) -> dict[str, Any]:
+    """Seconds from the run's start (when its ``config.yaml`` was written, before any step ran)
+    to its export (``run_s``), and per step to its first and last counted result."""
+    started = (staging / "config.yaml").stat().st_mtime
+    steps = {step: {"first_result_s": round(first - started, 1), "last_result_s": round(last - started, 1)}
+             for step, (first, _, _, last) in sorted(ResultStore(cache_dir).progress_times().items())}
+    return {"run_s": round(time.time() - started, 1), "steps": steps}
+
+
 def _dpo_export(cfg: RecipeConfig, rows: Dataset, staging: Path, shown_as: Path) -> Summary:
-    summary = write_dataset(rows, staging, cfg.output.test_fraction, cfg.seed)
-    write_card_and_report(staging, cfg.public_dict(), summary, shown_as=shown_as)
+    public = cfg.public_dict()
+    writers = input_config_counts([rows], "input_generator")
+    summary = write_dataset(rows, staging, cfg.output.test_fraction, cfg.seed,
+                            models=models_of(public, [name for name, _ in writers.most_common()]),
+                            timings=run_timings(cfg.cache_dir, staging))
+    write_card_and_report(staging, public, summary, shown_as=shown_as)
     return summary
 
 

@@ -10,12 +10,15 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from magpie_dl.local.paths import MANIFEST
 from magpie_dl.recipe.reasons import LEFT_OUT_REASONS, UNDESCRIBED
 from magpie_dl.release.report.load import RunOutput, column_values, load_output
 from magpie_dl.curation.tagging import DIFFICULTY_LEVELS, QUALITY_LEVELS
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 # Hub vocabularies (https://huggingface.co/docs/hub/datasets-cards and
 # .../repositories-licenses). Size buckets are upper-exclusive powers of ten.
@@ -118,16 +121,16 @@ def model_license(ref: str) -> str | None:
 
 def run_models(run: RunOutput) -> dict[str, str]:
     """``models_of`` for a run, with the query writers recorded in its rows."""
-    writers = input_config_counts(run, "input_generator")
+    writers = input_config_counts(run.pairs.values(), "input_generator")
     return models_of(run.config, [name for name, _ in writers.most_common()])
 
 
-def input_config_counts(run: RunOutput, name: str) -> Counter[str]:
-    """How many kept rows record each value of ``gen_input_configs.<name>`` (None values left out)."""
+def input_config_counts(splits: Iterable[Dataset], name: str) -> Counter[str]:
+    """How many rows of ``splits`` record each value of ``gen_input_configs.<name>`` (None values left out)."""
     import pyarrow.compute as pc
 
     found: Counter[str] = Counter()
-    for split in run.pairs.values():
+    for split in splits:
         if "gen_input_configs" not in split.column_names:
             continue
         configs = split.data.column("gen_input_configs")
@@ -297,8 +300,8 @@ def default_pretty_name(run: RunOutput) -> str:
 def query_prompt_facts(run: RunOutput) -> dict[str, Any]:
     """What the kept rows record of the query prompt: ``family`` (the resolved one, most rows'),
     ``pre_query_template`` (most rows') and ``system_block`` (that template holds a system turn)."""
-    family = input_config_counts(run, "family").most_common(1)
-    template = input_config_counts(run, "pre_query_template").most_common(1)
+    family = input_config_counts(run.pairs.values(), "family").most_common(1)
+    template = input_config_counts(run.pairs.values(), "pre_query_template").most_common(1)
     text = template[0][0] if template else None
     return {
         "family": family[0][0] if family else None,
