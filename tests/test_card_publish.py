@@ -183,3 +183,29 @@ def test_compare_runs_ignores_timings_only(smol_output: Path, tmp_path: Path) ->
     summary["scores"]["score_margin"]["mean"] += 1.0
     (again / "summary.json").write_text(json.dumps(summary))
     assert _compare(smol_output, again).returncode != 0
+
+
+def test_curation_recipe_writes_its_card_and_report(tmp_path: Path) -> None:
+    """The curation recipe's export (as the driver calls it) writes README.md and report.html too."""
+    from datasets import Dataset
+
+    from magpie_dl.config.curation import build_parser, resolve
+    from magpie_dl.run.recipes import MAGPIE_INSTRUCTIONS
+    from report_pages import blank_reason, embedded_plots, parse
+    from test_curation_outputs import curated_rows
+
+    cfg = resolve(build_parser("x").parse_args(["--preset", "smoke", "--output-dir", str(tmp_path / "out")]))
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    selection = {"input_rows": 2, "selected_rows": 1, "dropped": {"near_duplicate": 1},
+                 "category_mix_before": {"Coding & Debugging": 2}, "category_mix_after": {"Coding & Debugging": 1}}
+    (staging / "selection.json").write_text(json.dumps(selection))
+    curated = MAGPIE_INSTRUCTIONS.export(cfg, Dataset.from_list(curated_rows()), staging, tmp_path / "out")
+    assert curated.selected == 1
+    card = (staging / "README.md").read_text()
+    assert str(tmp_path) not in card and "/models/" not in card
+    assert "**1 instructions** selected" in card and "| `near_duplicate` | 1 |" in card
+    assert "| instructions | `generator (local)` |" in card and 'load_from_disk("dataset")' in card
+    plots = embedded_plots(parse(staging / "report.html"))
+    assert set(plots) == {"task_category", "difficulty", "input_quality"}
+    assert all(blank_reason(png) is None for png in plots.values())

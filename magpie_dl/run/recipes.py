@@ -28,6 +28,7 @@ from magpie_dl.release.export import Summary, write_dataset
 from magpie_dl.release.hub import push_for_hub, push_for_review
 from magpie_dl.recipe.provenance import stand_in_engine_note, stand_in_reward_note
 from magpie_dl.release.report import example_lines, input_config_counts, models_of, write_card_and_report
+from magpie_dl.release.report.curation import write_curation_card_and_report
 from magpie_dl.run.store import ResultStore
 from magpie_dl.curation.selection import SelectionReport
 
@@ -181,12 +182,15 @@ class Curated(NamedTuple):
 
 
 def _curation_export(cfg: InstructionsConfig, rows: Dataset, staging: Path, shown_as: Path) -> Curated:
-    return Curated(*write_outputs(rows, staging), shown_as)
+    selected, rejected = write_outputs(rows, staging)
+    write_curation_card_and_report(staging, cfg.public_dict(), selected, rejected)
+    return Curated(selected, rejected, shown_as)
 
 
 def _curation_done(cfg: InstructionsConfig, curated: Curated) -> int:
     selected, rejected, out_dir = curated
-    print(f"\ncurated instructions: {out_dir / 'dataset'} ({selected} rows; {rejected} in left_out.jsonl)")
+    print(f"\ncurated instructions: {out_dir / 'dataset'} ({selected} rows; {rejected} in left_out.jsonl; "
+          "README.md and report.html beside them)")
     report_path = out_dir / "selection.json"
     if report_path.exists():
         report = SelectionReport(**json.loads(report_path.read_text()))

@@ -336,7 +336,7 @@ def recipe_steps(cfg: Mapping[str, Any], models: Mapping[str, str] | None = None
     ban = ", markdown heading tokens banned at the first position" if gen.get("ban_first_token_markdown") else ""
     if cfg.get("instructions"):
         # A given (usually curated) set: the queries were written and selected elsewhere.
-        first = (f"**Instructions**: read from `{public_path(str(cfg['instructions']))}` (written by `{models['instructions']}`); "
+        first = (f"**Instructions**: read from `{public_config(str(cfg['instructions']))}` (written by `{models['instructions']}`); "
                  "rows the source marks unusable are left out with the reason.")
     else:
         first = (f"**Instructions**: `{models['instructions']}` continues its own pre-query template "

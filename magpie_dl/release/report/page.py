@@ -28,6 +28,8 @@ from magpie_dl.release.report.facts import (
     run_models,
     score_table,
     stage_counts,
+    public_config,
+    query_prompt_facts,
 )
 from magpie_dl.release.report.load import RunOutput, column_values, load_output
 from magpie_dl.release.report.plots import make_plots
@@ -43,14 +45,14 @@ EXAMPLE_CHARS = 4000  # per text in the report's example pairs
 
 def render_report(run: RunOutput) -> str:
     """The report as one self-contained HTML document."""
-    cfg = scrub(run.config)
+    cfg = scrub(public_config(run.config))  # the report is published beside the card: no local paths
     models = scrub(run_models(run))
     examples = _left_out_examples(run)
     share = chosen_longer_share(run)
     plots = make_plots(run)
     page = environment(autoescape=True).get_template("report.html.j2").render(
         title=default_pretty_name(run),
-        out_dir=str(run.out_dir),
+        out_dir=run.out_dir.name,
         written=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         stages=stage_counts(run.summary, run.selection),
         reasons=[(reason, n, meaning, _short(examples.get(reason, ""), 200))
@@ -62,7 +64,7 @@ def render_report(run: RunOutput) -> str:
         plots=plots,
         examples=[_report_example(row) for row in example_pairs(run, k=5)],
         models=models,
-        recipe=recipe_steps(cfg, models),
+        recipe=recipe_steps(cfg, models, query_prompt_facts(run)),
         config_yaml=yaml.safe_dump(cfg, sort_keys=False),
     )
     page = scrub_text(page, mask=REDACTED)

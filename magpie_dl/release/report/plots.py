@@ -110,7 +110,9 @@ def _before_after(key: str, title: str, caption: str, column: str, run: RunOutpu
     """Share of each value among every instruction that reached the output and among kept pairs."""
     after_values = run.pair_column(column)
     if after_values is None:
-        note = f"The dataset has no `{column}` column (the run did not tag it), so there is nothing to plot."
+        note = (f"The dataset has no `{column}` column, so there is nothing to plot: the tag columns come from "
+                "the curation recipe (`pipelines/magpie_instructions.py`): run it and pass its dataset with "
+                "`--instructions`.")
         return Plot(key, title, caption, note=note)
     return _mix_plot(key, title, caption, [
         ("all instructions", _value_counts(run.all_column(column) or [])),
