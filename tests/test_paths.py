@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from magpie_dl.local import paths
+from magpie_dl import paths
 from magpie_dl.config.dpo import REPO_ROOT
 
 

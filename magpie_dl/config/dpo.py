@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 from magpie_dl.config import command_line
 from magpie_dl.config.command_line import ConfigError, _fields, deep_merge, load_yaml  # noqa: F401  (re-exported)
 from magpie_dl.config.estimate import EstimateConfig
-from magpie_dl.local.paths import SMOLLM2_DIR, TINY_DIR  # noqa: F401  (re-exported)
+from magpie_dl.paths import SMOLLM2_DIR, TINY_DIR  # noqa: F401  (re-exported)
 from magpie_dl.config.scaleout import ScaleoutConfig
 from magpie_dl.config.sections import (  # noqa: F401  (re-exported)
     DTYPES, BackendConfig, Device, DType, GeneratorConfig, ModelRef, OptionalModelRef, OutputConfig,

