@@ -4,9 +4,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, Optional, Sequence
 
 from distilabel.mixins.runtime_parameters import RuntimeParameter
 from distilabel.steps import StepInput
-from pydantic import BaseModel, Field, PrivateAttr
+from pydantic import BaseModel, Field, PrivateAttr, field_validator
 
 from magpie_dl.backends.base import Completion, CompletionLLM, PromptInput, SamplingSpec
+from magpie_dl.backends.chat_llm import refuse_chat_llm
 from magpie_dl.config.sections import GeneratorConfig
 from magpie_dl.recipe.cleaning import CleaningRules, mark_exact_duplicates
 from magpie_dl.recipe.queries import SystemPromptPlan, derive_seed
@@ -52,6 +53,12 @@ class MagpieQuerySettings(BaseModel):
     top_p: RuntimeParameter[float] = setting(GeneratorConfig, "top_p")
     max_tokens: RuntimeParameter[int] = setting(GeneratorConfig, "max_tokens")
     seed: RuntimeParameter[int] = Field(default=0, description="Run seed; row seeds derive from it.")
+
+    @field_validator("llm", mode="before")
+    @classmethod
+    def _raw_completions(cls, llm: Any) -> Any:
+        refuse_chat_llm(cls.__name__, llm)  # one line naming what to pass, not pydantic's dump
+        return llm
 
 
 class QueryWriter:
