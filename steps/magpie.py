@@ -1,10 +1,10 @@
 """Magpie query steps: user queries an aligned model writes from its pre-query template."""
 
-from typing import TYPE_CHECKING, Any, ClassVar, Optional, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Optional, Sequence
 
 from distilabel.mixins.runtime_parameters import RuntimeParameter
 from distilabel.steps import StepInput
-from pydantic import BaseModel, Field, PrivateAttr, field_validator
+from pydantic import BaseModel, BeforeValidator, Field, PrivateAttr
 
 from magpie_dl.backends.base import Completion, CompletionLLM, PromptInput, SamplingSpec
 from magpie_dl.backends.chat_llm import refuse_chat_llm
@@ -39,7 +39,8 @@ class MagpieQuerySettings(BaseModel):
     ``GeneratorConfig`` (the recipe's ``generator`` section) declares them; ``llm`` is a ``CompletionLLM``.
     """
 
-    llm: CompletionLLM
+    # A stock distilabel LLM is refused in one line naming what to pass, not pydantic's dump.
+    llm: Annotated[CompletionLLM, BeforeValidator(refuse_chat_llm)]
     family: str = setting(GeneratorConfig, "family")
     system_prompt: Optional[str] = setting(GeneratorConfig, "system_prompt")
     system_prompts: Optional[dict[str, tuple[Optional[str], float]]] = setting(GeneratorConfig, "system_prompts")
@@ -53,12 +54,6 @@ class MagpieQuerySettings(BaseModel):
     top_p: RuntimeParameter[float] = setting(GeneratorConfig, "top_p")
     max_tokens: RuntimeParameter[int] = setting(GeneratorConfig, "max_tokens")
     seed: RuntimeParameter[int] = Field(default=0, description="Run seed; row seeds derive from it.")
-
-    @field_validator("llm", mode="before")
-    @classmethod
-    def _raw_completions(cls, llm: Any) -> Any:
-        refuse_chat_llm(cls.__name__, llm)  # one line naming what to pass, not pydantic's dump
-        return llm
 
 
 class QueryWriter:

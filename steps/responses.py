@@ -33,7 +33,7 @@ class MultiResponseGeneration(StreamingStep):
     reasons, seeds) or any stock distilabel LLM (``TransformersLLM``, ``vLLM``, ``OpenAILLM``...),
     which gets the instruction as a chat message and applies its own chat template
     (``magpie_dl.backends.chat_llm``): finish reasons are then ``None`` (unknown) and the seed
-    reaches it only where its ``generate`` takes one; ``prompt_style`` must be ``chat_template``.
+    reaches it only where its ``generate`` takes one; the prompt style is then ``chat_template``.
 
     Runtime parameters:
         - `temperature`, `top_p`, `max_tokens`, `seed`, `repetition_penalty`; `max_in_flight`.
@@ -77,7 +77,8 @@ class MultiResponseGeneration(StreamingStep):
 
     def load(self) -> None:
         if not isinstance(self.llm, CompletionLLM):
-            if self.prompt_style != "chat_template":
+            # The recipe's default (the bare prompt) needs our backend; a stock LLM uses its own template.
+            if "prompt_style" in self.model_fields_set and self.prompt_style != "chat_template":
                 raise LLMNotSupportedError(
                     f"prompt_style {self.prompt_style!r} needs exact prompt tokens, which {type(self.llm).__name__} "
                     "cannot take: use prompt_style='chat_template' or a magpie_dl.backends backend"
@@ -164,7 +165,7 @@ class MultiResponseGeneration(StreamingStep):
             generator=model_label(self.llm.model_name) if stock else self.llm.provenance_name,
             engine=self.engine,
             seed=seed,
-            prompt_style=self.prompt_style,
+            prompt_style="chat_template" if stock else self.prompt_style,
             thinking=self.thinking,
             chat_template_date=None if stock else self.llm.chat_template_date,
         )

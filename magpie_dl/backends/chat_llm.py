@@ -103,13 +103,15 @@ def completer(llm: Union[CompletionLLM, LLM]) -> Union[CompletionLLM, ChatLLMCom
     return llm if isinstance(llm, CompletionLLM) else ChatLLMCompletions(llm)
 
 
-def refuse_chat_llm(step: str, llm: object) -> None:
-    """For steps that need raw completions of a pre-query template: one line naming what to pass."""
+def refuse_chat_llm(llm: Any) -> Any:
+    """``llm`` for steps that need raw completions of a pre-query template (Magpie queries);
+    a stock distilabel LLM is refused in one line naming what to pass."""
     from distilabel.models.llms.base import LLM
 
     if isinstance(llm, LLM) and not isinstance(llm, CompletionLLM):
         raise LLMNotSupportedError(
-            f"{step} needs raw completions of a pre-query template, which {type(llm).__name__} (a chat-only "
+            f"Magpie query steps need raw completions of a pre-query template, which {type(llm).__name__} (a chat-only "
             "distilabel LLM) cannot give: pass a magpie_dl.backends backend (TransformersBackend, VLLMBackend, "
             "OpenAIBackend) or use distilabel's own MagpieGenerator"
         )
+    return llm
