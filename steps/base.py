@@ -4,12 +4,13 @@
 
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Mapping, Optional, Protocol, Sequence, Type, TypeVar, Union
 
-from distilabel.mixins.runtime_parameters import RuntimeParameter
+from distilabel.mixins.runtime_parameters import RuntimeParameter, RuntimeParametersMixin
 from distilabel.steps import GeneratorStep, GlobalStep, Step, StepInput
 from pydantic import BaseModel, Field, PrivateAttr
 
 from magpie_dl import distilabel_compat
 from magpie_dl.backends.base import Completion, CompletionLLM, PromptInput, SamplingSpec
+from magpie_dl.backends.chat_llm import LLMNotSupportedError, completer
 from magpie_dl.backends.gpus import PlannedDevices
 from magpie_dl.run.procs import die_with_parent
 from magpie_dl.run.progress import RowTally
@@ -107,9 +108,10 @@ class ModelRun:
     def row_tally(self, num_rows: int, row_of: Optional[Sequence[int]] = None) -> RowTally:
         return RowTally(self.report_progress, num_rows, row_of)
 
-    def open_batches(self, llm: CompletionLLM, max_in_flight: int) -> OrderedBatches:
+    def open_batches(self, llm: Any, max_in_flight: int) -> OrderedBatches:
+        engine = completer(llm)  # our backend, or a stock distilabel LLM through the adapter
         self.batches = OrderedBatches(
-            llm.open_stream(), self.store, self.step_name, self.version, llm.model_name, max_in_flight
+            engine.open_stream(), self.store, self.step_name, self.version, engine.model_name, max_in_flight
         )
         return self.batches
 
@@ -131,6 +133,38 @@ def _max_in_flight_field() -> Any:
     )
 
 
+# The LLM's fields only its own generate() path reads: our steps sample with their own knobs.
+_GENERATE_ONLY = ("generation_kwargs", "use_offline_batch_generation", "offline_batch_generation_block_until_done")
+
+
+def check_llm_for_step(step: str, llm: Any) -> None:
+    """Refuse, in one line, ``llm.generation_kwargs`` on a step that samples with its own knobs."""
+    if getattr(llm, "generation_kwargs", None):
+        raise LLMNotSupportedError(
+            f"{step} samples with its own temperature, top_p, max_tokens and seed, not llm.generation_kwargs "
+            f"({', '.join(sorted(llm.generation_kwargs))}): set the step's fields instead"
+        )
+
+
+def _runtime_parameters_names(self: Any) -> dict[str, Any]:
+    """distilabel's names without the llm's generate-only ones (not shown: the step's knobs apply)."""
+    names = dict(RuntimeParametersMixin.runtime_parameters_names.fget(self))  # type: ignore[attr-defined]
+    if isinstance(names.get("llm"), dict):
+        names["llm"] = {k: v for k, v in names["llm"].items() if k not in _GENERATE_ONLY}
+    return names
+
+
+def _runtime_parameters_info(self: Any) -> list[dict[str, Any]]:
+    """distilabel's info without the llm's generate-only parameters (see :func:`_runtime_parameters_names`)."""
+    info = RuntimeParametersMixin.get_runtime_parameters_info(self)
+    for entry in info:
+        if entry.get("name") == "llm" and isinstance(entry.get("runtime_parameters_info"), list):
+            entry["runtime_parameters_info"] = [
+                p for p in entry["runtime_parameters_info"] if p.get("name") not in _GENERATE_ONLY
+            ]
+    return info
+
+
 class ModelStep(RecipeStep):
     """A step that runs one model (its ``llm``, or :meth:`model_to_load`), with durable results and live progress.
 
@@ -149,12 +183,16 @@ class ModelStep(RecipeStep):
 
     _run: Optional[ModelRun] = PrivateAttr(default=None)
 
+    runtime_parameters_names = property(_runtime_parameters_names)  # type: ignore[assignment]
+    get_runtime_parameters_info = _runtime_parameters_info
+
     def model_to_load(self) -> Loadable:
         """The model ``load()`` loads and ``unload()`` frees: the step's ``llm``."""
         return self.llm
 
     def load(self) -> None:
         super().load()
+        check_llm_for_step(type(self).__name__, getattr(self, "llm", None))
         self._run = ModelRun(self.name, self.cache_dir, self.CACHE_VERSION)  # type: ignore[arg-type]
         self._run.load(self.model_to_load())
 
@@ -184,7 +222,8 @@ class ModelStep(RecipeStep):
         self, prompts: list[PromptInput], specs: list[SamplingSpec], tally: Optional[RowTally] = None
     ) -> list[list[Completion]]:
         """The ``llm``'s completions of ``prompts``, from the store where it has them; ``tally`` counts rows."""
-        return cached_complete(self.store, self.name, self.CACHE_VERSION, self.llm, prompts, specs, tally)  # type: ignore[arg-type]
+        engine = completer(self.llm)  # our backend, or a stock distilabel LLM through the adapter
+        return cached_complete(self.store, self.name, self.CACHE_VERSION, engine, prompts, specs, tally)  # type: ignore[arg-type]
 
 
 class DevicePlacedStep(ModelStep, PlannedDevices):
@@ -262,8 +301,12 @@ class ModelGeneratorStep(RecipeGeneratorStep):
 
     _run: Optional[ModelRun] = PrivateAttr(default=None)
 
+    runtime_parameters_names = property(_runtime_parameters_names)  # type: ignore[assignment]
+    get_runtime_parameters_info = _runtime_parameters_info
+
     def load(self) -> None:
         super().load()
+        check_llm_for_step(type(self).__name__, self.llm)
         self._run = ModelRun(self.name, self.cache_dir, self.CACHE_VERSION)  # type: ignore[arg-type]
         self._run.load(self.llm)
 

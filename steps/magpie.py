@@ -1,12 +1,13 @@
 """Magpie query steps: user queries an aligned model writes from its pre-query template."""
 
-from typing import TYPE_CHECKING, Any, ClassVar, Optional, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Optional, Sequence
 
 from distilabel.mixins.runtime_parameters import RuntimeParameter
 from distilabel.steps import StepInput
-from pydantic import BaseModel, Field, PrivateAttr
+from pydantic import BaseModel, BeforeValidator, Field, PrivateAttr
 
 from magpie_dl.backends.base import Completion, CompletionLLM, PromptInput, SamplingSpec
+from magpie_dl.backends.chat_llm import refuse_chat_llm
 from magpie_dl.config.sections import GeneratorConfig
 from magpie_dl.recipe.cleaning import CleaningRules, mark_exact_duplicates
 from magpie_dl.recipe.queries import SystemPromptPlan, derive_seed
@@ -38,7 +39,8 @@ class MagpieQuerySettings(BaseModel):
     ``GeneratorConfig`` (the recipe's ``generator`` section) declares them; ``llm`` is a ``CompletionLLM``.
     """
 
-    llm: CompletionLLM
+    # A stock distilabel LLM is refused in one line naming what to pass, not pydantic's dump.
+    llm: Annotated[CompletionLLM, BeforeValidator(refuse_chat_llm)]
     family: str = setting(GeneratorConfig, "family")
     system_prompt: Optional[str] = setting(GeneratorConfig, "system_prompt")
     system_prompts: Optional[dict[str, tuple[Optional[str], float]]] = setting(GeneratorConfig, "system_prompts")

@@ -22,7 +22,8 @@ class BestWorstPairing(RecipeStep):
         - `min_margin`: the smallest chosen - rejected score difference kept.
 
     Input columns:
-        - instruction, generations, ratings, finish_reasons; optional instruction_status.
+        - instruction, generations, ratings; optional finish_reasons (missing: unknown, not truncated),
+          instruction_status.
 
     Output columns:
         - chosen, rejected (list of {role, content} or None), chosen_index, rejected_index, chosen_score,
@@ -33,7 +34,7 @@ class BestWorstPairing(RecipeStep):
 
     @property
     def inputs(self) -> "StepColumns":
-        return ["instruction", "generations", "ratings", "finish_reasons"]
+        return {"instruction": True, "generations": True, "ratings": True, "finish_reasons": False}
 
     @property
     def outputs(self) -> "StepColumns":

@@ -1,15 +1,17 @@
 """MultiResponseGeneration: N responses per instruction from one prompt (not N calls)."""
 
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Optional
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Optional, Union
 
 from distilabel.mixins.runtime_parameters import RuntimeParameter
+from distilabel.models.llms.base import LLM
 from pydantic import Field, PrivateAttr, ValidationInfo, field_validator
 
 from magpie_dl.backends.base import Completion, CompletionLLM, PromptInput, SamplingSpec
+from magpie_dl.backends.chat_llm import ChatLLMCompletions, LLMNotSupportedError
 from magpie_dl.templates.families import ModelFamily, ResolvedStops, resolve_family, resolve_stops
 from magpie_dl.recipe.rows import response_columns
-from magpie_dl.recipe.queries import derive_seed
-from magpie_dl.recipe.provenance import response_provenance
+from magpie_dl.recipe.queries import derive_seed, instruction_uuid
+from magpie_dl.recipe.provenance import model_label, response_provenance
 from magpie_dl.templates.prompts import render_response_prompt, response_prompt_template, response_token_ids
 from magpie_dl.recipe.reasons import is_usable
 from magpie_dl.config.sections import GeneratorConfig, ResponsesConfig
@@ -25,21 +27,28 @@ class MultiResponseGeneration(StreamingStep):
 
     The instruction is tokenised as text, so it cannot inject turns; a row's seed derives from
     (``seed``, uuid), so a rerun reproduces it. Rows with an unusable instruction get no responses.
+    A row without a ``uuid`` (rows of ``instruction`` alone) gets one derived from its instruction.
+
+    ``llm`` is one of our backends (``magpie_dl.backends``: exact prompt tokens, family stops, finish
+    reasons, seeds) or any stock distilabel LLM (``TransformersLLM``, ``vLLM``, ``OpenAILLM``...),
+    which gets the instruction as a chat message and applies its own chat template
+    (``magpie_dl.backends.chat_llm``): finish reasons are then ``None`` (unknown) and the seed
+    reaches it only where its ``generate`` takes one; the prompt style is then ``chat_template``.
 
     Runtime parameters:
         - `temperature`, `top_p`, `max_tokens`, `seed`, `repetition_penalty`; `max_in_flight`.
 
     Input columns:
-        - instruction (str), uuid (str); optional instruction_status (str).
+        - instruction (str); optional uuid (str), instruction_status (str).
 
     Output columns:
-        - generations (list[str]), finish_reasons (list[str]), generation_tokens (list[int]),
+        - uuid (str: derived from the instruction where the row had none), generations (list[str]), finish_reasons (list[str]), generation_tokens (list[int]),
           gen_response_configs (dict), request_error (str); with ``thinking``, reasoning (list[str | None]).
     """
 
     role: ClassVar[str] = "responses"  # replicated by scaleout.generation_replicas
 
-    llm: CompletionLLM
+    llm: Union[CompletionLLM, LLM]
     # One response is a use too (the instruct reward); the DPO recipe needs two to pair.
     num_generations: int = setting(ResponsesConfig, "num_generations", ge=1)
     family: str = setting(GeneratorConfig, "family")
@@ -59,7 +68,7 @@ class MultiResponseGeneration(StreamingStep):
     @classmethod
     def _the_llms_kind(cls, engine: Optional[str], info: ValidationInfo) -> Optional[str]:
         llm = info.data.get("llm")
-        return engine or (llm.kind if llm is not None else None)
+        return engine or (getattr(llm, "kind", ChatLLMCompletions.kind) if llm is not None else None)
 
     _family: Optional[ModelFamily] = PrivateAttr(default=None)
     _template: Optional[str] = PrivateAttr(default=None)
@@ -67,6 +76,16 @@ class MultiResponseGeneration(StreamingStep):
     _stop_tokens: tuple[str, ...] = PrivateAttr(default=())
 
     def load(self) -> None:
+        if not isinstance(self.llm, CompletionLLM):
+            # The recipe's default (the bare prompt) needs our backend; a stock LLM uses its own template.
+            if "prompt_style" in self.model_fields_set and self.prompt_style != "chat_template":
+                raise LLMNotSupportedError(
+                    f"prompt_style {self.prompt_style!r} needs exact prompt tokens, which {type(self.llm).__name__} "
+                    "cannot take: use prompt_style='chat_template' or a magpie_dl.backends backend"
+                )
+            super().load()
+            self._template, self._stops, self._stop_tokens = None, None, ()
+            return
         super().load()
         self._family = resolve_family(self.family, self.llm.tokenizer, self.llm.chat_template_date)
         if self._family.note:
@@ -80,31 +99,33 @@ class MultiResponseGeneration(StreamingStep):
 
     @property
     def inputs(self) -> "StepColumns":
-        return ["instruction", "uuid"]
+        return {"instruction": True, "uuid": False}
 
     @property
     def outputs(self) -> "StepColumns":
-        return ["generations", "finish_reasons", "generation_tokens", "gen_response_configs", "request_error"] + (
+        return ["uuid", "generations", "finish_reasons", "generation_tokens", "gen_response_configs", "request_error"] + (
             ["reasoning"] if self.thinking else []
         )
 
     def completion_requests(self, rows: list[dict[str, Any]]) -> tuple[Any, list[PromptInput], list[SamplingSpec]]:
         """One request (``n`` samples) per row whose instruction is usable."""
-        tokenizer = self.llm.tokenizer
+        for row in rows:
+            if not row.get("uuid"):
+                row["uuid"] = instruction_uuid(row["instruction"])
         todo = [row for row in rows if is_usable(row)]
-        prompts = [
-            PromptInput(
-                tuple(response_token_ids(tokenizer, self._template, row["instruction"])),
-                ({"role": "user", "content": row["instruction"]},),
-            )
-            for row in todo
-        ]
+        prompts = [self._prompt(row["instruction"]) for row in todo]
         specs = [self.sampling_spec(row) for row in todo]
         return (todo, specs), prompts, specs
 
+    def _prompt(self, instruction: str) -> PromptInput:
+        messages = ({"role": "user", "content": instruction},)
+        if self._template is None:  # a stock LLM: it applies its own chat template
+            return PromptInput((), messages)
+        return PromptInput(tuple(response_token_ids(self.llm.tokenizer, self._template, instruction)), messages)
+
     def sampling_spec(self, row: dict[str, Any]) -> SamplingSpec:
         """How one row's responses are sampled (its seed derives from the run seed and its uuid)."""
-        stops = self._stops
+        stops = self._stops or ResolvedStops((), ())  # a stock LLM stops at its own end of turn
         return SamplingSpec(
             n=self.num_generations,
             temperature=self.temperature,
@@ -132,17 +153,19 @@ class MultiResponseGeneration(StreamingStep):
 
     def _provenance(self, instruction: str, seed: int | None) -> dict[str, Any]:
         """A row's gen_response_configs (``seed`` None: the row was not sent)."""
+        stock = self._template is None
         return response_provenance(
-            prompt=render_response_prompt(self._template, instruction),
+            # A stock LLM's rendering is its own: the prompt is recorded as the message it was sent.
+            prompt=instruction if stock else render_response_prompt(self._template, instruction),
             temperature=self.temperature,
             top_p=self.top_p,
             repetition_penalty=self.repetition_penalty,
             max_tokens=self.max_tokens,
             stop_tokens=list(self._stop_tokens),
-            generator=self.llm.provenance_name,
+            generator=model_label(self.llm.model_name) if stock else self.llm.provenance_name,
             engine=self.engine,
             seed=seed,
-            prompt_style=self.prompt_style,
+            prompt_style="chat_template" if stock else self.prompt_style,
             thinking=self.thinking,
-            chat_template_date=self.llm.chat_template_date,
+            chat_template_date=None if stock else self.llm.chat_template_date,
         )

@@ -30,7 +30,10 @@ if TYPE_CHECKING:
     from distilabel.typing import FormattedInput, GenerateOutput
     from transformers import PreTrainedTokenizerBase
 
-FinishReason = Literal["stop", "length", "error"]
+    from magpie_dl.templates.families import ResolvedStops
+
+# None: the engine did not say (a stock distilabel LLM reports no finish reasons).
+FinishReason = Literal["stop", "length", "error", None]
 
 
 @dataclass(frozen=True)
@@ -298,6 +301,7 @@ class CompletionLLM(LLM):
         return check_template_date(str(value))
 
     _tokenizer: PreTrainedTokenizerBase | None = PrivateAttr(default=None)
+    _turn_stops: ResolvedStops | None = PrivateAttr(default=None)
 
     @property
     def model_name(self) -> str:
@@ -315,6 +319,7 @@ class CompletionLLM(LLM):
         self._tokenizer = AutoTokenizer.from_pretrained(
             self.tokenizer_path or self.model, trust_remote_code=self.trust_remote_code
         )
+        self._turn_stops = None
 
     @property
     def tokenizer(self) -> PreTrainedTokenizerBase:
@@ -346,6 +351,27 @@ class CompletionLLM(LLM):
         requests while others run (vLLM's engine, servers) override this."""
         return CallStream(self)
 
+    def turn_stops(self) -> ResolvedStops:
+        """What ends an assistant turn for this model: its family's response stops (the family
+        detected from the chat template, ``magpie_dl.templates.families``) and its eos token."""
+        if self._turn_stops is None:
+            from magpie_dl.templates.families import resolve_family, resolve_stops
+
+            family = resolve_family("auto", self.tokenizer, self.chat_template_date)
+            self._turn_stops = resolve_stops(self.tokenizer, family.response_stop)
+        return self._turn_stops
+
+    def chat_sampling(
+        self, num_generations: int = 1, temperature: float = 1.0, top_p: float = 1.0,
+        max_new_tokens: int = 256, seed: int | None = None,
+    ) -> SamplingSpec:
+        """How :meth:`generate` samples: its arguments, stopping at the end of the assistant turn."""
+        stops = self.turn_stops()
+        return SamplingSpec(
+            n=num_generations, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, seed=seed,
+            stop=stops.strings, stop_token_ids=stops.token_ids,
+        )
+
     def generate(
         self,
         inputs: list[FormattedInput],
@@ -355,14 +381,15 @@ class CompletionLLM(LLM):
         max_new_tokens: int = 256,
         seed: int | None = None,
     ) -> list[GenerateOutput]:
-        """distilabel's chat interface, over :meth:`complete` with :meth:`chat_prompt`.
+        """distilabel's chat interface (what stock tasks such as ``TextGeneration`` call), over
+        :meth:`complete` with :meth:`chat_prompt`; each completion ends with the assistant's turn.
 
-        Explicit keyword parameters (no ``**kwargs``): distilabel turns this signature
-        into the LLM's ``generation_kwargs`` runtime parameters.
+        Explicit keyword parameters (no ``**kwargs``): distilabel turns this signature into the
+        LLM's ``generation_kwargs`` runtime parameters, and stock tasks pass them here. Our own
+        steps sample with their own knobs and refuse ``generation_kwargs``
+        (:func:`magpie_dl.steps.base.check_llm_for_step`).
         """
-        spec = SamplingSpec(
-            n=num_generations, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, seed=seed
-        )
+        spec = self.chat_sampling(num_generations, temperature, top_p, max_new_tokens, seed)
         prompts = [self.chat_prompt(messages) for messages in inputs]
         results = self.complete(prompts, [spec] * len(prompts))
         return [

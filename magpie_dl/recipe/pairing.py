@@ -114,10 +114,12 @@ def pair_messages(instruction: str, response: str) -> list[dict[str, str]]:
 
 def pair_columns(row: Mapping[str, Any], rules: PairingRules = PairingRules()) -> dict[str, Any]:
     """The pairing columns of one scored row (see ``BestWorstPairing``); the row's pair is ``None`` unless kept."""
-    pair = pick_best_worst(row["generations"], row["ratings"], row["finish_reasons"], rules)
-    if row.get("request_error") and FINISH_ERROR in row["finish_reasons"]:
+    # Without finish reasons (a stock TextGeneration gives none) each is unknown, not truncated.
+    finish_reasons = row.get("finish_reasons") or [None] * len(row["generations"])
+    pair = pick_best_worst(row["generations"], row["ratings"], finish_reasons, rules)
+    if row.get("request_error") and FINISH_ERROR in finish_reasons:
         # The responses' one request failed after its retries: no pair, for that reason.
-        statuses = [REQUEST_FAILED if f == FINISH_ERROR else s for s, f in zip(pair.statuses, row["finish_reasons"])]
+        statuses = [REQUEST_FAILED if f == FINISH_ERROR else s for s, f in zip(pair.statuses, finish_reasons)]
         pair = Pair(tuple(statuses), reason=REQUEST_FAILED)
     status = pair_status(row.get("instruction_status", OK), pair.reason)
     kept = status == KEPT

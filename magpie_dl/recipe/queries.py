@@ -44,6 +44,11 @@ def row_uuid(model: str, seed: int, index: int) -> str:
     return str(uuid.uuid5(_NAMESPACE, f"{model}\x1f{seed}\x1f{index}"))
 
 
+def instruction_uuid(instruction: str) -> str:
+    """The id of a row that came without one: derived from its instruction text, so stable across reruns."""
+    return str(uuid.uuid5(_NAMESPACE, f"instruction\x1f{instruction}"))
+
+
 @dataclass(frozen=True)
 class SystemPromptPlan:
     """Which system prompt each row gets: none, one fixed, or weighted categories.

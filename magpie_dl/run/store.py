@@ -158,7 +158,9 @@ def cached_map(
 
 def completion_key(version: str, model_name: str, prompt: PromptInput, spec: SamplingSpec) -> str:
     """The store key of one prompt's completions: everything that decides them."""
-    return result_key("complete", version, model_name, list(prompt.token_ids), spec.as_config(), spec.json_schema)
+    # A chat-only LLM's prompt has messages and no token ids (magpie_dl.backends.chat_llm).
+    tokens = list(prompt.token_ids) if prompt.token_ids else [dict(m) for m in prompt.messages or ()]
+    return result_key("complete", version, model_name, tokens, spec.as_config(), spec.json_schema)
 
 
 def stored_form(completions: list[Completion]) -> list[dict[str, Any]]:
