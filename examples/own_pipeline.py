@@ -3,7 +3,7 @@
     python own_pipeline.py [MODELS_DIR]
 
 MODELS_DIR holds ``generator/`` (a chat model) and ``reward/`` (a reward model); by default the
-tiny test models (``magpie_dl.local.paths.TINY_DIR``: ``make models`` builds them).
+tiny test models (``magpie_dl.paths.TINY_DIR``: ``make models`` builds them).
 """
 
 import sys
@@ -14,7 +14,7 @@ from distilabel.steps import LoadDataFromDicts
 
 from magpie_dl.backends.transformers import TransformersBackend
 from magpie_dl.distilabel_compat import streaming
-from magpie_dl.local.paths import TINY_DIR
+from magpie_dl.paths import TINY_DIR
 from magpie_dl.steps.pairing import BestWorstPairing
 from magpie_dl.steps.responses import MultiResponseGeneration
 from magpie_dl.steps.reward import RewardScoring
