@@ -30,7 +30,7 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from magpie_dl.config import dpo as config
-from magpie_dl.config.command_line import deep_merge
+from magpie_dl.config.command_line import _fields, deep_merge
 from magpie_dl.config.dpo import SMOLLM2_DIR, TINY_DIR
 from magpie_dl.curation.embeddings import PACKAGED_MINILM
 from magpie_dl.config.scaleout import ScaleoutConfig
@@ -140,9 +140,10 @@ PRESETS["scale"] = deep_merge(
 
 def build_parser(description: str) -> argparse.ArgumentParser:
     """``--preset``, ``--config FILE``, ``--print-config``, and one flag per config field."""
-    return config.build_parser(
-        description, InstructionsConfig, PRESETS, {"--output-dir": "output_dir", "--ray": "scaleout.ray"},
-    )
+    # The DPO recipe's short flags, for the settings this recipe has too (--backend, --family...).
+    settings = {path for path, _ in _fields(InstructionsConfig)}
+    aliases = {alias: path for alias, path in config.ALIASES.items() if path in settings}
+    return config.build_parser(description, InstructionsConfig, PRESETS, {**aliases, "--output-dir": "output_dir"})
 
 
 def resolve(args: argparse.Namespace) -> InstructionsConfig:
