@@ -245,12 +245,15 @@ def resolve(args: argparse.Namespace) -> Any:
             value = _parse_value(raw)
         _set_path(data, path, value)
     try:
-        return schema.model_validate(data)
+        cfg = schema.model_validate(data)
     except ValidationError as exc:
         where, message = _first_problem(exc)
         if where in from_file:
             raise ConfigError(f"config file {args.config}: {where}: {message}") from None
         raise ConfigError(f"--{where}: {message}" if where else message) from None
+    if "_preset" in (cfg.__private_attributes__ or {}):  # a config that remembers its preset (for hints)
+        cfg._preset = args.preset
+    return cfg
 
 
 def check_keys(content: dict[str, Any], schema: type[BaseModel], source: Path) -> set[str]:
