@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel
 
 from magpie_dl.config.dpo import ConfigError, _fields
-from magpie_dl.local.hub import hub_endpoint, hub_offline, reachable  # noqa: F401  (re-exported)
+from magpie_dl.hub import hub_endpoint, hub_offline, reachable  # noqa: F401  (re-exported)
 # Model fields whose value names a sentence encoder shipped with the project, not a hub id.
 _PACKAGED_PREFIX = "packaged:"
 

@@ -352,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from pathlib import Path
 
-    from magpie_dl.local.hub import hub_endpoint, hub_offline, reachable
+    from magpie_dl.hub import hub_endpoint, hub_offline, reachable
 
     parser = argparse.ArgumentParser(
         prog="python -m magpie_dl.templates.families", allow_abbrev=False,
