@@ -71,6 +71,34 @@ def ray_head():
     yield from ray_head_cluster()
 
 
+@pytest.fixture
+def failing_server():
+    """A real HTTP server on 127.0.0.1 that accepts connections and answers every request
+    with 500: reachable before a run, failing at the push after it. Yields its URL."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Failing(BaseHTTPRequestHandler):
+        def _fail(self) -> None:
+            self.send_response(500)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_POST = do_PUT = do_HEAD = do_PATCH = do_DELETE = _fail
+
+        def log_message(self, *args) -> None:  # quiet
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Failing)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def pytest_terminal_summary(terminalreporter) -> None:
     """The tiny models' weight fingerprints: another machine's run shows whether its models differ."""
     import json

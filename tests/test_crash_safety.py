@@ -279,13 +279,15 @@ def test_second_run_on_the_same_directory_is_refused(reference, tmp_path):
     assert rows_of(out) == before  # the holder's output is whole
 
 
-def test_secrets_never_reach_logs_files_or_errors(tmp_path, tiny_models):
+def test_secrets_never_reach_logs_files_or_errors(tmp_path, tiny_models, failing_server):
     hf, argilla = "hf_SECRETtoken1234567890", "argilla.SECRETkey0987654321"
-    env = {**os.environ, "HF_TOKEN": hf, "ARGILLA_API_KEY": argilla, "HF_HUB_OFFLINE": "1"}
+    # A hub that accepts connections (checked before the run) and fails every request (the push).
+    env = {**{k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")},
+           "HF_TOKEN": hf, "ARGILLA_API_KEY": argilla, "HF_ENDPOINT": failing_server}
     out = tmp_path / "secret-run"
     proc = start(out, "--push-to-hub", "someone/magpie-test", env=env)
     stdout, stderr = proc.communicate(timeout=600)
-    # The push cannot succeed offline: one line, no token, local data kept.
+    # The push cannot succeed: one line, no token, local data kept.
     assert proc.returncode == 4 and "hub push failed" in stderr and "is intact" in stderr
     for text in (stdout, stderr):
         assert hf not in text and argilla not in text

@@ -101,4 +101,5 @@ def test_help_shows_the_recipes_own_defaults():
                             cwd=REPO_ROOT)
     assert result.returncode == 0
     flat = " ".join(result.stdout.split())
-    assert "--generator.num_instructions VALUE How many queries to write. (default: 300000)" in flat
+    assert ("--generator.num_instructions VALUE, --num-instructions VALUE How many queries to write. "
+            "(default: 300000)") in flat

@@ -88,13 +88,14 @@ def test_hub_models_without_network_must_be_in_the_local_cache(monkeypatch, tiny
         checked("--generator.model", "no-such-org/no-such-model")
 
 
-def test_push_to_hub_needs_a_token_before_the_run(tmp_path, monkeypatch, tiny_models):
+def test_push_to_hub_needs_a_token_before_the_run(tmp_path, monkeypatch, tiny_models, failing_server):
     for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HF_TOKEN_PATH", str(tmp_path / "no-token"))  # no saved login either
     with pytest.raises(ConfigError, match="--push-to-hub needs a Hugging Face token"):
         checked("--push-to-hub", "org/name")
     monkeypatch.setenv("HF_TOKEN", "hf_secret_value_1234")
+    monkeypatch.setenv("HF_ENDPOINT", failing_server)  # a hub that answers (the token is all that is checked here)
     checked("--push-to-hub", "org/name")
 
 

@@ -10,10 +10,11 @@ that says what to change. The schemas and presets are the recipes' own
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, NoReturn, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -35,6 +36,12 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
 
 
 
+class Choices(tuple):
+    """Field metadata naming the values a text setting takes, for ``--help`` only
+    (``Annotated[str, AfterValidator(check), Choices(DTYPES)]``); the field's validator
+    still does the checking, with its own one-line message."""
+
+
 def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
     *parents, leaf = dotted.split(".")
     for key in parents:
@@ -42,14 +49,23 @@ def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
     data[leaf] = value
 
 
-def _fields(model: type[BaseModel], prefix: str = ""):
-    """(dotted path, field info) for every leaf field of the config tree."""
+def _is_section(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def _fields(model: type[BaseModel], prefix: str = "", _skip: frozenset[str] | None = None):
+    """(dotted path, field info) for every leaf field of the config tree that is a setting of
+    this recipe: a shared section's field that the recipe names in its ``other_recipes_settings``
+    (the curation judge's replicas, in the DPO recipe) is left out, from its help and its files."""
+    skip = frozenset(getattr(model, "other_recipes_settings", ())) if _skip is None else _skip
     for name, info in model.model_fields.items():
-        annotation = info.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            yield from _fields(annotation, f"{prefix}{name}.")
+        path = f"{prefix}{name}"
+        if path in skip:
+            continue
+        if _is_section(info.annotation):
+            yield from _fields(info.annotation, f"{path}.", skip)
         else:
-            yield f"{prefix}{name}", info
+            yield path, info
 
 
 def _defaults(schema: type[BaseModel]) -> dict[str, Any]:
@@ -81,6 +97,31 @@ def _keeps_text(annotation: Any) -> bool:
     return annotation in (str, Path, str | None, Path | None)
 
 
+_TRUE_WORDS = {"true", "yes", "on", "1"}
+_FALSE_WORDS = {"false", "no", "off", "0"}
+
+
+class _Switch(argparse.Action):
+    """A boolean setting, both ways: ``--X`` / ``--X true`` / ``--X false`` and ``--no-X``."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        negatives = [f"--no-{flag[2:]}" for flag in option_strings]
+        super().__init__([*option_strings, *negatives], dest, nargs="?", default=None, metavar="true|false", **kwargs)
+        self.negatives = negatives
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        negative = option_string in self.negatives
+        if values is None:
+            setattr(namespace, self.dest, not negative)
+            return
+        word = str(values).strip().lower()
+        if negative or word not in _TRUE_WORDS | _FALSE_WORDS:
+            parser.error(f"argument {option_string}: expected true or false, got {values!r}"
+                         + (f"; write {option_string} alone" if negative else ""))
+        setattr(namespace, self.dest, (word in _TRUE_WORDS) != negative)
+
+
 class _HelpFormatter(argparse.HelpFormatter):
     """Shows each default once: a field's flag names its field's default in its help (its
     parser default is None, meaning "not given"), so only the run flags get one appended,
@@ -92,6 +133,36 @@ class _HelpFormatter(argparse.HelpFormatter):
         if "(default:" in text or default is None or default is False or default == argparse.SUPPRESS:
             return text
         return f"{text} (default: %(default)s)"
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        if isinstance(action, _Switch):  # --X [true|false], --no-X
+            positives = [flag for flag in action.option_strings if flag not in action.negatives]
+            return ", ".join([f"{flag} [true|false]" for flag in positives] + action.negatives)
+        return super()._format_action_invocation(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """A recipe's parser: no abbreviations (``--num-instruction`` is not ``--num-instructions``),
+    and a mistake is one line with a hint, not the whole usage first."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(allow_abbrev=False, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        hint = ""
+        unknown = [word.split("=", 1)[0] for word in message.split() if word.startswith("--")]
+        if message.startswith("unrecognized arguments") and unknown:
+            close = difflib.get_close_matches(unknown[0], list(self._option_string_actions), n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+        self.exit(2, f"{self.prog}: error: {message}{hint} (--help lists every setting)\n")
+
+
+def _choices(info: Any) -> tuple[Any, ...] | None:
+    """The values a setting takes, where it names them: a ``Literal`` or :class:`Choices`."""
+    annotation = info.annotation
+    if get_origin(annotation) is Literal:
+        return get_args(annotation)
+    return next((meta for meta in info.metadata if isinstance(meta, Choices)), None)
 
 
 def build_parser(
@@ -106,7 +177,9 @@ def build_parser(
     ``run_flags`` adds the flags of a recipe run (``--fresh``, ``--dry-run``, ``--quiet``,
     ``--verbose``): all of them, or the ones named (``("fresh", "dry_run")``).
     """
-    parser = argparse.ArgumentParser(description=description, formatter_class=_HelpFormatter)
+    # Dozens of settings: the usage line says their shape, the list below names each one.
+    usage = "%(prog)s [--preset NAME] [--config FILE] [--SECTION.SETTING VALUE ...] [run flags]"
+    parser = _Parser(description=description, usage=usage, formatter_class=_HelpFormatter)
     parser.add_argument("--preset", choices=sorted(presets), default="full", help="Starting point for the config.")
     parser.add_argument("--config", type=Path, help="YAML file with overrides (same structure as --print-config).")
     parser.add_argument("--print-config", action="store_true", help="Print the resolved config and exit.")
@@ -134,28 +207,36 @@ def build_parser(
             flags = [reverse[path]]
             parser.add_argument(f"--{path}", dest=path, default=None, help=argparse.SUPPRESS)
         if info.annotation is bool:
-            parser.add_argument(*flags, dest=path, action="store_const", const=True, default=None,
-                                help=f"{described} (default: {defaults[path]})")
-            parser.add_argument(f"--no-{path}", dest=path, action="store_const", const=False,
-                                help=argparse.SUPPRESS)
+            parser.add_argument(*flags, dest=path, action=_Switch, help=f"{described} (default: {defaults[path]})")
             continue
-        parser.add_argument(*flags, dest=path, default=None, metavar="VALUE",
+        choices = _choices(info)
+        # A Literal's values are checked here; other named values (a family) by the field's validator.
+        enforced = get_origin(info.annotation) is Literal
+        parser.add_argument(*flags, dest=path, default=None, choices=choices if enforced else None,
+                            metavar="{" + ",".join(map(str, choices)) + "}" if choices else "VALUE",
                             help=f"{described} (default: {defaults[path]})")
     parser.set_defaults(_schema=schema, _presets=presets)
     return parser
 
 
 def resolve(args: argparse.Namespace) -> Any:
-    """preset < YAML file < flags, validated against the parser's schema; one-line ConfigError."""
+    """preset < YAML file < flags, validated against the parser's schema; one-line ConfigError.
+
+    A problem with a value the YAML file set (and no flag overrode) names the file and the key.
+    """
     schema: type[BaseModel] = args._schema
     presets: dict[str, dict[str, Any]] = args._presets
     data: dict[str, Any] = json.loads(json.dumps(presets[args.preset]))
+    from_file: set[str] = set()
     if args.config is not None:
-        data = deep_merge(data, load_yaml(args.config))
+        content = load_yaml(args.config)
+        from_file = check_keys(content, schema, args.config)
+        data = deep_merge(data, content)
     for path, info in _fields(schema):
         raw = getattr(args, path, None)
         if raw is None:
             continue
+        from_file.discard(path)
         if info.annotation == list[str]:
             value: Any = [item.strip() for item in str(raw).split(",") if item.strip()]
         elif isinstance(raw, bool) or _keeps_text(info.annotation):
@@ -163,8 +244,50 @@ def resolve(args: argparse.Namespace) -> Any:
         else:
             value = _parse_value(raw)
         _set_path(data, path, value)
-    return validate(data, schema)
+    try:
+        cfg = schema.model_validate(data)
+    except ValidationError as exc:
+        where, message = _first_problem(exc)
+        if where in from_file:
+            raise ConfigError(f"config file {args.config}: {where}: {message}") from None
+        raise ConfigError(f"--{where}: {message}" if where else message) from None
+    if "_preset" in (cfg.__private_attributes__ or {}):  # a config that remembers its preset (for hints)
+        cfg._preset = args.preset
+    return cfg
 
+
+def check_keys(content: dict[str, Any], schema: type[BaseModel], source: Path) -> set[str]:
+    """The dotted settings a YAML file sets; a key that is no setting of ``schema`` is a
+    one-line ConfigError naming the file, the key and the closest setting."""
+    settings = [path for path, _ in _fields(schema)]
+    sections = {path.rsplit(".", 1)[0] for path in settings if "." in path}
+    found: set[str] = set()
+
+    def walk(mapping: dict[str, Any], prefix: str) -> None:
+        for key, value in mapping.items():
+            path = f"{prefix}{key}"
+            if path in settings:
+                found.add(path)
+            elif path in sections and isinstance(value, dict):
+                walk(value, f"{path}.")
+            elif path in sections:
+                raise ConfigError(f"config file {source}: {path} is a section; give it a mapping of settings")
+            else:
+                close = difflib.get_close_matches(path, settings + sorted(sections), n=1, cutoff=0.6)
+                hint = f"; did you mean {close[0]}?" if close else "; --print-config shows every setting"
+                raise ConfigError(f"config file {source}: {path} is not a setting of this recipe{hint}")
+
+    walk(content, "")
+    return found
+
+
+def _first_problem(exc: ValidationError) -> tuple[str, str]:
+    """(dotted field, message) of a validation error's first problem, with a count of the others."""
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    message = first["msg"].removeprefix("Value error, ")
+    extra = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return where, f"{message}{extra}"
 
 
 class _DuplicateKeyError(yaml.YAMLError):
@@ -218,10 +341,6 @@ def validate(data: dict[str, Any], schema: type[BaseModel]) -> Any:
     try:
         return schema.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        message = first["msg"].removeprefix("Value error, ")
-        extra = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        where, message = _first_problem(exc)
         # A check across sections has no one field to name: its message names them.
-        raise ConfigError(f"--{where}: {message}{extra}" if where else f"{message}{extra}") from None
-
+        raise ConfigError(f"--{where}: {message}" if where else message) from None

@@ -27,10 +27,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, PrivateAttr, model_validator
 
 from magpie_dl.config import dpo as config
-from magpie_dl.config.command_line import deep_merge
+from magpie_dl.config.command_line import _fields, deep_merge
 from magpie_dl.config.dpo import SMOLLM2_DIR, TINY_DIR
 from magpie_dl.curation.embeddings import PACKAGED_MINILM
 from magpie_dl.config.scaleout import ScaleoutConfig
@@ -61,6 +61,9 @@ class InstructionsConfig(_Section):
     dedup: DedupSection = Field(default_factory=DedupSection)
     selection: SelectionSection = Field(default_factory=SelectionSection)
     scaleout: ScaleoutConfig = Field(default_factory=ScaleoutConfig)
+    # The preset the command line started from (not a setting): the closing hint runs the
+    # DPO recipe on the same one, so a smoke run is not followed by the 70B recipe.
+    _preset: str = PrivateAttr("full")
 
     @model_validator(mode="after")
     def _safety_needs_a_guard(self) -> "InstructionsConfig":
@@ -83,6 +86,11 @@ class InstructionsConfig(_Section):
     @property
     def cache_dir(self) -> Path:
         return Path(self.output_dir) / "cache"
+
+    def dpo_command(self, dataset: Path) -> str:
+        """The DPO recipe's command line on ``dataset`` (this run's curated set), same preset."""
+        preset = f" --preset {self._preset}" if self._preset in config.PRESETS and self._preset != "full" else ""
+        return f"python pipelines/dpo_100k.py{preset} --instructions {dataset}"
 
     def public_dict(self) -> dict[str, Any]:
         return json.loads(self.model_dump_json())
@@ -140,9 +148,10 @@ PRESETS["scale"] = deep_merge(
 
 def build_parser(description: str) -> argparse.ArgumentParser:
     """``--preset``, ``--config FILE``, ``--print-config``, and one flag per config field."""
-    return config.build_parser(
-        description, InstructionsConfig, PRESETS, {"--output-dir": "output_dir", "--ray": "scaleout.ray"},
-    )
+    # The DPO recipe's short flags, for the settings this recipe has too (--backend, --family...).
+    settings = {path for path, _ in _fields(InstructionsConfig)}
+    aliases = {alias: path for alias, path in config.ALIASES.items() if path in settings}
+    return config.build_parser(description, InstructionsConfig, PRESETS, {**aliases, "--output-dir": "output_dir"})
 
 
 def resolve(args: argparse.Namespace) -> InstructionsConfig:

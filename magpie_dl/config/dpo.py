@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, Field
 
@@ -32,6 +32,10 @@ REPO_ROOT = Path(__file__).resolve().parents[2]  # the checkout (tests, the whee
 
 class RecipeConfig(_Section):
     """The whole Magpie DPO recipe."""
+
+    # Settings of the shared sections that only the curation recipe uses: not in this
+    # recipe's --help, refused in its config files.
+    other_recipes_settings: ClassVar[tuple[str, ...]] = ("scaleout.tagging_replicas",)
 
     seed: int = Field(42, description="Run seed: every row's sampling seed and the split derive from it.")
     instructions: str | None = Field(

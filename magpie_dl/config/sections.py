@@ -29,6 +29,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from magpie_dl.config.command_line import Choices
 from magpie_dl.curation.dedup import DedupConfig, SearchMethod
 from magpie_dl.curation.embeddings import PACKAGED_MINILM, REFERENCE_MODEL
 from magpie_dl.templates.families import FAMILIES
@@ -113,7 +114,7 @@ def _check_device(value: str) -> str:
 ModelRef = Annotated[str, AfterValidator(_check_model_ref)]
 # Annotated outside the union, so the field's annotation stays `str | None` (a flag's text is kept as is).
 OptionalModelRef = Annotated[str | None, AfterValidator(lambda value: None if value is None else _check_model_ref(value))]
-DType = Annotated[str, AfterValidator(_check_dtype)]
+DType = Annotated[str, AfterValidator(_check_dtype), Choices(DTYPES)]
 Device = Annotated[str, AfterValidator(_check_device)]
 
 
@@ -133,7 +134,7 @@ class GeneratorConfig(_Section):
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Query nucleus sampling mass.")
     max_tokens: int = Field(1024, ge=1, description="Maximum tokens per query.")
     system_prompt: str | None = Field(None, description="One fixed system prompt for every query.")
-    control_task: str | None = Field(None, description=f"Built-in system prompt: {', '.join(CONTROL_TASKS)}.")
+    control_task: Annotated[str | None, Choices(CONTROL_TASKS)] = Field(None, description=f"Built-in system prompt: {', '.join(CONTROL_TASKS)}.")
     system_prompts: dict[str, tuple[str | None, float]] | None = Field(
         None, description="Weighted system-prompt categories, {name: [prompt or null, weight]} (YAML)."
     )

@@ -1,4 +1,4 @@
-"""``python -m magpie_dl.review push|pull`` (console script ``magpie-dl-review``)."""
+"""``magpie-dl-review push|pull`` (also ``python -m magpie_dl.review``)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from magpie_dl.review.push import push_to_argilla
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m magpie_dl.review",
+        prog="magpie-dl-review", allow_abbrev=False,
         description=f"Review DPO pairs in Argilla ({ENV_API_URL} / {ENV_API_KEY} from the environment).",
     )
     commands = parser.add_subparsers(dest="command", required=True)

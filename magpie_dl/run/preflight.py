@@ -12,7 +12,6 @@ library, torch, ``huggingface_hub`` and transformers' tokenizers are used.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,10 +22,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel
 
 from magpie_dl.config.dpo import ConfigError, _fields
-
-_TRUE = {"1", "on", "yes", "true"}
-# How long the hub gets to answer a connection before it counts as unreachable.
-_HUB_TIMEOUT_S = 3.0
+from magpie_dl.hub import hub_endpoint, hub_offline, reachable  # noqa: F401  (re-exported)
 # Model fields whose value names a sentence encoder shipped with the project, not a hub id.
 _PACKAGED_PREFIX = "packaged:"
 
@@ -37,6 +33,7 @@ def check_before_run(cfg: BaseModel) -> None:
     check_model_sources(cfg)
     check_endpoints(cfg)
     check_hub_token(cfg)
+    check_review_server(cfg)
     check_chat_templates(cfg)
 
 
@@ -134,7 +131,8 @@ def check_endpoints(cfg: BaseModel) -> None:
 
 
 def check_hub_token(cfg: BaseModel) -> None:
-    """``--push-to-hub`` has a token to push with (HF_TOKEN or a saved login); its value is never shown."""
+    """``--push-to-hub`` has a token to push with (HF_TOKEN or a saved login; its value is
+    never shown) and a hub to push to, so the push does not fail after the whole run."""
     output = getattr(cfg, "output", None)
     if output is None or not getattr(output, "push_to_hub", None):
         return
@@ -142,6 +140,27 @@ def check_hub_token(cfg: BaseModel) -> None:
 
     if not (os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN") or get_token()):
         raise ConfigError("--push-to-hub needs a Hugging Face token: set HF_TOKEN (or log in with `hf auth login`)")
+    if hub_offline():
+        raise ConfigError("--push-to-hub: HF_HUB_OFFLINE is set; unset it to push, or drop --push-to-hub")
+    endpoint = hub_endpoint()
+    if not reachable(endpoint):
+        raise ConfigError(
+            f"--push-to-hub: the hub ({_shown(endpoint)}) cannot be reached; check the network or HF_ENDPOINT, "
+            "or drop --push-to-hub"
+        )
+
+
+def check_review_server(cfg: BaseModel) -> None:
+    """``--argilla-dataset``: the Argilla server (ARGILLA_API_URL) accepts connections."""
+    output = getattr(cfg, "output", None)
+    url = os.environ.get("ARGILLA_API_URL")
+    if output is None or not getattr(output, "argilla_dataset", None) or not url:
+        return  # a missing URL is the recipe's own check
+    if not reachable(url):
+        raise ConfigError(
+            f"--argilla-dataset: the Argilla server at {_shown(url)} (ARGILLA_API_URL) cannot be reached; "
+            "start it or fix the address, or drop --argilla-dataset"
+        )
 
 
 def check_chat_templates(cfg: BaseModel) -> None:
@@ -178,26 +197,6 @@ def check_chat_templates(cfg: BaseModel) -> None:
             raise ConfigError(
                 f"--responses.thinking: {ref} (family {family.name}) has no thinking switch in its chat template; drop it"
             )
-
-
-def hub_offline() -> bool:
-    """Whether the user switched the hub client off (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE)."""
-    return any(os.environ.get(name, "").strip().lower() in _TRUE for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
-def hub_endpoint() -> str:
-    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
-
-
-def reachable(url: str, timeout_s: float = _HUB_TIMEOUT_S) -> bool:
-    """Whether a TCP connection to ``url``'s host opens within ``timeout_s`` (no request is sent)."""
-    parts = urlsplit(url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    try:
-        with socket.create_connection((parts.hostname or "", port), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
 
 
 def _shown(url: str) -> str:

@@ -195,7 +195,7 @@ def _curation_done(cfg: InstructionsConfig, curated: Curated) -> int:
     if report_path.exists():
         report = SelectionReport(**json.loads(report_path.read_text()))
         print("  " + report.format().replace("\n", "\n  "))
-    print(f"  next: python pipelines/dpo_100k.py --instructions {out_dir / 'dataset'}")
+    print(f"  next: {cfg.dpo_command(out_dir / 'dataset')}")
     return 0
 
 

@@ -350,8 +350,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from magpie_dl.templates.chat import ChatTemplateError
 
+    from pathlib import Path
+
+    from magpie_dl.hub import hub_endpoint, hub_offline, reachable
+
     parser = argparse.ArgumentParser(
-        prog="python -m magpie_dl.templates.families",
+        prog="python -m magpie_dl.templates.families", allow_abbrev=False,
         description="Show the family, pre-query prompt, response prompt and stops Magpie uses for a model "
         "(loads its tokenizer only).",
     )
@@ -364,7 +368,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(args.model)
+        try:  # a local directory or the hub cache: no network
+            tokenizer = AutoTokenizer.from_pretrained(args.model, local_files_only=True)
+        except Exception:
+            if Path(args.model).expanduser().exists() or hub_offline():
+                raise
+            if not reachable(hub_endpoint()):  # one line now, not a minute of the hub client's retries
+                print(f"error: cannot load a tokenizer from {args.model}: not in the local Hugging Face cache and "
+                      f"the hub ({hub_endpoint()}) cannot be reached; download it first or give a model directory",
+                      file=sys.stderr)
+                return 2
+            tokenizer = AutoTokenizer.from_pretrained(args.model)
     except Exception as exc:  # noqa: BLE001 - one line, whatever the loader raised
         print(f"error: cannot load a tokenizer from {args.model}: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2

@@ -38,8 +38,9 @@ def test_recipe_pushes_pairs_for_review(argilla_server, dataset_name, tmp_path, 
     assert {r.id for r in records} == set(local["train"]["uuid"]) | set(local["test"]["uuid"])
 
 
-def test_failed_push_keeps_the_local_dataset(tmp_path, tiny_models):
-    env = {**os.environ, "ARGILLA_API_URL": "http://127.0.0.1:9", "ARGILLA_API_KEY": "secret-key-not-shown-42"}
+def test_failed_push_keeps_the_local_dataset(tmp_path, tiny_models, failing_server):
+    # A server that accepts connections (checked before the run) and fails every request (the push).
+    env = {**os.environ, "ARGILLA_API_URL": failing_server, "ARGILLA_API_KEY": "secret-key-not-shown-42"}
     out = tmp_path / "out"
     result = run("--output-dir", str(out), "--argilla-dataset", "nowhere", env=env)
     assert result.returncode == 4
