@@ -486,7 +486,7 @@ def test_smoke_run_card_and_report(smoke_output: Path, chromium: str, tmp_path: 
 
 def test_hub_push_uploads_config_pipeline_and_report_beside_the_card(tagged_output: Path, tmp_path: Path,
                                                                       monkeypatch) -> None:
-    from magpie_dl.release.hub import hub_files
+    from magpie_dl.release.push import hub_files
 
     out = tmp_path / "run"
     shutil.copytree(tagged_output, out)

@@ -25,7 +25,7 @@ from magpie_dl.config.dpo import ConfigError
 from magpie_dl.release.curation import write_outputs
 from magpie_dl.config.estimate import estimate
 from magpie_dl.release.export import Summary, write_dataset
-from magpie_dl.release.hub import push_for_hub, push_for_review
+from magpie_dl.release.push import push_for_hub, push_for_review
 from magpie_dl.recipe.provenance import stand_in_engine_note, stand_in_reward_note
 from magpie_dl.release.report import example_lines, input_config_counts, models_of, write_card_and_report
 from magpie_dl.release.report.curation import write_curation_card_and_report
