@@ -62,3 +62,23 @@ def test_before_the_run_starts_a_signal_is_one_line():
         "error: the run stopped by SIGTERM before it finished (before it started); nothing was published; "
         "rerun the same command to resume from the stored work"
     ]
+
+
+def test_a_stopped_run_leaves_out_distilabel_s_warning_that_its_leaf_wrote_nothing(caplog):
+    """Our one line says what happened; distilabel's "No output files" warning, which it logs
+    for the leaf a stopped run never reached, would come before it."""
+    import logging
+    import types
+
+    log = logging.getLogger("distilabel.distiset")
+    pipeline = types.SimpleNamespace(_stop=lambda: None)
+    with caplog.at_level(logging.WARNING, logger="distilabel.distiset"):
+        with StopSignals() as stop, stop.around(pipeline):
+            log.warning("No output files for step 'pairing', can't create a dataset.")  # a run that was not stopped
+            stop.received = signal.SIGINT
+            log.warning("No output files for step 'pairing', can't create a dataset.")
+            log.warning("something else")
+        log.warning("No output files for step 'pairing' (after the run)")
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == ["No output files for step 'pairing', can't create a dataset.", "something else",
+                        "No output files for step 'pairing' (after the run)"]

@@ -9,6 +9,7 @@ far the run got and that a rerun resumes from the stored work.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -108,10 +109,16 @@ class StopSignals:
         # Until then a signal is only recorded: raised inside distilabel's set-up, it can
         # leave non-daemon pool workers that the interpreter then waits for forever.
         self._defer = True
+        # A stopped run's leaf wrote nothing yet: distilabel's warning about it would come
+        # before our own line, which says what happened and what to do.
+        distiset_log = logging.getLogger("distilabel.distiset")
+        quiet = _AfterStop(self)
+        distiset_log.addFilter(quiet)
         try:
             with distilabel_compat.sigint_setup(pipeline, install):
                 yield
         finally:
+            distiset_log.removeFilter(quiet)
             self._gentle = None
             self._defer = False
             for sig in self._previous:
@@ -160,6 +167,17 @@ class StopSignals:
         self._stopping = True
         assert self._gentle is not None
         self._gentle()
+
+
+class _AfterStop(logging.Filter):
+    """Drops distilabel's "no output files" warning once a stop signal came."""
+
+    def __init__(self, signals: StopSignals) -> None:
+        super().__init__()
+        self.signals = signals
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (self.signals.received and str(record.msg).startswith("No output files for step"))
 
 
 def exit_on_stop_signals() -> None:
