@@ -32,7 +32,7 @@ class PushToArgillaReview(Step):
         - uuid, instruction, chosen, rejected, the scores shown to reviewers; optional tags (metadata).
 
     Output columns:
-        - argilla_pushed (bool): whether the batch was upserted (``python -m magpie_dl.review push`` retries).
+        - argilla_pushed (bool): whether the batch was upserted (``magpie-dl-review push`` retries).
     """
 
     dataset_name: RuntimeParameter[str] = Field(default=None, description="Name of the Argilla review dataset.")

@@ -24,6 +24,8 @@ class RewardScoring(DevicePlacedStep):
     """Scores each (instruction, response) with a reward model, batch-invariantly (``magpie_dl.reward``).
 
     A response that cannot be scored gets ``None``, never a made-up score, and a reason in ``rating_errors``.
+    distilabel's ``FormatTextGenerationDPO`` cannot take a ``None`` rating: pair with
+    :class:`~magpie_dl.steps.pairing.BestWorstPairing`, which leaves unscored responses out.
 
     Runtime parameters:
         - `max_length`: truncation in tokens; `scoring_batch_size`, `scoring_batch_tokens`: per pass.

@@ -84,7 +84,7 @@ def push_for_review(cfg: RecipeConfig) -> bool:
     except ReviewError as exc:
         print(
             f"error: argilla push failed: {exc}; the local dataset is intact, retry with: "
-            f"python -m magpie_dl.review push --input {dataset} --dataset-name {cfg.output.argilla_dataset}",
+            f"magpie-dl-review push --input {dataset} --dataset-name {cfg.output.argilla_dataset}",
             file=sys.stderr,
         )
         return False

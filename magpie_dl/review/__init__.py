@@ -38,8 +38,8 @@ with the key scrubbed out.
 
 CLI::
 
-    python -m magpie_dl.review push --input out/run/dataset --dataset-name magpie-review
-    python -m magpie_dl.review pull --input out/run/dataset --dataset-name magpie-review \\
+    magpie-dl-review push --input out/run/dataset --dataset-name magpie-review
+    magpie-dl-review pull --input out/run/dataset --dataset-name magpie-review \\
         --output out/run/reviewed
 
 Split by job: :mod:`.client` (credentials, retries, errors, the dataset handle), :mod:`.push`,
