@@ -181,7 +181,8 @@ def run_measured(cmd: list[str], out: Path, log: Path, every: float = 1.0,
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     samples = sampler.samples
     summary = {
-        "command": " ".join(cmd), "returncode": proc.returncode, "killed": killed,
+        "command": " ".join(cmd), "returncode": proc.returncode,
+        "killed": killed or sampler.low_memory_at is not None,
         "wall_s": round(wall, 1),
         "tree_cpu_rusage_s": round((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), 1),
         "tree_cpu_sampled_s": samples[-1]["tree_cpu_s"] if samples else None,
