@@ -46,21 +46,32 @@ def kib(path: str, field: str) -> int:
     return 0
 
 
+def anon_pss_kib(pid: int) -> tuple[int, int]:
+    """(PSS, anonymous PSS) of one process in KiB, (0, 0) when it is gone."""
+    pss = anon = 0
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return 0, 0
+    for line in text.splitlines():
+        if line.startswith("Pss:"):
+            pss = int(line.split()[1])
+        elif line.startswith("Pss_Anon:"):
+            anon = int(line.split()[1])
+    return pss, anon
+
+
 def memory_mib(pids: list[int]) -> tuple[float, float, float]:
     """(summed PSS, summed anonymous PSS, largest single RSS) of ``pids``, in MiB."""
-    pss = anon = 0
-    for pid in pids:
-        try:
-            text = Path(f"/proc/{pid}/smaps_rollup").read_text()
-        except OSError:
-            continue
-        for line in text.splitlines():
-            if line.startswith("Pss:"):
-                pss += int(line.split()[1])
-            elif line.startswith("Pss_Anon:"):
-                anon += int(line.split()[1])
+    each = [anon_pss_kib(pid) for pid in pids]
+    pss, anon = sum(p for p, _ in each), sum(a for _, a in each)
     rss = max((kib(f"/proc/{p}/status", "VmRSS:") for p in pids), default=0)
     return pss / 1024, anon / 1024, rss / 1024
+
+
+def available_mib() -> float:
+    """The machine's ``MemAvailable`` in MiB (what can still be allocated without swapping or OOM)."""
+    return kib("/proc/meminfo", "MemAvailable:") / 1024
 
 
 def cpu_seconds(pid: int) -> float | None:

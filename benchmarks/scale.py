@@ -92,9 +92,11 @@ def store_progress(out: Path) -> dict[str, int]:
 class Sampler(proctree.Periodic):
     """Samples a running recipe's process tree, its output directory and its progress every ``every`` s."""
 
-    def __init__(self, root: int, out: Path, every: float = 1.0) -> None:
+    def __init__(self, root: int, out: Path, every: float = 1.0, min_available_mib: float | None = None) -> None:
         super().__init__(every, at_start=True)
         self.root, self.out = root, out
+        self.min_available_mib = min_available_mib
+        self.low_memory_at: float | None = None  # when the run was stopped for the machine's memory
         self.started = time.perf_counter()
         self.samples: list[dict[str, Any]] = []
         self.release_seen: float | None = None
@@ -104,6 +106,14 @@ class Sampler(proctree.Periodic):
         t = time.perf_counter() - self.started
         pids = proctree.tree(self.root)
         pss, anon, rss = proctree.memory_mib(pids)
+        # Which process holds the memory: the driver (distilabel's batch manager, the global
+        # steps' buffers) or the largest step worker.
+        driver_anon = proctree.anon_pss_kib(self.root)[1] / 1024
+        worker_anon = max((proctree.anon_pss_kib(p)[1] for p in pids if p != self.root), default=0) / 1024
+        available = proctree.available_mib()
+        if self.min_available_mib and available < self.min_available_mib and self.low_memory_at is None:
+            self.low_memory_at = t  # the run is stopped before it takes the shared machine down
+            os.killpg(self.root, signal.SIGKILL)
         for pid in pids:
             if (cpu := proctree.cpu_seconds(pid)) is not None:
                 self._cpu_last[pid] = cpu
@@ -113,6 +123,8 @@ class Sampler(proctree.Periodic):
         self.samples.append({
             "t": round(t, 2), "procs": len(pids),
             "pss_mib": round(pss, 1), "pss_anon_mib": round(anon, 1), "max_rss_mib": round(rss, 1),
+            "driver_anon_mib": round(driver_anon, 1), "max_worker_anon_mib": round(worker_anon, 1),
+            "available_mib": round(available),
             "driver_cpu_s": round(self._cpu_last.get(self.root, 0.0), 2),
             "tree_cpu_s": round(sum(self._cpu_last.values()), 2),
             "disk_out_b": disk_bytes(self.out), "disk_cache_b": disk_bytes(cache),
@@ -137,11 +149,12 @@ def recipe_command(recipe: str, n: int, out: Path, extra: list[str]) -> list[str
 
 def run_measured(cmd: list[str], out: Path, log: Path, every: float = 1.0,
                  kill_after: float | None = None, kill_at_release: float | None = None,
-                 env: dict[str, str] | None = None) -> dict[str, Any]:
+                 env: dict[str, str] | None = None, min_available_mib: float | None = None) -> dict[str, Any]:
     """Run ``cmd`` in its own process group, sampled; returns the samples and a summary.
 
     ``kill_after`` sends SIGKILL to the whole group that many seconds in, ``kill_at_release``
-    that many seconds after the release staging appears (kill-and-resume).
+    that many seconds after the release staging appears (kill-and-resume);
+    ``min_available_mib`` when the machine's available memory falls under it.
     """
     env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -150,7 +163,7 @@ def run_measured(cmd: list[str], out: Path, log: Path, every: float = 1.0,
         proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env,
                                 cwd=REPO, start_new_session=True)
         killed = False
-        with Sampler(proc.pid, out, every) as sampler:
+        with Sampler(proc.pid, out, every, min_available_mib) as sampler:
             try:
                 if kill_at_release is None:
                     proc.wait(timeout=kill_after)
@@ -168,13 +181,17 @@ def run_measured(cmd: list[str], out: Path, log: Path, every: float = 1.0,
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     samples = sampler.samples
     summary = {
-        "command": " ".join(cmd), "returncode": proc.returncode, "killed": killed,
+        "command": " ".join(cmd), "returncode": proc.returncode,
+        "killed": killed or sampler.low_memory_at is not None,
         "wall_s": round(wall, 1),
         "tree_cpu_rusage_s": round((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), 1),
         "tree_cpu_sampled_s": samples[-1]["tree_cpu_s"] if samples else None,
         "driver_cpu_s": samples[-1]["driver_cpu_s"] if samples else None,
         "peak_pss_mib": max((s["pss_mib"] for s in samples), default=0),
         "peak_pss_anon_mib": max((s["pss_anon_mib"] for s in samples), default=0),
+        "peak_driver_anon_mib": max((s.get("driver_anon_mib", 0) for s in samples), default=0),
+        "peak_worker_anon_mib": max((s.get("max_worker_anon_mib", 0) for s in samples), default=0),
+        "low_memory_stop_s": sampler.low_memory_at,
         "peak_disk_out_b": max((s["disk_out_b"] for s in samples), default=0),
         "peak_disk_cache_b": max((s["disk_cache_b"] for s in samples), default=0),
         "peak_disk_distilabel_b": max((s["disk_distilabel_b"] for s in samples), default=0),
@@ -269,6 +286,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="The run's output directory (removed first); results go to OUT.json.")
     parser.add_argument("--every", type=float, default=1.0, help="Seconds between samples.")
     parser.add_argument("--keep", action="store_true", help="Keep the output directory (default: removed after).")
+    parser.add_argument("--min-available-mib", type=float, default=1500,
+                        help="SIGKILL the run when the machine's available memory falls under this (0: never).")
     parser.add_argument("--report", type=Path, nargs="+", help="Print the Markdown tables of these result files.")
     parser.add_argument("--recipe-args", nargs=argparse.REMAINDER, default=DEFAULT_ARGS,
                         help=f"Flags for the recipe's command (default: {' '.join(DEFAULT_ARGS)}).")
@@ -280,7 +299,8 @@ def main() -> None:
         parser.error("give RECIPE ROWS --out DIR, or --report FILES")
     shutil.rmtree(args.out, ignore_errors=True)
     cmd = recipe_command(args.recipe, args.rows, args.out, args.recipe_args)
-    result = run_measured(cmd, args.out, args.out.with_suffix(".log"), args.every)
+    result = run_measured(cmd, args.out, args.out.with_suffix(".log"), args.every,
+                          min_available_mib=args.min_available_mib or None)
     result["rows"], result["recipe"] = args.rows, args.recipe
     args.out.with_suffix(".json").write_text(json.dumps(result))
     if not args.keep:
