@@ -2,6 +2,8 @@
 
 # No `from __future__ import annotations`: distilabel reads the evaluated `StepInput` hint.
 
+import threading
+import time
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Mapping, Optional, Protocol, Sequence, Type, TypeVar, Union
 
 from distilabel.mixins.runtime_parameters import RuntimeParameter, RuntimeParametersMixin
@@ -80,6 +82,10 @@ class Loadable(Protocol):
     def unload(self) -> None: ...
 
 
+# How often tokens an engine reports as it decodes are counted (a store write each time).
+DECODED_EVERY_S = 0.5
+
+
 class ModelRun:
     """A loaded model step's model, result store and progress counts; it ties the worker's life to the run's."""
 
@@ -89,19 +95,42 @@ class ModelRun:
         self.store = ResultStore(cache_dir) if cache_dir else None
         self.model: Optional[Loadable] = None
         self.batches: Optional[OrderedBatches] = None
+        # Tokens an engine reported as it decoded them, not yet counted (counted at most
+        # every DECODED_EVERY_S: a decoding step is far shorter than a store write).
+        self._decoded, self._decoded_at, self._decoded_lock = 0, time.monotonic(), threading.Lock()
 
     def load(self, model: Loadable) -> None:
         self.model = model
         model.load()
+        if isinstance(model, CompletionLLM) and model.decodes_live:
+            model.report_decoded_to(self._count_decoded)
+
+    def _count_decoded(self, tokens: int) -> None:
+        with self._decoded_lock:
+            self._decoded += tokens
+            due = time.monotonic() - self._decoded_at >= DECODED_EVERY_S
+        if due:
+            self._flush_decoded()
+
+    def _flush_decoded(self) -> None:
+        with self._decoded_lock:
+            tokens, self._decoded, self._decoded_at = self._decoded, 0, time.monotonic()
+        if tokens and self.store is not None:
+            self.store.count_progress(self.step_name, 0, tokens)
 
     def close(self) -> None:
         """Drop what the stream still runs, then free the model; a second call does nothing."""
         self.close_batches()  # before the engine goes
+        self._flush_decoded()  # tokens decoded since the last count
         if self.model is not None:
+            if isinstance(self.model, CompletionLLM):
+                self.model.report_decoded_to(None)
             self.model.unload()
             self.model = None
 
     def report_progress(self, rows: int, tokens: int) -> None:
+        with self._decoded_lock:  # with the tokens decoded since the last count
+            tokens, self._decoded, self._decoded_at = tokens + self._decoded, 0, time.monotonic()
         if self.store is not None:
             self.store.count_progress(self.step_name, rows, tokens)
 
@@ -111,7 +140,8 @@ class ModelRun:
     def open_batches(self, llm: Any, max_in_flight: int) -> OrderedBatches:
         engine = completer(llm)  # our backend, or a stock distilabel LLM through the adapter
         self.batches = OrderedBatches(
-            engine.open_stream(), self.store, self.step_name, self.version, engine.model_name, max_in_flight
+            engine.open_stream(), self.store, self.step_name, self.version, engine.model_name, max_in_flight,
+            count_tokens=not getattr(engine, "decodes_live", False),
         )
         return self.batches
 

@@ -107,6 +107,14 @@ class MultiResponseGeneration(StreamingStep):
             ["reasoning"] if self.thinking else []
         )
 
+    def impute_step_outputs(self, step_output: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """A failed batch's rows go on with empty outputs, but keep their ``uuid`` (an input too)."""
+        imputed = super().impute_step_outputs(step_output)
+        for row, given in zip(imputed, step_output):
+            instruction = given.get("instruction")
+            row["uuid"] = given.get("uuid") or (instruction_uuid(instruction) if isinstance(instruction, str) else None)
+        return imputed
+
     def completion_requests(self, rows: list[dict[str, Any]]) -> tuple[Any, list[PromptInput], list[SamplingSpec]]:
         """One request (``n`` samples) per row whose instruction is usable."""
         for row in rows:

@@ -267,6 +267,30 @@ class CountingStore(ResultStore):
         super().count_progress(step, rows, tokens)
 
 
+def test_a_long_transformers_batch_counts_its_tokens_as_they_are_decoded(tiny_models, tmp_path, monkeypatch):
+    """All of a batch's samples decode together on the transformers engine, so no row is done
+    until near the batch's end: its tokens count step by step before any row does, and add
+    up to the tokens the completions hold (counted once, not again when they finish)."""
+    import magpie_dl.steps.base as base
+    from magpie_dl.backends.transformers import TransformersBackend
+    from magpie_dl.steps.responses import MultiResponseGeneration
+
+    monkeypatch.setattr(base, "DECODED_EVERY_S", 0.0)  # count every decoding step
+    step = MultiResponseGeneration(
+        llm=TransformersBackend(model=tiny_models["generator"], dtype="float32"),
+        num_generations=2, max_tokens=24, seed=3, cache_dir=str(tmp_path),
+    )
+    step.load()
+    step._run.store = store = CountingStore(tmp_path)
+    rows = [{"uuid": f"u{i}", "instruction": f"Tell me about topic {i}."} for i in range(3)]
+    [out] = list(step.process(rows))
+    first_row = next(i for i, (done, _) in enumerate(store.counts) if done)
+    decoded_before = [tokens for _, tokens in store.counts[:first_row] if tokens]
+    assert decoded_before and decoded_before[0] == 6  # the first step: 3 rows x 2 samples
+    assert sum(done for done, _ in store.counts) == 3
+    assert sum(tokens for _, tokens in store.counts) == sum(sum(r["generation_tokens"]) for r in out)
+
+
 def test_the_reward_step_counts_rows_and_tokens_as_it_scores_them(tiny_models, tmp_path):
     """Scored two sequences a pass: rows count as their responses are scored, with the tokens
     scored, not all at the batch's end; a row with nothing to score counts at once."""

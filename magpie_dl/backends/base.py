@@ -302,6 +302,23 @@ class CompletionLLM(LLM):
 
     _tokenizer: PreTrainedTokenizerBase | None = PrivateAttr(default=None)
     _turn_stops: ResolvedStops | None = PrivateAttr(default=None)
+    _on_decoded: Callable[[int], None] | None = PrivateAttr(default=None)
+
+    @property
+    def decodes_live(self) -> bool:
+        """Whether this engine says, as it decodes, how many tokens each step produced
+        (:meth:`decoded`): the running step then counts tokens from those reports, not from
+        finished completions, so a long batch shows its rate before any row is done."""
+        return False
+
+    def report_decoded_to(self, callback: Callable[[int], None] | None) -> None:
+        """Have :meth:`decoded` reports go to ``callback`` (the running step's progress)."""
+        self._on_decoded = callback
+
+    def decoded(self, tokens: int) -> None:
+        """Called by an engine that :attr:`decodes_live` after each decoding step, with the tokens it produced."""
+        if self._on_decoded is not None:
+            self._on_decoded(tokens)
 
     @property
     def model_name(self) -> str:

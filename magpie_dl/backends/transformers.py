@@ -81,6 +81,11 @@ class TransformersBackend(CompletionLLM):
         self.complete_each(prompts, sampling, keep)
         return results
 
+    @property
+    def decodes_live(self) -> bool:
+        # A subclass that replaces complete() (a stand-in at the model boundary) decodes nothing here.
+        return type(self).complete is _OWN_COMPLETE
+
     def open_stream(self) -> CallStream:
         """One call per submission, each prompt handed back as soon as its completions are done.
 
@@ -176,6 +181,7 @@ class TransformersBackend(CompletionLLM):
             next_ids = _sample_rows(
                 logits, temperature[alive], top_p[alive], [jobs[row].generator for row in alive]
             )
+            self.decoded(len(alive))
             if seen is not None:
                 seen[alive, next_ids] = True
             keep: list[int] = []

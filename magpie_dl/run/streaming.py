@@ -52,6 +52,8 @@ class OrderedBatches:
         version: the step's cache version (part of every key).
         model_name: the backend's ``model_name`` (part of every key).
         max_in_flight: sequences in flight above which :attr:`has_room` is False.
+        count_tokens: count each finished completion's tokens in the batch's tally (False when the
+            engine reports them as it decodes).
 
     Keys are those of :func:`magpie_dl.run.store.completion_key`, as :func:`cached_complete`'s:
     a batch run one way is read back by the other.
@@ -65,11 +67,14 @@ class OrderedBatches:
         version: str,
         model_name: str,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        count_tokens: bool = True,
     ) -> None:
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
         self._stream = stream
         self._store = store
+        # False when the engine reports its tokens as it decodes them (CompletionLLM.decodes_live).
+        self._count_tokens = count_tokens
         self._step = step
         self._version = version
         self._model = model_name
@@ -146,7 +151,8 @@ class OrderedBatches:
                 if storable_completions(value):
                     stored.append((batch.store_keys[i], value))
                 done_now.setdefault(serial, []).append(i)
-                tokens_now[serial] += sum(c.num_tokens for c in completions)
+                if self._count_tokens:
+                    tokens_now[serial] += sum(c.num_tokens for c in completions)
             if self._store is not None:
                 self._store.put_many(stored)  # one transaction per poll
             for serial, requests in done_now.items():  # counted once stored
@@ -220,7 +226,8 @@ def cached_complete(
     """``llm``'s completions of one batch through the store: stored ones read back, the rest
     run on a stream of their own and stored as each finishes (failed ones are not stored).
     ``tally`` counts the batch's rows as their requests finish."""
-    ordered = OrderedBatches(llm.open_stream(), store, step, version, llm.model_name)
+    ordered = OrderedBatches(llm.open_stream(), store, step, version, llm.model_name,
+                             count_tokens=not getattr(llm, "decodes_live", False))
     try:
         ordered.add(None, prompts, specs, tally)
         [(_, results)] = ordered.drain()
