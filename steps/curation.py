@@ -4,13 +4,14 @@
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Optional, Union
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Dict, List, Optional, Union
 
 from distilabel.mixins.runtime_parameters import RuntimeParameter
 from distilabel.steps import Step, StepInput
-from pydantic import Field, PrivateAttr
+from pydantic import BeforeValidator, Field, PrivateAttr
 
 from magpie_dl.backends.base import CompletionLLM, PromptInput, SamplingSpec
+from magpie_dl.backends.chat_llm import refuse_chat_llm_for_tagging
 from magpie_dl.curation.embeddings import PACKAGED_MINILM
 from magpie_dl.config.sections import DedupSection, TaggingConfig
 from magpie_dl.curation.selection import SelectionConfig
@@ -51,7 +52,7 @@ class InstructionTagging(ModelStep):
 
     role: ClassVar[str] = "tagging"  # replicated by scaleout.tagging_replicas
 
-    llm: CompletionLLM
+    llm: Annotated[CompletionLLM, BeforeValidator(refuse_chat_llm_for_tagging)]
     tasks: TagTaskNames = setting(TaggingConfig, "tasks")
     # The recipe's section sets its own floor; a standalone step may ask for less.
     max_tokens: RuntimeParameter[int] = setting(TaggingConfig, "max_tokens", ge=1)
@@ -106,7 +107,7 @@ class SafetyTagging(ModelStep):
     # The `tagging` section's max_tokens is the judge's: a guard's verdict is a few tokens.
     config_names = {**ModelStep.config_names, "max_tokens": None}
 
-    llm: CompletionLLM
+    llm: Annotated[CompletionLLM, BeforeValidator(refuse_chat_llm_for_tagging)]
     max_tokens: RuntimeParameter[int] = Field(default=16, description="Answer budget.")
 
     @property

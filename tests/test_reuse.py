@@ -115,6 +115,16 @@ def test_query_steps_refuse_a_stock_llm_in_one_line(stock_llm):
         assert "\n" not in message and "TransformersBackend" in message and "TransformersLLM" in message
 
 
+def test_tagging_steps_refuse_a_stock_llm_in_one_line(stock_llm):
+    from magpie_dl.steps.curation import InstructionTagging, SafetyTagging
+
+    for step in (InstructionTagging, SafetyTagging):
+        with pytest.raises(LLMNotSupportedError) as refused:
+            step(llm=stock_llm)
+        message = str(refused.value)
+        assert "\n" not in message and "TransformersBackend" in message and "TransformersLLM" in message
+
+
 def _scored(generations, ratings, **extra):
     return {"instruction": "Say hi.", "generations": generations, "ratings": ratings, **extra}
 

@@ -103,6 +103,20 @@ def completer(llm: Union[CompletionLLM, LLM]) -> Union[CompletionLLM, ChatLLMCom
     return llm if isinstance(llm, CompletionLLM) else ChatLLMCompletions(llm)
 
 
+def refuse_chat_llm_for_tagging(llm: Any) -> Any:
+    """``llm`` for the curation judge and guard, which send token-exact prompts and read
+    constrained answers; a stock distilabel LLM is refused in one line naming what to pass."""
+    from distilabel.models.llms.base import LLM
+
+    if isinstance(llm, LLM) and not isinstance(llm, CompletionLLM):
+        raise LLMNotSupportedError(
+            f"the tagging steps send token-exact judge prompts with constrained answers, which {type(llm).__name__} "
+            "(a chat-only distilabel LLM) cannot take: pass a magpie_dl.backends backend (TransformersBackend, "
+            "VLLMBackend, OpenAIBackend)"
+        )
+    return llm
+
+
 def refuse_chat_llm(llm: Any) -> Any:
     """``llm`` for steps that need raw completions of a pre-query template (Magpie queries);
     a stock distilabel LLM is refused in one line naming what to pass."""
