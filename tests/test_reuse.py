@@ -105,22 +105,15 @@ def test_a_stock_llm_writes_responses_for_rows_of_instruction_alone(stock_llm):
         assert not row["gen_response_configs"]["output_generator"].startswith("/")  # never a local path
 
 
-def test_query_steps_refuse_a_stock_llm_in_one_line(stock_llm):
-    from magpie_dl.steps.magpie import MagpieGenerator, MagpieQueries
+@pytest.mark.parametrize("module, names", [("magpie", ("MagpieGenerator", "MagpieQueries")),
+                                           ("curation", ("InstructionTagging", "SafetyTagging"))])
+def test_steps_that_need_our_backends_refuse_a_stock_llm_in_one_line(stock_llm, module, names):
+    import importlib
 
-    for step in (MagpieGenerator, MagpieQueries):
+    steps = importlib.import_module(f"magpie_dl.steps.{module}")
+    for name in names:
         with pytest.raises(LLMNotSupportedError) as refused:
-            step(llm=stock_llm)
-        message = str(refused.value)
-        assert "\n" not in message and "TransformersBackend" in message and "TransformersLLM" in message
-
-
-def test_tagging_steps_refuse_a_stock_llm_in_one_line(stock_llm):
-    from magpie_dl.steps.curation import InstructionTagging, SafetyTagging
-
-    for step in (InstructionTagging, SafetyTagging):
-        with pytest.raises(LLMNotSupportedError) as refused:
-            step(llm=stock_llm)
+            getattr(steps, name)(llm=stock_llm)
         message = str(refused.value)
         assert "\n" not in message and "TransformersBackend" in message and "TransformersLLM" in message
 

@@ -10,6 +10,7 @@ queries: :func:`refuse_chat_llm`). It reports no finish reasons, so its completi
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Union
 
 from magpie_dl.backends.base import CallStream, Completion, CompletionLLM, PromptInput, SamplingSpec, error_completions
@@ -103,29 +104,26 @@ def completer(llm: Union[CompletionLLM, LLM]) -> Union[CompletionLLM, ChatLLMCom
     return llm if isinstance(llm, CompletionLLM) else ChatLLMCompletions(llm)
 
 
-def refuse_chat_llm_for_tagging(llm: Any) -> Any:
-    """``llm`` for the curation judge and guard, which send token-exact prompts and read
-    constrained answers; a stock distilabel LLM is refused in one line naming what to pass."""
-    from distilabel.models.llms.base import LLM
+def only_our_backends(steps: str, need: str, otherwise: str = "") -> Callable[[Any], Any]:
+    """A validator for the ``llm`` of steps that only our backends can serve: a stock
+    distilabel LLM is refused in one line saying what the ``steps`` ``need`` and what to pass."""
 
-    if isinstance(llm, LLM) and not isinstance(llm, CompletionLLM):
-        raise LLMNotSupportedError(
-            f"the tagging steps send token-exact judge prompts with constrained answers, which {type(llm).__name__} "
-            "(a chat-only distilabel LLM) cannot take: pass a magpie_dl.backends backend (TransformersBackend, "
-            "VLLMBackend, OpenAIBackend)"
-        )
-    return llm
+    def check(llm: Any) -> Any:
+        from distilabel.models.llms.base import LLM
+
+        if isinstance(llm, LLM) and not isinstance(llm, CompletionLLM):
+            raise LLMNotSupportedError(
+                f"{steps} need {need}, which {type(llm).__name__} (a chat-only distilabel LLM) cannot give: pass a "
+                f"magpie_dl.backends backend (TransformersBackend, VLLMBackend, OpenAIBackend){otherwise}"
+            )
+        return llm
+
+    return check
 
 
-def refuse_chat_llm(llm: Any) -> Any:
-    """``llm`` for steps that need raw completions of a pre-query template (Magpie queries);
-    a stock distilabel LLM is refused in one line naming what to pass."""
-    from distilabel.models.llms.base import LLM
-
-    if isinstance(llm, LLM) and not isinstance(llm, CompletionLLM):
-        raise LLMNotSupportedError(
-            f"Magpie query steps need raw completions of a pre-query template, which {type(llm).__name__} (a chat-only "
-            "distilabel LLM) cannot give: pass a magpie_dl.backends backend (TransformersBackend, VLLMBackend, "
-            "OpenAIBackend) or use distilabel's own MagpieGenerator"
-        )
-    return llm
+# Magpie queries are raw completions of a pre-query template.
+refuse_chat_llm = only_our_backends(
+    "Magpie query steps", "raw completions of a pre-query template", " or use distilabel's own MagpieGenerator"
+)
+# The judge and guard send token-exact prompts and read constrained answers.
+refuse_chat_llm_for_tagging = only_our_backends("the tagging steps", "token-exact judge prompts with constrained answers")
