@@ -1,4 +1,4 @@
-"""The one base of model-backed steps (``steps.base.LLMStep``): every such step joins its
+"""The one base of model-backed steps (``magpie_dl.steps.base.ModelStep``): every such step joins its
 pipeline, and its model is loaded, counted and freed in one place."""
 
 from __future__ import annotations

@@ -159,7 +159,7 @@ def run_recipe(
 
 def progress_totals(pipeline: Pipeline | RayPipeline, expected_rows: int) -> dict[str, int]:
     """The steps the live progress follows, each with the rows it will handle: those that
-    count their rows (:meth:`steps.base.StoredResults.report_progress`; not query slots,
+    count their rows (:meth:`magpie_dl.steps.base.ModelStep.report_progress`; not query slots,
     duplicate marking, selection or pairing)."""
     return {name: expected_rows for name in pipeline.dag
             if hasattr(pipeline.dag.get_step(name)["step"], "report_progress")}

@@ -138,7 +138,7 @@ def rates(
 
     ``looks`` (kept by the caller) holds what was seen of each step from the moment it was
     first seen working: its counter appears when it starts its first batch
-    (:meth:`~steps.base.StoredResults.report_started`), so model loading and waiting for
+    (:meth:`~magpie_dl.steps.base.ModelStep.report_started`), so model loading and waiting for
     upstream steps do not drag it down. A running step's rates are over about the last
     ``window_s`` seconds. A finished step (``finished``: the time it was first seen done,
     kept by the caller) shows its average over its whole run, which no longer decays.
