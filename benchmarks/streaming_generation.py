@@ -58,6 +58,7 @@ from magpie_dl.backends.base import Completion, CompletionStream, PromptInput, S
 from magpie_dl.backends.openai import OpenAIBackend  # noqa: E402
 from magpie_dl.backends.vllm import VLLMBackend  # noqa: E402
 from magpie_dl.run.streaming import OrderedBatches, complete_in_batches  # noqa: E402
+from magpie_dl.distilabel_compat import streaming  # noqa: E402
 from magpie_dl.steps.responses import MultiResponseGeneration  # noqa: E402
 from vllm_generation import instructions  # noqa: E402
 
@@ -227,7 +228,8 @@ def run_step(args: argparse.Namespace, batch_size: int, llm: Any, rows: list[dic
         )  # fmt: skip
         load >> respond
         started = time.perf_counter()
-        out = pipeline.run(use_cache=False)["default"]["train"].to_list()
+        with streaming(pipeline):  # as the recipe's driver runs it
+            out = pipeline.run(use_cache=False)["default"]["train"].to_list()
         wall = time.perf_counter() - started
     record = json.loads(Path(llm.record_path).read_text())
     assert [r["uuid"] for r in out] == [r["uuid"] for r in rows], "rows out of order"

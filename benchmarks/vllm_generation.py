@@ -41,6 +41,7 @@ from pydantic import PrivateAttr  # noqa: E402
 
 from magpie_dl.backends.base import Completion, PromptInput, SamplingSpec  # noqa: E402
 from magpie_dl.backends.vllm import VLLMBackend  # noqa: E402
+from magpie_dl.distilabel_compat import streaming  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 _VERBS = ["learn", "explain", "plan", "fix", "compare", "improve", "write", "organize"]
@@ -125,7 +126,8 @@ def run_pipeline(args: argparse.Namespace, record: Path) -> dict[str, Any]:
         )
         load >> respond
     started = time.perf_counter()
-    distiset = pipeline.run(use_cache=False)
+    with streaming(pipeline):  # as the recipe's driver runs it
+        distiset = pipeline.run(use_cache=False)
     total = time.perf_counter() - started
     out_rows = distiset["default"]["train"].to_list()
     calls = pickle.loads(record.read_bytes())
