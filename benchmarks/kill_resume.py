@@ -45,6 +45,11 @@ def published(out: Path) -> list[str]:
     return [name for name in PUBLISHED if (out / name).exists()]
 
 
+def release_state(out: Path) -> dict[str, int]:
+    """What is published in ``out``, each with its modification time (a republish changes it)."""
+    return {name: (out / name).stat().st_mtime_ns for name in published(out)}
+
+
 def wait_for_baseline(base: Path, every: float = 10.0) -> None:
     """Wait until the baseline run has published and let go of its directory."""
     while not (published(base) and not any(p.name.startswith(".release-") for p in base.iterdir())):
@@ -88,6 +93,7 @@ def main() -> None:
     if args.export_kill:
         moments.append("export")
     for i, moment in enumerate(moments):
+        before = release_state(killed) if killed.exists() else {}
         if moment == "export":
             run = run_measured(cmd, killed, args.work / f"kill{i}.log", kill_at_release=rng.uniform(0, 3))
         else:
@@ -96,12 +102,15 @@ def main() -> None:
         last = run["samples"][-1] if run["samples"] else {}
         entry = {"at_s": s["wall_s"], "killed": s["killed"], "returncode": s["returncode"],
                  "progress": last.get("progress"), "export_started": s["release_seen_s"] is not None,
-                 "published_after": published(killed), "disk_after_b": s["final_disk_out_b"]}
+                 "published_after": published(killed), "disk_after_b": s["final_disk_out_b"],
+                 # What this run published (a run the kill came too late for has finished and published).
+                 "published_by_it": sorted(n for n, m in release_state(killed).items() if before.get(n) != m)}
         record["kills"].append(entry)
         print(f"kill {i}: {entry}", flush=True)
-        # A run killed before it published leaves nothing published (no earlier release here).
+        # A killed run publishes nothing: an earlier release (of a run that finished before its
+        # kill) stays as it was.
         if s["killed"]:
-            assert not entry["published_after"], f"a killed run published {entry['published_after']}"
+            assert not entry["published_by_it"], f"a killed run published {entry['published_by_it']}"
 
     final = run_measured(cmd, killed, args.work / "final.log")
     record["final"] = final["summary"]

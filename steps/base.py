@@ -351,6 +351,11 @@ class ModelGeneratorStep(RecipeGeneratorStep):
         assert self._run is not None, "load() was not called"
         return self._run
 
+    def report_progress(self, rows: int, tokens: int) -> None:
+        """Count finished rows and tokens for the run's live progress display (which follows
+        the steps that have this method)."""
+        self.run.report_progress(rows, tokens)
+
     def open_batches(self) -> OrderedBatches:
         """A fresh stream on the step's backend, batches ordered, results stored."""
         return self.run.open_batches(self.llm, self.max_in_flight)

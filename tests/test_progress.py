@@ -267,6 +267,22 @@ class CountingStore(ResultStore):
         super().count_progress(step, rows, tokens)
 
 
+def test_the_live_display_follows_every_model_step_generator_included(tiny_models):
+    from distilabel.pipeline import Pipeline
+
+    from magpie_dl.backends.transformers import TransformersBackend
+    from magpie_dl.run.driver import progress_totals
+    from magpie_dl.steps.magpie import MagpieGenerator
+    from magpie_dl.steps.pairing import BestWorstPairing
+    from magpie_dl.steps.responses import MultiResponseGeneration
+
+    with Pipeline(name="followed") as pipeline:
+        (MagpieGenerator(name="queries", llm=TransformersBackend(model=tiny_models["generator"]), num_rows=4)
+         >> MultiResponseGeneration(name="responses", llm=TransformersBackend(model=tiny_models["generator"]))
+         >> BestWorstPairing(name="pairing"))
+    assert progress_totals(pipeline, 4) == {"queries": 4, "responses": 4}
+
+
 def test_a_long_transformers_batch_counts_its_tokens_as_they_are_decoded(tiny_models, tmp_path, monkeypatch):
     """All of a batch's samples decode together on the transformers engine, so no row is done
     until near the batch's end: its tokens count step by step before any row does, and add
