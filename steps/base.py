@@ -112,9 +112,14 @@ class ModelRun:
         if due:
             self._flush_decoded()
 
-    def _flush_decoded(self) -> None:
+    def _take_decoded(self) -> int:
+        """The tokens decoded since the last count, now counted."""
         with self._decoded_lock:
             tokens, self._decoded, self._decoded_at = self._decoded, 0, time.monotonic()
+        return tokens
+
+    def _flush_decoded(self) -> None:
+        tokens = self._take_decoded()
         if tokens and self.store is not None:
             self.store.count_progress(self.step_name, 0, tokens)
 
@@ -129,8 +134,7 @@ class ModelRun:
             self.model = None
 
     def report_progress(self, rows: int, tokens: int) -> None:
-        with self._decoded_lock:  # with the tokens decoded since the last count
-            tokens, self._decoded, self._decoded_at = tokens + self._decoded, 0, time.monotonic()
+        tokens += self._take_decoded()
         if self.store is not None:
             self.store.count_progress(self.step_name, rows, tokens)
 
