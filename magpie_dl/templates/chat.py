@@ -289,6 +289,7 @@ def derived_family(parts: TemplateParts, note: str = "") -> ModelFamily:
         source="derived",
         note=note,
         template_date=parts.template_date if parts.dated else None,
+        turn_end=parts.turn_end,
     )
 
 
@@ -348,6 +349,7 @@ def with_template(family: ModelFamily, parts: TemplateParts, **changes: Any) -> 
 
     if family.use_template_default:
         changes.setdefault("default_system", parts.default_system or None)
+    changes.setdefault("turn_end", parts.turn_end)
     return replace(family, template_date=parts.template_date if parts.dated else None, **changes)
 
 

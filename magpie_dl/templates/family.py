@@ -47,6 +47,8 @@ class ModelFamily:
         source: ``table`` or ``derived`` (read from the chat template alone).
         note: why the family in use is not the table's, in one line ("" when it is).
         template_date: the date "today" rendered as, when the template renders one.
+        turn_end: what closes an assistant turn before the next user header, as the template
+            renders it ("" when the template was not read: such a family writes one turn only).
     """
 
     name: str
@@ -73,6 +75,7 @@ class ModelFamily:
     source: str = "table"
     note: str = ""
     template_date: str | None = None
+    turn_end: str = ""
 
     def query_stop(self, newline: bool) -> tuple[str, ...]:
         """Stop strings for query sampling, with ``"\\n"`` added when ``newline``."""

@@ -134,6 +134,7 @@ def chat_token_ids(
     *,
     add_generation_prompt: bool = True,
     template_date: str = DEFAULT_TEMPLATE_DATE,
+    enable_thinking: bool = False,
 ) -> list[int]:
     """Token ids of the chat template over ``messages``, every message's content encoded as text.
 
@@ -147,6 +148,7 @@ def chat_token_ids(
         [{**m, "content": _PAD + slot + _PAD} for m, slot in zip(messages, slots)],
         add_generation_prompt=add_generation_prompt,
         template_date=template_date,
+        enable_thinking=enable_thinking,
     )
     ids: list[int] = []
     rest = rendered
