@@ -23,6 +23,7 @@ from magpie_dl.steps.magpie import query_stage
 from magpie_dl.steps.pairing import BestWorstPairing
 from magpie_dl.steps.responses import MultiResponseGeneration
 from magpie_dl.steps.reward import RewardScoring
+from magpie_dl.steps.turns import conversation_stage
 
 if TYPE_CHECKING:
     from magpie_dl.distilabel_compat import AnyStep
@@ -39,11 +40,15 @@ def query_source(cfg: RecipeConfig, stored: dict) -> AnyStep:
 
 
 def build_pipeline(cfg: RecipeConfig) -> Pipeline:
-    """Magpie queries >> multi-generation >> reward scoring >> best/worst pairing."""
+    """Magpie queries (>> reply >> next turn, per later turn) >> multi-generation >> reward scoring >> best/worst pairing."""
     stored = {"cache_dir": str(cfg.cache_dir)}
     with Pipeline(name="magpie-dpo-100k", description=__doc__,
                   cache_dir=cfg.cache_dir / "distilabel") as pipeline:  # its own cache, removed after the run
-        queries = query_source(cfg, stored)
+        # Later user turns (generator.num_turns > 1): the responses answer the last one.
+        queries = conversation_stage(
+            query_source(cfg, stored), cfg.generator, lambda: make_backend(cfg.backend, cfg.generator.model, cfg.seed),
+            cfg.seed, reply_to_last=False, prompt_style=cfg.responses.prompt_style, **stored,
+        )
         responses = MultiResponseGeneration.from_config(
             cfg.responses, name="responses", llm=make_backend(cfg.backend, cfg.response_model, cfg.seed),
             family=cfg.generator.family, seed=cfg.seed, **stored,

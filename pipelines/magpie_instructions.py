@@ -36,6 +36,7 @@ from magpie_dl.steps.curation import (
 from magpie_dl.steps.magpie import query_stage
 from magpie_dl.steps.responses import MultiResponseGeneration
 from magpie_dl.steps.reward import RewardScoring
+from magpie_dl.steps.turns import conversation_stage
 
 # The instruct-reward response and its scores live beside, not in, the DPO columns.
 RESPONSE_COLUMNS = {
@@ -52,7 +53,7 @@ RATING_COLUMNS = {
 
 
 def build_pipeline(cfg: InstructionsConfig) -> Pipeline:
-    """generate >> language >> judge tags (>> safety) >> instruct reward >> near-duplicates >> select."""
+    """generate (>> later turns) >> language >> judge tags (>> safety) >> instruct reward >> near-duplicates >> select."""
     gen, tag, ir = cfg.generator, cfg.tagging, cfg.instruct_reward
     stored = {"cache_dir": str(cfg.cache_dir)}
 
@@ -63,6 +64,10 @@ def build_pipeline(cfg: InstructionsConfig) -> Pipeline:
     with Pipeline(name="magpie-instructions", description=__doc__,
                   cache_dir=cfg.cache_dir / "distilabel") as pipeline:  # its own cache, removed after the run
         queries = query_stage(gen, llm_for(gen.model), cfg.seed, cfg.scaleout.query_replicas, **stored)
+        # Later user turns (generator.num_turns > 1), each answered: the released multi-turn rows.
+        queries = conversation_stage(
+            queries, gen, lambda: llm_for(gen.model), cfg.seed, reply_to_last=gen.num_turns > 1, **stored,
+        )
         language = LanguageTagging.from_config(tag, name="language")
         tags = InstructionTagging.from_config(tag, name="judge_tags", llm=llm_for(tag.judge_model), **stored)
         last = queries >> language >> tags

@@ -62,9 +62,9 @@ class QueryWriter:
     exact duplicates need the earlier rows in order, so the caller marks them.
     """
 
-    def __init__(self, settings: MagpieQuerySettings) -> None:
+    def __init__(self, settings: MagpieQuerySettings, plan: Optional[SystemPromptPlan] = None) -> None:
         self.settings = settings
-        self.plan = SystemPromptPlan.build(settings.system_prompt, settings.system_prompts, settings.control_task)
+        self.plan = plan or SystemPromptPlan.build(settings.system_prompt, settings.system_prompts, settings.control_task)
         self.family: Optional[ModelFamily] = None
         self.stops: Optional[ResolvedStops] = None
         self.ban_ids: tuple[int, ...] = ()

@@ -13,7 +13,9 @@ from magpie_dl.recipe.rows import response_columns
 from magpie_dl.recipe.queries import derive_seed, instruction_uuid
 from magpie_dl.recipe.provenance import model_label, response_provenance
 from magpie_dl.templates.prompts import render_response_prompt, response_prompt_template, response_token_ids
+from magpie_dl.recipe.conversation import CONVERSATION, prompt_messages
 from magpie_dl.recipe.reasons import is_usable
+from magpie_dl.templates.turns import conversation_prompt
 from magpie_dl.config.sections import GeneratorConfig, ResponsesConfig
 from magpie_dl.steps.base import StreamingStep
 from magpie_dl.config.sections import setting
@@ -121,15 +123,24 @@ class MultiResponseGeneration(StreamingStep):
             if not row.get("uuid"):
                 row["uuid"] = instruction_uuid(row["instruction"])
         todo = [row for row in rows if is_usable(row)]
-        prompts = [self._prompt(row["instruction"]) for row in todo]
+        prompts, texts = zip(*(self._prompt(row) for row in todo)) if todo else ((), ())
         specs = [self.sampling_spec(row) for row in todo]
-        return (todo, specs), prompts, specs
+        return (todo, specs, texts), list(prompts), specs
 
-    def _prompt(self, instruction: str) -> PromptInput:
-        messages = ({"role": "user", "content": instruction},)
-        if self._template is None:  # a stock LLM: it applies its own chat template
-            return PromptInput((), messages)
-        return PromptInput(tuple(response_token_ids(self.llm.tokenizer, self._template, instruction)), messages)
+    def _prompt(self, row: dict[str, Any]) -> tuple[PromptInput, str]:
+        """The row's prompt, and its text as gen_response_configs records it: the instruction
+        alone, or (multi-turn) the conversation whose last user turn the responses answer."""
+        messages = tuple(prompt_messages(row))
+        if self._template is None:  # a stock LLM: it applies its own chat template (recorded: the message sent)
+            return PromptInput((), messages), messages[-1]["content"]
+        if len(messages) > 1:
+            ids, text = conversation_prompt(
+                self.llm.tokenizer, self._family, self.prompt_style, messages, self.llm.chat_template_date, self.thinking
+            )
+            return PromptInput(tuple(ids), messages), text
+        instruction = messages[0]["content"]
+        ids = response_token_ids(self.llm.tokenizer, self._template, instruction)
+        return PromptInput(tuple(ids), messages), render_response_prompt(self._template, instruction)
 
     def sampling_spec(self, row: dict[str, Any]) -> SamplingSpec:
         """How one row's responses are sampled (its seed derives from the run seed and its uuid)."""
@@ -149,22 +160,24 @@ class MultiResponseGeneration(StreamingStep):
         self, rows: list[dict[str, Any]], context: Any, completions: list[list[Completion]]
     ) -> list[dict[str, Any]]:
         """Each row with its responses and their provenance (rows not asked for get none)."""
-        todo, specs = context
-        by_uuid = {row["uuid"]: (spec, done) for row, spec, done in zip(todo, specs, completions)}
+        todo, specs, texts = context
+        by_uuid = {row["uuid"]: (spec, done, text) for row, spec, done, text in zip(todo, specs, completions, texts)}
         for row in rows:
-            spec, done = by_uuid.get(row["uuid"], (None, []))
+            spec, done, text = by_uuid.get(row["uuid"], (None, [], None))
             query_error = row.get("request_error") or ""
             row.update(response_columns(done, self.thinking))
             row["request_error"] = row["request_error"] or query_error
-            row["gen_response_configs"] = self._provenance(row["instruction"], spec.seed if spec else None)
+            if text is None and CONVERSATION not in row:  # not sent: the prompt it would have had
+                stock = self._template is None
+                text = row["instruction"] if stock else render_response_prompt(self._template, row["instruction"])
+            row["gen_response_configs"] = self._provenance(text, spec.seed if spec else None)
         return rows
 
-    def _provenance(self, instruction: str, seed: int | None) -> dict[str, Any]:
+    def _provenance(self, prompt: str | None, seed: int | None) -> dict[str, Any]:
         """A row's gen_response_configs (``seed`` None: the row was not sent)."""
         stock = self._template is None
         return response_provenance(
-            # A stock LLM's rendering is its own: the prompt is recorded as the message it was sent.
-            prompt=instruction if stock else render_response_prompt(self._template, instruction),
+            prompt=prompt,
             temperature=self.temperature,
             top_p=self.top_p,
             repetition_penalty=self.repetition_penalty,

@@ -7,6 +7,7 @@ from distilabel.mixins.runtime_parameters import RuntimeParameter
 from distilabel.steps import StepInput
 from pydantic import Field, PrivateAttr
 
+from magpie_dl.recipe.conversation import CONVERSATION, prompt_messages
 from magpie_dl.run.progress import RowTally
 from magpie_dl.reward.scoring import RewardScorer, Scored, conversations_token_ids, responses_to_score, set_ratings
 from magpie_dl.config.sections import RewardConfig
@@ -20,6 +21,16 @@ if TYPE_CHECKING:
     from magpie_dl.backends.standin import StandInScorer
 
 
+# What a response answers: an instruction, or (multi-turn) the conversation up to its last user turn.
+Prompt = Union[str, tuple[dict[str, str], ...]]
+
+
+def scored_prompt(row: dict) -> Prompt:
+    """The prompt a row's responses are scored with: the whole conversation when it has more than one turn."""
+    messages = prompt_messages(row)
+    return messages[0]["content"] if len(messages) == 1 else tuple(messages)
+
+
 class RewardScoring(DevicePlacedStep):
     """Scores each (instruction, response) with a reward model, batch-invariantly (``magpie_dl.reward``).
 
@@ -31,7 +42,8 @@ class RewardScoring(DevicePlacedStep):
         - `max_length`: truncation in tokens; `scoring_batch_size`, `scoring_batch_tokens`: per pass.
 
     Input columns:
-        - instruction (str), generations (list[str]); optional finish_reasons (failures are not scored).
+        - instruction (str), generations (list[str]); optional finish_reasons (failures are not scored),
+          conversation (multi-turn: the responses answer its last user turn, and the whole chat is scored).
 
     Output columns:
         - ratings (list[float | None]), rating_truncated (list[bool]), rating_errors (list[str | None]).
@@ -79,7 +91,7 @@ class RewardScoring(DevicePlacedStep):
     @property
     def inputs(self) -> "StepColumns":
         # finish_reasons is optional: when present, failed generations are not scored.
-        return {"instruction": True, "generations": True, "finish_reasons": False}
+        return {"instruction": True, "generations": True, "finish_reasons": False, CONVERSATION: False}
 
     @property
     def outputs(self) -> "StepColumns":
@@ -89,14 +101,14 @@ class RewardScoring(DevicePlacedStep):
         self.report_started()
         wanted = responses_to_score(inputs)
         tally = self.row_tally(len(inputs), [r for r, _ in wanted])  # a row counts once all its responses are scored
-        scored = self.score([(inputs[r]["instruction"], inputs[r]["generations"][j]) for r, j in wanted], tally)
+        scored = self.score([(scored_prompt(inputs[r]), inputs[r]["generations"][j]) for r, j in wanted], tally)
         errors = set_ratings(inputs, wanted, scored)
         if errors:
             self._logger.warning(f"{sum(errors.values())} of {len(scored)} responses not scored: {dict(errors)}")
         tally.close()  # rows whose scores were all read back from the store
         yield inputs
 
-    def score(self, pairs: list[tuple[str, str]], tally: Optional[RowTally] = None) -> list[Scored]:
+    def score(self, pairs: list[tuple[Prompt, str]], tally: Optional[RowTally] = None) -> list[Scored]:
         """Scores through the durable store (keyed by model, exact tokens and max length);
         ``tally`` (over ``pairs``) hears of each forward pass."""
         tokenizer = self._scorer.tokenizer

@@ -110,6 +110,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "temperature": 1.0,
             "max_tokens": 48,
             "batch_size": 64,
+            "reply_max_tokens": 48,
         },
         "backend": {"kind": "transformers", "device": "cpu", "dtype": "float32", "tensor_parallel_size": 1,
                     "max_model_len": 1024, "transformers_batch_size": 160},

@@ -74,6 +74,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "temperature": 1.0,
             "max_tokens": 48,
             "batch_size": 96,
+            "reply_max_tokens": 64,
         },
         "responses": {"max_tokens": 64, "batch_size": 96},
         "reward": {
@@ -125,6 +126,7 @@ PRESETS["demo"] = deep_merge(
             "temperature": 0.9,
             "max_tokens": 96,
             "batch_size": 32,
+            "reply_max_tokens": 320,
         },
         "responses": {"max_tokens": 320, "batch_size": 32},
         "reward": {"input_batch_size": 32},

@@ -29,6 +29,7 @@ class Estimate:
 
     query_prompts: int
     response_requests: int
+    reply_requests: int
     completions: int
     generated_tokens: int
     scored_sequences: int
@@ -53,6 +54,7 @@ class Estimate:
     def lines(self) -> list[str]:
         return [
             f"query prompts: {self.query_prompts:,}",
+            *([f"replies to earlier turns: {self.reply_requests:,}"] if self.reply_requests else []),
             f"response requests: {self.response_requests:,} ({self.completions:,} completions)",
             f"generated tokens: {self.generated_tokens:,}",
             f"scored sequences: {self.scored_sequences:,} ({self.scored_tokens:,} tokens)",
@@ -62,21 +64,28 @@ class Estimate:
 
 
 def estimate(
-    instructions: int, responses_per_instruction: int, generate_queries: bool, assume: EstimateConfig
+    instructions: int, responses_per_instruction: int, generate_queries: bool, assume: EstimateConfig,
+    num_turns: int = 1,
 ) -> Estimate:
-    """The work of a run of ``instructions`` instructions with ``responses_per_instruction`` each."""
-    queries = instructions if generate_queries else 0
+    """The work of a run of ``instructions`` conversations of ``num_turns`` user turns, the last
+    answered ``responses_per_instruction`` times: every turn's query (turn 1's only when the run
+    writes them), one reply to each earlier turn, and scored sequences that carry the history."""
+    later = num_turns - 1
+    queries = (instructions if generate_queries else 0) + instructions * later
+    replies = instructions * later
     completions = instructions * responses_per_instruction
-    generated = queries * assume.query_tokens + completions * assume.response_tokens
-    scored_tokens = completions * (assume.query_tokens + assume.response_tokens + assume.template_tokens)
+    generated = queries * assume.query_tokens + (replies + completions) * assume.response_tokens
+    turn_tokens = assume.query_tokens + assume.response_tokens + assume.template_tokens
+    scored_tokens = completions * turn_tokens * num_turns
     return Estimate(
         query_prompts=queries,
         response_requests=instructions,
+        reply_requests=replies,
         completions=completions,
         generated_tokens=generated,
         scored_sequences=completions,
         scored_tokens=scored_tokens,
         gpu_hours_queries=queries * assume.query_tokens / assume.generation_tokens_per_gpu_s / 3600,
-        gpu_hours_responses=completions * assume.response_tokens / assume.generation_tokens_per_gpu_s / 3600,
+        gpu_hours_responses=(replies + completions) * assume.response_tokens / assume.generation_tokens_per_gpu_s / 3600,
         gpu_hours_scoring=scored_tokens / assume.scoring_tokens_per_gpu_s / 3600,
     )

@@ -144,6 +144,15 @@ class GeneratorConfig(_Section):
         "family's default (on for llama-3, qwen2, qwen2.5, phi-3, mistral-v0.3; off for the others)."
     )
     batch_size: int = Field(1000, ge=1, description="Queries per batch sent to the engine.")
+    num_turns: int = Field(
+        1, ge=1, le=8, description="User turns per conversation: each later one follows up on the model's reply "
+        "to the one before (the DPO recipe pairs responses to the last)."
+    )
+    # Greedy, as the reference's multi-turn script: the history is conditioning, not data to
+    # choose between; one most-likely reply per turn keeps conversations reproducible, and the
+    # sampled variety belongs to the last turn's responses.
+    reply_temperature: float = Field(0.0, ge=0.0, le=2.0, description="Temperature of the one reply to each earlier turn.")
+    reply_max_tokens: int = Field(4096, ge=1, description="Maximum tokens of the reply to each earlier turn.")
 
     @field_validator("family")
     @classmethod

@@ -15,6 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from magpie_dl.recipe.conversation import with_message
+
 # Per-response statuses and per-row reasons for leaving a row out (the vocabulary lives in reasons).
 from magpie_dl.recipe.reasons import (
     ALL_TIED,
@@ -107,11 +109,6 @@ def pick_best_worst(
     return pair
 
 
-def pair_messages(instruction: str, response: str) -> list[dict[str, str]]:
-    """One side of a pair in distilabel's chat shape: the user's instruction, then the response."""
-    return [{"role": "user", "content": instruction}, {"role": "assistant", "content": response}]
-
-
 def pair_columns(row: Mapping[str, Any], rules: PairingRules = PairingRules()) -> dict[str, Any]:
     """The pairing columns of one scored row (see ``BestWorstPairing``); the row's pair is ``None`` unless kept."""
     # Without finish reasons (a stock TextGeneration gives none) each is unknown, not truncated.
@@ -131,6 +128,6 @@ def pair_columns(row: Mapping[str, Any], rules: PairingRules = PairingRules()) -
         "chosen_score": pair.chosen_score if kept else None,
         "rejected_score": pair.rejected_score if kept else None,
         "score_margin": pair.margin if kept else None,
-        "chosen": pair_messages(row["instruction"], row["generations"][pair.chosen_index]) if kept else None,
-        "rejected": pair_messages(row["instruction"], row["generations"][pair.rejected_index]) if kept else None,
+        "chosen": with_message(row, "assistant", row["generations"][pair.chosen_index]) if kept else None,
+        "rejected": with_message(row, "assistant", row["generations"][pair.rejected_index]) if kept else None,
     }

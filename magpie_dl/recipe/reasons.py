@@ -2,7 +2,7 @@
 
 Rows are marked, never silently dropped; the mark is one of the values below. Steps set
 them, the export counts them, and the card and the report explain them with the one-line
-descriptions here. Pure data: it imports only the standard library.
+descriptions here. Pure data.
 
 Columns and their values:
 
@@ -24,6 +24,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+
+from magpie_dl.recipe.conversation import MAX_TURNS
 
 # --------------------------------------------------------------------------- shared values
 
@@ -73,6 +75,36 @@ INSTRUCTION_STATUSES: dict[str, str] = {
     REQUEST_FAILED: REQUEST_FAILED_TEXT,
     DUPLICATE: "an exact copy (ignoring case and spacing) of an earlier query",
 }
+
+
+# A multi-turn row is as usable as its worst turn: a later turn's query or an earlier reply
+# that cannot be used leaves the whole conversation out, its status naming the turn
+# (``turn_2_fragment``, ``turn_1_reply_truncated``). A failed request stays ``request_failed``:
+# a rerun retries it, whichever turn it was.
+REPLY_STATUSES: dict[str, str] = {
+    EMPTY: "empty text",
+    TRUNCATED: "hit the reply's max_tokens before it ended",
+    GENERATION_FAILED: "the engine failed to produce it",
+}
+
+
+def later_turn_status(turn: int, status: str) -> str:
+    """The ``instruction_status`` of a conversation whose user turn ``turn`` (>= 2) is unusable."""
+    return status if status == REQUEST_FAILED else f"turn_{turn}_{status}"
+
+
+def reply_status(turn: int, status: str) -> str:
+    """The ``instruction_status`` of a conversation whose reply to turn ``turn`` is unusable."""
+    return status if status == REQUEST_FAILED else f"turn_{turn}_reply_{status}"
+
+
+INSTRUCTION_STATUSES.update({
+    **{
+        later_turn_status(t, s): f"user turn {t}: {text}"
+        for t in range(2, MAX_TURNS + 1) for s, text in list(INSTRUCTION_STATUSES.items()) if s not in (OK, REQUEST_FAILED)
+    },
+    **{reply_status(t, s): f"the reply to user turn {t}: {text}" for t in range(1, MAX_TURNS) for s, text in REPLY_STATUSES.items()},
+})
 
 
 def instruction_status_of(finish_reason: str, request_failed: bool = False) -> str:

@@ -20,6 +20,10 @@ import json
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
+from magpie_dl.recipe.conversation import (
+    ALL_TURN_COLUMNS, CONVERSATION, MAX_TURNS, RELEASED_CONVERSATIONS, later_query_columns, reply_finish_column,
+)
+
 if TYPE_CHECKING:
     import pyarrow as pa
 
@@ -40,7 +44,7 @@ def column_types() -> dict[str, pa.DataType]:
         ("max_tokens", pa.int64()), ("seed", pa.int64()), ("pre_query_template", text), ("family", text),
         ("family_source", text), ("chat_template_date", text), ("stop_at_newline", pa.bool_()),
         ("finish_reason", text), ("num_tokens", pa.int64()),
-    ])
+    ])  # (+ num_turns, multi_turn_system_prompt, reply_* in multi-turn runs: every row has them there)
     response_configs = pa.struct([
         ("prompt", text), ("temperature", pa.float64()), ("top_p", pa.float64()),
         ("repetition_penalty", pa.float64()), ("max_tokens", pa.int64()), ("stop_tokens", texts),
@@ -73,6 +77,12 @@ def column_types() -> dict[str, pa.DataType]:
         "instruct_reward": pa.float64(), "embedding": pa.list_(pa.float32()),
         "min_neighbor_distance": pa.float64(), "repeat_count": pa.int64(), "min_similar_uuid": text,
         "selection_reason": text,
+        # multi-turn (magpie_dl.recipe.conversation)
+        CONVERSATION: pa.list_(message),
+        RELEASED_CONVERSATIONS: pa.list_(pa.struct([("from", text), ("value", text)])),
+        **{name: text for name in ALL_TURN_COLUMNS},
+        **{reply_finish_column(t): text for t in range(1, MAX_TURNS + 1)},
+        **{name: kind for t in range(2, MAX_TURNS + 1) for name, kind in zip(later_query_columns(t), (text, texts, texts))},
     }
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
+from magpie_dl.recipe.conversation import ALL_TURN_COLUMNS
 from magpie_dl.recipe.reasons import KEPT, is_usable
 
 if TYPE_CHECKING:
@@ -44,6 +45,7 @@ def released_row(row: dict[str, Any]) -> dict[str, Any]:
         "instruction": row["instruction"],
         "gen_input_configs": row["gen_input_configs"],
     }
+    out.update({name: row[name] for name in ALL_TURN_COLUMNS if name in row})  # multi-turn: the earlier turns
     out.update({name: row[name] for name in TAG_COLUMNS if name in row})
     out["input_length"] = len(row["instruction"])
     out["responses"] = list(row.get("generations") or [])
@@ -254,6 +256,7 @@ def released_features(source: Features) -> Features:
         return Features.from_arrow_schema(pa.schema([(name, declared.get(name, pa.null()))]))[name]
 
     types: dict[str, Any] = {name: like(name) for name in ("uuid", "instruction", "gen_input_configs")}
+    types.update({name: like(name) for name in ALL_TURN_COLUMNS if name in source})
     types.update({name: source[name] for name in TAG_COLUMNS if name in source})
     types["input_length"] = like("input_length")
     types["responses"] = source["generations"] if "generations" in source else like("responses")

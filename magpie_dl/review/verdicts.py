@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 from magpie_dl.review import dataset as rd
-from magpie_dl.recipe.pairing import pair_messages
 
 @dataclass(frozen=True)
 class Review:
@@ -96,7 +95,9 @@ def apply_verdict(
             out["rejected"] = row["chosen"]
             out["rejected_index"] = row.get("chosen_index")
             out["rejected_score"] = row.get("chosen_score")
-        out["chosen"] = pair_messages(row["instruction"], verdict.correction)
+        # The pair's prompt (a multi-turn pair's whole history) answered by the correction.
+        prompt = list(row.get("chosen") or [])[:-1] or [{"role": "user", "content": row["instruction"]}]
+        out["chosen"] = [*prompt, {"role": "assistant", "content": verdict.correction}]
         out["chosen_index"] = None
         out["chosen_score"] = None
         out["score_margin"] = None

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from magpie_dl.reward import armorm
-from magpie_dl.templates.prompts import encode_markup, encode_texts
+from magpie_dl.templates.prompts import chat_token_ids, encode_markup, encode_texts
 from magpie_dl.recipe.reasons import EMPTY_RESPONSE, FINISH_ERROR, GATING_TOKENS_MISSING, REQUEST_FAILED, non_finite_score
 
 if TYPE_CHECKING:
@@ -45,6 +45,24 @@ def conversation_token_ids(
 
 
 def conversations_token_ids(
+    tokenizer: PreTrainedTokenizerBase, pairs: Sequence[tuple[str | Sequence[Mapping[str, str]], str]]
+) -> list[list[int]]:
+    """Chat-template ids of many (prompt, response) pairs; a prompt is an instruction, or the
+    messages of a conversation ending with a user turn (multi-turn), scored whole: ArmoRM's
+    gating reads the last assistant header, which is the scored response's.
+    """
+    ids: list[list[int] | None] = [None] * len(pairs)
+    single = [i for i, (prompt, _) in enumerate(pairs) if isinstance(prompt, str)]
+    for i, found in zip(single, _single_turn_token_ids(tokenizer, [pairs[i] for i in single])):  # type: ignore[misc]
+        ids[i] = found
+    for i, (prompt, response) in enumerate(pairs):
+        if ids[i] is None:
+            messages = [*prompt, {"role": "assistant", "content": response}]  # type: ignore[misc]
+            ids[i] = chat_token_ids(tokenizer, messages, add_generation_prompt=False)
+    return ids  # type: ignore[return-value]
+
+
+def _single_turn_token_ids(
     tokenizer: PreTrainedTokenizerBase, pairs: Sequence[tuple[str, str]]
 ) -> list[list[int]]:
     """:func:`conversation_token_ids` of many pairs, the same ids, at a fraction of the cost.

@@ -143,13 +143,13 @@ def _dpo_done(cfg: RecipeConfig, summary: Summary) -> int:
 
 
 def _dpo_estimate(cfg: RecipeConfig, instructions: int) -> list[str]:
-    work = estimate(instructions, cfg.responses.num_generations, not cfg.instructions, cfg.estimate)
+    work = estimate(instructions, cfg.responses.num_generations, not cfg.instructions, cfg.estimate, cfg.generator.num_turns)
     return ["estimate (assumptions under `estimate:` above; set them with --estimate.*):",
             *(f"  {line}" for line in work.lines())]
 
 
 def _dpo_gpu_hours(cfg: RecipeConfig, instructions: int) -> dict[str, float]:
-    return estimate(instructions, cfg.responses.num_generations, not cfg.instructions, cfg.estimate).hours_by_work()
+    return estimate(instructions, cfg.responses.num_generations, not cfg.instructions, cfg.estimate, cfg.generator.num_turns).hours_by_work()
 
 
 def _dpo_check(cfg: RecipeConfig) -> None:
@@ -202,7 +202,11 @@ def _curation_done(cfg: InstructionsConfig, curated: Curated) -> int:
 def _curation_estimate(cfg: InstructionsConfig, instructions: int) -> list[str]:
     # Counts only: no token or GPU-hour figures, as nothing models the judge's or the encoder's throughput.
     n, tasks = instructions, len(cfg.tagging.tasks)
-    lines = [f"query prompts: {n:,}", f"judge requests: up to {n * tasks:,} ({tasks} tag tasks per usable query)"]
+    turns = cfg.generator.num_turns
+    lines = [f"query prompts: {n * turns:,}" + (f" ({turns} user turns per conversation)" if turns > 1 else "")]
+    if turns > 1:
+        lines.append(f"replies: up to {n * turns:,} (one to every turn, max {cfg.generator.reply_max_tokens:,} tokens)")
+    lines.append(f"judge requests: up to {n * tasks:,} ({tasks} tag tasks per usable query, on its first turn)")
     if cfg.tagging.guard_model:
         lines.append(f"guard requests: up to {n:,}")
     if cfg.instruct_reward.enabled:

@@ -13,6 +13,7 @@ from magpie_dl.recipe.provenance import stand_in_engine_note, stand_in_reward_no
 from magpie_dl.recipe.reasons import RESPONSE_STATUSES
 from magpie_dl.release.report.facts import (
     TAGS,
+    _asked_text,
     _assistant_text,
     _fmt_stats,
     _num,
@@ -169,7 +170,7 @@ def _card_example(row: Mapping[str, Any]) -> dict[str, Any]:
 
     return {
         "margin": _num(row.get("score_margin")),
-        "instruction": text(str(row.get("instruction") or "")),
+        "instruction": text(_asked_text(row)),
         "chosen_index": row.get("chosen_index"),
         "chosen_score": _num(row.get("chosen_score")),
         "chosen": text(_assistant_text(row.get("chosen"))),

@@ -268,7 +268,7 @@ def example_lines(out_dir: Path | str, k: int = 2, width: int = 160) -> list[str
     lines: list[str] = []
     for i, row in enumerate(example_pairs(load_output(out_dir), k), 1):
         lines += [
-            f"example {i} (margin {_num(row.get('score_margin'))}): {_one_line(row['instruction'], width)}",
+            f"example {i} (margin {_num(row.get('score_margin'))}): {_one_line(_asked_text(row), width)}",
             f"  chosen:   {_one_line(_assistant_text(row.get('chosen')), width)}",
             f"  rejected: {_one_line(_assistant_text(row.get('rejected')), width)}",
         ]
@@ -282,6 +282,15 @@ def _one_line(text: str, width: int) -> str:
 
 def _assistant_text(messages: Sequence[Mapping[str, Any]] | None) -> str:
     return str(messages[-1].get("content") or "") if messages else ""
+
+
+def _asked_text(row: Mapping[str, Any]) -> str:
+    """What a pair's responses answer: the instruction, or a multi-turn pair's last user turn
+    (marked with its turn number)."""
+    messages = row.get("chosen") or []
+    if len(messages) > 2:
+        return f"[turn {len(messages) // 2}] {messages[-2].get('content') or ''}"
+    return str(row.get("instruction") or "")
 
 
 def _short(text: str, limit: int) -> str:

@@ -16,6 +16,7 @@ import yaml
 from magpie_dl.release.export import atomic_write_text
 from magpie_dl.recipe.reasons import RESPONSE_STATUSES
 from magpie_dl.release.report.facts import (
+    _asked_text,
     _assistant_text,
     _fmt_stats,
     _num,
@@ -77,7 +78,7 @@ def render_report(run: RunOutput) -> str:
 def _report_example(row: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "margin": _num(row.get("score_margin")),
-        "instruction": _short(str(row.get("instruction") or ""), EXAMPLE_CHARS),
+        "instruction": _short(_asked_text(row), EXAMPLE_CHARS),
         "sides": [
             {
                 "name": side,
