@@ -307,7 +307,7 @@ def test_report_is_self_contained_with_real_plots(tagged_output: Path) -> None:
             value = attrs.get(attr)
             assert value is None or value.startswith("data:"), f"<{tag} {attr}={value!r}> would leave the file"
     plots = embedded_plots(page)
-    assert set(plots) == {"scores", "margin", "lengths", "task_category", "difficulty", "input_quality"}
+    assert set(plots) == {"scores", "margin", "lengths", "length_gap", "task_category", "difficulty", "input_quality"}
     for key, png in plots.items():
         assert blank_reason(png) is None, f"plot {key}: {blank_reason(png)}"
     assert len(set(plots.values())) == len(plots), "two plots are the same image"
@@ -315,7 +315,7 @@ def test_report_is_self_contained_with_real_plots(tagged_output: Path) -> None:
 
 def test_report_notes_missing_columns_instead_of_plotting(untagged_output: Path) -> None:
     page = parse(untagged_output / "report.html")
-    assert set(embedded_plots(page)) == {"scores", "margin", "lengths"}
+    assert set(embedded_plots(page)) == {"scores", "margin", "lengths", "length_gap"}
     text = re.sub(r"\s+", " ", " ".join(page.text))
     for column in ("task_category", "difficulty", "input_quality"):
         assert f"no {column} column" in text
