@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from magpie_dl.paths import MANIFEST
-from magpie_dl.recipe.pairing import MEAN_MINUS_2SD, MIN, REJECTED_POLICIES
+from magpie_dl.recipe.pairing import MEAN_MINUS_2SD, MIN
 from magpie_dl.recipe.reasons import LEFT_OUT_REASONS, UNDESCRIBED
 from magpie_dl.release.report.load import RunOutput, column_values, load_output
 from magpie_dl.curation.tagging import DIFFICULTY_LEVELS, QUALITY_LEVELS
@@ -256,8 +256,7 @@ def pairing_words(cfg: Mapping[str, Any]) -> str:
     policy = rejected_policy(cfg)
     if policy == MIN:
         return "the best and worst answers become `chosen` and `rejected`"
-    return (f"the best answer becomes `chosen` and `rejected` is {REJECTED_POLICIES.get(policy, policy)} "
-            f"(`pairing.rejected: {policy}`)")
+    return f"the best answer becomes `chosen` and `rejected` is picked by `pairing.rejected: {policy}` (see Recipe)"
 
 
 def stage_counts(summary: Mapping[str, Any], selection: Mapping[str, Any] | None = None) -> list[tuple[str, int, str]]:
