@@ -362,7 +362,7 @@ def test_card_and_report_name_the_rejected_policy(untagged_output: Path, mean_mi
     assert "`rejected` is the lowest (`pairing.rejected: min`" in reference and "rejected: min" in reference
     card = assert_card_valid(mean_minus_2sd_output).text
     assert "`rejected` is picked by `pairing.rejected: mean_minus_2sd`" in card
-    assert "closest to mean - 2 sd of the row's usable scores" in card and "arxiv.org/abs/2502.16825" in card
+    assert "closest to mean - 2 sd of the row's usable scores" in card and "arXiv 2502.16825" in card
     assert "rejected: mean_minus_2sd" in card  # the resolved config
     page = re.sub(r"\s+", " ", " ".join(parse(mean_minus_2sd_output / "report.html").text))
     assert "pairing.rejected: mean_minus_2sd" in page

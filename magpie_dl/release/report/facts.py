@@ -409,7 +409,7 @@ def _rejected_rule(policy: str) -> str:
         return "the lowest (`pairing.rejected: min`, the released recipe's rule)"
     if policy == MEAN_MINUS_2SD:
         return ("the response scored closest to mean - 2 sd of the row's usable scores, among those scored below "
-                "`chosen` (`pairing.rejected: mean_minus_2sd`, [Xiao et al., 2025](https://arxiv.org/abs/2502.16825); "
+                "`chosen` (`pairing.rejected: mean_minus_2sd`, Xiao et al., 2025, arXiv 2502.16825; "
                 "population sd; ties go to the lower score, then the lower index; with 5 or fewer usable responses "
                 "this is always the lowest, so the pairs equal `min`'s; `gen_response_configs.pairing_rejected` records it)")
     return f"picked by `pairing.rejected: {policy}`"
