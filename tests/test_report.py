@@ -480,9 +480,10 @@ def test_report_renders_in_chromium(
     chromium: str, tagged_output: Path, untagged_output: Path, empty_output: Path, tmp_path: Path
 ) -> None:
     rendered = assert_renders(chromium, tagged_output / "report.html", tmp_path / "p1",
-                              {"scores", "margin", "lengths", "task_category", "difficulty", "input_quality"})
+                              {"scores", "margin", "lengths", "length_gap", "task_category", "difficulty", "input_quality"})
     assert 'console.error("injected")' in rendered["text"]  # shown as text, not run
-    assert_renders(chromium, untagged_output / "report.html", tmp_path / "p2", {"scores", "margin", "lengths"})
+    assert_renders(chromium, untagged_output / "report.html", tmp_path / "p2",
+                   {"scores", "margin", "lengths", "length_gap"})
     rendered = assert_renders(chromium, empty_output / "report.html", tmp_path / "p3", set())
     assert "No kept pairs" in rendered["text"]
 
@@ -529,7 +530,7 @@ def test_smoke_run_card_and_report(smoke_output: Path, chromium: str, tmp_path: 
     card = assert_card_valid(out)
     summary = json.loads((out / "summary.json").read_text())
     assert f"| pairs kept | {summary['pairs_kept']} |" in card.text
-    assert_renders(chromium, out / "report.html", tmp_path / "profile", {"scores", "margin", "lengths"})
+    assert_renders(chromium, out / "report.html", tmp_path / "profile", {"scores", "margin", "lengths", "length_gap"})
 
 
 def test_hub_push_uploads_config_pipeline_and_report_beside_the_card(tagged_output: Path, tmp_path: Path,

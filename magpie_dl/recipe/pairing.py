@@ -147,7 +147,8 @@ def pick_best_worst(
     worst = pick_rejected(scores, usable, best, rules.rejected)
     if worst is None:
         # Today's record of a tie: the chosen one on both sides (the lowest index of the tied scores).
-        return Pair(statuses, best, best, float(scores[best]), float(scores[best]), reason=ALL_TIED)  # type: ignore[arg-type]
+        top = float(scores[best])  # type: ignore[arg-type]
+        return Pair(statuses, best, best, top, top, reason=ALL_TIED)
     pair = Pair(statuses, best, worst, float(scores[best]), float(scores[worst]))  # type: ignore[arg-type]
     if pair.margin < rules.min_margin:  # type: ignore[operator]
         return Pair(statuses, best, worst, pair.chosen_score, pair.rejected_score, reason=LOW_MARGIN)
@@ -184,5 +185,6 @@ def pair_columns(row: Mapping[str, Any], rules: PairingRules = PairingRules()) -
     }
     if rules.rejected != MIN:
         # Recorded off the reference only: the reference's rows keep the released schema's keys.
-        columns["gen_response_configs"] = {**(row.get("gen_response_configs") or {}), "pairing_rejected": rules.rejected}
+        configs = row.get("gen_response_configs") or {}
+        columns["gen_response_configs"] = {**configs, "pairing_rejected": rules.rejected}
     return columns
