@@ -74,6 +74,23 @@ def test_a_choice_outside_the_list_is_refused_by_the_parser(capsys):
     assert "invalid choice: 'raw'" in err and len(err.strip().splitlines()) == 1
 
 
+def test_an_unknown_pairing_policy_is_refused_in_one_line_before_any_model(tmp_path, capsys, tiny_models):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_:
+        _main(["--preset", "smoke", "--output-dir", str(out), "--pairing.rejected", "median"])
+    assert exit_.value.code == 2 and not out.exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--pairing.rejected: invalid choice: 'median' (choose from 'min', 'mean_minus_2sd')" in err[0]
+    path = tmp_path / "run.yaml"
+    path.write_text("pairing:\n  rejected: median\n")
+    assert _main(["--preset", "smoke", "--output-dir", str(out), "--config", str(path)]) == 2 and not out.exists()
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: config file {path}: pairing.rejected: Input should be 'min' or 'mean_minus_2sd'"
+    ]
+    assert dpo("--pairing.rejected", "mean_minus_2sd").pairing.rejected == "mean_minus_2sd"
+    assert dpo().pairing.rejected == "min"
+
+
 def test_abbreviations_are_refused_with_the_flag_meant(capsys):
     err = parse_error(build_parser("test"), ["--num-instruction", "4"], capsys)
     assert err.strip().splitlines()[0].endswith(

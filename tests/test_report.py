@@ -46,7 +46,7 @@ HUB_LICENSES = {"apache-2.0", "mit", "cc-by-4.0", "cc-by-nc-4.0", "llama3", "lla
 # --------------------------------------------------------------------------- building outputs
 
 
-def _rows(n: int, tagged: bool, seed: int = 0) -> list[dict[str, Any]]:
+def _rows(n: int, tagged: bool, seed: int = 0, responses: int = 5, rejected: str = "min") -> list[dict[str, Any]]:
     """Pipeline rows as they reach the exporter, paired by the real BestWorstPairing step."""
     from magpie_dl.steps.pairing import BestWorstPairing
 
@@ -59,13 +59,13 @@ def _rows(n: int, tagged: bool, seed: int = 0) -> list[dict[str, Any]]:
             status = "duplicate"
         elif i % 23 == 7:
             status, instruction = "too_short", "Hi"
-        texts = [" ".join(["word"] * rng.randint(5, 120)) + f" <b>{j}</b>" for j in range(5)]
-        scores = [round(rng.gauss(0.0, 1.0), 3) for _ in range(5)]
-        finish = ["stop"] * 5
+        texts = [" ".join(["word"] * rng.randint(5, 120)) + f" <b>{j}</b>" for j in range(responses)]
+        scores = [round(rng.gauss(0.0, 1.0), 3) for _ in range(responses)]
+        finish = ["stop"] * responses
         if i == 3:
-            scores = [0.5] * 5  # all tied: left out
+            scores = [0.5] * responses  # all tied: left out
         if i == 4:
-            finish = ["length"] * 4 + ["stop"]  # one usable response: left out
+            finish = ["length"] * (responses - 1) + ["stop"]  # one usable response: left out
         if i == 1:
             texts[0] = ADVERSARIAL
             scores[0] = 9.0  # the adversarial text is chosen and shown as an example
@@ -88,14 +88,14 @@ def _rows(n: int, tagged: bool, seed: int = 0) -> list[dict[str, Any]]:
                 language="EN",
             )
         rows.append(row)
-    step = BestWorstPairing(name="pairing", min_margin=0.0)
+    step = BestWorstPairing(name="pairing", min_margin=0.0, rejected_policy=rejected)
     step.load()
     return next(step.process(rows))
 
 
-def _write_output(out: Path, rows: list[dict[str, Any]]) -> Path:
+def _write_output(out: Path, rows: list[dict[str, Any]], rejected: str = "min") -> Path:
     output = {"dir": str(out), "push_to_hub": "someone/magpie-dpo-test", "test_fraction": 0.1}
-    cfg = RecipeConfig.model_validate({"output": output}).public_dict()
+    cfg = RecipeConfig.model_validate({"output": output, "pairing": {"rejected": rejected}}).public_dict()
     # A secret where none should ever be: the writer must scrub it anyway.
     cfg["generator"]["system_prompt"] = f"token is {SECRET}"
     cfg["output"]["hub_token"] = "value-under-a-secret-looking-key"
@@ -117,6 +117,13 @@ def tagged_output(tmp_path_factory) -> Path:
 def untagged_output(tmp_path_factory) -> Path:
     """The smoke shape: no tag columns."""
     return _write_output(tmp_path_factory.mktemp("untagged"), _rows(30, tagged=False, seed=1))
+
+
+@pytest.fixture(scope="module")
+def mean_minus_2sd_output(tmp_path_factory) -> Path:
+    """16 responses per instruction paired with ``pairing.rejected: mean_minus_2sd``."""
+    return _write_output(tmp_path_factory.mktemp("mm2sd"), _rows(24, tagged=False, seed=3, responses=16,
+                                                                 rejected="mean_minus_2sd"), "mean_minus_2sd")
 
 
 @pytest.fixture(scope="module")
@@ -307,7 +314,7 @@ def test_report_is_self_contained_with_real_plots(tagged_output: Path) -> None:
             value = attrs.get(attr)
             assert value is None or value.startswith("data:"), f"<{tag} {attr}={value!r}> would leave the file"
     plots = embedded_plots(page)
-    assert set(plots) == {"scores", "margin", "lengths", "task_category", "difficulty", "input_quality"}
+    assert set(plots) == {"scores", "margin", "lengths", "length_gap", "task_category", "difficulty", "input_quality"}
     for key, png in plots.items():
         assert blank_reason(png) is None, f"plot {key}: {blank_reason(png)}"
     assert len(set(plots.values())) == len(plots), "two plots are the same image"
@@ -315,12 +322,53 @@ def test_report_is_self_contained_with_real_plots(tagged_output: Path) -> None:
 
 def test_report_notes_missing_columns_instead_of_plotting(untagged_output: Path) -> None:
     page = parse(untagged_output / "report.html")
-    assert set(embedded_plots(page)) == {"scores", "margin", "lengths"}
+    assert set(embedded_plots(page)) == {"scores", "margin", "lengths", "length_gap"}
     text = re.sub(r"\s+", " ", " ".join(page.text))
     for column in ("task_category", "difficulty", "input_quality"):
         assert f"no {column} column" in text
     # Why, and what to do: the tags come from the curation recipe.
     assert text.count("run it and pass its dataset with --instructions") == 3
+
+
+def _kept_rows(out_dir: Path) -> list[dict[str, Any]]:
+    from datasets import load_from_disk
+
+    return [row for split in load_from_disk(str(out_dir / "dataset")).values() for row in split.to_list()]
+
+
+def test_card_and_report_show_the_margin_quantiles_and_the_length_gap(untagged_output: Path) -> None:
+    import numpy as np
+
+    rows = _kept_rows(untagged_output)
+    margins = [row["score_margin"] for row in rows]
+    gaps = [len(row["chosen"][-1]["content"]) - len(row["rejected"][-1]["content"]) for row in rows]
+    card = (untagged_output / "README.md").read_text()
+    wanted = [f"{q:.4g}" for q in np.percentile(margins, report.MARGIN_PERCENTILES)]  # numpy's linear method
+    assert "| p5 | p10 | p25 | p50 | p75 | p90 | p95 |\n|---:|" in card
+    assert f"| {' | '.join(wanted)} |" in card
+    gap_row = (f"| length gap, chosen - rejected (chars) | {len(gaps)} | {np.mean(gaps):.4g} | {np.median(gaps):.4g} | "
+               f"{min(gaps):.4g} | {max(gaps):.4g} |")
+    assert gap_row in card
+    assert f"The chosen answer is the longer one in {sum(g > 0 for g in gaps) / len(gaps):.0%} of pairs." in card
+    page = re.sub(r"\s+", " ", " ".join(parse(untagged_output / "report.html").text))
+    assert "Score margin quantiles p5 p10 p25 p50 p75 p90 p95 " + " ".join(wanted) in page
+    assert f"length gap, chosen - rejected (chars) {len(gaps)} {np.mean(gaps):.4g} {np.median(gaps):.4g}" in page
+    assert "Length gap" in page and "length_gap" in embedded_plots(parse(untagged_output / "report.html"))
+
+
+def test_card_and_report_name_the_rejected_policy(untagged_output: Path, mean_minus_2sd_output: Path) -> None:
+    reference = (untagged_output / "README.md").read_text()
+    assert "the best and worst answers become `chosen` and `rejected`" in reference
+    assert "`rejected` is the lowest (`pairing.rejected: min`" in reference and "rejected: min" in reference
+    card = assert_card_valid(mean_minus_2sd_output).text
+    assert "`rejected` is picked by `pairing.rejected: mean_minus_2sd`" in card
+    assert "closest to mean - 2 sd of the row's usable scores" in card and "arXiv 2502.16825" in card
+    assert "rejected: mean_minus_2sd" in card  # the resolved config
+    page = re.sub(r"\s+", " ", " ".join(parse(mean_minus_2sd_output / "report.html").text))
+    assert "pairing.rejected: mean_minus_2sd" in page
+    rows = _kept_rows(mean_minus_2sd_output)
+    assert {row["gen_response_configs"]["pairing_rejected"] for row in rows} == {"mean_minus_2sd"}
+    assert all("pairing_rejected" not in row["gen_response_configs"] for row in _kept_rows(untagged_output))
 
 
 def test_report_escapes_example_text(tagged_output: Path) -> None:
@@ -432,9 +480,10 @@ def test_report_renders_in_chromium(
     chromium: str, tagged_output: Path, untagged_output: Path, empty_output: Path, tmp_path: Path
 ) -> None:
     rendered = assert_renders(chromium, tagged_output / "report.html", tmp_path / "p1",
-                              {"scores", "margin", "lengths", "task_category", "difficulty", "input_quality"})
+                              {"scores", "margin", "lengths", "length_gap", "task_category", "difficulty", "input_quality"})
     assert 'console.error("injected")' in rendered["text"]  # shown as text, not run
-    assert_renders(chromium, untagged_output / "report.html", tmp_path / "p2", {"scores", "margin", "lengths"})
+    assert_renders(chromium, untagged_output / "report.html", tmp_path / "p2",
+                   {"scores", "margin", "lengths", "length_gap"})
     rendered = assert_renders(chromium, empty_output / "report.html", tmp_path / "p3", set())
     assert "No kept pairs" in rendered["text"]
 
@@ -481,7 +530,7 @@ def test_smoke_run_card_and_report(smoke_output: Path, chromium: str, tmp_path: 
     card = assert_card_valid(out)
     summary = json.loads((out / "summary.json").read_text())
     assert f"| pairs kept | {summary['pairs_kept']} |" in card.text
-    assert_renders(chromium, out / "report.html", tmp_path / "profile", {"scores", "margin", "lengths"})
+    assert_renders(chromium, out / "report.html", tmp_path / "profile", {"scores", "margin", "lengths", "length_gap"})
 
 
 def test_hub_push_uploads_config_pipeline_and_report_beside_the_card(tagged_output: Path, tmp_path: Path,

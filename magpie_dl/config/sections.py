@@ -33,6 +33,7 @@ from magpie_dl.config.command_line import Choices
 from magpie_dl.curation.dedup import DedupConfig, SearchMethod
 from magpie_dl.curation.embeddings import PACKAGED_MINILM, REFERENCE_MODEL
 from magpie_dl.templates.families import FAMILIES
+from magpie_dl.recipe.pairing import MIN, REJECTED_POLICIES
 from magpie_dl.recipe.queries import CONTROL_TASKS
 from magpie_dl.templates.prompts import DEFAULT_TEMPLATE_DATE
 from magpie_dl.curation.selection import SelectionRules
@@ -269,9 +270,15 @@ class BackendConfig(_Section):
 
 
 class PairingConfig(_Section):
-    """Best/worst pairing."""
+    """Pairing: chosen = the highest score; rejected by a policy (rules: :mod:`magpie_dl.recipe.pairing`)."""
 
     min_margin: float = Field(0.0, ge=0.0, description="Pairs with a smaller chosen - rejected margin are left out.")
+    rejected: Literal[tuple(REJECTED_POLICIES)] = Field(  # type: ignore[valid-type]  # the choices, named once
+        MIN, description="How the rejected response is picked among those scored below the chosen one: min, the "
+        "lowest score (the released recipe's); mean_minus_2sd, the score closest to mean - 2 sd of the row's usable "
+        "scores (population sd; ties go to the lower score, then the lower index; arXiv 2502.16825). For up to 5 "
+        "usable responses both pick the same one."
+    )
 
 
 class OutputConfig(_Section):

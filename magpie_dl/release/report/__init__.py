@@ -26,6 +26,7 @@ from magpie_dl.release.report.card import CARD_FILENAME, MAGPIE_CITATION, card_m
 from magpie_dl.release.report.cli import main, write_card_and_report
 from magpie_dl.release.report.facts import (
     DIFFICULTY_ORDER,
+    MARGIN_PERCENTILES,
     QUALITY_ORDER,
     TAGS,
     Stats,
@@ -36,7 +37,9 @@ from magpie_dl.release.report.facts import (
     input_config_counts,
     languages_of,
     left_out_reasons,
+    length_gaps,
     license_for,
+    margin_quantiles,
     models_of,
     recipe_steps,
     run_models,
@@ -60,10 +63,11 @@ from magpie_dl.scrub import REDACTED
 
 __all__ = [
     "AFTER_COLOR", "BEFORE_COLOR", "CARD_FILENAME", "CHOSEN_COLOR", "DIFFICULTY_ORDER", "LEFT_OUT_REASONS",
-    "MAGPIE_CITATION", "MISSING", "QUALITY_ORDER", "REDACTED", "REJECTED_COLOR", "REPORT_FILENAME",
+    "MAGPIE_CITATION", "MARGIN_PERCENTILES", "MISSING", "QUALITY_ORDER", "REDACTED", "REJECTED_COLOR", "REPORT_FILENAME",
     "RESPONSE_STATUSES", "SELECTED_COLOR", "TAGS", "Plot", "RunOutput", "Stats", "_assistant_lengths",
     "card_metadata", "chosen_longer_share", "default_pretty_name", "example_lines", "example_pairs", "input_config_counts",
-    "languages_of", "left_out_reasons", "license_for", "load_output", "main", "make_plots", "models_of",
+    "languages_of", "left_out_reasons", "length_gaps", "license_for", "load_output", "main", "make_plots",
+    "margin_quantiles", "models_of",
     "recipe_steps", "render_card", "render_report", "run_models", "score_table",
     "size_category", "stage_counts", "write_card", "write_card_and_report", "write_report",
 ]

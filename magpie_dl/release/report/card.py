@@ -24,6 +24,8 @@ from magpie_dl.release.report.facts import (
     languages_of,
     left_out_reasons,
     license_for,
+    margin_quantiles,
+    pairing_words,
     public_config,
     query_prompt_facts,
     recipe_steps,
@@ -115,6 +117,8 @@ def render_card(run: RunOutput, license: str | None = None, pretty_name: str | N
         reasons=left_out_reasons(run.summary),
         scores=[(name, _fmt_stats(stats) if stats else ["0", "-", "-", "-", "-"]) for name, stats in score_table(run)],
         share=None if share is None else f"{share:.0%}",
+        margin_quantiles=margin_quantiles(run),
+        pairing=pairing_words(cfg),
         examples=[_card_example(row) for row in example_pairs(run)],
         columns=", ".join(f"`{c}`" for c in columns) or "(none)",
         response_statuses="; ".join(f"`{k}`: {v}" for k, v in RESPONSE_STATUSES.items()),
@@ -150,7 +154,7 @@ def limitations(run: RunOutput, models: Mapping[str, str], cfg: Mapping[str, Any
     found += [
         f"Every instruction and response is machine-written ({writers}) "
         "and may be wrong, unsafe or biased; nothing here was checked by a person.",
-        f"`chosen` / `rejected` are the best / worst answers by one reward model (`{models['reward']}`): its "
+        f"`chosen` / `rejected` are picked by the scores of one reward model (`{models['reward']}`): its "
         "preferences and blind spots, not human judgements.",
     ]
     if share is not None:

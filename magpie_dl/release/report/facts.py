@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from magpie_dl.paths import MANIFEST
+from magpie_dl.recipe.pairing import MEAN_MINUS_2SD, MIN
 from magpie_dl.recipe.reasons import LEFT_OUT_REASONS, UNDESCRIBED
 from magpie_dl.release.report.load import RunOutput, column_values, load_output
 from magpie_dl.curation.tagging import DIFFICULTY_LEVELS, QUALITY_LEVELS
@@ -202,15 +203,60 @@ def score_table(run: RunOutput) -> list[tuple[str, Stats | None]]:
         ("score margin", Stats.of(run.pair_column("score_margin") or [])),
         ("chosen length (chars)", Stats.of(run.assistant_lengths("chosen"))),
         ("rejected length (chars)", Stats.of(run.assistant_lengths("rejected"))),
+        ("length gap, chosen - rejected (chars)", Stats.of(length_gaps(run))),
     ]
+
+
+# The margin quantiles the card and the report show (percent).
+MARGIN_PERCENTILES = (5, 10, 25, 50, 75, 90, 95)
+
+
+def quantiles(values: Iterable[Any], percents: Sequence[int] = MARGIN_PERCENTILES) -> list[float] | None:
+    """The ``percents`` quantiles of the finite numbers in ``values`` (linear interpolation between
+    order statistics, numpy's default); None when there are none."""
+    clean = sorted(float(v) for v in values if v is not None and math.isfinite(float(v)))
+    if not clean:
+        return None
+    found = []
+    for percent in percents:
+        position = (len(clean) - 1) * percent / 100
+        low = math.floor(position)
+        high = min(low + 1, len(clean) - 1)
+        found.append(clean[low] + (clean[high] - clean[low]) * (position - low))
+    return found
+
+
+def margin_quantiles(run: RunOutput) -> list[tuple[str, str]]:
+    """(``p5``, value) ... for the kept pairs' score margins; empty without pairs."""
+    found = quantiles(run.pair_column("score_margin") or [])
+    return [(f"p{p}", _num(v)) for p, v in zip(MARGIN_PERCENTILES, found or [], strict=False)]
+
+
+def length_gaps(run: RunOutput) -> list[int]:
+    """Characters of each kept pair's chosen answer minus its rejected one's (empty when they do not line up)."""
+    chosen, rejected = run.assistant_lengths("chosen"), run.assistant_lengths("rejected")
+    if len(chosen) != len(rejected):
+        return []
+    return [c - r for c, r in zip(chosen, rejected, strict=True)]
 
 
 def chosen_longer_share(run: RunOutput) -> float | None:
     """Share of pairs whose chosen answer is longer: reward models are known to favour length."""
-    chosen, rejected = run.assistant_lengths("chosen"), run.assistant_lengths("rejected")
-    if not chosen or len(chosen) != len(rejected):
-        return None
-    return sum(c > r for c, r in zip(chosen, rejected, strict=True)) / len(chosen)
+    gaps = length_gaps(run)
+    return sum(gap > 0 for gap in gaps) / len(gaps) if gaps else None
+
+
+def rejected_policy(cfg: Mapping[str, Any]) -> str:
+    """The run's ``pairing.rejected`` (``min`` for a config written before the setting existed)."""
+    return str((cfg.get("pairing") or {}).get("rejected") or MIN)
+
+
+def pairing_words(cfg: Mapping[str, Any]) -> str:
+    """How ``chosen`` and ``rejected`` were picked, in a few words, for the card's first lines."""
+    policy = rejected_policy(cfg)
+    if policy == MIN:
+        return "the best and worst answers become `chosen` and `rejected`"
+    return f"the best answer becomes `chosen` and `rejected` is picked by `pairing.rejected: {policy}` (see Recipe)"
 
 
 def stage_counts(summary: Mapping[str, Any], selection: Mapping[str, Any] | None = None) -> list[tuple[str, int, str]]:
@@ -359,12 +405,23 @@ def recipe_steps(cfg: Mapping[str, Any], models: Mapping[str, str] | None = None
         f"prompt style `{resp.get('prompt_style')}`) on the `{backend.get('kind')}` backend.",
         f"**Scores**: `{models['reward']}` scores every (instruction, response) pair, "
         f"inputs cut at {rew.get('max_length')} tokens.",
-        "**Pairs**: among usable responses (non-empty, finished, scored) the highest score is `chosen` and the lowest "
-        f"`rejected`; rows with fewer than two usable responses, all scores tied, or a margin below "
-        f"{(cfg.get('pairing') or {}).get('min_margin', 0.0)} are left out with the reason.",
+        "**Pairs**: among usable responses (non-empty, finished, scored) the highest score is `chosen` and "
+        f"`rejected` is {_rejected_rule(rejected_policy(cfg))}; rows with fewer than two usable responses, all "
+        f"scores tied, or a margin below {(cfg.get('pairing') or {}).get('min_margin', 0.0)} are left out with the reason.",
         f"**Split**: a seeded shuffle (seed {cfg.get('seed')}) puts {out.get('test_fraction')} of the pairs in `test`.",
     ]
 
+
+
+def _rejected_rule(policy: str) -> str:
+    if policy == MIN:
+        return "the lowest (`pairing.rejected: min`, the released recipe's rule)"
+    if policy == MEAN_MINUS_2SD:
+        return ("the response scored closest to mean - 2 sd of the row's usable scores, among those scored below "
+                "`chosen` (`pairing.rejected: mean_minus_2sd`, Xiao et al., 2025, arXiv 2502.16825; "
+                "population sd; ties go to the lower score, then the lower index; with 5 or fewer usable responses "
+                "this is always the lowest, so the pairs equal `min`'s; `gen_response_configs.pairing_rejected` records it)")
+    return f"picked by `pairing.rejected: {policy}`"
 
 
 def _num(value: Any) -> str:

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from magpie_dl.release.report.facts import DIFFICULTY_ORDER, QUALITY_ORDER
+from magpie_dl.release.report.facts import DIFFICULTY_ORDER, QUALITY_ORDER, length_gaps
 from magpie_dl.release.report.load import RunOutput
 
 MISSING = "(none)"  # the bar of rows without a value
@@ -152,6 +152,9 @@ def make_plots(run: RunOutput) -> list[Plot]:
         _histogram("margin", "Score margin", "chosen - rejected score of each kept pair.", "margin", margins),
         _overlaid_histogram("lengths", "Response length, chosen vs rejected", "Characters in the assistant turn.",
                             "characters", chosen_chars, rejected_chars),
+        _histogram("length_gap", "Length gap", "Characters of the chosen answer minus the rejected one's, per kept "
+                   "pair: right of 0, the reward model preferred the longer answer.", "characters",
+                   [float(gap) for gap in length_gaps(run)]),
         _category_mix(run),
         _before_after("difficulty", "Difficulty", "Judged difficulty of the query, before and after pairing.",
                       "difficulty", run, DIFFICULTY_ORDER),
