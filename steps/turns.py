@@ -56,7 +56,8 @@ class FollowUpQuery(MagpieQuerySettings, StreamingStep):
           gen_input_configs (with num_turns and the multi-turn system prompt).
     """
 
-    role: ClassVar[str] = "queries"
+    role: ClassVar[str] = "queries"  # replicated as the query writer is
+    work: ClassVar[str] = "later_queries"  # timed apart from turn 1's in --dry-run's plan
     # Turn 1's system prompts are not this turn's: the writer's prompt here is the multi-turn one.
     config_names = {"batch_size": "input_batch_size", "system_prompt": None, "system_prompts": None, "control_task": None}
 
@@ -143,6 +144,8 @@ class ConversationReply(MultiResponseGeneration):
         - uuid, conversation (with the reply), response / response_<turn>, its ``_finish_reason``,
           instruction_status, request_error, gen_input_configs (with the reply settings).
     """
+
+    work: ClassVar[str] = "replies"  # replicated as the responses are, timed apart in --dry-run's plan
 
     turn: int = Field(ge=1, description="The user turn this step answers.")
     num_generations: int = 1

@@ -213,3 +213,24 @@ def test_the_curation_recipe_writes_rows_in_the_released_multi_turn_schema(tmp_p
         assert "conversation" not in row
     left = [json.loads(line) for line in (out / "left_out.jsonl").read_text().splitlines()]
     assert any(r["instruction_status"].startswith("turn_2_") for r in left)
+
+
+def test_the_estimate_counts_every_turn():
+    from magpie_dl.config.estimate import EstimateConfig, estimate
+
+    assume = EstimateConfig()
+    one, three = estimate(100, 5, True, assume), estimate(100, 5, True, assume, num_turns=3)
+    assert (three.query_prompts, three.reply_requests, three.completions) == (300, 200, 500)
+    assert three.scored_tokens == 3 * one.scored_tokens  # every scored sequence carries two earlier turns
+    work = three.hours_by_work()
+    assert math.isclose(sum(work.values()), three.gpu_hours) and math.isclose(work["queries"], one.hours_by_work()["queries"])
+    assert work["replies"] > 0 and work["later_queries"] > 0
+
+
+def test_the_dry_run_plans_each_turn_as_its_own_work(tmp_path):
+    done = run_recipe_cli("--generator.num_turns", "3", "--dry-run", "--output-dir", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    stages = [line for line in done.stdout.splitlines() if line.strip().startswith("stage ")]
+    hours = [float(line.split(", ")[-1].split()[0].replace(",", "")) for line in stages]  # "..., 6.7 GPU-h"
+    assert len(stages) == 7 and hours[1] == hours[3] and hours[0] == hours[2] == hours[4]  # turns share their work's hours
+    assert "replies to earlier turns: 200,000" in done.stdout

@@ -37,6 +37,9 @@ class Estimate:
     gpu_hours_queries: float
     gpu_hours_responses: float
     gpu_hours_scoring: float
+    # Of the two above, what the later turns' queries and the replies to earlier turns take.
+    gpu_hours_later_queries: float = 0.0
+    gpu_hours_replies: float = 0.0
 
     @property
     def gpu_hours_generation(self) -> float:
@@ -48,7 +51,10 @@ class Estimate:
 
     def hours_by_work(self) -> dict[str, float]:
         """GPU-hours of each kind of work, keyed as the steps' roles (the placement plan's stages)."""
-        return {"queries": self.gpu_hours_queries, "responses": self.gpu_hours_responses,
+        return {"queries": self.gpu_hours_queries - self.gpu_hours_later_queries,
+                "later_queries": self.gpu_hours_later_queries,
+                "replies": self.gpu_hours_replies,
+                "responses": self.gpu_hours_responses - self.gpu_hours_replies,
                 "reward": self.gpu_hours_scoring}
 
     def lines(self) -> list[str]:
@@ -88,4 +94,6 @@ def estimate(
         gpu_hours_queries=queries * assume.query_tokens / assume.generation_tokens_per_gpu_s / 3600,
         gpu_hours_responses=(replies + completions) * assume.response_tokens / assume.generation_tokens_per_gpu_s / 3600,
         gpu_hours_scoring=scored_tokens / assume.scoring_tokens_per_gpu_s / 3600,
+        gpu_hours_later_queries=instructions * later * assume.query_tokens / assume.generation_tokens_per_gpu_s / 3600,
+        gpu_hours_replies=replies * assume.response_tokens / assume.generation_tokens_per_gpu_s / 3600,
     )

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,11 +140,13 @@ class Plan:
                + ("" if self.staged else " (all steps load at once)")]
         if not self.local:
             out.append("  (Ray packs each replica's GPUs on one node and sets its devices)")
+        # Steps sharing a kind of work (a multi-turn run's turns) share its hours evenly.
+        sharing = Counter(step.work for step in self.steps.values() if step.gpus)
         for i, stage in enumerate(self.stages, 1):
             busy = self.gpus_busy(stage)
             cost = ""
             if hours is not None and busy:
-                gpu_h = sum(hours.get(self.steps[n].work or "", 0.0) for n in stage)
+                gpu_h = sum(hours.get(self.steps[n].work or "", 0.0) / max(sharing[self.steps[n].work], 1) for n in stage)
                 cost = f"; ~{gpu_h / busy:,.1f} h wall, {gpu_h:,.1f} GPU-h"
             out.append(f"  stage {i}: {busy}/{node.total} GPUs busy{cost}")
             out.extend(f"    {self.steps[n].shown()}" for n in stage)

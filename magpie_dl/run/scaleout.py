@@ -240,7 +240,7 @@ def step_needs(pipeline: Pipeline, cfg: RecipeConfig, scale: ScaleoutConfig, wit
             replicas_flag=f"scaleout.{ROLE_REPLICAS.get(role or '', 'stages')}",
             weights_gb=weights,
             memory_fraction=float(getattr(holder, "gpu_memory_utilization", None) or 1.0),
-            work=role,
+            work=getattr(step, "work", None) or role,  # a step's own kind of work where its role's is shared
         ))
     return needs
 
