@@ -16,6 +16,7 @@ from magpie_dl.steps.curation import (
     CuratedSelection, InstructionTagging, InstructReward, LanguageTagging, NearDuplicateTagging, SafetyTagging,
 )
 from magpie_dl.steps.magpie import ExactDuplicateQueries, MagpieGenerator, MagpieQueries, QuerySlots
+from magpie_dl.steps.turns import FollowUpQuery
 from magpie_dl.steps.pairing import BestWorstPairing
 from magpie_dl.steps.responses import MultiResponseGeneration
 from magpie_dl.steps.reward import RewardScoring
@@ -44,9 +45,12 @@ def test_setting_takes_the_declarations_default_description_and_bounds():
 
 # (step, the section a recipe builds it from, the section's fields the step leaves to the
 # caller): a section field that reaches no step field by mistake (a rename forgotten) fails here.
+TURNS = ("num_turns", "reply_temperature", "reply_max_tokens")  # read by magpie_dl.steps.turns.conversation_stage
 SECTIONS = [
-    (MagpieGenerator, GeneratorConfig, {"model"}),
-    (MagpieQueries, GeneratorConfig, {"model", "num_instructions"}),
+    (MagpieGenerator, GeneratorConfig, {"model", *TURNS}),
+    (MagpieQueries, GeneratorConfig, {"model", "num_instructions", *TURNS}),
+    # Turn 1's system prompts are not a later turn's; conversation_stage passes the turn settings.
+    (FollowUpQuery, GeneratorConfig, {"model", "num_instructions", "system_prompt", "system_prompts", "control_task", *TURNS}),
     (QuerySlots, GeneratorConfig, set(GeneratorConfig.model_fields) - {"num_instructions", "batch_size"}),
     (ExactDuplicateQueries, GeneratorConfig, set(GeneratorConfig.model_fields) - {"batch_size"}),
     (MultiResponseGeneration, ResponsesConfig, {"model"}),
