@@ -113,7 +113,7 @@ REFERENCE_DIFFERENCES = {
     "qwen2": {"default_system"},  # "You are a helpful assistant." left out
     "gemma-2": {"user_header", "response_stop"},  # "\n\n"; no stop on <start_of_turn>
     "phi-3": {"user_header", "system_template"},  # "<s> <|user|>"
-    "mistral-v0.3": {"user_header", "assistant_header", "system_in_user"},  # " [INST] "; no system role
+    "mistral-v0.3": {"user_header", "assistant_header"},  # " [INST] "
 }
 PROMPT_FIELDS = ("bos", "user_header", "system_template", "system_in_user", "assistant_header", "thinking_header",
                  "default_system")
