@@ -23,7 +23,13 @@ from magpie_dl.templates.chat import (
 from magpie_dl.config.dpo import REPO_ROOT
 from magpie_dl.templates.families import FAMILIES, detect_family, resolve_family
 from magpie_dl.templates.published import FAMILY_TEMPLATES, UNSEEN, family_tokenizer
-from magpie_dl.templates.prompts import DEFAULT_TEMPLATE_DATE, encode_text, pre_query_token_ids, response_prompt_template
+from magpie_dl.templates.prompts import (
+    DEFAULT_TEMPLATE_DATE,
+    encode_text,
+    pre_query_token_ids,
+    render_chat,
+    response_prompt_template,
+)
 from recipe_cli import run_recipe_cli
 
 SYSTEM = "Be brief."
@@ -113,7 +119,7 @@ REFERENCE_DIFFERENCES = {
     "qwen2": {"default_system"},  # "You are a helpful assistant." left out
     "gemma-2": {"user_header", "response_stop"},  # "\n\n"; no stop on <start_of_turn>
     "phi-3": {"user_header", "system_template"},  # "<s> <|user|>"
-    "mistral-v0.3": {"user_header", "assistant_header", "system_in_user"},  # " [INST] "; no system role
+    "mistral-v0.3": {"user_header", "assistant_header"},  # " [INST] "
 }
 PROMPT_FIELDS = ("bos", "user_header", "system_template", "system_in_user", "assistant_header", "thinking_header",
                  "default_system")
@@ -349,3 +355,35 @@ def test_recipe_refuses_thinking_for_a_model_without_a_switch(tmp_path, tiny_mod
         f"error: --responses.thinking: {tiny_models['generator']} (family llama-3.1) has no thinking switch "
         "in its chat template; drop it"
     ]
+
+
+# Gemma-2's turns with a system block of their own: the turn markup is Gemma-2's, the system role is not.
+GEMMA2_WITH_SYSTEM = (
+    "{{- bos_token }}"
+    "{%- for message in messages %}"
+    "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+    "{{- '<start_of_turn>' + role + '\\n' + message['content'] | trim + '<end_of_turn>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<start_of_turn>model\\n' }}{%- endif %}"
+)
+
+
+def test_a_template_with_a_system_block_is_not_taken_for_a_family_without_one():
+    tok = family_tokenizer(replace(FAMILY_TEMPLATES["gemma-2"], template=GEMMA2_WITH_SYSTEM))
+    parts = derive_parts(tok)
+    assert parts.system_template == "<start_of_turn>system\n{system}<end_of_turn>\n"
+    assert mismatches(FAMILIES["gemma-2"], parts) == [
+        "no system role but the template renders a system prompt in a block "
+        "'<start_of_turn>system\\n{system}<end_of_turn>\\n'"
+    ]
+    family = detect_family(tok)
+    assert family.source == "derived" and "\n" not in family.note
+    assert family.note.startswith("the chat template matches no known family (nearest gemma-2: no system role")
+    # --generator.system_prompt (which later turns need) is taken, as the template takes it.
+    assert family.pre_query_prompt(SYSTEM) == (
+        "<bos><start_of_turn>system\nBe brief.<end_of_turn>\n<start_of_turn>user\n"
+    )
+    assert render_chat(tok, [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Q"}]).startswith(
+        family.pre_query_prompt(SYSTEM))
+    # Forcing the entry still says why it does not fit.
+    assert "no system role" in resolve_family("gemma-2", tok).note

@@ -1,4 +1,6 @@
-"""The cleaner on real Magpie output: 240 raw queries SmolLM2-135M-Instruct wrote.
+"""The cleaner on real Magpie output: 240 raw queries SmolLM2-135M-Instruct wrote, and the
+second user turns it wrote in conversations (tests/data/smollm2_turn2_queries.yaml, sampled by
+scripts/sample_smollm2_turns.py, a verdict on every row).
 
 tests/data/smollm2_raw_queries.yaml was sampled once by scripts/sample_smollm2_queries.py
 (the recipe's own query writer, the smollm2 family's pre-query prompt, the demo's sampling
@@ -14,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from magpie_dl.recipe.cleaning import clean_query, mark_exact_duplicates
+from magpie_dl.recipe.cleaning import CUT_RULES, clean_query, mark_exact_duplicates
 from magpie_dl.recipe.reasons import instruction_status_of
 
 CORPUS = yaml.safe_load((Path(__file__).parent / "data" / "smollm2_raw_queries.yaml").read_text(encoding="utf-8"))
@@ -80,3 +82,41 @@ def test_usable_share():
     for row, result in zip(ROWS, RESULTS):
         if "review" in row:
             assert result["instruction_status"] == "ok" and row["review"].startswith(("unusable:", "kept whole:"))
+
+
+# --- second turns (issue 26): queries SmolLM2 wrote as the next user turn of a conversation ---
+
+TURN2 = yaml.safe_load((Path(__file__).parent / "data" / "smollm2_turn2_queries.yaml").read_text(encoding="utf-8"))
+TURN2_ROWS = TURN2["queries"]
+TURN2_RESULTS = _writer_results(TURN2_ROWS)
+_VERDICTS = ("keep:", "cut at line ", "kept whole:", "unusable:")
+
+
+def test_turn2_corpus_is_a_recorded_real_sample_with_a_verdict_on_every_row():
+    provenance = TURN2["provenance"]
+    assert provenance["model"] == "HuggingFaceTB/SmolLM2-135M-Instruct" and provenance["family"] == "smollm2"
+    assert (provenance["temperature"], provenance["top_p"]) == (1.0, 1.0)
+    assert len(TURN2_ROWS) >= 40 and [row["index"] for row in TURN2_ROWS] == list(range(len(TURN2_ROWS)))
+    for row in TURN2_ROWS:
+        assert row["turn_1"] and row["reply_1"] and str(row["review"]).startswith(_VERDICTS), row["index"]
+
+
+@pytest.mark.parametrize("row,result", list(zip(TURN2_ROWS, TURN2_RESULTS)), ids=[_id(r) for r in TURN2_ROWS])
+def test_cleaner_reproduces_every_reviewed_second_turn(row, result):
+    assert result == {key: row[key] for key in result}
+    cut = [rule for rule in result["cleaning_actions"] if rule in CUT_RULES]
+    review = row["review"]
+    if review.startswith("cut at line "):
+        # The reviewer's line is where the cleaner cut: what is kept is the raw text's first N lines.
+        lines = int(review[len("cut at line "):].split(":")[0])
+        assert cut and result["instruction"] == clean_query("\n".join(row["raw"].strip().split("\n")[:lines])).instruction
+    elif review.startswith(("keep:", "kept whole:")):
+        assert not cut and result["instruction_status"] == "ok"
+
+
+def test_second_turn_verdicts():
+    verdicts = Counter(row["review"].split(":")[0].split(" line")[0] for row in TURN2_ROWS)
+    cut_rows = sum(any(rule in CUT_RULES for rule in result["cleaning_actions"]) for result in TURN2_RESULTS)
+    print(f"SmolLM2 second turns: {len(TURN2_ROWS)} reviewed, verdicts {dict(verdicts)}; cut by the cleaner: {cut_rows}")
+    # The cleaner cuts exactly the rows the reviewer cut (no false cut of a query kept whole).
+    assert cut_rows == verdicts["cut at"]

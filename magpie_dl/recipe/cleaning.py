@@ -116,7 +116,52 @@ _DANGLING = frozenset(
 )
 CUT_RULES = frozenset(
     {"cut_second_turn", "cut_answer", "cut_steps", "cut_opener", "cut_title_answer", "keep_first_query",
-     "cut_after_quote"}
+     "cut_after_quote", "cut_prose_answer", "cut_requested_text"}
+)
+
+# --- answers with no marker: a question answered in prose on the next line, an instruction
+# followed by what it asked for. Later turns of a conversation meet these far more often
+# (the writer has just seen the assistant answer). Both cut only where the next line cannot
+# be the user's: the query points at nothing that follows (no "this text", "the following",
+# "my ..."), and the next line is not in the user's voice, a constraint, a list of theirs,
+# code, a label or a question.
+_WORDS = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)?")
+# The query refers to material it brings along: what follows is the user's.
+_POINTS_AT_MATERIAL = re.compile(
+    r"\b(?:following|below|above|attached|given|provided|my|our|mine|here(?:'s| is| are)?"
+    r"|(?:this|these|that|those)[ \t]+(?:\w+[ \t]+)?(?:text|passage|paragraph|sentences?|code|snippet|article|essay|poems?"
+    r"|email|letter|data|list|story|excerpt|quote|statement|table|function|script|program|review|message|document"
+    r"|problem|equation|words?|phrases?|lines?|verses?|stanza|lyrics|argument|claim|example|draft|notes?|items?"
+    r"|options?|names?|titles?|questions?|answers?|responses?|dialogue|conversation|translation|output|error))\b",
+    re.IGNORECASE,
+)
+# A next line in the user's voice or giving the user's requirements.
+_USERS_LINE = re.compile(
+    r"(?:I|I'm|I've|I'd|I'll|My|Me|We|We're|We've|Our|Us|Please|Make sure|Be sure|Keep|Use|Avoid|Include|Don't|Do not"
+    r"|Note|Also|Thanks|Thank you|Bonus|Context|Background|Requirements?|Constraints?|Hint)\b"
+    r"|[^\n]*\b(?:should|must|needs? to|has to|have to|no more than|at least|at most|word limit)\b",
+    re.IGNORECASE,
+)
+# Lines that are data, not prose: code, markup, a label, a table row.
+_NOT_PROSE = re.compile(r"^[ \t]*(?:```|[#>|{}\[\]()<$`]|\w+[ \t]*[=(]|[^\n.?!]{1,40}[:：][ \t]*$)")
+# Yes/no answers open with the verdict.
+# First person anywhere on the line: the user speaking ("... comes up in my son's class").
+_FIRST_PERSON = re.compile(r"\b(?:I|I'm|I've|I'd|me|my|mine|we|we're|us|our|ours)\b", re.IGNORECASE)
+_VERDICT = re.compile(r"^(?:Yes|No|Yep|Nope|Definitely|Absolutely not|Not really|Not necessarily)\b[,.!]")
+# A request for a piece of writing or a list the model then writes itself.
+_WRITE_REQUEST = re.compile(
+    r"^(?:(?:Please|Can you|Could you|Would you)[ \t]+)?(?:Write|Compose|Create|Generate|Draft|Give me|List|Suggest"
+    r"|Name|Come up with|Brainstorm|Make(?: me)?|Tell me)\b[^\n]*?\b(?:poem|haiku|limerick|sonnet|verse|song|lyrics"
+    r"|story|tale|joke|riddle|slogan|tagline|motto|names?|titles?|ideas|tips|examples|ways|reasons|list|recipe"
+    r"|tweet|caption|sentences?|paragraph|quote)s?\b[^\n]*[.!]?$",
+    re.IGNORECASE,
+)
+_ITEM_START = re.compile(r"^[ \t]*(?:\d{1,3}[.)]|\(\d{1,3}\)|[-*•])[ \t]+\S")
+_STOPWORDS = frozenset(
+    "a an the of to for with and or but in on at by from as about into than is are was were be been being do does did "
+    "can could would should will what who whom whose which why how when where there their they them it its this that "
+    "these those you your yours i me my we our us he she his her some any more most other such not no yes if so also "
+    "just very much many have has had get make way ways".split()
 )
 
 
@@ -172,6 +217,7 @@ def clean_query(raw: str | None, rules: CleaningRules = CleaningRules()) -> Clea
     text = _cut_title_answer(text, edits)
     text = _cut_after_stray_quote(text, edits)
     text = _cut_at_answer(text, edits)
+    text = _cut_unmarked_answer(text, edits)
     text = _keep_first_query(text, labelled, edits)
     if any(edit.rule in CUT_RULES for edit in edits):
         text = _strip_prefixes(text, edits)  # a cut can leave a lone "1." or a label
@@ -324,6 +370,62 @@ def _cut_after_stray_quote(text: str, edits: list[Edit]) -> str:
 def _cut_at_answer(text: str, edits: list[Edit]) -> str:
     start = _first_answer_start(text)
     return _cut(text, start[0], start[1], edits) if start else text
+
+
+def _content_words(line: str) -> set[str]:
+    """Lower-cased words of a line that carry its subject (stop words and short words left out)."""
+    return {w.lower() for w in _WORDS.findall(line) if len(w) >= 4 and w.lower() not in _STOPWORDS}
+
+
+def _cut_unmarked_answer(text: str, edits: list[Edit]) -> str:
+    """Cut an answer the model wrote with no marker on the line after the query.
+
+    ``cut_prose_answer``: a line ending in a question, then a line of plain prose that
+    answers it: a yes/no verdict, or a statement about the question's own subject (it
+    shares a content word with it). ``cut_requested_text``: a first line asking for a
+    piece of writing or a list (a poem, names, tips), then two or more lines of it.
+    Neither cuts where the query points at material it brings ("this text", "the
+    following", "my ...", a closing colon), where the text ends on a question, or where
+    the next line is the user's (first person, a requirement, code, a label, a table).
+    """
+    if text.rstrip().endswith(("?", "？")):
+        return text
+    scan = _Scan(text)
+    lines = text.split("\n")
+    offsets = [0]
+    for line in lines[:-1]:
+        offsets.append(offsets[-1] + len(line) + 1)
+    filled = [i for i, line in enumerate(lines) if line.strip()]
+
+    def users(i: int) -> bool:
+        line = lines[i].strip()
+        return bool(_USERS_LINE.match(line) or _FIRST_PERSON.search(line) or _NOT_PROSE.match(line)
+                    or scan.in_code(offsets[i])
+                    or scan.head_has_dialogue(offsets[i]) or line.endswith(("?", "？", ":", "：")))
+
+    if filled and len(filled) >= 3:  # the request, then at least two lines of what it asked for
+        first, nxt = filled[0], filled[1]
+        request = lines[first].strip()
+        if (_WRITE_REQUEST.match(request) and request.endswith((".", "!")) and not _POINTS_AT_MATERIAL.search(request)
+                and not users(nxt)):
+            return _cut(text, offsets[nxt], "cut_requested_text", edits)
+    for at, i in enumerate(filled[:-1]):
+        question = lines[i].strip()
+        if not question.endswith(("?", "？")):
+            continue
+        nxt = filled[at + 1]
+        answer = lines[nxt].strip()
+        head = text[: offsets[nxt]]
+        if (users(nxt) or _ITEM_START.match(answer) or _POINTS_AT_MATERIAL.search(head)
+                or not answer[:1].isupper()):
+            return text
+        sentence = re.split(r"(?<=[.!?])\s", answer, maxsplit=1)[0]
+        if _VERDICT.match(answer) or (
+            _content_words(question) & _content_words(sentence) and sentence.endswith(_SENTENCE_END)
+        ):
+            return _cut(text, offsets[nxt], "cut_prose_answer", edits)
+        return text  # only the first question is looked at: later lines are the user's text
+    return text
 
 
 def _cut_title_answer(text: str, edits: list[Edit]) -> str:

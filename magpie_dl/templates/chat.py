@@ -335,8 +335,14 @@ def mismatches(family: ModelFamily, parts: TemplateParts) -> list[str]:
             and fold(theirs.split(SYSTEM_SLOT)[1]).endswith(fold(after))
         ):
             found.append(f"system block {family.system_template!r} but the template renders {theirs!r}")
-    elif family.system_in_user is not None and not same(family.system_in_user, parts.system_in_user):
-        found.append(f"system prompt in the user turn as {family.system_in_user!r}, the template: {parts.system_in_user!r}")
+    elif family.system_in_user is not None:
+        if not same(family.system_in_user, parts.system_in_user):
+            found.append(f"system prompt in the user turn as {family.system_in_user!r}, the template: {parts.system_in_user!r}")
+    elif parts.system_template is not None or parts.system_in_user is not None:
+        # An entry without a system role would refuse the system prompt the template takes.
+        where = (f"a block {parts.system_template!r}" if parts.system_template is not None
+                 else f"the user turn as {parts.system_in_user!r}")
+        found.append(f"no system role but the template renders a system prompt in {where}")
     ends = parts.turn_end_tokens()
     if ends and not set(ends) & set(family.response_stop):
         found.append(f"the template ends turns with {'/'.join(ends)!r}, not among the family's stops")

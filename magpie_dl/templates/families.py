@@ -181,6 +181,8 @@ FAMILIES: dict[str, ModelFamily] = {
             bos="<s>",
             user_header=" [INST] ",
             system_template=None,
+            # Its template joins a system prompt to the last user turn, before the user's text.
+            system_in_user="{system}\n\n",
             assistant_header=" [/INST]",
             stop=("<s>", "</s>", "[INST]", "[/INST]", "assistant"),
             stop_at_newline=True,

@@ -142,21 +142,47 @@ def chat_token_ids(
     as markup and each content as text, so special-token strings inside a message stay
     characters. Where the template trims a message (Llama's ``| trim``), so is its text.
     """
-    slots = [f"\u2063MAGPIE_DL_MESSAGE_{i}\u2063" for i in range(len(messages))]
+    pieces = chat_pieces(tokenizer, messages, add_generation_prompt=add_generation_prompt,
+                         template_date=template_date, enable_thinking=enable_thinking)
+    return pieces_token_ids(tokenizer, pieces)
+
+
+def chat_pieces(
+    tokenizer: PreTrainedTokenizerBase,
+    messages: Sequence[Mapping[str, Any]],
+    *,
+    add_generation_prompt: bool = True,
+    template_date: str = DEFAULT_TEMPLATE_DATE,
+    enable_thinking: bool = False,
+    open_next: str | None = None,
+) -> list[tuple[str, bool]]:
+    """The chat template over ``messages`` as ``(piece, is_markup)`` pieces (see :func:`chat_token_ids`).
+
+    ``open_next`` names a role: the template then renders one more message of that role
+    and the pieces stop where its content would begin, so they end with the markup the
+    template writes between the last message and the next one (its turn end, its next
+    turn's opening, and whatever the template folds in there, as Mistral's system prompt).
+    """
+    rendered_messages = [dict(m) for m in messages] + ([{"role": open_next, "content": ""}] if open_next else [])
+    slots = [f"\u2063MAGPIE_DL_MESSAGE_{i}\u2063" for i in range(len(rendered_messages))]
     rendered = render_chat(
         tokenizer,
-        [{**m, "content": _PAD + slot + _PAD} for m, slot in zip(messages, slots)],
-        add_generation_prompt=add_generation_prompt,
+        [{**m, "content": _PAD + slot + _PAD} for m, slot in zip(rendered_messages, slots)],
+        add_generation_prompt=add_generation_prompt and not open_next,
         template_date=template_date,
         enable_thinking=enable_thinking,
     )
-    ids: list[int] = []
+    if any(rendered.count(slot) != 1 for slot in slots):
+        raise ValueError("the chat template must render each message's content exactly once")
+    # In the order the template writes them: Mistral's puts the system prompt in the last user turn.
+    order = sorted(range(len(slots)), key=lambda i: rendered.index(slots[i]))
+    if open_next and order[-1] != len(slots) - 1:
+        raise ValueError("the chat template does not render the next turn last")
+    pieces: list[tuple[str, bool]] = []
     rest = rendered
-    for slot, message in zip(slots, messages):
-        head, sep, rest = rest.partition(slot)
-        if not sep or slot in rest:
-            raise ValueError("the chat template must render each message's content exactly once")
-        text = str(message["content"])
+    for i in order:
+        head, _, rest = rest.partition(slots[i])
+        text = str(rendered_messages[i]["content"])
         if head.endswith(_PAD):
             head = head[: -len(_PAD)]
         else:
@@ -165,8 +191,15 @@ def chat_token_ids(
             rest = rest[len(_PAD):]
         else:
             text = text.rstrip()
-        ids += encode_markup(tokenizer, head) + encode_text(tokenizer, text)
-    return ids + encode_markup(tokenizer, rest)
+        pieces += [(head, True), (text, False)]
+    if open_next:
+        return pieces[:-1]  # up to where the next message's content begins
+    return pieces + [(rest, True)]
+
+
+def pieces_token_ids(tokenizer: PreTrainedTokenizerBase, pieces: Sequence[tuple[str, bool]]) -> list[int]:
+    """Token ids of ``(piece, is_markup)`` pieces: markup as control tokens, the rest as text."""
+    return [i for piece, markup in pieces for i in (encode_markup if markup else encode_text)(tokenizer, piece)]
 
 
 def pre_query_token_ids(

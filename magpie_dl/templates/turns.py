@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING
 from magpie_dl.templates.prompts import (
     DEFAULT_TEMPLATE_DATE,
     ResponsePromptStyle,
+    chat_pieces,
     chat_token_ids,
-    encode_markup,
-    encode_text,
+    pieces_token_ids,
     render_chat,
 )
 
@@ -69,10 +69,7 @@ def follow_up_query_ids(
     A family whose template has no system role gets no system prompt (``system_prompt``
     is ignored there; :func:`follow_up_system_prompt` says what a row records).
     """
-    _check(family, conversation, "assistant")
-    messages = _with_system(family, conversation, system_prompt)
-    closed = chat_token_ids(tokenizer, messages, add_generation_prompt=False, template_date=template_date)
-    return closed + encode_markup(tokenizer, family.user_header)
+    return pieces_token_ids(tokenizer, _follow_up_pieces(tokenizer, family, conversation, system_prompt, template_date))
 
 
 def follow_up_query_text(
@@ -83,10 +80,44 @@ def follow_up_query_text(
     template_date: str = DEFAULT_TEMPLATE_DATE,
 ) -> str:
     """:func:`follow_up_query_ids` as text (what a row records and the tests read)."""
+    return "".join(piece for piece, _ in _follow_up_pieces(tokenizer, family, conversation, system_prompt, template_date))
+
+
+def _follow_up_pieces(
+    tokenizer: PreTrainedTokenizerBase,
+    family: ModelFamily,
+    conversation: Sequence[Message],
+    system_prompt: str | None,
+    template_date: str,
+) -> list[tuple[str, bool]]:
+    """The writer's prompt as ``(piece, is_markup)``: what the template renders before the next user text.
+
+    The template renders the conversation and opens one more user turn
+    (:func:`~magpie_dl.templates.prompts.chat_pieces`), so the prompt ends exactly as a
+    conversation of that model continues: no end-of-text a template writes after a closed
+    conversation (Phi-3), no spelling of the reference's first-turn header mid-conversation
+    (the space it writes after BOS), and a system prompt the template folds into the last
+    user turn (Mistral v0.3) right before the text the writer writes. A BOS the template
+    writes before that turn is left out (one BOS per prompt); the family's BOS leads
+    when the template writes none but the tokenizer puts one before every text (Phi-3).
+    """
     _check(family, conversation, "assistant")
-    messages = _with_system(family, conversation, system_prompt)
-    rendered = render_chat(tokenizer, messages, add_generation_prompt=False, template_date=template_date)
-    return rendered + family.user_header
+    system = follow_up_system_prompt(family, system_prompt)
+    messages = ([{"role": "system", "content": system}] if system else []) + [dict(m) for m in conversation]
+    pieces = chat_pieces(tokenizer, messages, template_date=template_date, open_next="user")
+    # The family's BOS token (SmolLM2's tokenizer names <|im_start|> its BOS; its family has none).
+    bos = getattr(tokenizer, "bos_token", None) or ""
+    if bos and family.bos.startswith(bos) and bos not in family.user_header:
+        opening, markup = pieces[-1]
+        pieces[-1] = (opening.replace(bos, ""), markup)
+        if not pieces[0][0].startswith(bos):
+            pieces.insert(0, (bos, True))
+    if system and not any(piece == system for piece, markup in pieces if not markup):
+        raise MultiTurnError(
+            f"the chat template of family {family.name!r} leaves the system prompt out of a conversation; "
+            "later turns cannot carry it"
+        )
+    return pieces
 
 
 def follow_up_system_prompt(family: ModelFamily, system_prompt: str | None) -> str | None:
@@ -96,9 +127,14 @@ def follow_up_system_prompt(family: ModelFamily, system_prompt: str | None) -> s
     return None
 
 
-def _with_system(family: ModelFamily, conversation: Sequence[Message], system_prompt: str | None) -> list[Message]:
-    system = follow_up_system_prompt(family, system_prompt)
-    return ([{"role": "system", "content": system}] if system else []) + [dict(m) for m in conversation]
+def _next_user_header(family: ModelFamily) -> str:
+    """The user-turn opening after a closed turn in the bare prompt.
+
+    The reference spells some families' first header with the space that decoded text
+    shows after BOS (Phi-3's ``" <|user|>"``, Mistral's ``" [INST] "``); mid-conversation
+    there is no BOS before it, and the template writes none.
+    """
+    return family.user_header.lstrip(" ") if family.reference_spacing else family.user_header
 
 
 def conversation_prompt(
@@ -127,9 +163,8 @@ def conversation_prompt(
     pieces: list[tuple[str, bool]] = [(family.pre_query_prompt(None), True)]  # (piece, is markup)
     for i, message in enumerate(conversation):
         if i:
-            between = family.assistant_header if message["role"] == "assistant" else family.turn_end + family.user_header
+            between = family.assistant_header if message["role"] == "assistant" else family.turn_end + _next_user_header(family)
             pieces.append((between, True))
         pieces.append((str(message["content"]), False))
     pieces.append((family.response_header(thinking), True))
-    ids = [i for piece, markup in pieces for i in (encode_markup if markup else encode_text)(tokenizer, piece)]
-    return ids, "".join(piece for piece, _ in pieces)
+    return pieces_token_ids(tokenizer, pieces), "".join(piece for piece, _ in pieces)
