@@ -65,6 +65,15 @@ def is_armorm(config: dict[str, Any]) -> bool:
     return ARCHITECTURE in (config.get("architectures") or [])
 
 
+def is_armorm_model(model: str) -> bool:
+    """Whether ``model`` is ArmoRM, without the network: a local directory by its ``config.json``,
+    a hub id by its name (``RLHFlow/ArmoRM-...``)."""
+    local = Path(model) / "config.json"
+    if local.is_file():
+        return is_armorm(json.loads(local.read_text()))
+    return "armorm" in model.lower()
+
+
 def gating_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """The ids ArmoRM gates on: the chat-template markup between user text and assistant text.
 

@@ -111,8 +111,9 @@ def responses_to_score(rows: Sequence[Mapping[str, Any]]) -> list[tuple[int, int
 def set_ratings(
     rows: Sequence[dict[str, Any]], wanted: Sequence[tuple[int, int]], scored: Sequence[Scored]
 ) -> Counter[str]:
-    """Write every row's ``ratings``, ``rating_truncated`` and ``rating_errors`` from the scores
-    of the ``wanted`` positions (:func:`responses_to_score`). A response not scored has no
+    """Write every row's ``ratings``, ``rating_truncated``, ``rating_errors`` and
+    ``reward_objectives`` (ArmoRM's per-objective rewards, else None) from the scores of the
+    ``wanted`` positions (:func:`responses_to_score`). A response not scored has no
     rating; an empty one says so (``empty_response``), and one whose request failed after
     its retries says that (``request_failed``). Returns why scored responses got no score,
     counted by reason."""
@@ -120,10 +121,12 @@ def set_ratings(
         texts = row["generations"] or []
         row["ratings"], row["rating_truncated"] = [None] * len(texts), [False] * len(texts)
         row["rating_errors"] = [_unscored(row, j, text) for j, text in enumerate(texts)]
+        row["reward_objectives"] = [None] * len(texts)
     for (r, j), result in zip(wanted, scored):
         rows[r]["ratings"][j] = result.score
         rows[r]["rating_truncated"][j] = result.truncated
         rows[r]["rating_errors"][j] = result.error
+        rows[r]["reward_objectives"][j] = result.objectives
     return Counter(result.error for result in scored if result.error)
 
 
