@@ -46,6 +46,7 @@ def test_a_classifiers_scores_do_not_claim_armorm_and_the_card_says_what_they_ar
     scores = card.split("## Scores", 1)[1].split("\n## ", 1)[0]
     assert "Reward model: `Skywork/Skywork-Reward-V2-Llama-3.1-8B`" in scores
     assert "raw logit" in scores and "unbounded" in scores and "`chosen` is the response this model prefers most" in scores
+    assert "may be partly circular" in scores  # Skywork-Reward was trained on Magpie's DPO releases
 
 
 def test_armorm_keeps_its_released_column_and_its_objectives(tmp_path):
@@ -58,7 +59,7 @@ def test_armorm_keeps_its_released_column_and_its_objectives(tmp_path):
     assert len(objectives) == len(train[0]["responses"]) and all(len(o) == len(OBJECTIVES) for o in objectives if o)
     scores = (out / "README.md").read_text().split("## Scores", 1)[1].split("\n## ", 1)[0]
     assert "`RLHFlow/ArmoRM-Llama3-8B-v0.1`" in scores and "`rewards_armorm_objectives`" in scores
-    assert "helpsteer-helpfulness" in scores
+    assert "helpsteer-helpfulness" in scores and "circular" not in scores
 
 
 def test_armorm_objectives_are_its_regression_outputs(tiny_models):
@@ -83,14 +84,20 @@ def test_armorm_objectives_are_its_regression_outputs(tiny_models):
         assert all(math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-4) for a, b in zip(result.objectives, expected))
 
 
-@pytest.mark.parametrize("flags, message", [
-    (("--reward.engine", "vllm"), "is ArmoRM, which vLLM does not serve; use --reward.engine transformers"),
-    (("--reward.base_urls", "http://127.0.0.1:9"), "add --reward.engine vllm"),
-])
-def test_armorm_on_vllm_is_refused_before_anything_loads(tmp_path, tiny_models, flags, message):
+def test_armorm_on_vllm_is_refused_before_anything_loads(tmp_path, tiny_models):
     out = tmp_path / "never"
-    result = run_recipe_cli("--preset", "smoke", "--output-dir", str(out), *flags)
+    result = run_recipe_cli("--preset", "smoke", "--output-dir", str(out), "--reward.engine", "vllm")
     assert result.returncode == 2, result.stderr[-2000:]
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0]
+    assert len(lines) == 1 and "is ArmoRM, which vLLM does not serve; use --reward.engine transformers" in lines[0]
     assert not out.exists()
+
+
+def test_pooling_endpoints_without_the_vllm_engine_are_refused(tiny_classifiers):
+    from magpie_dl.config.dpo import ConfigError
+    from magpie_dl.run.recipes import DPO_100K
+
+    cfg = RecipeConfig.model_validate({"reward": {"model": tiny_classifiers["llama"], "base_urls": ["http://127.0.0.1:9"]}})
+    with pytest.raises(ConfigError, match="add --reward.engine vllm"):
+        DPO_100K.check(cfg)
+    DPO_100K.check(cfg.model_copy(update={"reward": cfg.reward.model_copy(update={"engine": "vllm"})}))

@@ -56,3 +56,11 @@ def scale_words(columns: Collection[str]) -> str:
                   if ARMORM_OBJECTIVES in columns else "")
     return (f"Each score (`{ARMORM_SCORES}`) is ArmoRM's preference score, a gated mix of its objectives' rewards "
             f"(about 0.1 on its scale){objectives}; higher = preferred, so `chosen` is the response it prefers most.")
+
+
+def circularity_note(model: str) -> str:
+    """A caution for the card when the reward model was trained on Magpie's own releases ("" if not known)."""
+    if "skywork-reward" in model.lower():
+        return ("Skywork-Reward's training data included the Magpie DPO series, so scoring Magpie-style responses "
+                "with it may be partly circular.")
+    return ""
