@@ -73,6 +73,7 @@ def column_types() -> dict[str, pa.DataType]:
         "tagging_model": text, "tagging_errors": pa.list_(tagging_error), "safety": text,
         "safety_categories": texts, "safety_model": text, "language": text,
         "instruct_response": texts, "instruct_finish_reasons": texts, "instruct_ratings": pa.list_(pa.float64()),
+        "instruct_reward_objectives": pa.list_(pa.list_(pa.float64())),
         "instruct_reward": pa.float64(), "embedding": pa.list_(pa.float32()),
         "min_neighbor_distance": pa.float64(), "repeat_count": pa.int64(), "min_similar_uuid": text,
         "selection_reason": text,
