@@ -40,6 +40,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-length", type=int, default=2048)
     parser.add_argument("--batch-tokens", type=int, default=1024, help="transformers: padded tokens per pass (CPU)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads for ours (vLLM's CPU engine runs its model on one bound core, one "
+                        "more reserved; on a loaded machine two threads' barriers stall the tiny model's many small ops)")
     parser.add_argument("--model", default=None, help="a one-label classifier (default: the tiny Llama one, built)")
     args = parser.parse_args()
 
@@ -64,6 +67,7 @@ def main() -> None:
             scores[name] = scorer.score_token_ids(sequences)
             rates.setdefault(name, []).append(tokens / (time.perf_counter() - t))
 
+    torch.set_num_threads(args.threads)
     print(f"torch threads {torch.get_num_threads()}", flush=True)
     timed("transformers (ours)", ours)
     started = time.perf_counter()
@@ -72,6 +76,7 @@ def main() -> None:
     pooling.load()
     print(f"pooling engine start: {time.perf_counter() - started:.1f} s", flush=True)
     timed("vLLM pooling", pooling)
+    torch.set_num_threads(args.threads)  # the engine's start may have changed it
     print(f"torch threads beside the engine {torch.get_num_threads()}", flush=True)
     timed("ours beside the engine", ours)
     pooling.unload()
