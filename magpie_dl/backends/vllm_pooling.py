@@ -132,8 +132,13 @@ class VLLMPoolingScorer(PoolingScorer):
     def unload(self) -> None:
         import gc
 
-        self._llm = None
-        gc.collect()
+        from magpie_dl.backends.vllm import shutdown_engine
+
+        llm, self._llm = self._llm, None
+        if llm is not None:
+            shutdown_engine(llm)
+            del llm
+            gc.collect()
 
     def classify(self, sequences: list[list[int]]) -> list[float]:
         from vllm import PoolingParams
