@@ -49,6 +49,7 @@ RATING_COLUMNS = {
     "ratings": "instruct_ratings",
     "rating_truncated": "instruct_rating_truncated",
     "rating_errors": "instruct_rating_errors",
+    "reward_objectives": "instruct_reward_objectives",
 }
 
 

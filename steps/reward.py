@@ -1,5 +1,6 @@
 """RewardScoring: every response scored by a reward model (ArmoRM in the recipe)."""
 
+import os
 from dataclasses import asdict
 from typing import TYPE_CHECKING, ClassVar, Optional, Union
 
@@ -19,7 +20,11 @@ if TYPE_CHECKING:
     from distilabel.typing import StepColumns, StepOutput
 
     from magpie_dl.backends.standin import StandInScorer
+    from magpie_dl.backends.vllm_pooling import PoolingScorer
 
+
+# The bearer token for `vllm serve` endpoints, as the responses' server backend reads it.
+API_KEY_ENV = "MAGPIE_DL_API_KEY"
 
 # What a response answers: an instruction, or (multi-turn) the conversation up to its last user turn.
 Prompt = Union[str, tuple[dict[str, str], ...]]
@@ -46,7 +51,9 @@ class RewardScoring(DevicePlacedStep):
           conversation (multi-turn: the responses answer its last user turn, and the whole chat is scored).
 
     Output columns:
-        - ratings (list[float | None]), rating_truncated (list[bool]), rating_errors (list[str | None]).
+        - ratings (list[float | None]: ArmoRM's score, or a one-label classifier's raw logit), rating_truncated
+          (list[bool]: the input's end was cut at max_length or the model's limit), rating_errors
+          (list[str | None]), reward_objectives (list[list[float] | None]: ArmoRM's per-objective rewards).
     """
 
     role: ClassVar[str] = "reward"  # replicated by scaleout.reward_replicas
@@ -55,6 +62,8 @@ class RewardScoring(DevicePlacedStep):
 
     model: str = setting(RewardConfig, "model", default=...)  # required: no default model standalone
     trust_remote_code: bool = setting(RewardConfig, "trust_remote_code")
+    engine: str = setting(RewardConfig, "engine")
+    base_urls: list[str] = setting(RewardConfig, "base_urls")
     # Standalone, the step runs on any machine; the recipe's section says how it runs there.
     dtype: str = setting(RewardConfig, "dtype", default="auto")
     device: str = setting(RewardConfig, "device", default="cpu")
@@ -64,19 +73,34 @@ class RewardScoring(DevicePlacedStep):
     stand_in: bool = Field(False, description="Score with magpie_dl's instant stand-in (scale runs and tests: "
                            "never real scores); only the model's tokenizer is loaded.")
 
-    _scorer: Optional[Union[RewardScorer, "StandInScorer"]] = PrivateAttr(default=None)
+    _scorer: Optional[Union[RewardScorer, "StandInScorer", "PoolingScorer"]] = PrivateAttr(default=None)
     # 2: ArmoRM scored natively (the tiny reward model became an ArmoRM at the same path).
-    CACHE_VERSION: ClassVar[str] = "2"
+    # 3: results carry ArmoRM's per-objective rewards; inputs cut at the model's own limit.
+    CACHE_VERSION: ClassVar[str] = "3"
 
-    def model_to_load(self) -> Union[RewardScorer, "StandInScorer"]:
-        """The reward scorer, loaded and freed in place of an ``llm``."""
+    def model_to_load(self) -> Union[RewardScorer, "StandInScorer", "PoolingScorer"]:
+        """The reward scorer, loaded and freed in place of an ``llm``: transformers, vLLM's
+        pooling runner (an engine here or ``vllm serve`` endpoints), or the stand-in."""
         if self.stand_in:
             from magpie_dl.backends.standin import StandInScorer
 
             self._scorer = StandInScorer(self.model, self.max_length)
             return self._scorer
+        if self.engine == "vllm" and self.base_urls:
+            from magpie_dl.backends.vllm_pooling import ServedPoolingScorer
+
+            self._scorer = ServedPoolingScorer(self.model, self.base_urls, max_length=self.max_length,
+                                               api_key=os.environ.get(API_KEY_ENV),
+                                               trust_remote_code=self.trust_remote_code)
+            return self._scorer
         # Pinned to this replica's planned device, "cuda" is that device (not device 0 for all).
         device = "cuda" if self.device.startswith("cuda") and self.pin_planned_devices() else self.device
+        if self.engine == "vllm":
+            from magpie_dl.backends.vllm_pooling import VLLMPoolingScorer
+
+            self._scorer = VLLMPoolingScorer(self.model, max_length=self.max_length, dtype=self.dtype,
+                                             trust_remote_code=self.trust_remote_code)
+            return self._scorer
         self._scorer = RewardScorer(
             self.model,
             max_length=self.max_length,
@@ -95,7 +119,7 @@ class RewardScoring(DevicePlacedStep):
 
     @property
     def outputs(self) -> "StepColumns":
-        return ["ratings", "rating_truncated", "rating_errors"]
+        return ["ratings", "rating_truncated", "rating_errors", "reward_objectives"]
 
     def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
         self.report_started()
@@ -113,7 +137,9 @@ class RewardScoring(DevicePlacedStep):
         ``tally`` (over ``pairs``) hears of each forward pass."""
         tokenizer = self._scorer.tokenizer
         sequences = conversations_token_ids(tokenizer, pairs)
-        model = f"stand-in:{self.model}" if self.stand_in else self.model  # never read back as the real model's
+        # Never read back as the real model's (stand-in) or as another engine's scores (vLLM's pooling runner
+        # agrees with transformers only within float tolerance).
+        model = f"stand-in:{self.model}" if self.stand_in else f"vllm:{self.model}" if self.engine == "vllm" else self.model
         keys = [result_key("score", self.CACHE_VERSION, model, self.max_length, ids) for ids in sequences]
 
         def compute(missing: list[int]) -> list[dict]:

@@ -25,6 +25,15 @@ def tiny_tokenizer(tiny_models):
 
 
 @pytest.fixture(scope="session")
+def tiny_classifiers(tiny_models, tmp_path_factory) -> dict[str, str]:
+    """Paths of a tiny one-label Llama and Qwen3 sequence classifier (today's reward models'
+    architectures) on the tiny tokenizer, random weights from seed 0; built once (~2 s)."""
+    root = tmp_path_factory.mktemp("classifiers")
+    return {arch: tiny.build_classifier(root / arch, arch, tiny_models["generator"])
+            for arch in tiny.CLASSIFIER_ARCHITECTURES}
+
+
+@pytest.fixture(scope="session")
 def smol_dir() -> Path:
     """The converted SmolLM2 (``make models`` builds it; converted here if only the wheel is)."""
     from magpie_dl.local import smollm2

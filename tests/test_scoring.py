@@ -167,7 +167,7 @@ def test_multi_label_classifier_without_score_is_an_error():
 
 
 def test_non_finite_scores_become_none_with_a_reason(scorer, monkeypatch):
-    monkeypatch.setattr(scorer, "forward_batch", lambda rows, gating: [float("nan"), float("inf")][: len(rows)])
+    monkeypatch.setattr(scorer, "forward_parts", lambda rows, gating: ([float("nan"), float("inf")][: len(rows)], None))
     scorer.batch_size = 2
     results = scorer.score_pairs(PAIRS[:2])
     assert [r.score for r in results] == [None, None]

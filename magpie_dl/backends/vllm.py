@@ -47,6 +47,17 @@ _INSTALL_HINT = (
 )
 
 
+def shutdown_engine(llm: LLM) -> None:
+    """Stop an ``LLM``'s engine-core processes now (0.32 has no public close; left to garbage
+    collection at interpreter exit, they are where distilabel runs hang)."""
+    if callable(getattr(llm, "shutdown", None)):  # newer vLLM
+        llm.shutdown()
+    else:
+        core = getattr(llm.llm_engine, "engine_core", None)
+        if core is not None:
+            core.shutdown()
+
+
 class VLLMBackend(CompletionLLM, PlannedDevices):
     """Completes token-id prompts with an in-process vLLM engine.
 
@@ -194,12 +205,7 @@ class VLLMBackend(CompletionLLM, PlannedDevices):
             self._stream.close()
         llm, self._llm = self._llm, None
         if llm is not None:
-            if callable(getattr(llm, "shutdown", None)):  # newer vLLM
-                llm.shutdown()
-            else:
-                core = getattr(llm.llm_engine, "engine_core", None)
-                if core is not None:
-                    core.shutdown()
+            shutdown_engine(llm)
             del llm
             gc.collect()
             if self._on_gpu:

@@ -215,6 +215,14 @@ class RewardConfig(_Section):
         "(ArmoRM is: it never needs this).",
     )
     input_batch_size: int = Field(500, ge=1, description="Rows per batch handed to the scoring step.")
+    engine: Literal["transformers", "vllm"] = Field(
+        "transformers", description="transformers | vllm: vLLM's pooling runner (classify task), for one-label "
+        "sequence classifiers; ArmoRM runs on transformers only."
+    )
+    base_urls: list[str] = Field(
+        default_factory=list, description="vllm engine: `vllm serve --runner pooling` URLs to score on (their "
+        "/classify API); none: an in-process engine."
+    )
 
 
 class BackendConfig(_Section):

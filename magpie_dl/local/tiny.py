@@ -344,6 +344,61 @@ def build_reward(config: Any, backbone: dict[str, Any], seed: int = 0, gating_hi
     return reward.eval()
 
 
+# The one-label sequence classifiers (today's reward models: Skywork-Reward-V2 is a
+# LlamaForSequenceClassification or a Qwen3ForSequenceClassification) built by build_classifier.
+CLASSIFIER_ARCHITECTURES = ("llama", "qwen3")
+
+
+def build_classifier(out: Path, architecture: str, tokenizer_dir: str | Path, seed: int = 0,
+                     max_position_embeddings: int = 2048) -> str:
+    """A tiny one-label ``*ForSequenceClassification`` under ``out``; returns its path.
+
+    ``architecture`` is ``llama`` or ``qwen3``; the tokenizer is the one in ``tokenizer_dir``
+    (the tiny generator's) with the Llama-3 chat template, as a reward model ships it. The
+    weights are random from ``seed`` (no training: a classifier here only has to be a real
+    model of that architecture), the score head drawn large enough that responses score
+    apart (the default 0.02 init gives near-equal logits). ``config.json`` carries one label
+    (a one-entry ``id2label``, as transformers 5 writes ``num_labels=1``) and ``pad_token_id``, which transformers and vLLM both need to find each
+    sequence's last token.
+    """
+    with _deterministic_torch():
+        return _build_classifier(out, architecture, tokenizer_dir, seed, max_position_embeddings)
+
+
+def _build_classifier(out: Path, architecture: str, tokenizer_dir: str | Path, seed: int,
+                      max_position_embeddings: int) -> str:
+    import torch
+    from transformers import (AutoTokenizer, LlamaConfig, LlamaForSequenceClassification, Qwen3Config,
+                              Qwen3ForSequenceClassification)
+
+    if architecture not in CLASSIFIER_ARCHITECTURES:
+        raise ValueError(f"architecture must be one of {CLASSIFIER_ARCHITECTURES}, got {architecture!r}")
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    tokenizer.chat_template = LLAMA3_CHAT_TEMPLATE
+    shape = dict(
+        vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=2,
+        head_dim=64,  # vLLM's CPU attention needs a supported head size; 64 works.
+        max_position_embeddings=max_position_embeddings, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, num_labels=1,
+        tie_word_embeddings=False,
+    )
+    config_class, model_class = ((LlamaConfig, LlamaForSequenceClassification) if architecture == "llama"
+                                 else (Qwen3Config, Qwen3ForSequenceClassification))
+    torch.manual_seed(seed)
+    model = model_class(config_class(**shape))
+    with torch.no_grad():
+        head = model.score.weight
+        head.copy_(torch.randn(head.shape, generator=torch.Generator().manual_seed(seed + 1)) * 4.0 / head.shape[1] ** 0.5)
+    model.eval()
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    (out / "manifest.json").write_text(json.dumps(
+        {"version": BUILD_VERSION, "architecture": architecture, "seed": seed, "fingerprint": fingerprint(model)},
+        indent=2))
+    return str(out)
+
+
 def build_family(out: Path, family: str, seed: int = 0, steps: int = 150, log: bool = True) -> str:
     """A tiny generator under ``out`` whose tokenizer carries ``family``'s special tokens and
     reproduced chat template (:mod:`magpie_dl.templates.published`); returns its path.

@@ -62,18 +62,22 @@ def column_types() -> dict[str, pa.DataType]:
         "gen_response_configs": response_configs, "reasoning": texts,
         # scores (released: rewards_armorm <- ratings)
         "ratings": pa.list_(pa.float64()), "rating_truncated": pa.list_(pa.bool_()), "rating_errors": texts,
+        "reward_objectives": pa.list_(pa.list_(pa.float64())),
         # pairs (released: chosen, rejected)
         "pair_status": text, "response_status": texts, "chosen_index": pa.int64(), "rejected_index": pa.int64(),
         "chosen_score": pa.float64(), "rejected_score": pa.float64(), "score_margin": pa.float64(),
         "chosen": pa.list_(message), "rejected": pa.list_(message),
         # released columns of the export
         "input_length": pa.int64(), "responses": texts, "rewards_armorm": pa.list_(pa.struct([("score", pa.float64())])),
+        "rewards_armorm_objectives": pa.list_(pa.list_(pa.float64())), "rewards": pa.list_(pa.struct([("score", pa.float64())])),
+        "reward_model": text,
         # curation (tags, safety, instruct reward, near-duplicates, selection)
         "intent": text, "knowledge": text, "difficulty": text, "input_quality": text,
         "quality_explanation": text, "task_category": text, "other_task_category": texts,
         "tagging_model": text, "tagging_errors": pa.list_(tagging_error), "safety": text,
         "safety_categories": texts, "safety_model": text, "language": text,
         "instruct_response": texts, "instruct_finish_reasons": texts, "instruct_ratings": pa.list_(pa.float64()),
+        "instruct_reward_objectives": pa.list_(pa.list_(pa.float64())),
         "instruct_reward": pa.float64(), "embedding": pa.list_(pa.float32()),
         "min_neighbor_distance": pa.float64(), "repeat_count": pa.int64(), "min_similar_uuid": text,
         "selection_reason": text,

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 from magpie_dl.recipe.conversation import ALL_TURN_COLUMNS
 from magpie_dl.recipe.reasons import KEPT, is_usable
+from magpie_dl.reward.columns import MODEL, ReleasedScores, released_scores
 
 if TYPE_CHECKING:
     from datasets import Dataset, Features
@@ -38,8 +39,14 @@ EXTRA_COLUMNS = (
 OPTIONAL_COLUMNS = ("reasoning", "request_error")
 
 
-def released_row(row: dict[str, Any]) -> dict[str, Any]:
-    """One row in the released schema (plus tags present and our extra columns)."""
+# The recipe's release: ArmoRM's score column (and its per-objective rewards beside it).
+RECIPE_SCORES = released_scores(armorm=True)
+
+
+def released_row(row: dict[str, Any], scores: ReleasedScores = RECIPE_SCORES, reward_model: str | None = None
+                 ) -> dict[str, Any]:
+    """One row in the released schema (plus tags present and our extra columns); its scores under
+    ``scores``' names (:mod:`magpie_dl.reward.columns`), ``reward_model`` naming the model."""
     out: dict[str, Any] = {
         "uuid": row["uuid"],
         "instruction": row["instruction"],
@@ -50,11 +57,14 @@ def released_row(row: dict[str, Any]) -> dict[str, Any]:
     out["input_length"] = len(row["instruction"])
     out["responses"] = list(row.get("generations") or [])
     out["gen_response_configs"] = row["gen_response_configs"]
-    out["rewards_armorm"] = [{"score": score} for score in (row.get("ratings") or [])]
+    out[scores.scores] = [{"score": score} for score in (row.get("ratings") or [])]
+    if scores.objectives:
+        out[scores.objectives] = row.get("reward_objectives") or [None] * len(out[scores.scores])
     out["chosen"] = row.get("chosen")
     out["rejected"] = row.get("rejected")
     out.update({name: row.get(name) for name in EXTRA_COLUMNS})
     out.update({name: row[name] for name in OPTIONAL_COLUMNS if name in row})
+    out[MODEL] = reward_model
     return out
 
 
@@ -174,11 +184,13 @@ def _kept_stats(values: list[Any], kept: list[int]) -> dict[str, float] | None:
 def write_dataset(
     rows: Dataset | Iterable[dict[str, Any]], out_dir: Path, test_fraction: float, seed: int,
     *, models: dict[str, str] | None = None, timings: dict[str, Any] | None = None,
+    scores: ReleasedScores = RECIPE_SCORES,
 ) -> Summary:
     """Write ``out_dir/dataset`` (train/test), ``out_dir/left_out`` and ``summary.json``.
 
     ``summary.json`` holds the counts, the seed, the kept pairs' score statistics, and
-    ``models`` (role -> model id) and ``timings`` as given.
+    ``models`` (role -> model id) and ``timings`` as given. The scores go under ``scores``'
+    names; ``reward_model`` on every row is ``models["reward"]``.
 
     ``rows`` is the pipeline's output, best as the (memory-mapped) ``datasets.Dataset``
     distilabel returns: rows then pass through memory ``BATCH_ROWS`` at a time, so a
@@ -196,11 +208,12 @@ def write_dataset(
         # columns (datasets cannot load back a saved split that has none).
         released = source.map(
             _released_batch,
+            fn_kwargs={"scores": scores, "reward_model": (models or {}).get("reward")},
             batched=True,
             batch_size=BATCH_ROWS,
             writer_batch_size=BATCH_ROWS,
             remove_columns=source.column_names,
-            features=released_features(source.features),
+            features=released_features(source.features, scores),
             cache_file_name=str(staging),
             load_from_cache_file=False,
         )
@@ -240,7 +253,7 @@ def discard_loaded_copy(dataset: Dataset) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def released_features(source: Features) -> Features:
+def released_features(source: Features, scores: ReleasedScores = RECIPE_SCORES) -> Features:
     """The released rows' schema (``released_row`` plus ``pair_status``): a column the pipeline's
     rows have keeps its type there, any other takes its declared type (:mod:`magpie_dl.recipe.schema`)."""
     import pyarrow as pa
@@ -261,15 +274,19 @@ def released_features(source: Features) -> Features:
     types["input_length"] = like("input_length")
     types["responses"] = source["generations"] if "generations" in source else like("responses")
     types["gen_response_configs"] = like("gen_response_configs")
-    types["rewards_armorm"] = like("rewards_armorm")
+    types[scores.scores] = like(scores.scores)
+    if scores.objectives:
+        types[scores.objectives] = like(scores.objectives)
     types.update({name: like(name) for name in ("chosen", "rejected", *EXTRA_COLUMNS)})
     types.update({name: source[name] for name in OPTIONAL_COLUMNS if name in source})
+    types[MODEL] = like(MODEL)
     types["pair_status"] = like("pair_status")
     return Features(types)
 
 
-def _released_batch(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
-    rows = [{**released_row(row), "pair_status": row["pair_status"]} for row in _rows_of(batch)]
+def _released_batch(batch: dict[str, list[Any]], scores: ReleasedScores, reward_model: str | None
+                    ) -> dict[str, list[Any]]:
+    rows = [{**released_row(row, scores, reward_model), "pair_status": row["pair_status"]} for row in _rows_of(batch)]
     return {name: [row[name] for row in rows] for name in rows[0]} if rows else {}
 
 

@@ -183,8 +183,11 @@ def _score(value: Any) -> Optional[float]:
 
 
 def reward_scores(row: Mapping[str, Any]) -> List[Optional[float]]:
-    """Per-response reward scores from ``rewards_armorm`` ([{"score": x}, ...])."""
-    entries = row.get("rewards_armorm") or []
+    """Per-response reward scores from ``rewards_armorm`` or, scored by another model, ``rewards``
+    ([{"score": x}, ...]; :mod:`magpie_dl.reward.columns`)."""
+    from magpie_dl.reward.columns import score_column
+
+    entries = row.get(score_column(row) or "rewards_armorm") or []
     return [_score(entry.get("score") if isinstance(entry, Mapping) else entry) for entry in entries]
 
 

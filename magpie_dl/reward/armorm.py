@@ -35,6 +35,16 @@ ARCHITECTURE = "LlamaForRewardModelWithGating"
 # ArmoRM's defaults, used where a config leaves a key out (as its own code does).
 DEFAULTS = {"num_objectives": 19, "gating_temperature": 10.0, "gating_hidden_dim": 1024, "gating_n_hidden": 3}
 
+# What ArmoRM-Llama3-8B-v0.1's 19 regression outputs rate, in output order (its model card's
+# list): the per-objective rewards stored beside the score name them in this order.
+OBJECTIVES = (
+    "helpsteer-helpfulness", "helpsteer-correctness", "helpsteer-coherence", "helpsteer-complexity",
+    "helpsteer-verbosity", "ultrafeedback-overall_score", "ultrafeedback-instruction_following",
+    "ultrafeedback-truthfulness", "ultrafeedback-honesty", "ultrafeedback-helpfulness", "beavertails-is_safe",
+    "prometheus-score", "argilla-overall_quality", "argilla-judge_lm", "code-complexity", "code-style",
+    "code-explanation", "code-instruction-following", "code-readability",
+)
+
 # Rendered as the two messages of a conversation; the markup between them is what ArmoRM gates on.
 _USER, _ASSISTANT = "\u2063ARMORM_USER\u2063", "\u2063ARMORM_ASSISTANT\u2063"
 
@@ -53,6 +63,15 @@ def read_config(model: str) -> dict[str, Any]:
 def is_armorm(config: dict[str, Any]) -> bool:
     """Whether a raw ``config.json`` describes ArmoRM's architecture."""
     return ARCHITECTURE in (config.get("architectures") or [])
+
+
+def is_armorm_model(model: str) -> bool:
+    """Whether ``model`` is ArmoRM, without the network: a local directory by its ``config.json``,
+    a hub id by its name (``RLHFlow/ArmoRM-...``)."""
+    local = Path(model) / "config.json"
+    if local.is_file():
+        return is_armorm(json.loads(local.read_text()))
+    return "armorm" in model.lower()
 
 
 def gating_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:

@@ -1,15 +1,19 @@
 """Reward scoring with ArmoRM semantics, batch-invariant by construction.
 
 * Input: the reward model's chat template over [user, assistant], user and model
-  text tokenised as text (no turn injection), truncated at ``max_length`` tokens.
+  text tokenised as text (no turn injection; the template's own BOS only), truncated at
+  ``max_length`` tokens or the model's own limit (``max_position_embeddings``), whichever is
+  smaller: the end is cut (the response's tail and the closing markup), the start kept,
+  and the result says it was cut (``truncated``).
 * Models: ArmoRM (``LlamaForRewardModelWithGating`` in ``config.json``) runs on this
   library's own implementation (:mod:`magpie_dl.reward.armorm`), never its shipped code; any
   other reward model loads as a one-label ``AutoModelForSequenceClassification``
   (remote code only when explicitly allowed).
 * Output: ArmoRM's preference ``score``, read at the last real token (known from each
   sequence's length) and gated at the assistant header found from the tokenizer's chat
-  template; an input whose assistant header was cut away gets no score and the reason
-  ``gating_tokens_missing``. A sequence classifier gives its single logit.
+  template, with its per-objective rewards (``objectives``, :data:`armorm.OBJECTIVES`); an input
+  whose assistant header was cut away gets no score and the reason ``gating_tokens_missing``.
+  A one-label sequence classifier gives its raw logit (no sigmoid: unbounded, higher = preferred).
 * Batches are grouped by length (little padding) and capped both in sequences and in
   padded tokens (``batch_tokens``): short inputs share a forward pass, long ones do not
   pad each other out. Right padding, so a sequence's score does not depend on its batch
@@ -93,12 +97,17 @@ def _single_turn_token_ids(
 
 @dataclass(frozen=True)
 class Scored:
-    """One score, whether the input was truncated, and why the score is missing."""
+    """One score, whether the input was truncated, and why the score is missing.
+
+    ``objectives``: ArmoRM's per-objective rewards (its regression layer's outputs, in the
+    order of :data:`magpie_dl.reward.armorm.OBJECTIVES`); None for other models.
+    """
 
     score: float | None
     num_tokens: int
     truncated: bool
     error: str | None = None
+    objectives: list[float] | None = None
 
 
 def _has_text(text: str | None) -> bool:
@@ -120,8 +129,9 @@ def responses_to_score(rows: Sequence[Mapping[str, Any]]) -> list[tuple[int, int
 def set_ratings(
     rows: Sequence[dict[str, Any]], wanted: Sequence[tuple[int, int]], scored: Sequence[Scored]
 ) -> Counter[str]:
-    """Write every row's ``ratings``, ``rating_truncated`` and ``rating_errors`` from the scores
-    of the ``wanted`` positions (:func:`responses_to_score`). A response not scored has no
+    """Write every row's ``ratings``, ``rating_truncated``, ``rating_errors`` and
+    ``reward_objectives`` (ArmoRM's per-objective rewards, else None) from the scores of the
+    ``wanted`` positions (:func:`responses_to_score`). A response not scored has no
     rating; an empty one says so (``empty_response``), and one whose request failed after
     its retries says that (``request_failed``). Returns why scored responses got no score,
     counted by reason."""
@@ -129,10 +139,12 @@ def set_ratings(
         texts = row["generations"] or []
         row["ratings"], row["rating_truncated"] = [None] * len(texts), [False] * len(texts)
         row["rating_errors"] = [_unscored(row, j, text) for j, text in enumerate(texts)]
+        row["reward_objectives"] = [None] * len(texts)
     for (r, j), result in zip(wanted, scored):
         rows[r]["ratings"][j] = result.score
         rows[r]["rating_truncated"][j] = result.truncated
         rows[r]["rating_errors"][j] = result.error
+        rows[r]["reward_objectives"][j] = result.objectives
     return Counter(result.error for result in scored if result.error)
 
 
@@ -151,7 +163,8 @@ class RewardScorer:
 
     Args:
         model: path or hub id (``RLHFlow/ArmoRM-Llama3-8B-v0.1`` in the recipe).
-        max_length: inputs longer than this are cut to their first ``max_length`` tokens.
+        max_length: inputs longer than this are cut to their first ``max_length`` tokens;
+            a model with fewer positions (``max_position_embeddings``) lowers it at load.
         batch_size: at most this many sequences per forward pass.
         batch_tokens: at most this many padded tokens (sequences x longest) per forward
             pass; a sequence longer than this still gets a pass of its own.
@@ -203,6 +216,7 @@ class RewardScorer:
         self.tokenizer = AutoTokenizer.from_pretrained(
             self.model_path, trust_remote_code=self.trust_remote_code and not native
         )
+        self.max_length = min(self.max_length, model_length_limit(armorm.read_config(self.model_path)))
         if self.tokenizer.pad_token_id is None:
             # Right padding is never read (masked, or after the read position of a causal
             # model), so any id works; the classifier needs one set.
@@ -260,7 +274,8 @@ class RewardScorer:
     ) -> list[Scored]:
         """Score token-id sequences; the result is in input order.
 
-        An ArmoRM input whose gating tokens were cut away by ``max_length`` is not run:
+        Each sequence is cut to its first ``max_length`` tokens. An ArmoRM input whose gating
+        tokens were cut away by ``max_length`` is not run:
         its result carries no score and the reason ``gating_tokens_missing``. ``done`` is
         told, after each forward pass, which sequences (indices) it scored and their tokens.
         """
@@ -282,13 +297,14 @@ class RewardScorer:
         with torch.inference_mode():
             for chunk in plan_batches([len(clipped[i]) for i in todo], self.batch_size, self.batch_tokens):
                 rows = [todo[k] for k in chunk]
-                scores = self.forward_batch([clipped[i] for i in rows], [gating[i] for i in rows])
-                for i, value in zip(rows, scores):
+                scores, objectives = self.forward_parts([clipped[i] for i in rows], [gating[i] for i in rows])
+                for k, (i, value) in enumerate(zip(rows, scores)):
                     results[i] = Scored(
                         score=value if math.isfinite(value) else None,
                         num_tokens=len(clipped[i]),
                         truncated=len(sequences[i]) > self.max_length,
                         error=None if math.isfinite(value) else non_finite_score(value),
+                        objectives=objectives[k] if objectives is not None else None,
                     )
                 if done is not None:
                     done(rows, sum(len(clipped[i]) for i in rows))
@@ -308,6 +324,16 @@ class RewardScorer:
         model needs one). ``lengths``: where each row's real tokens end (default: its
         length). Call under ``torch.inference_mode()``.
         """
+        return self.forward_parts(rows, gating, mask, lengths)[0]
+
+    def forward_parts(
+        self,
+        rows: list[list[int]],
+        gating: list[int],
+        mask: bool | None = None,
+        lengths: list[int] | None = None,
+    ) -> tuple[list[float], list[list[float]] | None]:
+        """:meth:`forward_batch`'s scores and ArmoRM's per-objective rewards (None for a classifier)."""
         import torch
 
         lengths = lengths or [len(row) for row in rows]
@@ -326,13 +352,23 @@ class RewardScorer:
                 last_index=torch.tensor(lengths, device=self.device) - 1,
                 attention_mask=attention,
             )
-            return output.score.float().cpu().tolist()
+            return output.score.float().cpu().tolist(), output.rewards.float().cpu().tolist()
         # A classifier finds its read position itself (the last non-pad id).
         output = self.model(input_ids=ids) if attention is None else self.model(input_ids=ids, attention_mask=attention)
-        return extract_scores(output)
+        return extract_scores(output), None
 
     def _gating_position(self, ids: list[int]) -> int | None:
         return armorm.gating_position(ids, self.gating_ids) if self.gating_ids is not None else None
+
+
+def model_length_limit(config: Mapping[str, Any]) -> int:
+    """The longest input a model's raw ``config.json`` says it takes (``max_position_embeddings``,
+    or a nested ``text_config``'s); unbounded when it says nothing."""
+    for source in (config, config.get("text_config") or {}):
+        value = source.get("max_position_embeddings")
+        if isinstance(value, int) and value > 0:
+            return value
+    return 2**62
 
 
 def plan_batches(lengths: list[int], batch_size: int, batch_tokens: int) -> list[list[int]]:

@@ -27,6 +27,8 @@ from magpie_dl.config.estimate import estimate
 from magpie_dl.release.export import Summary, write_dataset
 from magpie_dl.release.push import push_for_hub, push_for_review
 from magpie_dl.recipe.provenance import stand_in_engine_note, stand_in_reward_note
+from magpie_dl.reward import armorm
+from magpie_dl.reward.columns import ReleasedScores, released_scores
 from magpie_dl.release.report import example_lines, input_config_counts, models_of, write_card_and_report
 from magpie_dl.release.report.curation import write_curation_card_and_report
 from magpie_dl.run.store import ResultStore
@@ -115,12 +117,19 @@ def run_timings(cache_dir: Path | str, staging: Path) -> dict[str, Any]:
     return {"run_s": round(time.time() - started, 1), "steps": steps}
 
 
+def released_scores_of(cfg: RecipeConfig) -> ReleasedScores:
+    """The run's released score columns: ArmoRM's names when it scored with ArmoRM (or with the
+    stand-in, which imitates the recipe's release), the model-neutral ones otherwise."""
+    armorm_layout = cfg.backend.kind == "standin" or armorm.is_armorm_model(cfg.reward.model)
+    return released_scores(armorm_layout)
+
+
 def _dpo_export(cfg: RecipeConfig, rows: Dataset, staging: Path, shown_as: Path) -> Summary:
     public = cfg.public_dict()
     writers = input_config_counts([rows], "input_generator")
     summary = write_dataset(rows, staging, cfg.output.test_fraction, cfg.seed,
                             models=models_of(public, [name for name, _ in writers.most_common()]),
-                            timings=run_timings(cfg.cache_dir, staging))
+                            timings=run_timings(cfg.cache_dir, staging), scores=released_scores_of(cfg))
     write_card_and_report(staging, public, summary, shown_as=shown_as)
     return summary
 
@@ -153,6 +162,11 @@ def _dpo_gpu_hours(cfg: RecipeConfig, instructions: int) -> dict[str, float]:
 
 
 def _dpo_check(cfg: RecipeConfig) -> None:
+    if cfg.reward.engine == "vllm" and armorm.is_armorm_model(cfg.reward.model):
+        raise ConfigError(f"--reward.engine vllm: {cfg.reward.model} is ArmoRM, which vLLM does not serve; "
+                          "use --reward.engine transformers (the default)")
+    if cfg.reward.base_urls and cfg.reward.engine != "vllm":
+        raise ConfigError("--reward.base_urls are vllm serve --runner pooling endpoints: add --reward.engine vllm")
     if cfg.output.argilla_dataset and not (os.environ.get("ARGILLA_API_URL") and os.environ.get("ARGILLA_API_KEY")):
         raise ConfigError("--argilla-dataset needs ARGILLA_API_URL and ARGILLA_API_KEY in the environment")
 

@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -89,14 +89,27 @@ def server_command(model: Path, port: int) -> list[str]:
     ]  # fmt: skip
 
 
+def pooling_server_command(model: Path, port: int) -> list[str]:
+    """`vllm serve --runner pooling` of a sequence classifier (its /classify API), as this CPU build runs it."""
+    return [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", str(model), "--runner", "pooling",
+        "--host", "127.0.0.1", "--port", str(port),
+        "--dtype", "float32", "--max-model-len", str(MAX_MODEL_LEN), "--seed", "0",
+        "--enforce-eager", "--api-key", API_KEY,
+    ]  # fmt: skip
+
+
 @contextmanager
-def served(model: Path, log: Path, cwd: Path) -> Iterator[tuple[str, subprocess.Popen]]:
-    """A real `vllm serve` of ``model`` on 127.0.0.1: its root URL and process (the leader of
-    its own process group, so signalling the group reaches its engine processes too)."""
+def served(model: Path, log: Path, cwd: Path,
+           command: Callable[[Path, int], list[str]] = server_command) -> Iterator[tuple[str, subprocess.Popen]]:
+    """A real `vllm serve` of ``model`` on 127.0.0.1 (``command``: its command line for a port): its
+    root URL and process (the leader of its own process group, so signalling the group reaches its
+    engine processes too)."""
     port = free_port()
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            server_command(model, port),
+            command(model, port),
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=cwd,

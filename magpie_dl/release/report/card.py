@@ -10,6 +10,7 @@ import yaml
 
 from magpie_dl.release.export import atomic_write_text
 from magpie_dl.recipe.provenance import stand_in_engine_note, stand_in_reward_note
+from magpie_dl.reward.columns import circularity_note, scale_words
 from magpie_dl.recipe.reasons import RESPONSE_STATUSES
 from magpie_dl.release.report.facts import (
     TAGS,
@@ -121,6 +122,7 @@ def render_card(run: RunOutput, license: str | None = None, pretty_name: str | N
         pairing=pairing_words(cfg),
         examples=[_card_example(row) for row in example_pairs(run)],
         columns=", ".join(f"`{c}`" for c in columns) or "(none)",
+        score_scale=" ".join(filter(None, (scale_words(columns), circularity_note(models["reward"])))),
         response_statuses="; ".join(f"`{k}`: {v}" for k, v in RESPONSE_STATUSES.items()),
         repo=repo,
         hub_name=repo or "YOUR-NAME/DATASET-NAME",
