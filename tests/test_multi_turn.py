@@ -149,11 +149,16 @@ def _scale_args(out: Path, rows: int, *more: str) -> list[str]:
             "--responses.max_tokens", "256", "--responses.batch_size", "100", "--quiet", "--output-dir", str(out), *more]
 
 
-def test_every_outcome_of_every_turn_is_marked_and_counted(tmp_path):
-    out = tmp_path / "out"
-    done = run_recipe_cli(*_scale_args(out, 400))
+@pytest.fixture(scope="module")
+def three_turns(tmp_path_factory):
+    out = tmp_path_factory.mktemp("mt_scale") / "out"
+    done = run_recipe_cli(*_scale_args(out, 300))
     assert done.returncode == 0, done.stderr[-3000:]
-    rows = _rows(out)
+    return out, _rows(out)
+
+
+def test_every_outcome_of_every_turn_is_marked_and_counted(three_turns):
+    out, rows = three_turns
     statuses = {r["pair_status"] for r in rows}
     for turn in (2, 3):
         assert any(s.startswith(f"instruction_turn_{turn}_") and "reply" not in s for s in statuses), turn
@@ -169,9 +174,8 @@ def test_every_outcome_of_every_turn_is_marked_and_counted(tmp_path):
     assert kept and all(len(r["chosen"]) == 6 and r["chosen"][:5] == r["rejected"][:5] for r in kept)
 
 
-def test_a_stop_in_turn_two_keeps_turn_one_and_the_rerun_matches_an_uninterrupted_run(tmp_path):
-    whole = tmp_path / "whole"
-    assert run_recipe_cli(*_scale_args(whole, 300)).returncode == 0
+def test_a_stop_in_turn_two_keeps_turn_one_and_the_rerun_matches_an_uninterrupted_run(three_turns, tmp_path):
+    _, whole = three_turns
 
     out = tmp_path / "stopped"
     args = _scale_args(out, 300, "--backend.standin_seconds_per_prompt", "0.01")
@@ -191,7 +195,7 @@ def test_a_stop_in_turn_two_keeps_turn_one_and_the_rerun_matches_an_uninterrupte
     # Turn 1 is read back (failed completions are never stored: those are asked again).
     assert usage["magpie_generator"]["reused"] > 250 and usage["reply_turn_1"]["reused"] > 0, usage
     key = lambda r: r["uuid"]  # noqa: E731
-    assert sorted(_rows(out), key=key) == sorted(_rows(whole), key=key)
+    assert sorted(_rows(out), key=key) == sorted(whole, key=key)
 
 
 def test_the_curation_recipe_writes_rows_in_the_released_multi_turn_schema(tmp_path):
