@@ -78,6 +78,12 @@ class RewardScoring(DevicePlacedStep):
     # 3: results carry ArmoRM's per-objective rewards; inputs cut at the model's own limit.
     CACHE_VERSION: ClassVar[str] = "3"
 
+    @property
+    def gpus_per_replica(self) -> Optional[int]:
+        """GPUs the placement plan reserves for one replica: none when ``vllm serve`` endpoints
+        score (the model runs elsewhere); else None, which leaves it to ``device``."""
+        return 0 if self.engine == "vllm" and self.base_urls else None
+
     def model_to_load(self) -> Union[RewardScorer, "StandInScorer", "PoolingScorer"]:
         """The reward scorer, loaded and freed in place of an ``llm``: transformers, vLLM's
         pooling runner (an engine here or ``vllm serve`` endpoints), or the stand-in."""

@@ -101,3 +101,15 @@ def test_pooling_endpoints_without_the_vllm_engine_are_refused(tiny_classifiers)
     with pytest.raises(ConfigError, match="add --reward.engine vllm"):
         DPO_100K.check(cfg)
     DPO_100K.check(cfg.model_copy(update={"reward": cfg.reward.model_copy(update={"engine": "vllm"})}))
+
+
+def test_a_reward_model_on_served_endpoints_holds_no_gpu_in_the_plan():
+    """A pooling model is a GPU step like the others (one per replica on cuda), unless it is served elsewhere."""
+    from magpie_dl.run.scaleout import engine_gpus
+    from magpie_dl.steps.reward import RewardScoring
+
+    cfg = RecipeConfig()
+    local = RewardScoring(name="reward_local", model="org/rm", engine="vllm", device="cuda")
+    served = RewardScoring(name="reward_served", model="org/rm", engine="vllm", device="cuda",
+                           base_urls=["http://127.0.0.1:8000"])
+    assert (engine_gpus(local, cfg), engine_gpus(served, cfg)) == (1, 0)
