@@ -61,11 +61,13 @@ def run_rows(leaves: Mapping[str, Dataset], leaf_names: Sequence[str], aside: Ma
         return leaves.get("default")
     [main] = [name for name in leaf_names if name not in aside]
     [(name, sent)] = aside.items()  # one set-aside leaf: the recipe's one stretch of global steps
-    try:
-        # distilabel names a lone leaf "default": the other had no rows, the run did not finish.
-        rows = None if "default" in leaves else join_set_aside(leaves[main], leaves[name], sent)
-    except (KeyError, MissingSetAside):
-        rows = None
+    rows = None
+    # distilabel names a lone leaf "default": the other had no rows, the run did not finish.
+    if main in leaves and name in leaves:
+        try:
+            rows = join_set_aside(leaves[main], leaves[name], sent)
+        except MissingSetAside:
+            pass
     for part in (leaves.values() if rows is None else [leaves[name]]):
         discard_loaded_copy(part)
     return rows
