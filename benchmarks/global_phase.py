@@ -65,11 +65,12 @@ def run_tail(rows_dir: Path, n: int, out: Path) -> None:
 
     sources = [str(rows_dir / "instructions.jsonl"), str(rows_dir / "left_out.jsonl")]
     with Pipeline(name="curation-tail", cache_dir=out / "cache" / "distilabel") as pipeline:
-        source = CopiedRows(name="rows", sources=sources, num_rows=n, batch_size=100)
+        # Batches of 500 rows, as the scale preset's steps before the global ones make.
+        source = CopiedRows(name="rows", sources=sources, num_rows=n, batch_size=500)
         near_dups = NearDuplicateTagging(name="near_duplicates", stand_in=True)
         select = CuratedSelection(name="selection", keep_rejected=True, target_size=n // 3, seed=0,
                                   report_path=str(out / "selection.json"))
-        read, aside = set_aside_for(near_dups, select, batch_size=100)
+        read, aside = set_aside_for(near_dups, select, batch_size=500)
         source >> [read, aside]
         read >> near_dups >> select
     rows = run_pipeline(pipeline, n)
@@ -95,7 +96,8 @@ def main() -> None:
     args.out.mkdir(parents=True)
     cmd = [sys.executable, "-m", "benchmarks.global_phase", str(args.rows_dir.resolve()), str(args.n),
            "--out", str(args.out), "--child"]
-    result = run_measured(cmd, args.out, args.out.with_suffix(".log"), min_available_mib=args.min_available_mib)
+    result = run_measured(cmd, args.out, args.out.with_suffix(".log"), min_available_mib=args.min_available_mib,
+                          env={"DISTILABEL_LOG_LEVEL": "WARNING"})  # as the recipe's driver sets it
     result["rows"] = args.n
     args.out.with_suffix(".json").write_text(json.dumps(result))
     shutil.rmtree(args.out, ignore_errors=True)
