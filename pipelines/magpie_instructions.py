@@ -35,6 +35,7 @@ from magpie_dl.steps.curation import (
 )
 from magpie_dl.steps.magpie import query_stage
 from magpie_dl.steps.responses import MultiResponseGeneration
+from magpie_dl.steps.set_aside import set_aside_for
 from magpie_dl.steps.reward import RewardScoring
 from magpie_dl.steps.turns import conversation_stage
 
@@ -54,7 +55,8 @@ RATING_COLUMNS = {
 
 
 def build_pipeline(cfg: InstructionsConfig) -> Pipeline:
-    """generate (>> later turns) >> language >> judge tags (>> safety) >> instruct reward >> near-duplicates >> select."""
+    """generate (>> later turns) >> language >> judge tags (>> safety) >> instruct reward >> near-duplicates >> select
+    (the last two on the columns they read; the rest of each row is set aside and joined back)."""
     gen, tag, ir = cfg.generator, cfg.tagging, cfg.instruct_reward
     stored = {"cache_dir": str(cfg.cache_dir)}
 
@@ -93,7 +95,11 @@ def build_pipeline(cfg: InstructionsConfig) -> Pipeline:
             # Written during the run: kept with the run's in-progress state until it finishes.
             report_path=str(in_progress_dir(cfg.output_dir) / "selection.json"),
         )
-        last >> near_dups >> select
+        # The global steps hold every row at once: they get only the columns they read, and the
+        # whole rows wait on disk in a leaf of their own until the run's rows are read.
+        read, aside = set_aside_for(near_dups, select, batch_size=last.input_batch_size)
+        last >> [read, aside]
+        read >> near_dups >> select
     return pipeline
 
 

@@ -325,7 +325,8 @@ class CuratedSelection(RecipeGlobalStep):
         - `keep_rejected`: pass rejected rows on too; `report_path`: where to write the report.
 
     Input columns:
-        - uuid, task_category, and what the enabled checks read.
+        - uuid, task_category, and what the enabled checks read; optional instruction_status
+          (a row not ``ok`` is not selected), tagging_errors (counted in the report).
 
     Output columns:
         - selection_reason (str | None for selected rows)
@@ -354,7 +355,9 @@ class CuratedSelection(RecipeGlobalStep):
             "language": self.languages,
             "safety": self.require_safe or None,
         }
-        return cols + [col for col, on in checks.items() if on is not None]
+        # Read when the rows have them: the generator's verdict on each query, the report's judge failures.
+        optional = {"instruction_status": False, "tagging_errors": False}
+        return {col: True for col in cols + [col for col, on in checks.items() if on is not None]} | optional
 
     @property
     def outputs(self) -> "StepColumns":

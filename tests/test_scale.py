@@ -6,6 +6,7 @@ cause at random positions over the whole run, well after the first chunk the run
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -130,13 +131,16 @@ def curation_run(tmp_path_factory):
     loose = out.parent / "loose.yaml"
     loose.write_text(yaml.safe_dump({"selection": {"min_difficulty": None, "min_input_quality": None,
                                                    "require_category": False}}))
+    # The recipe's own command, its global steps recording the columns they receive (tests/global_step_probe.py).
+    received = out.parent / "global_step_columns.jsonl"
     done = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "pipelines" / "magpie_instructions.py"), "--preset", "scale", *SMALL,
+        [sys.executable, "-m", "tests.global_step_probe", "--preset", "scale", *SMALL,
          "--generator.num_instructions", str(ROWS), "--tagging.batch_size", str(BATCH),
          "--instruct_reward.max_tokens", "128", "--instruct_reward.batch_size", str(BATCH),
          "--reward.input_batch_size", str(BATCH), "--selection.target_size", "300", "--config", str(loose), "--quiet",
          "--output-dir", str(out)],
         capture_output=True, text=True, timeout=600, cwd=REPO_ROOT,
+        env={**os.environ, "GLOBAL_STEP_COLUMNS": str(received)},
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return out
@@ -167,6 +171,38 @@ def test_the_curation_recipe_at_scale_meets_every_outcome_late_and_publishes(cur
     assert report["selected_rows"] == len(selected) > 0
     assert report["dropped"] == dict(Counter(r["selection_reason"] for r in dropped))
     assert rows[0]["tagging_model"].startswith(STAND_IN)
+
+
+# What the global steps read (NearDuplicateTagging; CuratedSelection at the checks curation_run's
+# loose config leaves on: no difficulty, no input quality), and what the first adds for the second.
+READ_BY_GLOBAL_STEPS = {"uuid", "instruction", "task_category", "instruct_reward", "instruction_status",
+                        "tagging_errors"}
+ADDED_BY_NEAR_DUPLICATES = {"min_neighbor_distance", "repeat_count", "min_similar_uuid"}
+
+
+def test_the_global_steps_get_only_the_columns_they_read_and_the_release_every_column(curation_run):
+    """All rows at once, as a global step gets them, were whole rows of 10-13 KB at full size
+    (17 GB at 300K queries): they hold only what the steps read, and the release still has the rest."""
+    from datasets import load_from_disk
+
+    out = curation_run
+    received = {r["step"]: r for r in map(json.loads, (out.parent / "global_step_columns.jsonl").read_text().splitlines())}
+    assert received["near_duplicates"]["rows"] == received["selection"]["rows"] == ROWS
+    assert set(received["near_duplicates"]["columns"]) == READ_BY_GLOBAL_STEPS
+    assert set(received["selection"]["columns"]) == READ_BY_GLOBAL_STEPS | ADDED_BY_NEAR_DUPLICATES
+
+    selected = load_from_disk(str(out / "dataset"))
+    dropped = [json.loads(line) for line in (out / "left_out.jsonl").read_text().splitlines()]
+    wide = {"gen_input_configs", "raw_instruction", "cleaning_actions", "difficulty", "input_quality", "intent",
+            "knowledge", "quality_explanation", "other_task_category", "tagging_model", "instruct_response",
+            "instruct_response_configs", "instruct_ratings", "language"}
+    every = READ_BY_GLOBAL_STEPS | ADDED_BY_NEAR_DUPLICATES | wide
+    assert every <= set(selected.column_names) and every | {"selection_reason"} <= set(dropped[0])
+    # Set aside and joined back, row by row: each row's own instruct response and configs.
+    for row in [*selected.select(range(20)), *dropped[:20]]:
+        assert row["gen_input_configs"]["input_generator"].startswith(STAND_IN)
+        configs = row["instruct_response_configs"]
+        assert configs is None or row["instruction"] in configs["prompt"], row["uuid"]
 
 
 def test_a_curated_set_runs_through_the_dpo_recipe_with_its_columns(curation_run, tmp_path):

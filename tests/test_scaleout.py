@@ -87,7 +87,8 @@ def test_curation_recipe_placement():
     assert placement == {
         "query_slots": (1, 0), "magpie_queries": (4, 2), "exact_duplicates": (1, 0), "language": (1, 0),
         "judge_tags": (4, 2), "safety": (4, 2), "instruct_response": (3, 2), "instruct_reward_model": (8, 1),
-        "instruct_reward": (1, 0), "near_duplicates": (1, 1), "selection": (1, 0),
+        "instruct_reward": (1, 0), "columns_read": (1, 0), "set_aside": (1, 0), "near_duplicates": (1, 1),
+        "selection": (1, 0),
     }
     # The selection report is written by a Ray worker: an absolute path.
     report = pipeline.dag.get_step("selection")["step"].report_path
@@ -111,7 +112,7 @@ def test_global_steps_split_what_must_fit_at_once():
     assert load_groups(pipeline, placement, cluster_gpus=9) is None
     assert load_groups(pipeline, placement, cluster_gpus=8) == [
         ["magpie_generator", "language"], ["judge_tags"], ["instruct_response"],
-        ["instruct_reward_model", "instruct_reward"],
+        ["instruct_reward_model", "instruct_reward", "columns_read", "set_aside"],
     ]
 
 

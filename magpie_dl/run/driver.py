@@ -33,6 +33,7 @@ from magpie_dl.run.preflight import check_before_run
 from magpie_dl.run.recipes import local_models_named
 from magpie_dl.run.procs import die_with_parent, own_process_group, preload_worker_imports, shared_with_workers
 from magpie_dl.run.progress import ProgressMonitor, notices_as_lines, quiet_libraries
+from magpie_dl.run.set_aside import run_rows, set_aside_leaves
 from magpie_dl.run.scaleout import maybe_ray, plan_local, run_options, scaleout_of, wants_ray
 from magpie_dl.run.step_errors import StepFailedError, surfaced
 from magpie_dl.run.stopping import RunStopped, StopSignals
@@ -202,8 +203,12 @@ def run_pipeline(pipeline: Pipeline | RayPipeline, expected_rows: int | None = N
         if in_teardown(exc):  # every step finished; writing distilabel's output files failed
             raise NotPublished("distilabel's teardown", exc) from None
         raise
-    # Stopped before any row reached the end, distilabel returns no "default" config at all.
-    rows = distiset["default"]["train"] if "default" in distiset else None
+    # Stopped before any row reached the end, distilabel returns no config for that leaf at all.
+    steps = {name: pipeline.dag.get_step(name)["step"] for name in pipeline.dag.leaf_steps}
+    try:  # the rows set aside around the global steps joined back (magpie_dl.run.set_aside)
+        rows = run_rows({name: data["train"] for name, data in distiset.items()}, list(steps), set_aside_leaves(steps))
+    except Exception as exc:  # every step finished: a rerun publishes from the store
+        raise NotPublished("reading the run's rows", exc) from None
     done = len(rows) if rows is not None else 0
     received = stop.received if stop else None
     if received or (expected_rows is not None and done < expected_rows):
