@@ -117,8 +117,9 @@ def test_scores_are_the_whole_conversations(tiny_two_turns):
         assert math.isclose(row["chosen_score"], score, rel_tol=1e-4, abs_tol=1e-4), (row["chosen_score"], score)
 
 
-def test_a_trl_dpo_step_trains_on_the_pairs(tiny_two_turns, tmp_path):
-    """TRL reads the pairs as conversational preference data (the shared prefix is the prompt)."""
+def test_a_trl_dpo_step_trains_on_the_pairs(tiny_two_turns, smol_dir, tmp_path):
+    """TRL reads the pairs as conversational preference data (the shared prefix is the prompt) and
+    takes a DPO step on them with a real chat model (SmolLM2, its own chat template)."""
     import torch
     from datasets import load_from_disk
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -126,7 +127,7 @@ def test_a_trl_dpo_step_trains_on_the_pairs(tiny_two_turns, tmp_path):
 
     out, _ = tiny_two_turns
     train = load_from_disk(str(out / "dataset"))["train"].select_columns(["chosen", "rejected"])
-    model_dir = str(TINY_DIR / "generator")
+    model_dir = str(smol_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
