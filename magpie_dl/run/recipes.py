@@ -220,7 +220,8 @@ def _curation_estimate(cfg: InstructionsConfig, instructions: int) -> list[str]:
     lines = [f"query prompts: {n * turns:,}" + (f" ({turns} user turns per conversation)" if turns > 1 else "")]
     if turns > 1:
         lines.append(f"replies: up to {n * turns:,} (one to every turn, max {cfg.generator.reply_max_tokens:,} tokens)")
-    lines.append(f"judge requests: up to {n * tasks:,} ({tasks} tag tasks per usable query, on its first turn)")
+    first = ", on its first turn" if turns > 1 else ""
+    lines.append(f"judge requests: up to {n * tasks:,} ({tasks} tag tasks per usable query{first})")
     if cfg.tagging.guard_model:
         lines.append(f"guard requests: up to {n:,}")
     if cfg.instruct_reward.enabled:
