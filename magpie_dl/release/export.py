@@ -52,16 +52,17 @@ def released_row(row: dict[str, Any], scores: ReleasedScores = RECIPE_SCORES, re
         "instruction": row["instruction"],
         "gen_input_configs": row["gen_input_configs"],
     }
-    out.update({name: row[name] for name in ALL_TURN_COLUMNS if name in row})  # multi-turn: the earlier turns
     out.update({name: row[name] for name in TAG_COLUMNS if name in row})
     out["input_length"] = len(row["instruction"])
     out["responses"] = list(row.get("generations") or [])
     out["gen_response_configs"] = row["gen_response_configs"]
     out[scores.scores] = [{"score": score} for score in (row.get("ratings") or [])]
-    if scores.objectives:
-        out[scores.objectives] = row.get("reward_objectives") or [None] * len(out[scores.scores])
     out["chosen"] = row.get("chosen")
     out["rejected"] = row.get("rejected")
+    # Ours after the released columns: ArmoRM's per-objective rewards, a multi-turn row's earlier turns.
+    if scores.objectives:
+        out[scores.objectives] = row.get("reward_objectives") or [None] * len(out[scores.scores])
+    out.update({name: row[name] for name in ALL_TURN_COLUMNS if name in row})
     out.update({name: row.get(name) for name in EXTRA_COLUMNS})
     out.update({name: row[name] for name in OPTIONAL_COLUMNS if name in row})
     out[MODEL] = reward_model
@@ -269,15 +270,16 @@ def released_features(source: Features, scores: ReleasedScores = RECIPE_SCORES) 
         return Features.from_arrow_schema(pa.schema([(name, declared.get(name, pa.null()))]))[name]
 
     types: dict[str, Any] = {name: like(name) for name in ("uuid", "instruction", "gen_input_configs")}
-    types.update({name: like(name) for name in ALL_TURN_COLUMNS if name in source})
     types.update({name: source[name] for name in TAG_COLUMNS if name in source})
     types["input_length"] = like("input_length")
     types["responses"] = source["generations"] if "generations" in source else like("responses")
     types["gen_response_configs"] = like("gen_response_configs")
     types[scores.scores] = like(scores.scores)
+    types.update({name: like(name) for name in ("chosen", "rejected")})
     if scores.objectives:
         types[scores.objectives] = like(scores.objectives)
-    types.update({name: like(name) for name in ("chosen", "rejected", *EXTRA_COLUMNS)})
+    types.update({name: like(name) for name in ALL_TURN_COLUMNS if name in source})
+    types.update({name: like(name) for name in EXTRA_COLUMNS})
     types.update({name: source[name] for name in OPTIONAL_COLUMNS if name in source})
     types[MODEL] = like(MODEL)
     types["pair_status"] = like("pair_status")
