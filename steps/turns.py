@@ -14,17 +14,17 @@ from pydantic import Field, PrivateAttr
 
 from magpie_dl.backends.base import Completion, PromptInput, SamplingSpec
 from magpie_dl.config.sections import GeneratorConfig, setting
-from magpie_dl.recipe.cleaning import CleaningRules, clean_query
+from magpie_dl.recipe.cleaning import CleaningRules
 from magpie_dl.recipe.conversation import (
     CONVERSATION, RELEASED_CONVERSATIONS, instruction_column, later_query_columns, prompt_messages, released_conversations,
     reply_finish_column, response_column, with_message,
 )
 from magpie_dl.recipe.queries import SystemPromptPlan, derive_seed
 from magpie_dl.recipe.reasons import (
-    EMPTY, FINISH_ERROR, FINISH_LENGTH, GENERATION_FAILED, OK, REQUEST_FAILED, TRUNCATED, instruction_status_of, is_usable,
+    EMPTY, FINISH_ERROR, FINISH_LENGTH, GENERATION_FAILED, OK, REQUEST_FAILED, TRUNCATED, is_usable,
     later_turn_status, reply_status,
 )
-from magpie_dl.recipe.rows import request_error
+from magpie_dl.recipe.rows import cleaned_query, request_error
 from magpie_dl.steps.base import RecipeStep, StreamingStep
 from magpie_dl.steps.magpie import MagpieQuerySettings, QueryWriter
 from magpie_dl.steps.responses import MultiResponseGeneration
@@ -111,10 +111,7 @@ class FollowUpQuery(MagpieQuerySettings, StreamingStep):
             if completion is None:  # an unusable conversation: nothing asked
                 row.update({instruction_column(self.turn): None, raw_column: None, actions_column: [], removed_column: []})
                 continue
-            cleaned = clean_query(completion.text, rules)
-            status = instruction_status_of(completion.finish_reason, completion.request_failed)
-            if completion.finish_reason != FINISH_ERROR:
-                status = cleaned.reason or status
+            cleaned, status = cleaned_query(completion, rules)
             row.update({
                 instruction_column(self.turn): cleaned.instruction,
                 raw_column: completion.text,

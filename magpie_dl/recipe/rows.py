@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from magpie_dl.templates.chat import split_thinking
-from magpie_dl.recipe.cleaning import CleaningRules, clean_query
+from magpie_dl.recipe.cleaning import CleaningRules, CleanResult, clean_query
 from magpie_dl.recipe.queries import row_uuid
 from magpie_dl.recipe.provenance import Sampled as SamplingSettings, query_provenance
 from magpie_dl.recipe.reasons import FINISH_ERROR, instruction_status_of
@@ -41,6 +41,14 @@ def request_error(completions: Sequence[Sampled]) -> str:
     return next((c.error or "request failed" for c in completions if c.request_failed), "")
 
 
+def cleaned_query(completion: Sampled, rules: CleaningRules) -> tuple[CleanResult, str]:
+    """A query completion cleaned, and its status: a failure's, else the cleaner's reason, else
+    the finish reason's. A failed request leaves no text: it is a failure, not an empty query."""
+    cleaned = clean_query(completion.text, rules)
+    status = instruction_status_of(completion.finish_reason, completion.request_failed)
+    return cleaned, status if completion.finish_reason == FINISH_ERROR else cleaned.reason or status
+
+
 def query_row(
     completion: Sampled,
     *,
@@ -58,17 +66,14 @@ def query_row(
     and what it removed, the status (a failure's, else the cleaner's reason, else the finish
     reason's), ``request_error`` and ``gen_input_configs``. The uuid derives from
     (generator, run seed, index)."""
-    cleaned = clean_query(completion.text, rules)
-    failed = completion.finish_reason == FINISH_ERROR
-    status = instruction_status_of(completion.finish_reason, completion.request_failed)
+    cleaned, status = cleaned_query(completion, rules)
     return {
         "uuid": row_uuid(generator, seed, index),
         "instruction": cleaned.instruction,
         "raw_instruction": completion.text,
         "cleaning_actions": list(cleaned.actions),
         "cleaning_removed": list(cleaned.removed),
-        # A failed request leaves no text: it is a failure, not an empty query.
-        "instruction_status": status if failed else cleaned.reason or status,
+        "instruction_status": status,
         "request_error": request_error([completion]),
         "system_prompt_category": category,
         "gen_input_configs": query_provenance(
